@@ -1,0 +1,91 @@
+"""Benchmark: one jitted training step against a plain forward pass of the same encoder and batch.
+
+Builds the train state and step exactly as `train.py` does (`jaxcert.training`), times the step on a
+fixed batch of the embedded sample (or random images of the model's shape), and prints training
+images/s and the ratio step time / forward time (forward + backward + Adam is typically 3-4x).
+
+  python bench/train_step.py
+  python bench/train_step.py --models small_cnn,large_cnn --batch_size 100 --method metric
+"""
+
+import argparse
+import pathlib
+import sys
+
+import jax
+import numpy as np
+
+if __package__ in (None, ''):  # Run as `python bench/train_step.py`: import `bench` from the repo root.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from bench import common  # pylint: disable=wrong-import-position
+from configs import default  # pylint: disable=wrong-import-position
+from jaxcert import models  # pylint: disable=wrong-import-position
+from jaxcert import objectives  # pylint: disable=wrong-import-position
+from jaxcert import training  # pylint: disable=wrong-import-position
+
+IMAGE_SHAPES = {'resnet18': (32, 32, 3), 'resnet50': (32, 32, 3)}  # others: 28 x 28 x 1
+
+
+def time_train_step(model_name: str, *, batch_size: int, method: str, repeats: int,
+                    seed: int = 0) -> dict:
+  """Median seconds of a train step and of a forward pass on one batch of `batch_size` images."""
+  config = default.get_config()
+  config.model.name = model_name
+  config.method = method
+  config.batch_size = batch_size
+  image_shape = IMAGE_SHAPES.get(model_name, (28, 28, 1))
+  num_classes = 10
+  rng = np.random.default_rng(seed)
+  images = jax.device_put(rng.uniform(size=(batch_size,) + image_shape).astype(np.float32))
+  labels = jax.device_put(np.arange(batch_size, dtype=np.int32) % num_classes)
+  model = training.build_model(config)
+  tx = training.make_optimizer(config, num_train=60_000)
+  state = training.create_train_state(config, model, image_shape, 60_000, num_classes)
+  step = jax.jit(training.make_train_step(model, config, tx, objectives.get_method(method).objective))
+  key = jax.random.key(seed)
+
+  def run_step():
+    return step(state, images, labels, key)[1]['loss']
+
+  step_s = common.median_seconds(run_step, repeats=repeats)
+  forward = jax.jit(model.apply)
+  variables = state.variables()
+  forward_s = common.median_seconds(lambda: forward(variables, images), repeats=repeats)
+  return {'model': model_name, 'method': method, 'batch_size': batch_size, 'step_s': step_s,
+          'forward_s': forward_s, 'train_images_per_s': batch_size / step_s,
+          'ratio_step_to_forward': step_s / forward_s}
+
+
+def main(argv=None) -> dict:
+  """Runs the benchmark; returns {'environment', 'results'}."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--models', default='small_cnn,large_cnn',
+                      help=f'comma-separated encoders, from {models.MODEL_NAMES}')
+  parser.add_argument('--batch_size', type=int, default=100)
+  parser.add_argument('--method', default='metric', help=f'one of {sorted(objectives.METHODS)}')
+  parser.add_argument('--repeats', type=int, default=5)
+  args = parser.parse_args(argv)
+  names = args.models.split(',')
+  unknown = [n for n in names if n not in models.MODEL_NAMES]
+  if unknown:
+    parser.error(f'unknown model(s) {unknown}; valid: {models.MODEL_NAMES}')
+  if args.method not in objectives.METHODS:
+    parser.error(f'unknown method {args.method!r}; valid: {sorted(objectives.METHODS)}')
+
+  env = common.environment()
+  common.print_environment(env)
+  print(f'{"model":>10} {"method":>8} {"batch":>6} {"step ms":>9} {"forward ms":>10} '
+        f'{"train img/s":>11} {"ratio":>6}')
+  results = []
+  for name in names:
+    result = time_train_step(name, batch_size=args.batch_size, method=args.method,
+                             repeats=args.repeats)
+    results.append(result)
+    print(f'{name:>10} {args.method:>8} {args.batch_size:>6} {1e3 * result["step_s"]:>9.1f} '
+          f'{1e3 * result["forward_s"]:>10.1f} {result["train_images_per_s"]:>11.0f} '
+          f'{result["ratio_step_to_forward"]:>6.2f}', flush=True)
+  return {'environment': env, 'results': results}
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,383 @@
+"""Interval bound propagation (IBP) by interpreting a function's jaxpr.
+
+`interval(fn)` turns a JAX function of one input array into a function
+`(lower, upper) -> (out_lower, out_upper)` whose outputs bound `fn(x)` for
+every `x` with `lower <= x <= upper` (seed 001, Sec. 3.2.1, Eqs. 15-16; Gowal
+et al. 2018). The function is traced with `jax.make_jaxpr` and its equations
+are interpreted one by one, in the manner of deepmind/jax_verify:
+
+* every jaxpr variable is bound in an environment to either a concrete value
+  (an array or a tracer of an enclosing `jit`/`grad`/`vmap`) or an
+  `IntervalBound`;
+* an equation whose inputs are all concrete (weights, BatchNorm statistics,
+  anything that does not depend on the perturbed input) is evaluated exactly
+  with `primitive.bind`, so it adds no looseness;
+* an equation that touches a bound is sent to the rule registered for its
+  primitive in `RULES` (filled by `jaxcert.bounds.rules`); a primitive with no
+  rule is an error naming the primitive and the user's source line, never a
+  silent concrete evaluation;
+* a binary primitive applied twice to the same variable (`x * x`, `x - x`,
+  `x != x`) uses `SAME_OPERAND_RULES` when it has an entry there;
+* calls (`jit`, `closed_call`, `custom_jvp_call`, `custom_vjp_call`,
+  `checkpoint`/remat) are interpreted recursively, unless the call's name is
+  registered in `NAMED_CALL_RULES` (a "synthetic primitive" with a tighter rule
+  than the composition of its parts, e.g. `jaxcert.bounds.l2_normalize`).
+
+Derivations of the rules are in docs/bounds.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.extend.core as jex_core
+import jax.extend.source_info_util as source_info_util
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class IntervalBound:
+  """Elementwise interval `lower <= x <= upper` of an array-valued quantity.
+
+  A registered pytree (both fields are leaves), so it crosses `jit`, `vmap`
+  and `grad` boundaries as is.
+
+  Attributes:
+    lower: array of lower bounds.
+    upper: array of upper bounds, same shape and dtype as `lower`.
+  """
+
+  lower: jax.Array
+  upper: jax.Array
+
+  @classmethod
+  def from_center_radius(cls, center, radius) -> IntervalBound:
+    """The interval `[center - radius, center + radius]` (radius >= 0)."""
+    return cls(center - radius, center + radius)
+
+  @property
+  def center(self) -> jax.Array:
+    return (self.upper + self.lower) / 2
+
+  @property
+  def radius(self) -> jax.Array:
+    return (self.upper - self.lower) / 2
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return jnp.shape(self.lower)
+
+
+jax.tree_util.register_dataclass(
+    IntervalBound, data_fields=['lower', 'upper'], meta_fields=[])
+
+# A rule maps the equation's inputs (concrete arrays or IntervalBounds, at
+# least one of them an IntervalBound) and the equation's params to its output
+# (or to a list of outputs for primitives with multiple results).
+Rule = Callable[..., Any]
+
+# Primitive -> rule. Filled by `jaxcert.bounds.rules` (imported by the
+# package), the way JAX registers per-primitive rules from several modules.
+RULES: dict[jex_core.Primitive, Rule] = {}
+
+# Primitive -> rule for `p(x, x)` with both operands the same variable, which
+# can be tighter than the rule for independent operands: x * x >= 0,
+# x - x == 0, x == x. Filled by `jaxcert.bounds.rules`.
+SAME_OPERAND_RULES: dict[jex_core.Primitive, Rule] = {}
+
+# Name of a `jax.jit`-wrapped function -> rule over the call's inputs. Used for
+# functions with a tighter bound than the composition of their primitives.
+NAMED_CALL_RULES: dict[str, Rule] = {}
+
+_CALL_PRIMITIVES = (
+    jex_core.primitives.jit_p,
+    jex_core.primitives.closed_call_p,
+    jex_core.primitives.custom_jvp_call_p,
+    jex_core.primitives.custom_vjp_call_p,
+    jex_core.primitives.remat_p,
+)
+
+# Frames inside these packages are library code, not the user's source line.
+_LIBRARY_DIRS = tuple(
+    os.path.dirname(path) + os.sep
+    for path in (jax.__file__, flax.__file__, __file__))
+
+
+def is_concrete(value) -> bool:
+  """Whether `value` has a known value now (not a tracer of jit/vmap/grad)."""
+  return not isinstance(value, jax.core.Tracer)
+
+
+def _user_frame(eqn: jex_core.JaxprEqn) -> str | None:
+  """Innermost frame of `eqn`'s traceback outside jax and flax, or None."""
+  traceback = eqn.source_info.traceback
+  for frame in (traceback.frames if traceback is not None else []):
+    if not frame.file_name.startswith(_LIBRARY_DIRS):
+      return f'{frame.file_name}:{frame.line_num} ({frame.function_name})'
+  return None
+
+
+def source_location(eqn: jex_core.JaxprEqn,
+                    enclosing_calls: Sequence[jex_core.JaxprEqn] = ()) -> str:
+  """Where the user's code emitted `eqn`.
+
+  Args:
+    eqn: the equation.
+    enclosing_calls: the call equations (`jit`, `custom_jvp_call`, ...) whose
+      inner jaxpr holds `eqn`, outermost first. A traceback recorded inside a
+      `jit` stops at its boundary, so the user's line may be on a caller.
+
+  Returns:
+    `file:line:column (function)` of the JAX-level call, the Flax module
+    path, and the user's line if it is further out.
+  """
+  parts = []
+  for level in (eqn, *reversed(enclosing_calls)):
+    summary = source_info_util.summarize(level.source_info)
+    name_stack = str(level.source_info.name_stack)
+    if level is not eqn:
+      name = level.params.get('name')
+      parts.append(f'inside `{level.primitive.name}`'
+                   + (f' ({name})' if name else ''))
+    parts.append(f'at {summary or "<jax internals>"}'
+                 + (f' in module {name_stack}' if name_stack else ''))
+    user_frame = _user_frame(level)
+    if user_frame is not None:
+      if not summary.startswith(user_frame.split(' ')[0]):
+        parts.append(f'called from {user_frame}')
+      break
+  return ', '.join(parts)
+
+
+def _read(env: dict, atom) -> Any:
+  if isinstance(atom, jex_core.Literal):
+    return atom.val
+  return env[atom]
+
+
+def _call_jaxpr(eqn: jex_core.JaxprEqn) -> tuple[jex_core.Jaxpr, Sequence]:
+  """The inner jaxpr and its constants of a call-like equation."""
+  params = eqn.params
+  inner = params['jaxpr'] if 'jaxpr' in params else params['call_jaxpr']
+  if isinstance(inner, jex_core.ClosedJaxpr):
+    return inner.jaxpr, inner.consts
+  return inner, ()
+
+
+def _apply_rule(eqn: jex_core.JaxprEqn, invals: list,
+                enclosing_calls: tuple[jex_core.JaxprEqn, ...]) -> list:
+  """Bounds of the outputs of `eqn` given at least one bounded input."""
+  primitive = eqn.primitive
+  if primitive in _CALL_PRIMITIVES:
+    name = eqn.params.get('name')
+    if primitive is jex_core.primitives.jit_p and name in NAMED_CALL_RULES:
+      outvals = NAMED_CALL_RULES[name](*invals)
+      return [outvals] if len(eqn.outvars) == 1 else list(outvals)
+    inner_jaxpr, inner_consts = _call_jaxpr(eqn)
+    return _interpret(inner_jaxpr, inner_consts, invals,
+                      (*enclosing_calls, eqn))
+  rule = RULES.get(primitive)
+  if (primitive in SAME_OPERAND_RULES and len(eqn.invars) == 2
+      and isinstance(eqn.invars[0], jex_core.Var)
+      and eqn.invars[0] is eqn.invars[1]):
+    rule = SAME_OPERAND_RULES[primitive]
+    invals = invals[:1]
+  if rule is None:
+    raise NotImplementedError(
+        f'No interval rule for primitive `{primitive.name}` (applied to a '
+        f'value that depends on the perturbed input) '
+        f'{source_location(eqn, enclosing_calls)}. Add a rule to '
+        'jaxcert.bounds.rules, or rewrite this step with supported operations '
+        '(supported: '
+        f'{", ".join(sorted(p.name for p in RULES))}).')
+  try:
+    outvals = rule(*invals, **eqn.params)
+  except (ValueError, NotImplementedError) as error:
+    raise type(error)(
+        f'{error} (primitive `{primitive.name}` '
+        f'{source_location(eqn, enclosing_calls)})') from error
+  return list(outvals) if primitive.multiple_results else [outvals]
+
+
+def _check_output(eqn: jex_core.JaxprEqn, outvar, outval) -> None:
+  """Shape check of a rule's output against the traced output (rule bugs)."""
+  if isinstance(outval, IntervalBound):
+    expected = tuple(outvar.aval.shape)
+    if outval.lower.shape != expected or outval.upper.shape != expected:
+      raise AssertionError(
+          f'Interval rule for `{eqn.primitive.name}` returned shapes '
+          f'{outval.lower.shape}/{outval.upper.shape}, expected {expected}.')
+
+
+def _interpret(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence,
+               enclosing_calls: tuple[jex_core.JaxprEqn, ...] = ()) -> list:
+  """Evaluates `jaxpr` on concrete values and `IntervalBound`s.
+
+  Args:
+    jaxpr: the jaxpr.
+    consts: values of its constvars.
+    args: values of its invars (arrays or IntervalBounds).
+    enclosing_calls: call equations holding `jaxpr`, outermost first (for
+      error messages).
+
+  Returns:
+    The values of its outvars.
+  """
+  env: dict = {}
+  env.update(zip(jaxpr.constvars, consts))
+  env.update(zip(jaxpr.invars, args))
+  for eqn in jaxpr.eqns:
+    invals = [_read(env, atom) for atom in eqn.invars]
+    # Operations emitted while interpreting `eqn` (under an enclosing jit)
+    # carry the user's source line and module path, as in jax.core.eval_jaxpr.
+    with (source_info_util.user_context(eqn.source_info.traceback,
+                                        name_stack=eqn.source_info.name_stack),
+          eqn.ctx.manager):
+      if any(isinstance(value, IntervalBound) for value in invals):
+        outvals = _apply_rule(eqn, invals, enclosing_calls)
+        for outvar, outval in zip(eqn.outvars, outvals):
+          _check_output(eqn, outvar, outval)
+      else:
+        outvals = eqn.primitive.bind(
+            *invals, **eqn.primitive.get_bind_params(eqn.params))
+        if not eqn.primitive.multiple_results:
+          outvals = [outvals]
+    for outvar, outval in zip(eqn.outvars, outvals):
+      if not isinstance(outvar, jex_core.DropVar):
+        env[outvar] = outval
+  return [_read(env, atom) for atom in jaxpr.outvars]
+
+
+def _validate_box(lower, upper) -> tuple[jax.Array, jax.Array]:
+  lower = jnp.asarray(lower)
+  upper = jnp.asarray(upper)
+  if lower.shape != upper.shape:
+    raise ValueError(
+        f'lower and upper must have the same shape, got {lower.shape} and '
+        f'{upper.shape}. Build the box with jaxcert.bounds.input_box(x, eps).')
+  dtype = jnp.result_type(lower, upper)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(
+        f'Interval bounds must be floating point, got dtype {dtype}; '
+        'convert images to float32 in [0, 1].')
+  lower = lower.astype(dtype)
+  upper = upper.astype(dtype)
+  if is_concrete(lower) and is_concrete(upper):
+    lower_np, upper_np = np.asarray(lower), np.asarray(upper)
+    if np.isnan(lower_np).any() or np.isnan(upper_np).any():
+      raise ValueError('The input box contains NaN.')
+    inverted = lower_np > upper_np
+    if inverted.any():
+      index = tuple(int(i) for i in np.argwhere(inverted)[0])
+      raise ValueError(
+          f'lower > upper at {int(inverted.sum())} position(s), first at '
+          f'index {index}: {lower_np[index]} > {upper_np[index]}. Pass '
+          '(lower, upper) in that order with lower <= upper.')
+  return lower, upper
+
+
+def interval(fn: Callable[[jax.Array], Any]) -> Callable[..., tuple[Any, Any]]:
+  """Transforms `fn` into a function computing sound interval bounds of it.
+
+  Implements interval bound propagation (seed 001 Sec. 3.2.1, Eqs. 15-16) for
+  any composition of primitives that have a rule in `RULES`: affine layers in
+  centre/radius form (`W c +- |W| r`), monotone activations on both ends, and
+  the rules derived in docs/bounds.md.
+
+  `fn` is traced at the shape of `lower`, so a batch of boxes is bounded in one
+  call when `fn` takes a batch. Parameters are closed over by `fn`; they may be
+  tracers (the bounds can be differentiated with respect to them, as certified
+  training needs). The returned function works under `jax.jit` and
+  `jax.vmap`. Input checks (same shape, `lower <= upper`, no NaN) run when the
+  box is concrete; under `jit`/`vmap` only the shape check runs. Matmuls and
+  convolutions use the model's precision: on GPU/TPU the default float32
+  precision (TF32/bf16 passes) is too coarse for certificates, so certify
+  under `jax.default_matmul_precision('highest')` (docs/bounds.md §1).
+
+  Args:
+    fn: function of one floating-point array, returning a pytree of arrays.
+
+  Returns:
+    `bounded(lower, upper) -> (out_lower, out_upper)`: two pytrees with the
+    structure of `fn`'s output with `out_lower <= fn(x) <= out_upper` for all
+    `x` in the box (up to floating-point rounding). Outputs that do not depend
+    on `x` are exact (`out_lower == out_upper == fn(x)`).
+
+  Raises:
+    ValueError: for a malformed box.
+    NotImplementedError: when `fn` applies a primitive without a rule to a
+      value that depends on `x`; the message names the primitive and the
+      source line.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> lo, hi = interval(lambda x: jnp.maximum(2 * x - 1, 0))(
+    ...     jnp.array([0., 0.]), jnp.array([1., 0.25]))
+    >>> lo.tolist(), hi.tolist()
+    ([0.0, 0.0], [1.0, 0.0])
+  """
+
+  def bounded(lower, upper):
+    lower, upper = _validate_box(lower, upper)
+    placeholder = jax.ShapeDtypeStruct(lower.shape, lower.dtype)
+    closed_jaxpr, out_shape = jax.make_jaxpr(fn, return_shape=True)(
+        placeholder)
+    outvals = _interpret(closed_jaxpr.jaxpr, closed_jaxpr.consts,
+                         [IntervalBound(lower, upper)])
+    out_lower = [v.lower if isinstance(v, IntervalBound) else jnp.asarray(v)
+                 for v in outvals]
+    out_upper = [v.upper if isinstance(v, IntervalBound) else jnp.asarray(v)
+                 for v in outvals]
+    treedef = jax.tree.structure(out_shape)
+    return (jax.tree.unflatten(treedef, out_lower),
+            jax.tree.unflatten(treedef, out_upper))
+
+  return bounded
+
+
+def input_box(x, eps, *, clip: tuple[float, float] | None = (0., 1.)):
+  """The L-infinity box of radius `eps` around `x`, clipped to the pixel range.
+
+  Returns `(max(x - eps, clip[0]), min(x + eps, clip[1]))`: the set
+  `{x + delta : ||delta||_inf <= eps, x + delta in X}` of seed 001 Sec. 3.2.1
+  with `X = [0, 1]^d`.
+
+  Args:
+    x: images (any shape), values in `[clip[0], clip[1]]`.
+    eps: perturbation radius, a scalar or an array broadcastable to `x`
+      (e.g. shape (N, 1, 1, 1) for one radius per image); must be >= 0.
+    clip: valid input range, or None for no clipping and no range check.
+
+  Returns:
+    `(lower, upper)` arrays of the shape of `x`.
+
+  Raises:
+    ValueError: if `eps < 0` or `x` lies outside `clip`. These checks need
+      concrete values; under `jit`/`vmap` (traced `x` or `eps`) they are
+      skipped, so validate data before entering `jit`.
+  """
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(jnp.float32)
+  eps = jnp.asarray(eps, x.dtype)
+  if is_concrete(eps) and not np.all(np.asarray(eps) >= 0):
+    raise ValueError(
+        f'eps must be >= 0 (and not NaN), got {np.asarray(eps).min()}.')
+  if clip is None:
+    return x - eps, x + eps
+  clip_min, clip_max = clip
+  if is_concrete(x) and x.size:
+    x_np = np.asarray(x)
+    if not (x_np.min() >= clip_min and x_np.max() <= clip_max):
+      raise ValueError(
+          f'Inputs must lie in [{clip_min}, {clip_max}], found values in '
+          f'[{x_np.min()}, {x_np.max()}]. Scale images to [0, 1] (the models '
+          'normalise internally), or pass clip=None for an unclipped box.')
+  return jnp.maximum(x - eps, clip_min), jnp.minimum(x + eps, clip_max)
+

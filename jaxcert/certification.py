@@ -1,0 +1,114 @@
+"""The job behind `certify.py`: load a trained encoder and certify or attack it on the test split.
+
+`run(config, workdir)` restores the newest checkpoint of the training run `config.checkpoint`,
+builds the seed 001 query/candidate split of the test set (`config.eval`), and hands both to the
+mode named by `config.certify.mode`:
+
+  ibp        interval bound propagation: certified ranks under query and candidate attacks (seed 001)
+  smoothing  Gaussian smoothing: certified 1-NN retrieval radius (RetrievalGuard, seed 000)
+  attack     PGD query/candidate attacks: empirical-robust recall (seeds 001, 002)
+
+Each mode is a module of `jaxcert.evaluation` with `run(inputs: CertifyInputs, workdir) -> dict`;
+it writes its tables (markdown, TSV, JSON) and plots (PNG) into `workdir` and prints its table.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from jaxcert import data
+from jaxcert import training
+
+# mode -> module of jaxcert.evaluation that implements it (imported when the mode is asked for).
+MODES: dict[str, str] = {}
+
+
+class LabelledImages(NamedTuple):
+  images: Any  # (N, H, W, C) float32 in [0, 1], array-like
+  labels: np.ndarray  # (N,) int32
+
+
+class CertifyInputs(NamedTuple):
+  """What a certification mode gets.
+
+  Attributes:
+    config: the experiment config (the mode reads its own block, e.g. `config.ibp`).
+    model: the encoder module.
+    variables: its Flax variables (inference mode).
+    embed: `x -> model.apply(variables, x)`, the pure function certificates and attacks take.
+    dataset: the whole dataset.
+    queries: the query set Q (seed 001 Sec. 5.1.1).
+    candidates: the candidate (gallery) set C, disjoint from Q.
+  """
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  variables: Any
+  embed: Callable[[jax.Array], jax.Array]
+  dataset: data.Dataset
+  queries: LabelledImages
+  candidates: LabelledImages
+
+
+def default_workdir(config) -> str:
+  return os.path.join(config.checkpoint, f'certify_{config.certify.mode}')
+
+
+def load_inputs(config) -> CertifyInputs:
+  """Restores `config.checkpoint`'s encoder and splits its test set into queries and candidates."""
+  model, variables, dataset = training.load_trained(config, config.checkpoint)
+  (query_images, query_labels), (candidate_images, candidate_labels) = training.query_candidate_sets(
+      config, dataset)
+  embed = jax.tree_util.Partial(model.apply, variables)
+  return CertifyInputs(config, model, variables, embed, dataset,
+                       LabelledImages(query_images, query_labels),
+                       LabelledImages(candidate_images, candidate_labels))
+
+
+def get_mode(mode: str) -> Callable[[CertifyInputs, str], dict]:
+  """The `run` function of certification mode `mode`, one of MODES."""
+  if mode not in MODES:
+    raise ValueError(f'Unknown certification mode {mode!r}; valid modes: {sorted(MODES)}.')
+  return importlib.import_module(MODES[mode]).run
+
+
+def run(config, workdir: str | None = None) -> dict:
+  """Certifies (or attacks) the encoder trained in `config.checkpoint`; returns the mode's results.
+
+  Args:
+    config: experiment config with `checkpoint` (a training workdir) and `certify.mode`.
+    workdir: where results go; default `<checkpoint>/certify_<mode>`.
+
+  Raises:
+    ValueError: no checkpoint given, or an unknown mode.
+    FileNotFoundError: the checkpoint directory holds no checkpoint.
+  """
+  if not config.get('checkpoint'):
+    raise ValueError('Set config.checkpoint to the workdir of a training run, e.g. '
+                     '--config.checkpoint=runs/quickstart (train it with train.py first).')
+  mode_run = get_mode(config.certify.mode)
+  workdir = workdir or default_workdir(config)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  inputs = load_inputs(config)
+  results = mode_run(inputs, workdir)
+  with open(os.path.join(workdir, 'results.json'), 'w', encoding='utf-8') as f:
+    json.dump(results, f, indent=2, default=_json_default)
+  return results
+
+
+def _json_default(value):
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  raise TypeError(f'Not JSON serialisable: {type(value)}')

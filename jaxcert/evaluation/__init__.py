@@ -1,0 +1,1 @@
+"""Certification and attack modes of `certify.py`, one module each (see `jaxcert.certification`)."""

@@ -1,0 +1,28 @@
+"""Training methods by name (`config.method`): one `Method` (objective + its parameters) each.
+
+  metric   triplet / contrastive / margin loss; with `config.noise_sigma > 0`, GDML (seed 000)
+
+A new method is a module here with a `Method` and one line in `METHODS`.
+"""
+
+from __future__ import annotations
+
+from jaxcert.objectives import base
+from jaxcert.objectives import metric
+from jaxcert.objectives.base import Method
+from jaxcert.objectives.base import ObjectiveInputs
+from jaxcert.objectives.base import ParamsContext
+
+METHODS: dict[str, Method] = {
+    'metric': metric.METRIC,
+}
+
+
+def get_method(name: str) -> Method:
+  """The training method `name`, one of METHODS."""
+  if name not in METHODS:
+    raise ValueError(f'Unknown training method {name!r}; valid methods: {sorted(METHODS)}.')
+  return METHODS[name]
+
+
+__all__ = ['METHODS', 'Method', 'ObjectiveInputs', 'ParamsContext', 'base', 'get_method']

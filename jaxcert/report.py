@@ -1,0 +1,75 @@
+"""Results people read and tools parse: markdown tables, TSV files, JSON and matplotlib PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _format(value) -> str:
+  if isinstance(value, (float, np.floating)):
+    return f'{value:.4f}'
+  return str(value)
+
+
+def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> str:
+  """A GitHub-flavoured markdown table with one line per row; floats with 4 decimals."""
+  if not rows:
+    raise ValueError('markdown_table needs at least one row.')
+  columns = list(columns or rows[0].keys())
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(_format(row.get(c, '')) for c in columns) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def write_tsv(path: str, rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> None:
+  """Tab-separated values with a header line (readable by pandas, R, spreadsheets)."""
+  if not rows:
+    raise ValueError('write_tsv needs at least one row.')
+  columns = list(columns or rows[0].keys())
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write('\t'.join(columns) + '\n')
+    for row in rows:
+      f.write('\t'.join(_format(row[c]) if isinstance(row[c], float) else str(row[c]) for c in columns) + '\n')
+
+
+def write_json(path: str, obj) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(obj, f, indent=2, default=_json_default)
+
+
+def _json_default(value):
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  raise TypeError(f'Not JSON serialisable: {type(value)}')
+
+
+def plot_curves(path: str, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
+                xlabel: str, ylabel: str, title: str = '', ylim: tuple[float, float] | None = (0.0, 1.0),
+                marker: str = 'o') -> None:
+  """One PNG with a line per curve: `curves[name] = (xs, ys)`."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
+  for name, (xs, ys) in curves.items():
+    ax.plot(xs, ys, marker=marker, markersize=3, label=name)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  if ylim is not None:
+    ax.set_ylim(*ylim)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path)
+  plt.close(fig)

@@ -1,0 +1,354 @@
+"""Training embedding models: the train state, one objective per method, the loop, checkpoints, logs.
+
+`train_and_evaluate(config, workdir)` is the whole job behind `train.py`: it loads the data named by
+the config, builds the encoder, trains it with the method's objective, checkpoints every
+`config.checkpoint_every_steps` steps (a restarted run resumes from the newest checkpoint and ends
+with the same parameters as an uninterrupted one, because every batch and every random key is a pure
+function of `(config.seed, step)`), and evaluates retrieval on the query/candidate split of the test
+set.
+
+The training methods (`config.method`: an objective and the parameters it adds) live in
+`jaxcert.objectives`; this module only runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+import flax.linen as nn
+from flax import struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from jaxcert import checkpointing
+from jaxcert import data
+from jaxcert import metrics as metrics_lib
+from jaxcert import models
+from jaxcert import objectives
+from jaxcert import parallel
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainState(struct.PyTreeNode):
+  """Everything a checkpoint holds.
+
+  Attributes:
+    step: number of optimiser steps taken, shape (), int32.
+    params: `{'model': encoder parameters, 'objective': the method's own parameters (margin-loss
+      beta, a classifier head, or {})}`.
+    batch_stats: BatchNorm running statistics (`{}` for encoders without BatchNorm).
+    opt_state: optax state of `make_optimizer(...)`.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+  def variables(self) -> dict:
+    """Flax variables of the encoder, for `model.apply(state.variables(), x)`."""
+    return objectives.base.model_variables(self.params['model'], self.batch_stats)
+
+
+def steps_per_epoch(config, num_train: int) -> int:
+  return max(1, math.ceil(num_train / config.batch_size))
+
+
+def total_steps(config, num_train: int) -> int:
+  """`config.num_steps` if positive, else `config.num_epochs` epochs of `config.batch_size`."""
+  if config.get('num_steps', -1) > 0:
+    return int(config.num_steps)
+  return int(round(config.num_epochs * steps_per_epoch(config, num_train)))
+
+
+def learning_rate_schedule(config, num_train: int) -> optax.Schedule:
+  """Piecewise-constant Adam learning rate: times `lr_decay_factor` at each of `lr_decay_epochs`.
+
+  Seed 001 Sec. 5.1.4: 1e-3, x0.1 at epochs 25 and 42 (MNIST, FMNIST); x0.5 every 10 epochs between
+  130 and 200 (CIFAR-10).
+  """
+  per_epoch = steps_per_epoch(config, num_train)
+  boundaries = {int(e * per_epoch): float(config.lr_decay_factor) for e in config.get('lr_decay_epochs', ())}
+  return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+
+
+def make_optimizer(config, num_train: int) -> optax.GradientTransformation:
+  """Adam with `learning_rate_schedule`; the margin loss's beta has its own Adam learning rate.
+
+  Seed 000 Sec. 4.3: beta is learnt with learning rate 5e-4 (`config.loss.beta_learning_rate`).
+  Every other parameter (encoder, and any parameters a method adds, such as a classifier head)
+  follows the encoder's schedule.
+  """
+  beta_lr = config.loss.get('beta_learning_rate', 5e-4)
+  def labels(params):
+    def label(path, _):
+      is_beta = path[0].key == 'objective' and getattr(path[-1], 'key', None) == 'beta'
+      return 'beta' if is_beta else 'model'
+    return jax.tree_util.tree_map_with_path(label, params)
+  return optax.multi_transform(
+      {'model': optax.adam(learning_rate_schedule(config, num_train)), 'beta': optax.adam(beta_lr)},
+      labels)
+
+
+def build_model(config) -> nn.Module:
+  """The encoder named by `config.model` (its fields are `models.get_model` keyword arguments)."""
+  model_config = dict(config.model)
+  name = model_config.pop('name')
+  return models.get_model(name, **model_config)
+
+
+def create_train_state(config, model: nn.Module, image_shape, num_train: int, num_classes: int) -> TrainState:
+  """The step-0 state: encoder initialised from `config.seed`, the method's parameters, Adam state."""
+  key = jax.random.fold_in(jax.random.key(config.seed), 0)
+  variables = models.init_variables(model, key, image_shape)
+  context = objectives.ParamsContext(key=jax.random.fold_in(key, 1), embedding_dim=model.embedding_dim,
+                                     num_classes=num_classes)
+  method = objectives.get_method(config.method)
+  params = {'model': variables['params'], 'objective': method.init_params(config, context)}
+  batch_stats = variables.get('batch_stats', {})
+  tx = make_optimizer(config, num_train)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params))
+
+
+def make_train_step(model: nn.Module, config, tx: optax.GradientTransformation,
+                    objective: objectives.base.Objective):
+  """One optimiser step, `(state, images, labels, key) -> (state, metrics)`; jit it once."""
+  def train_step(state: TrainState, images, labels, key):
+    def loss_fn(params):
+      inputs = objectives.ObjectiveInputs(model, params, state.batch_stats, images, labels, key, state.step, config)
+      return objective(inputs)
+    (loss, (aux_metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step_metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), **aux_metrics}
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    return new_state, step_metrics
+  return train_step
+
+
+def make_mesh(config):
+  """The device mesh of `config.parallel.num_devices` devices (-1: all devices; default 1)."""
+  num_devices = config.get('parallel', {}).get('num_devices', 1)
+  return parallel.make_mesh(None if num_devices == -1 else num_devices)
+
+
+def batch_indices(config, labels: np.ndarray, step: int) -> np.ndarray:
+  """Indices of the training batch at `step`, a pure function of `(config.seed, step)`."""
+  if config.sampler == 'm_per_class':
+    return data.m_per_class_batch(labels, batch_size=config.batch_size, m=config.m_per_class,
+                                  seed=config.seed, step=step)
+  if config.sampler == 'epoch':
+    return data.epoch_batch(len(labels), batch_size=config.batch_size, seed=config.seed, step=step)
+  raise ValueError(f"Unknown sampler {config.sampler!r}; valid samplers: ['epoch', 'm_per_class'].")
+
+
+class _JsonLinesWriter:
+  """Appends one JSON object per line (metrics.jsonl in the workdir)."""
+
+  def __init__(self, path: str):
+    self._file = open(path, 'a', encoding='utf-8')
+
+  def write(self, record: dict) -> None:
+    self._file.write(json.dumps(record) + '\n')
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+def _check_finite(step: int, step_metrics: dict, checkpoint_dir: str) -> None:
+  # The gradient norm is checked too: losses built on a masked square root read a NaN embedding
+  # as distance 0 and stay finite while the parameters are already lost.
+  if not (math.isfinite(step_metrics['loss']) and math.isfinite(step_metrics['grad_norm'])):
+    raise TrainingDivergedError(
+        f'Loss is {step_metrics["loss"]} (gradient norm {step_metrics["grad_norm"]}) at step {step}; stopping. The last good checkpoint is kept '
+        f'in {checkpoint_dir}. Lower the learning rate or check the data, then rerun to resume.')
+
+
+def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn.Module, TrainState]:
+  """Trains (or resumes training) the encoder of `config`; returns `(model, final state)`."""
+  os.makedirs(workdir, exist_ok=True)
+  dataset = dataset if dataset is not None else data.load_dataset(config.data)
+  train_images, train_labels = dataset.train.images, np.asarray(dataset.train.labels)
+  image_shape = tuple(train_images.shape[1:])
+  model = build_model(config)
+  num_train = len(train_labels)
+  tx = make_optimizer(config, num_train)
+  mesh = make_mesh(config)
+  parallel.check_divisible(config.batch_size, mesh)
+  state = parallel.replicate(create_train_state(config, model, image_shape, num_train, dataset.num_classes), mesh)
+  num_steps = total_steps(config, num_train)
+
+  checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  mngr = checkpointing.manager(checkpoint_dir)
+  state, restored = checkpointing.restore_or_init(mngr, state)
+  start_step = int(state.step)
+  if restored:
+    logging.info('Resuming from step %d of %d (%s).', start_step, num_steps, checkpoint_dir)
+    print(f'Resuming from checkpoint at step {start_step} of {num_steps}.')
+  elif config.get('init_from'):
+    state = parallel.replicate(initialize_from(state, config.init_from), mesh)
+    print(f'Starting from the encoder trained in {config.init_from}.')
+
+  replicated = parallel.replicated(mesh)
+  train_step = jax.jit(make_train_step(model, config, tx, objectives.get_method(config.method).objective), donate_argnums=0,
+                       out_shardings=(replicated, replicated))
+  local_rows = parallel.process_slice(config.batch_size)
+  base_key = jax.random.key(config.seed)
+  writer = _JsonLinesWriter(os.path.join(workdir, 'metrics.jsonl'))
+  progress = tqdm.tqdm(total=num_steps, initial=start_step, desc=f'train {config.method}',
+                       unit='step', dynamic_ncols=True, disable=not config.get('progress_bar', True))
+  pending = None  # metrics of the previous step, fetched one step behind so the host never waits.
+  meter = _Throughput()
+  try:
+    for step in range(start_step, num_steps):
+      idx = batch_indices(config, train_labels, step)[local_rows]
+      images = parallel.global_batch(train_images[idx], mesh, config.batch_size)
+      labels = parallel.global_batch(train_labels[idx], mesh, config.batch_size)
+      state, step_metrics = train_step(state, images, labels, jax.random.fold_in(base_key, step))
+      if pending is not None:
+        _report(pending, config, writer, progress, meter, checkpoint_dir)
+      pending = (step, step_metrics)
+      meter.images += config.batch_size
+      progress.update(1)
+      if (step + 1) % config.checkpoint_every_steps == 0 or step + 1 == num_steps:
+        # The loss is checked before saving, so a diverged state never overwrites a good checkpoint.
+        _report(pending, config, writer, progress, meter, checkpoint_dir, force=True)
+        pending = None
+        checkpointing.save(mngr, step + 1, state)
+  finally:
+    progress.close()
+    writer.close()
+    mngr.wait_until_finished()
+    mngr.close()
+  return model, state
+
+
+def initialize_from(state: TrainState, workdir: str) -> TrainState:
+  """`state` with the encoder (parameters and BatchNorm statistics) of `workdir`'s newest checkpoint.
+
+  Fine-tuning (FCTB of seed 001, Eq. 21, starts from a TBT-trained encoder) starts from another
+  run's encoder, whatever method trained it; the step, the optimiser and the method's own
+  parameters start afresh.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no checkpoint.
+    ValueError: its encoder has other shapes than this config's.
+  """
+  restored = checkpointing.restore_latest_raw(os.path.join(workdir, 'checkpoints'))
+  source = {'model': restored['params']['model'], 'batch_stats': restored.get('batch_stats') or {}}
+  target = {'model': state.params['model'], 'batch_stats': state.batch_stats}
+  source_shapes = jax.tree.map(np.shape, source)
+  target_shapes = jax.tree.map(np.shape, target)
+  if source_shapes != target_shapes:
+    raise ValueError(f'The encoder in {workdir} does not match config.model (parameter shapes differ); '
+                     'init_from needs a checkpoint of the same architecture and embedding size.')
+  cast = jax.tree.map(lambda s, t: jnp.asarray(s, t.dtype), source, target)
+  return state.replace(params={**state.params, 'model': cast['model']}, batch_stats=cast['batch_stats'])
+
+
+class _Throughput:
+  """Images per second since the last log line."""
+
+  def __init__(self):
+    self.start, self.images = time.perf_counter(), 0
+
+  def rate_and_reset(self) -> float:
+    now = time.perf_counter()
+    rate = self.images / max(now - self.start, 1e-9)
+    self.start, self.images = now, 0
+    return rate
+
+
+def _report(pending, config, writer, progress, meter, checkpoint_dir, force=False):
+  """Checks that the loss of a finished step is finite; logs it every `log_every_steps`."""
+  step, step_metrics = pending
+  host_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+  _check_finite(step, host_metrics, checkpoint_dir)
+  if step % config.log_every_steps == 0 or force:
+    images_per_second = meter.rate_and_reset()
+    writer.write({'step': step, **host_metrics, 'images_per_second': images_per_second})
+    progress.set_postfix(loss=f'{host_metrics["loss"]:.4f}', img_s=f'{images_per_second:.0f}')
+
+
+def load_trained(config, workdir: str, dataset: data.Dataset | None = None):
+  """The encoder and variables of the newest checkpoint in `workdir/checkpoints`.
+
+  Returns:
+    `(model, variables, dataset)`.
+  """
+  dataset = dataset if dataset is not None else data.load_dataset(config.data)
+  image_shape = tuple(dataset.train.images.shape[1:])
+  model = build_model(config)
+  init_state = create_train_state(config, model, image_shape, len(dataset.train.labels),
+                                  dataset.num_classes)
+  state = checkpointing.restore_latest(os.path.join(workdir, 'checkpoints'), init_state)
+  return model, state.variables(), dataset
+
+
+def query_candidate_sets(config, dataset: data.Dataset):
+  """The seed 001 query and candidate sets: disjoint random subsets of the test split."""
+  query_idx, candidate_idx = data.query_candidate_split(
+      len(dataset.test.labels), num_queries=config.eval.num_queries,
+      num_candidates=config.eval.num_candidates, seed=config.eval.split_seed)
+  test = dataset.test
+  labels = np.asarray(test.labels)
+  return (test.images[query_idx], labels[query_idx]), (test.images[candidate_idx], labels[candidate_idx])
+
+
+def evaluate(config, model: nn.Module, variables, dataset: data.Dataset) -> dict:
+  """Recall@K and mAP@R of the encoder and of raw pixels on the query/candidate split."""
+  (query_images, query_labels), (candidate_images, candidate_labels) = query_candidate_sets(config, dataset)
+  ks = tuple(config.eval.ks)
+  embed = lambda x: model.apply(variables, x)
+  results = {}
+  for name, fn in (('model', embed), ('raw_pixels', metrics_lib.raw_pixel_embed)):
+    results[name] = metrics_lib.evaluate_retrieval(
+        fn, query_images, query_labels, candidate_images, candidate_labels, ks=ks,
+        batch_size=config.eval.batch_size)
+  return results
+
+
+def format_results_table(results: dict) -> str:
+  """A markdown table: one row per embedding, one column per metric."""
+  columns = list(next(iter(results.values())))
+  lines = ['| embedding | ' + ' | '.join(columns) + ' |', '|---|' + '---|' * len(columns)]
+  for name, row in results.items():
+    lines.append(f'| {name} | ' + ' | '.join(f'{row[c]:.4f}' for c in columns) + ' |')
+  return '\n'.join(lines)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains the config's encoder in `workdir` (resuming if possible) and evaluates retrieval.
+
+  Writes `workdir/metrics.jsonl` (training curves), `workdir/checkpoints/`, `workdir/config.json`,
+  `workdir/results.json` and `workdir/results.md`.
+
+  Returns:
+    `{'model': {...metrics}, 'raw_pixels': {...metrics}}`.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  dataset = data.load_dataset(config.data)
+  model, state = train(config, workdir, dataset)
+  results = evaluate(config, model, state.variables(), dataset)
+  table = format_results_table(results)
+  with open(os.path.join(workdir, 'results.json'), 'w', encoding='utf-8') as f:
+    json.dump(results, f, indent=2)
+  with open(os.path.join(workdir, 'results.md'), 'w', encoding='utf-8') as f:
+    f.write(f'Retrieval on the test query/candidate split '
+            f'(|Q| = {config.eval.num_queries}, |C| = {config.eval.num_candidates}):\n\n{table}\n')
+  print(table)
+  return results

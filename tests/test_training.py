@@ -1,0 +1,140 @@
+"""Training loop: exact resume after a kill, NaN stop, bad configs, end-to-end quick run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import quickstart
+from jaxcert import checkpointing
+from jaxcert import training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  config = quickstart.get_config()
+  config.model.name = 'small_cnn'
+  config.model.embedding_dim = 16
+  config.num_steps = 12
+  config.batch_size = 20
+  config.m_per_class = 4
+  config.checkpoint_every_steps = 4
+  config.log_every_steps = 2
+  config.progress_bar = False
+  config.eval.num_queries = 200
+  config.eval.num_candidates = 300
+  for key, value in overrides.items():
+    target = config
+    *path, leaf = key.split('.')
+    for part in path:
+      target = target[part]
+    target[leaf] = value
+  return config
+
+
+def final_params(workdir, config):
+  model, variables, _ = training.load_trained(config, workdir)
+  del model
+  return jax.tree.leaves(variables)
+
+
+def test_train_and_evaluate_writes_results(tmp_path):
+  config = tiny_config()
+  results = training.train_and_evaluate(config, str(tmp_path))
+  assert set(results) == {'model', 'raw_pixels'}
+  for row in results.values():
+    assert {'recall@1', 'recall@10', 'recall@20', 'recall@40', 'map@r'} <= set(row)
+    assert 0.0 <= row['recall@1'] <= row['recall@10'] <= row['recall@40'] <= 1.0
+  lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert [l['step'] for l in lines] == [0, 2, 3, 4, 6, 7, 8, 10, 11]
+  assert all(np.isfinite(l['loss']) and l['images_per_second'] > 0 for l in lines)
+  assert json.load(open(tmp_path / 'results.json')) == results
+  assert '| model |' in open(tmp_path / 'results.md').read()
+
+
+def test_resume_after_kill_gives_same_parameters(tmp_path):
+  """Kills a training process (SIGKILL) after its first checkpoint, restarts it, and compares the
+  final parameters with those of an uninterrupted run."""
+  config = tiny_config(num_steps=40, checkpoint_every_steps=10)
+  uninterrupted = tmp_path / 'uninterrupted'
+  training.train(config, str(uninterrupted))
+
+  killed = tmp_path / 'killed'
+  overrides = ['--config.num_steps=40', '--config.checkpoint_every_steps=10', '--config.batch_size=20',
+               '--config.m_per_class=4', '--config.model.embedding_dim=16', '--config.progress_bar=False',
+               '--config.eval.num_queries=200', '--config.eval.num_candidates=300']
+  command = [sys.executable, os.path.join(REPO, 'train.py'), '--config', os.path.join(REPO, 'configs/quickstart.py'),
+             '--workdir', str(killed)] + overrides
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  checkpoint_dir = killed / 'checkpoints'
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    steps = [int(p) for p in os.listdir(checkpoint_dir) if p.isdigit()] if checkpoint_dir.exists() else []
+    if any(s >= 10 for s in steps):
+      break
+    time.sleep(0.05)
+  assert process.poll() is None, 'training finished before it could be killed; ' + process.stderr.read().decode()[-2000:]
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  mngr = checkpointing.manager(str(checkpoint_dir))
+  interrupted_at = mngr.latest_step()
+  mngr.close()
+  assert interrupted_at is not None and interrupted_at < 40
+
+  training.train(config, str(killed))
+  for a, b in zip(final_params(str(uninterrupted), config), final_params(str(killed), config)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  # A good learning rate for 7 steps, then 1e-3 * 1e30: diverges after the checkpoint of step 5.
+  steps_per_epoch = training.steps_per_epoch(tiny_config(), 6000)
+  config = tiny_config(num_steps=30, checkpoint_every_steps=5, lr_decay_epochs=(7 / steps_per_epoch,),
+                       lr_decay_factor=1e30)
+  with pytest.raises(training.TrainingDivergedError, match='last good checkpoint'):
+    training.train(config, str(tmp_path))
+  mngr = checkpointing.manager(str(tmp_path / 'checkpoints'))
+  assert mngr.latest_step() == 5
+  mngr.close()
+  # The checkpoint left behind holds finite parameters.
+  _, variables, _ = training.load_trained(config, str(tmp_path))
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(variables))
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('data.name', 'imagenet9', 'embedded'),
+    ('model.name', 'vgg', 'small_cnn'),
+    ('loss.name', 'arcface', 'triplet'),
+    ('method', 'magic', 'metric'),
+    ('sampler', 'random', 'm_per_class'),
+])
+def test_unknown_names_list_valid_ones(tmp_path, key, value, message):
+  config = tiny_config(**{key: value})
+  with pytest.raises(ValueError, match=message):
+    training.train_and_evaluate(config, str(tmp_path))
+
+
+def test_missing_data_directory_says_how_to_get_it(tmp_path):
+  config = tiny_config(**{'data.name': 'idx', 'data.data_dir': str(tmp_path / 'nowhere')})
+  with pytest.raises(FileNotFoundError, match='dataset-fashion-mnist'):
+    training.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_wrong_image_shape_for_model(tmp_path):
+  config = tiny_config(**{'data.name': 'synthetic'})
+  config.model.name = 'resnet18'
+  config.model.num_channels = 3
+  with pytest.raises(ValueError, match='channel'):
+    training.train_and_evaluate(config, str(tmp_path))
+
+
+def test_load_trained_without_checkpoint_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match='Train first'):
+    training.load_trained(tiny_config(), str(tmp_path / 'empty'))

@@ -1,0 +1,33 @@
+"""Trains an embedding model from a config file and evaluates retrieval.
+
+  python train.py --config configs/quickstart.py --workdir runs/quickstart
+  python train.py --config configs/fmnist_large_triplet.py --config.num_epochs=10 --workdir runs/fm
+
+Any config field can be overridden with --config.<field>=<value>. The workdir receives checkpoints
+(a rerun with the same workdir resumes), metrics.jsonl, config.json, results.json and results.md.
+All logic lives in jaxcert.training.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from jaxcert import training
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO; -v 0 brings it back.
+    logging.set_verbosity(logging.WARNING)
+  training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
