@@ -17,24 +17,43 @@ attack of Carlini & Wagner. The attacks of the papers are losses fed to it:
   D = ||f(x_i) - f(x_j)||^2 under ||d_i||_inf + ||d_j||_inf <= eps
   (`pairwise_attack`, `linear_pairwise_attack`), its success rate at a
   threshold gamma, and the bound D(x_i + d, x_j) <= D + 2 d eps lambda_max
-  for linear f = Wx (`linear_pairwise_distance_bound`).
+  for linear f = Wx (`linear_pairwise_distance_bound`,
+  `evaluate_linear_pairwise_attack`).
+
+Attacking a certificate (for the soundness tests of `jaxcert.bounds` and
+`jaxcert.smoothing`): a certificate claims bounds that hold for every point of
+the ball; an attack yields points of the ball, so it must never beat them.
+
+  closest, farthest = attacks.distance_extremes(
+      embed, x, target_emb, eps=eps, key=key)   # (B,) Euclidean distances
+  assert np.all(lower_bound <= closest) and np.all(farthest <= upper_bound)
+
+  # one output coordinate c pushed up (direction +e_c) or down (-e_c):
+  up = attacks.pgd(attacks.embedding_projection_loss, eps=eps,
+                   step_size=eps / 10, num_steps=100)(key, x, embed, e_c)
+
+`distance_extremes` also returns the points it found (`x_closest`,
+`x_farthest`), so a test can re-embed them and check they lie in the ball.
 
 Encoders enter as `embed(x) -> (batch, k)` (docs/architecture.md). Every
 attack is a pure function of `(embed, key, x)`, so it can run inside a jitted
-training step. The jitted per-step functions live at module level with the
-loss function static and everything else (eps, step size, embeddings,
-`embed`) traced, so they compile once per input shape. Pass
-`jax.tree_util.Partial(model.apply, variables)` as `embed` to keep the weights
-runtime arguments: one compilation then serves every checkpoint. A plain
-closure works too, but its weights are baked into the compiled program.
+training step (`jaxcert.objectives.adversarial`). The jitted per-step
+functions live at module level with the loss function static and everything
+else (eps, step size, embeddings, `embed`) traced, so they compile once per
+input shape. Pass `jax.tree_util.Partial(model.apply, variables)` as `embed`
+to keep the weights runtime arguments: one compilation then serves every
+checkpoint. A plain closure works too, but its weights are baked into the
+compiled program. Embedding, distances, top-k and the retrieval metrics come
+from `jaxcert.retrieval` and `jaxcert.metrics`.
 
 Loops (bench/attack.py measures both): on a 2-core CPU a Python loop over
 one jitted step ran 2-7x faster per step than `lax.fori_loop` (small_cnn,
-large_cnn, batch 128); on an H100 `lax.fori_loop` ran up to 2x faster for
-small_cnn (the Python loop pays one dispatch per step) and tied for
-large_cnn. `loop='auto'` (the default) therefore picks 'python' on CPU and
-'fori' on accelerators. Under an enclosing `jit` the Python loop unrolls;
-'fori' keeps the traced program small there.
+large_cnn, batch 128); on an H100 (measured by an earlier session, not rerun
+since) `lax.fori_loop` ran up to 2x faster for small_cnn (the Python loop
+pays one dispatch per step) and tied for large_cnn. `loop='auto'` (the
+default) therefore picks 'python' on CPU and 'fori' on accelerators. Under
+an enclosing `jit` the Python loop unrolls; 'fori' keeps the traced program
+small there.
 """
 
 from __future__ import annotations
@@ -42,12 +61,16 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from jaxcert import metrics
+from jaxcert import retrieval
 
 NORMS = ('linf', 'l2')
 LOOPS = ('auto', 'python', 'fori')
@@ -363,163 +386,115 @@ def get_attack(method: str, loss_fn: LossFn, *, eps, num_steps: int,
 
 
 # ---------------------------------------------------------------------------
-# Distances and retrieval helpers.
+# Losses on embeddings, and the attack API for certificate tests.
 # ---------------------------------------------------------------------------
 
 
-def as_pytree_function(embed: Callable) -> jax.tree_util.Partial:
-  """`embed` as a pytree that can cross `jit` boundaries as an argument.
+def squared_embedding_distance(x, embed, target_emb) -> jax.Array:
+  """||f(x_b) - e_b||^2 per example -> (B,); maximised, it pushes f(x_b) away from e_b.
 
-  A `jax.tree_util.Partial` is returned unchanged (its bound arguments, e.g.
-  model variables, stay runtime arrays); any other callable becomes a
-  zero-argument Partial (its closed-over arrays are compile-time constants).
+  This is the distance seed 002's Algorithm 1 maximises (its argmax equals
+  that of d_theta(z, x_j)), with a finite gradient where the embeddings meet.
   """
-  if isinstance(embed, jax.tree_util.Partial):
-    return embed
-  return jax.tree_util.Partial(embed)
+  return jnp.sum(jnp.square(embed(x) - target_emb), axis=-1)
 
 
-def pairwise_squared_distances(a, b) -> jax.Array:
-  """||a_i - b_j||^2 for a (Na, k), b (Nb, k) -> (Na, Nb), clamped at 0."""
-  sq = (jnp.sum(a * a, -1)[:, None] + jnp.sum(b * b, -1)[None, :]
-        - 2 * a @ b.T)
-  return jnp.maximum(sq, 0.)
+def negative_squared_embedding_distance(x, embed, target_emb) -> jax.Array:
+  """-||f(x_b) - e_b||^2 per example; maximised, it pulls f(x_b) towards e_b."""
+  return -squared_embedding_distance(x, embed, target_emb)
 
 
-def _safe_sqrt(sq):
-  """sqrt with a finite gradient at 0."""
-  return jnp.sqrt(jnp.maximum(sq, _TINY))
+def embedding_projection_loss(x, embed, direction) -> jax.Array:
+  """<f(x_b), direction_b> per example; direction = +e_c (-e_c) pushes coordinate c up (down)."""
+  return jnp.sum(embed(x) * direction, axis=-1)
 
 
-def _pad_rows(array, size: int):
-  """Pads axis 0 to `size` by repeating row 0 (a valid image, label, index)."""
-  missing = size - array.shape[0]
-  if missing <= 0:
-    return array
-  return np.concatenate([array, np.repeat(array[:1], missing, axis=0)])
+def _row_distances(a, b) -> jax.Array:
+  """||a_b - b_b|| per row -> (B,), with gradient 0 (not NaN) where a row distance is 0."""
+  squared = jnp.sum(jnp.square(a - b), axis=-1)
+  positive = squared > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.)), 0.)
 
 
-def _batches(num: int, batch_size: int):
-  """(start, stop) of consecutive batches covering range(num)."""
-  if batch_size <= 0:
-    raise ValueError(f'batch_size must be > 0, got {batch_size}.')
-  return [(start, min(start + batch_size, num))
-          for start in range(0, num, batch_size)]
+class DistanceExtremes(NamedTuple):
+  """What `distance_extremes` found: (B,) Euclidean distances and the (B, ...) points reaching them."""
+  closest: np.ndarray
+  farthest: np.ndarray
+  x_closest: np.ndarray
+  x_farthest: np.ndarray
 
 
-@jax.jit
-def _apply(embed, x):
-  return embed(x)
+def distance_extremes(embed: Callable, x, target_emb, *, eps, key,
+                      num_steps: int = 100, step_size=None,
+                      norm: str = 'linf', num_restarts: int = 1,
+                      clip: tuple[float, float] = (0., 1.)) -> DistanceExtremes:
+  """The smallest and largest ||f(x_b + d) - e_b|| that PGD finds over the ball cap `clip`.
 
-
-def embed_images(embed: Callable, images, batch_size: int = 256) -> np.ndarray:
-  """Embeddings of `images` (N, H, W, C) in batches of one compiled shape -> (N, k)."""
-  embed = as_pytree_function(embed)
-  images = np.asarray(images)
-  out = [np.asarray(_apply(embed, _pad_rows(images[a:b], batch_size)))[:b - a]
-         for a, b in _batches(len(images), batch_size)]
-  return np.concatenate(out)
-
-
-@functools.partial(jax.jit, static_argnames=('k', 'exclude_self'))
-def _topk_rows(query_emb, gallery_emb, row_offset, *, k, exclude_self):
-  dist = pairwise_squared_distances(query_emb, gallery_emb)
-  if exclude_self:
-    rows = row_offset + jnp.arange(query_emb.shape[0])
-    self_match = rows[:, None] == jnp.arange(gallery_emb.shape[0])[None, :]
-    dist = jnp.where(self_match, jnp.inf, dist)
-  neg_dist, idx = lax.top_k(-dist, k)
-  return -neg_dist, idx
-
-
-def nearest_indices(query_emb, gallery_emb, k: int, *, exclude_self=False,
-                    block_size: int = 1024) -> np.ndarray:
-  """Indices (Nq, k) of the k nearest gallery embeddings of each query, nearest first.
-
-  `exclude_self=True`: query i never retrieves gallery item i (query and
-  gallery are the same set, seed 002 Algorithm 1: A^(i) = S minus x_i).
-  """
-  query_emb = np.asarray(query_emb)
-  gallery_emb = jnp.asarray(gallery_emb)
-  if k > gallery_emb.shape[0] - int(exclude_self):
-    raise ValueError(f'k={k} exceeds the gallery size.')
-  out = []
-  for a, b in _batches(len(query_emb), block_size):
-    _, idx = _topk_rows(jnp.asarray(_pad_rows(query_emb[a:b], block_size)),
-                        gallery_emb, a, k=k, exclude_self=exclude_self)
-    out.append(np.asarray(idx)[:b - a])
-  return np.concatenate(out)
-
-
-def recall_at_k(query_labels, retrieved_labels, ks: Sequence[int]) -> dict:
-  """Recall@K (seed 001 Eq. 22): the fraction of queries with a same-class item among their top K.
-
-  Applied to what is retrieved under attack this is ER-Recall@K (Eqs. 23-24).
+  Empirical (attained) values: any sound certificate's lower (upper) distance
+  bound must be <= `closest` (>= `farthest`). Each restart is a PGD run from a
+  random point of the ball; the best over restarts is kept per example.
 
   Args:
-    query_labels: (Nq,).
-    retrieved_labels: (Nq, Kmax) labels of each query's retrieved items,
-      nearest first.
-    ks: the K values (each <= Kmax).
+    embed: encoder `x -> (B, k)`.
+    x: (B, ...) centres in `clip`.
+    target_emb: (B, k) embeddings to move towards and away from.
+    eps: radius of the ball.
+    key: PRNG key of the random starts.
+    num_steps: PGD steps per run.
+    step_size: default eps / 10 (seed 001 Sec. 5.1.2).
+    norm: 'linf' or 'l2'.
+    num_restarts: PGD runs per direction (>= 1).
+    clip: pixel range.
 
   Returns:
-    {K: recall} with float values.
+    `DistanceExtremes(closest, farthest, x_closest, x_farthest)`.
   """
-  query_labels = np.asarray(query_labels)
-  retrieved_labels = np.asarray(retrieved_labels)
-  if max(ks) > retrieved_labels.shape[1]:
-    raise ValueError(f'K={max(ks)} exceeds the {retrieved_labels.shape[1]} '
-                     'retrieved items.')
-  hits = retrieved_labels == query_labels[:, None]
-  return {int(k): float(np.mean(np.any(hits[:, :k], axis=1))) for k in ks}
+  if int(num_restarts) != num_restarts or num_restarts < 1:
+    raise ValueError(f'num_restarts must be an integer >= 1, got {num_restarts}.')
+  embed = retrieval.as_pytree_function(embed)
+  step_size = eps / 10 if step_size is None else step_size
+  found = {}
+  for name, loss_fn, better in (('closest', negative_squared_embedding_distance, np.less),
+                                ('farthest', squared_embedding_distance, np.greater)):
+    attack = pgd(loss_fn, eps=eps, step_size=step_size, num_steps=num_steps,
+                 norm=norm, clip=clip)
+    best_x = best_distance = None
+    for restart in range(int(num_restarts)):
+      x_adv = np.asarray(attack(jax.random.fold_in(key, 2 * restart + (name == 'farthest')),
+                                jnp.asarray(x), embed, target_emb))
+      distance = np.asarray(_row_distances(_embed_batch(embed, x_adv), target_emb))
+      if best_x is None:
+        best_x, best_distance = x_adv, distance
+        continue
+      improved = better(distance, best_distance)
+      best_distance = np.where(improved, distance, best_distance)
+      best_x = np.where(improved.reshape((-1,) + (1,) * (x_adv.ndim - 1)), x_adv, best_x)
+    found[name] = (best_distance, best_x)
+  return DistanceExtremes(found['closest'][0], found['farthest'][0], found['closest'][1],
+                          found['farthest'][1])
 
 
-def map_at_r(query_emb, query_labels, gallery_emb, gallery_labels, *,
-             exclude_self: bool = False) -> float:
-  """mAP@R (Musgrave et al. 2020; seed 002 Eq. 19).
+def _padded_batches(num: int, batch_size: int):
+  """Yields (rows, count) covering range(num) in batches of one fixed size.
 
-  For query i with R_i same-class gallery items, the mean over the first R_i
-  retrieved items of precision@k times relevance at k, divided by R_i.
-  Seed 002 Eq. 19 prints the sum without the relevance factor; its cited
-  source (Musgrave et al.) and its reported numbers use the definition here.
-  Queries with R_i = 0 count as 0.
+  `rows` holds min(batch_size, num) indices, the last batch padded by
+  repeating its last index; its first `count` are real. One batch shape
+  serves every batch, so a jitted attack compiles once.
   """
-  query_labels = np.asarray(query_labels)
-  gallery_labels = np.asarray(gallery_labels)
-  classes, counts = np.unique(gallery_labels, return_counts=True)
-  position = np.clip(np.searchsorted(classes, query_labels), 0,
-                     len(classes) - 1)
-  num_relevant = np.where(classes[position] == query_labels, counts[position],
-                          0)
-  if exclude_self:
-    num_relevant = num_relevant - (
-        gallery_labels[:len(query_labels)] == query_labels)
-  max_r = int(num_relevant.max(initial=0))
-  if max_r == 0:
-    return 0.
-  idx = nearest_indices(query_emb, gallery_emb, max_r,
-                        exclude_self=exclude_self)
-  relevant = gallery_labels[idx] == query_labels[:, None]
-  ranks = np.arange(1, max_r + 1)
-  within_r = ranks[None, :] <= num_relevant[:, None]
-  precision = np.cumsum(relevant, axis=1) / ranks[None, :]
-  average = np.sum(precision * relevant * within_r, axis=1) / np.maximum(
-      num_relevant, 1)
-  return float(np.mean(average))
+  if int(batch_size) != batch_size or batch_size < 1:
+    raise ValueError(f'batch_size must be a positive integer, got {batch_size!r}.')
+  size = min(int(batch_size), num)
+  for start in range(0, num, size):
+    yield np.minimum(np.arange(start, start + size), num - 1), min(size, num - start)
+
+
+def _embed_batch(embed, x) -> np.ndarray:
+  return retrieval.embed_in_batches(embed, x, len(x))
 
 
 # ---------------------------------------------------------------------------
 # Seed 002, Algorithm 1: away from the nearest same-class neighbour.
 # ---------------------------------------------------------------------------
-
-
-def neighbor_distance_loss(x, embed, neighbor_emb) -> jax.Array:
-  """||f(x_b) - f(x_j(b))||^2 per example: the distance Algorithm 1 (seed 002) maximises.
-
-  The squared distance has the maximiser of d_theta(z, x_j) and a finite
-  gradient when the two embeddings coincide.
-  """
-  return jnp.sum(jnp.square(embed(x) - neighbor_emb), axis=-1)
 
 
 def nearest_neighbor_attack(embed: Callable, images, neighbor_emb, *, eps,
@@ -540,10 +515,10 @@ def nearest_neighbor_attack(embed: Callable, images, neighbor_emb, *, eps,
   Returns:
     (B, H, W, C) adversarial images.
   """
-  attack = get_attack(method, neighbor_distance_loss, eps=eps,
+  attack = get_attack(method, squared_embedding_distance, eps=eps,
                       num_steps=num_steps, step_size=step_size, norm=norm,
                       random_start=random_start)
-  return attack(key, images, as_pytree_function(embed), neighbor_emb)
+  return attack(key, images, retrieval.as_pytree_function(embed), neighbor_emb)
 
 
 def evaluate_nearest_neighbor_attack(embed: Callable, images, labels, *, eps,
@@ -558,44 +533,43 @@ def evaluate_nearest_neighbor_attack(embed: Callable, images, labels, *, eps,
   (clean embeddings); if y_j = y_i, x_i is replaced by the attack maximising
   d_theta(z, x_j) over the ball, otherwise it is left as is (already
   misretrieved). Each perturbed x_i is then evaluated against the clean
-  anchors A^(i): R@1 (seed 002 Sec. 4.1) and mAP@R (Eq. 19, see `map_at_r`).
+  anchors A^(i): R@1 (seed 002 Sec. 4.1) and mAP@R (Eq. 19,
+  `jaxcert.metrics.map_at_r`). Ties go to the lower index (seed 002 breaks
+  them at random).
 
   Returns:
     {'recall_at_1', 'map_at_r'} (benign), {'adversarial_recall_at_1',
     'adversarial_map_at_r'}, 'attacked_fraction' (share with a same-class
     nearest neighbour), 'embeddings' and 'adversarial_embeddings' (N, k).
   """
-  images = np.asarray(images)
   labels = np.asarray(labels)
-  if images.shape[0] != labels.shape[0] or images.shape[0] < 2:
+  if len(images) != labels.shape[0] or labels.shape[0] < 2:
     raise ValueError('images and labels need the same length >= 2, got '
-                     f'{images.shape[0]} and {labels.shape[0]}.')
-  embed = as_pytree_function(embed)
-  clean_emb = embed_images(embed, images, batch_size)
-  neighbor = nearest_indices(clean_emb, clean_emb, 1, exclude_self=True)[:, 0]
+                     f'{len(images)} and {labels.shape[0]}.')
+  embed = retrieval.as_pytree_function(embed)
+  clean_emb = retrieval.embed_in_batches(embed, images, batch_size)
+  neighbor = np.asarray(retrieval.blocked_topk(clean_emb, clean_emb, 1, exclude_self=True)[1])[:, 0]
   attacked = labels[neighbor] == labels
   adversarial = []
-  for batch_index, (a, b) in enumerate(_batches(len(images), batch_size)):
+  for batch_index, (rows, count) in enumerate(_padded_batches(len(labels), batch_size)):
     x_adv = nearest_neighbor_attack(
-        embed, jnp.asarray(_pad_rows(images[a:b], batch_size)),
-        jnp.asarray(_pad_rows(clean_emb[neighbor[a:b]], batch_size)),
+        embed, jnp.asarray(images[rows]), jnp.asarray(clean_emb[neighbor[rows]]),
         eps=eps, key=jax.random.fold_in(key, batch_index), method=method,
         num_steps=num_steps, step_size=step_size, norm=norm,
         random_start=random_start)
-    adversarial.append(np.asarray(_apply(embed, x_adv))[:b - a])
+    adversarial.append(_embed_batch(embed, x_adv)[:count])
   adv_emb = np.where(attacked[:, None], np.concatenate(adversarial), clean_emb)
 
   def recall_at_1(query_emb):
-    nearest = nearest_indices(query_emb, clean_emb, 1, exclude_self=True)
-    return recall_at_k(labels, labels[nearest], (1,))[1]
+    nearest = np.asarray(retrieval.blocked_topk(query_emb, clean_emb, 1, exclude_self=True)[1])
+    return metrics.recall_at_k(labels, labels[nearest], (1,))[1]
 
   return {
       'recall_at_1': recall_at_1(clean_emb),
-      'map_at_r': map_at_r(clean_emb, labels, clean_emb, labels,
-                           exclude_self=True),
+      'map_at_r': metrics.map_at_r(clean_emb, labels, clean_emb, labels, exclude_self=True),
       'adversarial_recall_at_1': recall_at_1(adv_emb),
-      'adversarial_map_at_r': map_at_r(adv_emb, labels, clean_emb, labels,
-                                       exclude_self=True),
+      'adversarial_map_at_r': metrics.map_at_r(adv_emb, labels, clean_emb, labels,
+                                               exclude_self=True),
       'attacked_fraction': float(np.mean(attacked)),
       'embeddings': clean_emb,
       'adversarial_embeddings': adv_emb,
@@ -617,9 +591,8 @@ def query_attack_objective(query_emb, target_emb, candidate_emb) -> jax.Array:
   Returns:
     (B,) objective; the query attack minimises it, raising t's rank.
   """
-  to_target = _safe_sqrt(jnp.sum(jnp.square(query_emb - target_emb), -1))
-  to_candidates = _safe_sqrt(pairwise_squared_distances(query_emb,
-                                                        candidate_emb))
+  to_target = _row_distances(query_emb, target_emb)
+  to_candidates = retrieval.pairwise_distances(query_emb, candidate_emb)
   return jnp.sum(jax.nn.relu(to_target[:, None] - to_candidates), axis=-1)
 
 
@@ -640,7 +613,7 @@ def candidate_attack_objective(source_emb, query_emb,
   Returns:
     (B,) objective; the candidate attack minimises it, raising c_s's rank.
   """
-  to_source = _safe_sqrt(jnp.sum(jnp.square(query_emb - source_emb), -1))
+  to_source = _row_distances(query_emb, source_emb)
   return jnp.sum(jax.nn.relu(to_source[:, None] - query_candidate_distances),
                  axis=-1)
 
@@ -651,19 +624,20 @@ def _candidate_attack_loss(x, embed, query_emb, query_candidate_distances):
 
 
 def query_attack(embed: Callable, queries, target_emb, candidate_emb, *, eps,
-                 key, step_size=None, num_steps: int = 100,
+                 key, step_size=None, num_steps: int = 100, norm: str = 'linf',
                  random_start: bool = True, loop: str = 'auto') -> jax.Array:
-  """Seed 001 QA: PGD (L-inf) minimising Eq. 2, raising each query's target candidate.
+  """Seed 001 QA: PGD minimising Eq. 2, raising each query's target candidate.
 
   Args:
     embed: encoder `x -> (B, k)`.
     queries: (B, H, W, C) query images q_s in [0, 1].
     target_emb: (B, k) embedding of each query's target candidate.
     candidate_emb: (N, k) embeddings of the candidate set.
-    eps: L-inf budget (Sec. 5.1.2: 0.1, 0.2 MNIST/FMNIST; 2/255, 3/255 CIFAR).
+    eps: budget (Sec. 5.1.2, L-inf: 0.1, 0.2 MNIST/FMNIST; 2/255, 3/255 CIFAR).
     key: PRNG key of the random start.
     step_size: default eps / 10 (Sec. 5.1.2).
     num_steps: default 100 (Sec. 5.1.2).
+    norm: 'linf' (seed 001) or 'l2'.
     random_start, loop: see `pgd` (Madry's PGD starts at a random point).
 
   Returns:
@@ -671,16 +645,16 @@ def query_attack(embed: Callable, queries, target_emb, candidate_emb, *, eps,
   """
   attack = pgd(_query_attack_loss, eps=eps,
                step_size=eps / 10 if step_size is None else step_size,
-               num_steps=num_steps, random_start=random_start, loop=loop)
-  return attack(key, queries, as_pytree_function(embed), target_emb,
+               num_steps=num_steps, norm=norm, random_start=random_start, loop=loop)
+  return attack(key, queries, retrieval.as_pytree_function(embed), target_emb,
                 candidate_emb)
 
 
 def candidate_attack(embed: Callable, sources, query_emb,
                      query_candidate_distances, *, eps, key, step_size=None,
-                     num_steps: int = 100, random_start: bool = True,
-                     loop: str = 'auto') -> jax.Array:
-  """Seed 001 CA: PGD (L-inf) minimising Eq. 4, raising each source candidate for its query.
+                     num_steps: int = 100, norm: str = 'linf',
+                     random_start: bool = True, loop: str = 'auto') -> jax.Array:
+  """Seed 001 CA: PGD minimising Eq. 4, raising each source candidate for its query.
 
   Args:
     embed: encoder `x -> (B, k)`.
@@ -688,15 +662,15 @@ def candidate_attack(embed: Callable, sources, query_emb,
     query_emb: (B, k) embedding of the query each source targets.
     query_candidate_distances: (B, N) clean Euclidean distances from that
       query to every candidate.
-    eps, key, step_size, num_steps, random_start, loop: as `query_attack`.
+    eps, key, step_size, num_steps, norm, random_start, loop: as `query_attack`.
 
   Returns:
     (B, H, W, C) adversarial candidates.
   """
   attack = pgd(_candidate_attack_loss, eps=eps,
                step_size=eps / 10 if step_size is None else step_size,
-               num_steps=num_steps, random_start=random_start, loop=loop)
-  return attack(key, sources, as_pytree_function(embed), query_emb,
+               num_steps=num_steps, norm=norm, random_start=random_start, loop=loop)
+  return attack(key, sources, retrieval.as_pytree_function(embed), query_emb,
                 query_candidate_distances)
 
 
@@ -723,15 +697,16 @@ def _check_retrieval_inputs(query_images, query_labels, candidate_images,
   if len(candidate_images) != len(candidate_labels):
     raise ValueError(f'{len(candidate_images)} candidate images but '
                      f'{len(candidate_labels)} labels.')
-  if max(ks) > len(candidate_labels):
-    raise ValueError(f'K={max(ks)} exceeds the {len(candidate_labels)} '
-                     'candidates.')
+  if not ks or max(ks) > len(candidate_labels):
+    raise ValueError(f'ks={tuple(ks)} must be non-empty with every K <= the '
+                     f'{len(candidate_labels)} candidates.')
 
 
 def evaluate_query_attack(embed: Callable, query_images, query_labels,
                           candidate_images, candidate_labels, *, eps, key,
-                          ks: Sequence[int] = (1, 10, 20, 40), step_size=None,
-                          num_steps: int = 100, batch_size: int = 100) -> dict:
+                          ks: Sequence[int] = metrics.DEFAULT_KS, step_size=None,
+                          num_steps: int = 100, norm: str = 'linf',
+                          batch_size: int = 100) -> dict:
   """ER-Recall@K against QA (seed 001 Eq. 23) with Recall@K (Eq. 22) beside it.
 
   Each query gets one target candidate of another class, uniformly at
@@ -744,34 +719,29 @@ def evaluate_query_attack(embed: Callable, query_images, query_labels,
   """
   _check_retrieval_inputs(query_images, query_labels, candidate_images,
                           candidate_labels, ks)
-  query_images = np.asarray(query_images)
   query_labels = np.asarray(query_labels)
   candidate_labels = np.asarray(candidate_labels)
-  embed = as_pytree_function(embed)
+  embed = retrieval.as_pytree_function(embed)
   target_key, attack_key = jax.random.split(key)
-  candidate_emb = embed_images(embed, candidate_images, batch_size)
+  candidate_emb = retrieval.embed_in_batches(embed, candidate_images, batch_size)
   targets = random_other_class_indices(target_key, query_labels,
                                        candidate_labels, 1)[:, 0]
   adversarial, adversarial_emb = [], []
-  for batch_index, (a, b) in enumerate(_batches(len(query_images),
-                                                batch_size)):
+  for batch_index, (rows, count) in enumerate(_padded_batches(len(query_labels), batch_size)):
     x_adv = query_attack(
-        embed, jnp.asarray(_pad_rows(query_images[a:b], batch_size)),
-        jnp.asarray(_pad_rows(candidate_emb[targets[a:b]], batch_size)),
+        embed, jnp.asarray(query_images[rows]), jnp.asarray(candidate_emb[targets[rows]]),
         jnp.asarray(candidate_emb), eps=eps,
         key=jax.random.fold_in(attack_key, batch_index), step_size=step_size,
-        num_steps=num_steps)
-    adversarial.append(np.asarray(x_adv)[:b - a])
-    adversarial_emb.append(np.asarray(_apply(embed, x_adv))[:b - a])
-  clean_emb = embed_images(embed, query_images, batch_size)
-  k_max = max(ks)
-  clean_top = nearest_indices(clean_emb, candidate_emb, k_max)
-  adversarial_top = nearest_indices(np.concatenate(adversarial_emb),
-                                    candidate_emb, k_max)
+        num_steps=num_steps, norm=norm)
+    adversarial.append(np.asarray(x_adv)[:count])
+    adversarial_emb.append(_embed_batch(embed, x_adv)[:count])
+  clean_emb = retrieval.embed_in_batches(embed, query_images, batch_size)
+  ranked = lambda emb: candidate_labels[np.asarray(
+      retrieval.blocked_topk(emb, candidate_emb, max(ks))[1])]
   return {
-      'recall': recall_at_k(query_labels, candidate_labels[clean_top], ks),
-      'er_recall': recall_at_k(query_labels,
-                               candidate_labels[adversarial_top], ks),
+      'recall': metrics.recall_at_k(query_labels, ranked(clean_emb), ks),
+      'er_recall': metrics.recall_at_k(query_labels, ranked(np.concatenate(adversarial_emb)),
+                                       ks),
       'adversarial_queries': np.concatenate(adversarial),
       'target_indices': targets,
   }
@@ -779,9 +749,9 @@ def evaluate_query_attack(embed: Callable, query_images, query_labels,
 
 def evaluate_candidate_attack(embed: Callable, query_images, query_labels,
                               candidate_images, candidate_labels, *, eps, key,
-                              ks: Sequence[int] = (1, 10, 20, 40),
+                              ks: Sequence[int] = metrics.DEFAULT_KS,
                               num_sources: int = 100, step_size=None,
-                              num_steps: int = 100,
+                              num_steps: int = 100, norm: str = 'linf',
                               batch_size: int = 100) -> dict:
   """ER-Recall@K against CA (seed 001 Eq. 24) with Recall@K (Eq. 22) beside it.
 
@@ -790,7 +760,8 @@ def evaluate_candidate_attack(embed: Callable, query_images, query_labels,
   `candidate_attack` towards q; q then retrieves from C minus C_s plus the
   perturbed C_s. Cost: num_queries x num_sources attacks of `num_steps`
   gradient steps each; one attack batch holds the sources of
-  max(1, batch_size // num_sources) queries.
+  max(1, batch_size // num_sources) queries. Rankings sort the (Nq, N)
+  distance matrix with ties to the lower index, as `jaxcert.retrieval` does.
 
   Returns:
     {'recall': {K: Recall@K}, 'er_recall': {K: ER-Recall@K},
@@ -801,46 +772,35 @@ def evaluate_candidate_attack(embed: Callable, query_images, query_labels,
   """
   _check_retrieval_inputs(query_images, query_labels, candidate_images,
                           candidate_labels, ks)
-  query_images = np.asarray(query_images)
   query_labels = np.asarray(query_labels)
-  candidate_images = np.asarray(candidate_images)
   candidate_labels = np.asarray(candidate_labels)
-  embed = as_pytree_function(embed)
+  embed = retrieval.as_pytree_function(embed)
   source_key, attack_key = jax.random.split(key)
-  candidate_emb = embed_images(embed, candidate_images, batch_size)
-  query_emb = embed_images(embed, query_images, batch_size)
+  candidate_emb = retrieval.embed_in_batches(embed, candidate_images, batch_size)
+  query_emb = retrieval.embed_in_batches(embed, query_images, batch_size)
   sources = random_other_class_indices(source_key, query_labels,
                                        candidate_labels, num_sources)
-  queries_per_batch = max(1, batch_size // num_sources)
-  clean_distances = np.asarray(pairwise_squared_distances(
-      jnp.asarray(query_emb), jnp.asarray(candidate_emb)))
+  clean_distances = np.asarray(retrieval.pairwise_sq_distances(query_emb, candidate_emb))
   adversarial_distances = []
-  for batch_index, (a, b) in enumerate(_batches(len(query_images),
-                                                queries_per_batch)):
-    rows = _pad_rows(np.arange(a, b), queries_per_batch)
-    source_images = candidate_images[sources[rows].reshape(-1)]
+  for batch_index, (rows, count) in enumerate(_padded_batches(
+      len(query_labels), max(1, batch_size // num_sources))):
     repeated_query_emb = np.repeat(query_emb[rows], num_sources, axis=0)
     x_adv = candidate_attack(
-        embed, jnp.asarray(source_images), jnp.asarray(repeated_query_emb),
-        jnp.asarray(np.repeat(np.sqrt(clean_distances[rows]), num_sources,
-                              axis=0)),
+        embed, jnp.asarray(candidate_images[sources[rows].reshape(-1)]),
+        jnp.asarray(repeated_query_emb),
+        jnp.asarray(np.repeat(np.sqrt(clean_distances[rows]), num_sources, axis=0)),
         eps=eps, key=jax.random.fold_in(attack_key, batch_index),
-        step_size=step_size, num_steps=num_steps)
-    source_emb = _apply(embed, x_adv)
-    distances = jnp.sum(jnp.square(source_emb - repeated_query_emb), -1)
-    adversarial_distances.append(
-        np.asarray(distances).reshape(queries_per_batch, num_sources)[:b - a])
+        step_size=step_size, num_steps=num_steps, norm=norm)
+    distances = np.sum(np.square(_embed_batch(embed, x_adv) - repeated_query_emb), -1)
+    adversarial_distances.append(distances.reshape(len(rows), num_sources)[:count])
   adversarial_distances = np.concatenate(adversarial_distances)
   attacked_distances = clean_distances.copy()
   np.put_along_axis(attacked_distances, sources, adversarial_distances, axis=1)
-  k_max = max(ks)
-  clean_top = np.argsort(clean_distances, axis=1, kind='stable')[:, :k_max]
-  attacked_top = np.argsort(attacked_distances, axis=1,
-                            kind='stable')[:, :k_max]
+  ranked = lambda distances: candidate_labels[
+      np.argsort(distances, axis=1, kind='stable')[:, :max(ks)]]
   return {
-      'recall': recall_at_k(query_labels, candidate_labels[clean_top], ks),
-      'er_recall': recall_at_k(query_labels, candidate_labels[attacked_top],
-                               ks),
+      'recall': metrics.recall_at_k(query_labels, ranked(clean_distances), ks),
+      'er_recall': metrics.recall_at_k(query_labels, ranked(attacked_distances), ks),
       'source_indices': sources,
       'adversarial_distances': adversarial_distances,
   }
@@ -931,7 +891,7 @@ def pairwise_attack(embed: Callable, xi, xj, *, eps, step_size,
   Returns:
     (xi_adv, xj_adv).
   """
-  return _pairwise_pgd(_autodiff_pair_gradients, as_pytree_function(embed),
+  return _pairwise_pgd(_autodiff_pair_gradients, retrieval.as_pytree_function(embed),
                        xi, xj, eps=eps, step_size=step_size,
                        num_steps=num_steps, clip=clip)
 
@@ -970,20 +930,23 @@ def linear_pairwise_attack(weight, xi, xj, *, eps, step_size, num_steps: int,
                        step_size=step_size, num_steps=num_steps, clip=clip)
 
 
-def attack_success_rate(clean_distances, adversarial_distances,
-                        gamma: float) -> float:
+def attack_success_rate(clean_distances, adversarial_distances, gamma: float,
+                        mask=None) -> float:
   """Share of similar pairs (D <= gamma) that the attack makes dissimilar (D > gamma).
 
   Seed 003: x_i and x_j are judged similar iff D(x_i, x_j) <= gamma, and the
   attack maximises D - gamma. Pairs already dissimilar before the attack are
-  not counted. NaN when no pair is similar.
+  not counted, nor pairs outside `mask` (e.g. pass same-class pairs only, so
+  that only correct "similar" verdicts count). NaN when no pair is counted.
   """
   clean_distances = np.asarray(clean_distances)
   adversarial_distances = np.asarray(adversarial_distances)
-  similar = clean_distances <= gamma
-  if not similar.any():
+  counted = clean_distances <= gamma
+  if mask is not None:
+    counted = counted & np.asarray(mask, bool)
+  if not counted.any():
     return float('nan')
-  return float(np.mean(adversarial_distances[similar] > gamma))
+  return float(np.mean(adversarial_distances[counted] > gamma))
 
 
 def linear_pairwise_distance_bound(weight, xi, xj, eps) -> jax.Array:
@@ -1029,3 +992,71 @@ def linear_pairwise_distance_bound(weight, xi, xj, eps) -> jax.Array:
           jnp.reshape(xj, (-1, num_inputs))) @ weight.T
   lambda_max = jnp.linalg.norm(weight, 2) ** 2
   return jnp.sum(jnp.square(diff), -1) + 2 * num_inputs * eps * lambda_max
+
+
+def all_pairs(num: int) -> tuple[np.ndarray, np.ndarray]:
+  """Indices (i, j) of every pair i < j of `num` points, each (num (num - 1) / 2,)."""
+  first, second = np.triu_indices(num, k=1)
+  return first.astype(np.int32), second.astype(np.int32)
+
+
+def evaluate_linear_pairwise_attack(weight, images, labels, *, eps, gamma: float,
+                                    step_size=None, num_steps: int = 20,
+                                    batch_size: int = 2048) -> dict:
+  """Seed 003 on every pair of a labelled set: the attack, its success rate, the bound checked.
+
+  For f(x) = W x and every pair i < j: D = ||W (x_i - x_j)||^2 clean, D' after
+  `linear_pairwise_attack` (budget ||d_i||_inf + ||d_j||_inf <= eps), and the
+  certificate B = D + 2 d eps lambda_max(W^T W)
+  (`linear_pairwise_distance_bound`). A pair with D' > B would prove the bound
+  wrong; they are counted (`bound_violations`, expected 0) and the largest
+  D' - B is reported. The success rate is `attack_success_rate` over
+  same-class pairs judged similar (D <= gamma), and over all similar pairs.
+
+  Args:
+    weight: W, (m, d).
+    images: (N, ...) points in [0, 1] with d coordinates each.
+    labels: (N,) classes.
+    eps: joint L-inf budget (slides: 0.07, 0.09).
+    gamma: similarity threshold (slides: 2).
+    step_size: sign-step length; default eps / 10.
+    num_steps: attack steps.
+    batch_size: pairs per attack call.
+
+  Returns:
+    {'num_pairs', 'num_similar_same_class', 'success_rate' (same-class
+    similar pairs), 'success_rate_all_similar', 'bound_violations',
+    'max_excess_over_bound' (max D' - B, <= 0 when sound), 'mean_bound_slack'
+    (mean B - D'), 'lambda_max', 'clean_distances', 'adversarial_distances',
+    'bounds' (the last three (num_pairs,) arrays)}.
+  """
+  images = np.asarray(images, np.float32)
+  labels = np.asarray(labels)
+  weight = jnp.asarray(weight)
+  step_size = eps / 10 if step_size is None else step_size
+  first, second = all_pairs(len(labels))
+  embed = lambda x: jnp.reshape(x, (x.shape[0], -1)) @ weight.T
+  clean, adversarial, bounds = [], [], []
+  for rows, count in _padded_batches(len(first), batch_size):
+    xi, xj = jnp.asarray(images[first[rows]]), jnp.asarray(images[second[rows]])
+    ai, aj = linear_pairwise_attack(weight, xi, xj, eps=eps, step_size=step_size,
+                                    num_steps=num_steps)
+    clean.append(np.asarray(pair_squared_distances(embed, xi, xj))[:count])
+    adversarial.append(np.asarray(pair_squared_distances(embed, ai, aj))[:count])
+    bounds.append(np.asarray(linear_pairwise_distance_bound(weight, xi, xj, eps))[:count])
+  clean, adversarial, bounds = map(np.concatenate, (clean, adversarial, bounds))
+  same_class = labels[first] == labels[second]
+  excess = adversarial - bounds
+  return {
+      'num_pairs': int(len(first)),
+      'num_similar_same_class': int(np.sum(same_class & (clean <= gamma))),
+      'success_rate': attack_success_rate(clean, adversarial, gamma, same_class),
+      'success_rate_all_similar': attack_success_rate(clean, adversarial, gamma),
+      'bound_violations': int(np.sum(excess > 0)),
+      'max_excess_over_bound': float(np.max(excess)),
+      'mean_bound_slack': float(np.mean(-excess)),
+      'lambda_max': float(jnp.linalg.norm(weight, 2) ** 2),
+      'clean_distances': clean,
+      'adversarial_distances': adversarial,
+      'bounds': bounds,
+  }

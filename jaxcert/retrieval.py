@@ -41,8 +41,12 @@ def _apply(embed, images):
   return embed(images)
 
 
-def _as_pytree_function(embed: Callable) -> jax.tree_util.Partial:
-  """`embed` as a pytree, so its bound arrays (model weights) stay runtime arguments of `_apply`."""
+def as_pytree_function(embed: Callable) -> jax.tree_util.Partial:
+  """`embed` as a pytree, so its bound arrays (model weights) stay runtime arguments of a jitted call.
+
+  A `jax.tree_util.Partial` is returned unchanged; any other callable becomes a zero-argument
+  Partial (its closed-over arrays are then compile-time constants).
+  """
   if isinstance(embed, jax.tree_util.Partial):
     return embed
   return jax.tree_util.Partial(embed)
@@ -76,7 +80,7 @@ def embed_in_batches(embed: Callable, images, batch_size: int = 256) -> np.ndarr
   if int(batch_size) != batch_size or batch_size < 1:
     raise ValueError(f'batch_size must be a positive integer, got {batch_size!r}.')
   batch_size = min(int(batch_size), num_images)
-  embed = _as_pytree_function(embed)
+  embed = as_pytree_function(embed)
   outputs = []
   for start in range(0, num_images, batch_size):
     stop = min(start + batch_size, num_images)

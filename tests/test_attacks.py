@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from jaxcert import attacks
+from jaxcert import retrieval
 
 IMAGE_SHAPE = (6, 6, 1)
 
@@ -198,17 +199,24 @@ def test_bad_arguments_name_valid_choices():
     attacks.pgd(_linear_loss, eps=0.1, step_size=0.1, num_steps=1.5)
 
 
-def test_recall_and_map_at_r_by_hand():
-  labels = np.array([0, 0, 1, 1, 1])
-  retrieved = np.array([[1, 0], [0, 1], [0, 0], [1, 0], [0, 1]])
-  assert attacks.recall_at_k(labels, retrieved, (1, 2)) == {1: 0.4, 2: 0.8}
-  # 1-D embeddings; query 0 at 0.0 ranks 1 (0.1, class 0), 2 (1.0), ...
-  emb = np.array([[0.], [0.1], [1.], [1.05], [3.]])
-  # R = (1, 1, 2, 2, 2); AP: q0 1; q1 1; q2 [3 ✓] -> 1/2; q3 [2 ✓] -> 1/2;
-  # q4 nearest (3, 2) both class 1 -> 1.
-  expected = np.mean([1., 1., 0.5, 0.5, 1.])
-  assert attacks.map_at_r(emb, labels, emb, labels, exclude_self=True) == (
-      pytest.approx(expected))
+def test_distance_extremes_reach_the_linear_optimum():
+  """f(x) = w.x (1-D): over the L-inf ball, |f - e| ranges over |w.x - e| -+ eps ||w||_1."""
+  rng = np.random.default_rng(40)
+  x = jnp.asarray(rng.uniform(0.3, 0.7, size=(5,) + IMAGE_SHAPE), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(int(np.prod(IMAGE_SHAPE)), 1)), jnp.float32)
+  embed = jax.tree_util.Partial(lambda w, x: x.reshape(x.shape[0], -1) @ w, w)
+  eps = 0.05
+  reach = eps * float(jnp.sum(jnp.abs(w)))
+  target = embed(x) + 2 * reach  # |f(x) - e| = 2 reach: closest reach, farthest 3 reach.
+  found = attacks.distance_extremes(embed, x, target, eps=eps, key=jax.random.key(0),
+                                    num_steps=30)
+  np.testing.assert_allclose(found.closest, reach, rtol=1e-4)
+  np.testing.assert_allclose(found.farthest, 3 * reach, rtol=1e-4)
+  for points in (found.x_closest, found.x_farthest):
+    _check_feasible(points, x, eps, 'linf')
+  coordinate_up = attacks.pgd(attacks.embedding_projection_loss, eps=eps, step_size=eps / 10,
+                              num_steps=30)(jax.random.key(1), x, embed, jnp.ones((5, 1)))
+  np.testing.assert_allclose(embed(coordinate_up), embed(x) + reach, rtol=1e-4)
 
 
 def _retrieval_set(seed, num, num_classes=3):
@@ -240,8 +248,7 @@ def test_candidate_attack_moves_sources_toward_query(encoder):
   sources, _ = _retrieval_set(22, 8)
   candidate_emb = embed(_retrieval_set(23, 12)[0])
   query_emb = jnp.repeat(embed(_images(24, 1)), 8, axis=0)
-  clean = jnp.sqrt(attacks.pairwise_squared_distances(query_emb,
-                                                      candidate_emb))
+  clean = retrieval.pairwise_distances(query_emb, candidate_emb)
   eps = 0.2
   x_adv = attacks.candidate_attack(embed, sources, query_emb, clean, eps=eps,
                                    key=jax.random.key(1), num_steps=20)
@@ -297,7 +304,7 @@ def test_nearest_neighbor_attack_algorithm1(encoder):
   assert result['adversarial_map_at_r'] < result['map_at_r']
   # Attacked points moved away from their same-class neighbour; others stay.
   emb, adv = result['embeddings'], result['adversarial_embeddings']
-  neighbor = attacks.nearest_indices(emb, emb, 1, exclude_self=True)[:, 0]
+  neighbor = np.asarray(retrieval.blocked_topk(emb, emb, 1, exclude_self=True)[1])[:, 0]
   attacked = labels[neighbor] == labels
   assert result['attacked_fraction'] == pytest.approx(np.mean(attacked))
   moved = np.sum((adv - emb[neighbor]) ** 2, 1) > np.sum(
@@ -401,3 +408,21 @@ def test_attack_success_rate():
   assert attacks.attack_success_rate(clean, adversarial, 2.) == pytest.approx(
       2 / 3)
   assert np.isnan(attacks.attack_success_rate(clean, adversarial, 0.1))
+  same_class = np.array([False, True, True, True])
+  assert attacks.attack_success_rate(clean, adversarial, 2., same_class) == pytest.approx(1 / 2)
+
+
+def test_evaluate_linear_pairwise_attack_checks_bound_on_every_pair():
+  rng = np.random.default_rng(41)
+  images = np.where(rng.uniform(size=(12, 8)) < 0.2, 1., rng.uniform(size=(12, 8)))
+  labels = np.arange(12) % 2
+  weight = jnp.asarray(rng.normal(size=(3, 8)), jnp.float32)
+  result = attacks.evaluate_linear_pairwise_attack(weight, images, labels, eps=0.2, gamma=2.,
+                                                   batch_size=16)
+  assert result['num_pairs'] == 66 and len(result['bounds']) == 66
+  assert result['bound_violations'] == 0 and result['max_excess_over_bound'] <= 1e-5
+  assert np.all(result['adversarial_distances'] >= result['clean_distances'] - 1e-5)
+  first, second = attacks.all_pairs(12)
+  np.testing.assert_allclose(result['bounds'], attacks.linear_pairwise_distance_bound(
+      weight, jnp.asarray(images[first], jnp.float32), jnp.asarray(images[second], jnp.float32),
+      0.2), rtol=1e-6)
