@@ -409,7 +409,7 @@ def embedding_projection_loss(x, embed, direction) -> jax.Array:
   return jnp.sum(embed(x) * direction, axis=-1)
 
 
-def _row_distances(a, b) -> jax.Array:
+def paired_distances(a, b) -> jax.Array:
   """||a_b - b_b|| per row -> (B,), with gradient 0 (not NaN) where a row distance is 0."""
   squared = jnp.sum(jnp.square(a - b), axis=-1)
   positive = squared > 0
@@ -462,7 +462,7 @@ def distance_extremes(embed: Callable, x, target_emb, *, eps, key,
     for restart in range(int(num_restarts)):
       x_adv = np.asarray(attack(jax.random.fold_in(key, 2 * restart + (name == 'farthest')),
                                 jnp.asarray(x), embed, target_emb))
-      distance = np.asarray(_row_distances(_embed_batch(embed, x_adv), target_emb))
+      distance = np.asarray(paired_distances(_embed_batch(embed, x_adv), target_emb))
       if best_x is None:
         best_x, best_distance = x_adv, distance
         continue
@@ -591,7 +591,7 @@ def query_attack_objective(query_emb, target_emb, candidate_emb) -> jax.Array:
   Returns:
     (B,) objective; the query attack minimises it, raising t's rank.
   """
-  to_target = _row_distances(query_emb, target_emb)
+  to_target = paired_distances(query_emb, target_emb)
   to_candidates = retrieval.pairwise_distances(query_emb, candidate_emb)
   return jnp.sum(jax.nn.relu(to_target[:, None] - to_candidates), axis=-1)
 
@@ -613,7 +613,7 @@ def candidate_attack_objective(source_emb, query_emb,
   Returns:
     (B,) objective; the candidate attack minimises it, raising c_s's rank.
   """
-  to_source = _row_distances(query_emb, source_emb)
+  to_source = paired_distances(query_emb, source_emb)
   return jnp.sum(jax.nn.relu(to_source[:, None] - query_candidate_distances),
                  axis=-1)
 
@@ -715,6 +715,7 @@ def evaluate_query_attack(embed: Callable, query_images, query_labels,
 
   Returns:
     {'recall': {K: Recall@K}, 'er_recall': {K: ER-Recall@K},
+     'er_hits': (Nq, len(ks)) bool, the per-query terms of ER-Recall@K,
      'adversarial_queries': (Nq, H, W, C), 'target_indices': (Nq,)}.
   """
   _check_retrieval_inputs(query_images, query_labels, candidate_images,
@@ -738,10 +739,11 @@ def evaluate_query_attack(embed: Callable, query_images, query_labels,
   clean_emb = retrieval.embed_in_batches(embed, query_images, batch_size)
   ranked = lambda emb: candidate_labels[np.asarray(
       retrieval.blocked_topk(emb, candidate_emb, max(ks))[1])]
+  attacked_ranking = ranked(np.concatenate(adversarial_emb))
   return {
       'recall': metrics.recall_at_k(query_labels, ranked(clean_emb), ks),
-      'er_recall': metrics.recall_at_k(query_labels, ranked(np.concatenate(adversarial_emb)),
-                                       ks),
+      'er_recall': metrics.recall_at_k(query_labels, attacked_ranking, ks),
+      'er_hits': metrics.hits_at_k(query_labels, attacked_ranking, ks),
       'adversarial_queries': np.concatenate(adversarial),
       'target_indices': targets,
   }
@@ -765,6 +767,7 @@ def evaluate_candidate_attack(embed: Callable, query_images, query_labels,
 
   Returns:
     {'recall': {K: Recall@K}, 'er_recall': {K: ER-Recall@K},
+     'er_hits': (Nq, len(ks)) bool, the per-query terms of ER-Recall@K,
      'source_indices': (Nq, num_sources),
      'adversarial_distances': (Nq, num_sources) squared distances from each
      query to its perturbed sources}. The perturbed images themselves
@@ -801,6 +804,7 @@ def evaluate_candidate_attack(embed: Callable, query_images, query_labels,
   return {
       'recall': metrics.recall_at_k(query_labels, ranked(clean_distances), ks),
       'er_recall': metrics.recall_at_k(query_labels, ranked(attacked_distances), ks),
+      'er_hits': metrics.hits_at_k(query_labels, ranked(attacked_distances), ks),
       'source_indices': sources,
       'adversarial_distances': adversarial_distances,
   }

@@ -57,6 +57,15 @@ def recall_at_k(query_labels, retrieved_labels, ks: Sequence[int] = DEFAULT_KS) 
   Raises:
     ValueError: mismatched shapes or a K outside [1, Kmax].
   """
+  hits = hits_at_k(query_labels, retrieved_labels, ks)
+  return {int(k): float(np.mean(hits[:, column])) for column, k in enumerate(ks)}
+
+
+def hits_at_k(query_labels, retrieved_labels, ks: Sequence[int] = DEFAULT_KS) -> np.ndarray:
+  """The per-query terms of Recall@K (Eq. 22): (Nq, len(ks)) bool, [a same-class item in the top K].
+
+  Arguments and errors as `recall_at_k`.
+  """
   query_labels = _as_labels(query_labels, 'query_labels')
   retrieved_labels = np.asarray(retrieved_labels)
   if retrieved_labels.ndim != 2 or retrieved_labels.shape[0] != query_labels.shape[0]:
@@ -69,7 +78,7 @@ def recall_at_k(query_labels, retrieved_labels, ks: Sequence[int] = DEFAULT_KS) 
                      f'query), got {tuple(ks)}; retrieve more items or drop {bad}.')
   hits = retrieved_labels == query_labels[:, None]
   first_hit_rank = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, max_k + 1)
-  return {int(k): float(np.mean(first_hit_rank <= k)) for k in ks}
+  return first_hit_rank[:, None] <= np.asarray(ks, int)[None, :]
 
 
 def relevant_counts(query_labels, gallery_labels, *, exclude_self: bool = False) -> np.ndarray:
