@@ -59,4 +59,34 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.config_dict.placeholder(str)
   config.certify = ml_collections.ConfigDict()
   config.certify.mode = 'ibp'
+  # certify.py mode 'attack': empirical robustness under PGD (jaxcert/evaluation/attack.py).
+  config.attack = ml_collections.ConfigDict()
+  config.attack.kinds = ('qa', 'ca')  # 'qa', 'ca' (seed 001 Eqs. 23-24), 'nn' (seed 002 Algorithm 1)
+  config.attack.eps = (0.1, 0.2)  # budgets (seed 001: 0.1, 0.2 MNIST/FMNIST; 2/255, 3/255 CIFAR-10)
+  config.attack.norm = 'linf'  # 'linf' or 'l2'
+  config.attack.num_steps = 100  # seed 001: 100 (seed 002: 5)
+  config.attack.step_size = ml_collections.config_dict.placeholder(float)  # None: eps/10 (qa, ca), 2 eps/steps (nn)
+  config.attack.method = 'pgd'  # 'nn' only: 'pgd', 'fgsm' or 'cw_linf' (seed 002 App. B)
+  config.attack.num_sources = 100  # CA: source candidates per query (seed 001: 100)
+  config.attack.num_queries = -1  # attack the first this many queries of config.eval's; -1 = all
+  config.attack.ks = (1, 10, 20, 40)
+  config.attack.num_repeats = 1  # attack seeds; tables give mean and std (seed 002: 5)
+  config.attack.seed = 0
+  config.attack.batch_size = 100  # images per attack call
+  # Empirical defences (jaxcert/objectives/adversarial.py). 'adversarial': seed 002 Sec. 3.5.
+  config.adversarial = ml_collections.ConfigDict()
+  config.adversarial.eps = 0.01  # seed 002: L-inf 0.01
+  config.adversarial.num_steps = 5  # PGD iterations, step 2 eps / num_steps (seed 002 Sec. 4.1)
+  config.adversarial.norm = 'linf'
+  config.adversarial.attack_rate = 0.5  # P(gamma = 1), seed 002 App. C: 0.1, 0.25, 0.5, 0.75, 1.0
+  config.adversarial.negatives = 'distance_weighted'  # or 'random' (seed 002 App. A: distance-weighted)
+  # 'act': anti-collapse triplet (Zhou et al. 2021, robrank's 28x28 recipe: eps 77/255, step 3/255, 32 steps).
+  config.act = ml_collections.ConfigDict()
+  config.act.eps = 77 / 255
+  config.act.step_size = 3 / 255
+  config.act.num_steps = 32
+  # 'spectral': seed 003's margin loss L1 plus sum_j alpha_j * (top eigenvalues of W^T W), linear f = W x.
+  config.spectral = ml_collections.ConfigDict()
+  config.spectral.gamma = 2.0  # similarity threshold (seed 003: 2)
+  config.spectral.alphas = ()  # alpha_1..alpha_k for lambda_{d-k+1}..lambda_max; () = no defence
   return config

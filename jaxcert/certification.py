@@ -29,7 +29,9 @@ from jaxcert import data
 from jaxcert import training
 
 # mode -> module of jaxcert.evaluation that implements it (imported when the mode is asked for).
-MODES: dict[str, str] = {}
+MODES: dict[str, str] = {
+    'attack': 'jaxcert.evaluation.attack',
+}
 
 
 class LabelledImages(NamedTuple):

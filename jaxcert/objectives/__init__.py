@@ -1,12 +1,16 @@
 """Training methods by name (`config.method`): one `Method` (objective + its parameters) each.
 
   metric   triplet / contrastive / margin loss; with `config.noise_sigma > 0`, GDML (seed 000)
+  adversarial  seed 002 adversarial training: positives perturbed away from anchors, rate P(gamma=1)
+  act      anti-collapse triplet (Zhou et al. 2021; the seed 001 ACT baseline)
+  spectral seed 003 margin loss + top eigenvalues of W^T W (linear encoder)
 
 A new method is a module here with a `Method` and one line in `METHODS`.
 """
 
 from __future__ import annotations
 
+from jaxcert.objectives import adversarial
 from jaxcert.objectives import base
 from jaxcert.objectives import metric
 from jaxcert.objectives.base import Method
@@ -15,6 +19,9 @@ from jaxcert.objectives.base import ParamsContext
 
 METHODS: dict[str, Method] = {
     'metric': metric.METRIC,
+    'adversarial': adversarial.ADVERSARIAL,
+    'act': adversarial.ACT,
+    'spectral': adversarial.SPECTRAL,
 }
 
 
