@@ -17,6 +17,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from jaxcert import certification
+from jaxcert import parallel
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
                                           lock_config=True)
@@ -30,7 +31,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  certification.run(_CONFIG.value, _WORKDIR.value)
+  parallel.initialize_from_config(_CONFIG.value.parallel)  # multi-host: docs/scaling.md
+  certification.run(_CONFIG.value, parallel.primary_workdir(_WORKDIR.value))  # files from process 0
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from jaxcert import parallel
 from jaxcert import training
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
@@ -26,6 +27,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO; -v 0 brings it back.
     logging.set_verbosity(logging.WARNING)
+  parallel.initialize_from_config(_CONFIG.value.parallel)  # multi-host: docs/scaling.md
   training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -2,35 +2,86 @@
 
 One jitted function serves one device or many: arrays carry their sharding (`NamedSharding` over a
 1-D mesh with axis `'data'`), the batch axis is split across devices, parameters are replicated, and
-XLA inserts the cross-device reductions (the gradient mean, BatchNorm batch statistics, sums of
-Monte-Carlo samples). `pmap` is in maintenance mode since JAX 0.8; this is its replacement.
+XLA inserts the cross-device reductions (the gradient mean, BatchNorm batch statistics, sums over
+the batch). `pmap` is in maintenance mode since JAX 0.8; this is its replacement.
 
-Multi-host (TPU pod slices, GPU clusters): call `initialize_distributed` first in every process; each
-process then holds only its slice of every global batch (`global_batch`), checkpoints are written
-collectively by orbax, and results are reported by process 0.
+* Training (`jaxcert.training`): `make_mesh`, `replicate` the train state, `global_batch` for each
+  batch; the train step is the single-device one, jitted once.
+* Certification and attacks: `data_parallel(fn, mesh)` runs any function whose array arguments
+  have a leading batch axis (an encoder, `jit(interval(embed))`, a PGD attack) with that axis split
+  across the mesh, padding the batch to a multiple of the device count and dropping the padding.
+  Each example's result is the one computed unsharded (random starts too: threefry keys give the
+  same numbers whatever the sharding).
+* Retrieval: `sharded_blocked_topk` splits the queries across devices (each device scans the whole
+  gallery with `jaxcert.retrieval`'s blocked top-k) and returns what `retrieval.blocked_topk` does.
+* Smoothing: `sharded_smoother` splits the Monte-Carlo samples into independent streams, spread over
+  the devices with `jax.shard_map`, and all-reduces their sums (`psum`).
+
+Multi-host (TPU pod slices, GPU clusters, several processes on one machine): call
+`initialize_from_config(config.parallel)` first in every process (train.py and certify.py do);
+each process then holds only its rows of every global batch (`process_slice`, `global_batch`),
+checkpoints are written collectively by orbax, and files are written by process 0 (`is_primary`,
+`primary_workdir`). docs/scaling.md has the commands.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
+import tempfile
+from collections.abc import Callable, Sequence
 
 import jax
+from jax import lax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxcert import retrieval
+from jaxcert import smoothing
+
 DATA_AXIS = 'data'
+# `coordinator_address` value that lets JAX find the cluster itself (TPU pods, SLURM, Open MPI).
+AUTO_COORDINATOR = 'auto'
+# Unit roundoff of float32 (round to nearest).
+_FLOAT32_UNIT_ROUNDOFF = 2.0 ** -24
+
+
+# ---------------------------------------------------------------------------
+# Meshes and shardings.
+# ---------------------------------------------------------------------------
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D mesh over the first `num_devices` devices (all devices when None)."""
-  devices = jax.devices()
+  """A 1-D mesh (axis `DATA_AXIS`) over `num_devices` devices (all devices when None).
+
+  Devices are ordered by process, so process p owns a contiguous block of every batch-sharded array
+  (the rows `process_slice` names). With several processes each contributes the same number of
+  devices, its first `num_devices / processes` local ones.
+
+  Raises:
+    ValueError: `num_devices` is not an integer in [1, device count], or does not divide over the
+      processes.
+  """
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  processes = jax.process_count()
   if num_devices is None:
     num_devices = len(devices)
-  if not 1 <= num_devices <= len(devices):
+  if isinstance(num_devices, bool) or int(num_devices) != num_devices or not 1 <= num_devices <= len(devices):
     raise ValueError(
-        f'Asked for {num_devices} devices but {len(devices)} are visible ({devices[0].platform}). '
-        'On CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N devices.')
-  return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
+        f'Asked for {num_devices!r} devices but {len(devices)} {devices[0].platform} device(s) are '
+        f'visible; config.parallel.num_devices must be an integer in [1, {len(devices)}], or -1 for '
+        'all of them. On CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N devices.')
+  num_devices = int(num_devices)
+  if num_devices % processes:
+    raise ValueError(
+        f'{num_devices} devices do not divide over {processes} processes; every process must '
+        f'contribute the same number of devices (config.parallel.num_devices=-1 takes all).')
+  per_process = num_devices // processes
+  chosen = [device for process in range(processes)
+            for device in [d for d in devices if d.process_index == process][:per_process]]
+  return Mesh(np.asarray(chosen), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -75,27 +126,330 @@ def global_batch(local_array: np.ndarray, mesh: Mesh, global_size: int) -> jax.A
   return jax.make_array_from_process_local_data(batch_sharded(mesh), np.asarray(local_array), global_shape)
 
 
+# ---------------------------------------------------------------------------
+# Sharded certification, attacks and search.
+# ---------------------------------------------------------------------------
+
+
+def _is_array(leaf) -> bool:
+  return isinstance(leaf, (jax.Array, np.ndarray))
+
+
+def _pad_rows(tree, size: int):
+  """Every array leaf of `tree` padded along axis 0 to `size` rows by repeating its last row."""
+  def pad(leaf):
+    missing = size - leaf.shape[0]
+    if not missing:
+      return leaf
+    return jnp.concatenate([leaf, jnp.repeat(leaf[-1:], missing, axis=0)])
+  return jax.tree.map(pad, tree)
+
+
+def data_parallel(fn: Callable, mesh: Mesh, *, batch_argnums: Sequence[int] = (0,)) -> Callable:
+  """`fn` with the leading axis of its batch arguments split across `mesh`.
+
+  The batch arguments (every array leaf of the positional arguments `batch_argnums`) are padded to a
+  multiple of the device count by repeating their last row and placed batch-sharded; every other
+  array argument (weights in a `jax.tree_util.Partial`, PRNG keys, target embeddings shared by the
+  batch) is replicated; non-array arguments pass unchanged. Jitted functions inside `fn` then run
+  data-parallel (computation follows the sharding of its inputs), Python loops over jitted steps
+  included. Output leaves with the padded leading size are cut back to the batch.
+
+  Each example's result equals the unsharded one up to float rounding, for any function that treats
+  the examples of a batch independently: an encoder in inference mode, `jit(interval(embed))`
+  (the interval bounds of seed 001 Eqs. 15-16), the attacks of `jaxcert.attacks` (their random
+  starts draw the same numbers for any sharding). A function that mixes the batch (a loss over the
+  batch, BatchNorm in training mode) would see the padded rows: give it a batch that divides.
+
+  Args:
+    fn: `(*args) -> pytree of arrays with a leading batch axis`.
+    mesh: from `make_mesh`.
+    batch_argnums: positions of the arguments with a leading batch axis; all of their array leaves
+      must have the same leading size.
+
+  Returns:
+    `sharded(*args)` with `fn`'s signature.
+
+  Examples:
+    >>> mesh = make_mesh(1)
+    >>> double = data_parallel(jax.jit(lambda x: 2 * x), mesh)
+    >>> double(jnp.arange(3.)).tolist()
+    [0.0, 2.0, 4.0]
+  """
+  batch_argnums = tuple(batch_argnums)
+  if not batch_argnums:
+    raise ValueError('batch_argnums is empty; name the positions of the batch arguments.')
+
+  @functools.wraps(fn)
+  def sharded(*args):
+    if max(batch_argnums) >= len(args):
+      raise ValueError(f'batch_argnums {batch_argnums} name arguments beyond the {len(args)} given.')
+    sizes = {jnp.shape(leaf)[0] for i in batch_argnums for leaf in jax.tree.leaves(args[i])
+             if _is_array(leaf)}
+    if len(sizes) != 1:
+      raise ValueError(f'The batch arguments {batch_argnums} must be arrays with one common leading '
+                       f'(batch) size, got sizes {sorted(sizes)}.')
+    (count,) = sizes
+    padded_size = -(-count // mesh.devices.size) * mesh.devices.size
+    placed = []
+    for index, arg in enumerate(args):
+      if index in batch_argnums:
+        placed.append(jax.device_put(_pad_rows(arg, padded_size), batch_sharded(mesh)))
+      else:
+        placed.append(jax.tree.map(
+            lambda leaf: jax.device_put(leaf, replicated(mesh)) if _is_array(leaf) else leaf, arg))
+    out = fn(*placed)
+    if padded_size == count:
+      return out
+    return jax.tree.map(
+        lambda y: y[:count] if jnp.ndim(y) and jnp.shape(y)[0] == padded_size else y, out)
+
+  return sharded
+
+
+@functools.partial(jax.jit, static_argnames=('mesh', 'k', 'block_size', 'gallery_block_size',
+                                             'exclude_self'))
+def _sharded_topk(query_emb, gallery_emb, *, mesh, k, block_size, gallery_block_size,
+                  exclude_self):
+  def local_topk(local_query, gallery):
+    # Without self-exclusion inside the scan (it needs global query indices): take one neighbour
+    # more and drop query i's own gallery item i, or the extra last neighbour where it is absent.
+    def distances_and_indices(sq, index):
+      return jnp.sqrt(sq), index
+    distances, index = retrieval.map_over_query_blocks(
+        distances_and_indices, local_query, gallery, k=k + int(exclude_self),
+        block_size=block_size, gallery_block_size=gallery_block_size, exclude_self=False)
+    if not exclude_self:
+      return distances, index
+    rows = local_query.shape[0]
+    query_index = lax.axis_index(DATA_AXIS) * rows + jnp.arange(rows)
+    is_self = index == query_index[:, None]
+    keep = jnp.argsort(is_self, axis=1, stable=True)[:, :k]  # self (at most one) sorts last
+    return (jnp.take_along_axis(distances, keep, axis=1),
+            jnp.take_along_axis(index, keep, axis=1))
+
+  # check_vma=False: the scans inside start from constants and carry per-device values.
+  return jax.shard_map(local_topk, mesh=mesh, in_specs=(P(DATA_AXIS), P()),
+                       out_specs=(P(DATA_AXIS), P(DATA_AXIS)), check_vma=False)(query_emb, gallery_emb)
+
+
+def sharded_blocked_topk(query_emb, gallery_emb, k: int, mesh: Mesh, *,
+                         block_size: int = retrieval.DEFAULT_BLOCK_SIZE,
+                         gallery_block_size: int | None = None,
+                         exclude_self: bool = False) -> tuple[jax.Array, jax.Array]:
+  """`retrieval.blocked_topk` with the queries split across the devices of `mesh`.
+
+  Each device takes Nq / devices queries (the set is padded with zero rows to a multiple of the
+  device count; their rows are dropped) and scans the whole, replicated gallery with the blocked
+  top-k of `jaxcert.retrieval`: the same distances (up to float rounding) and indices, ties ordered
+  by gallery index, and the same memory bound per device. `exclude_self` is computed as the
+  k + 1 nearest with query i's own item i removed (or the last one when item i is not among them),
+  which is the k nearest of the other items in the same order.
+
+  Args:
+    query_emb, gallery_emb, k, block_size, gallery_block_size, exclude_self: as in
+      `retrieval.blocked_topk`.
+    mesh: from `make_mesh` (one process).
+
+  Returns:
+    (distances, indices), each (Nq, k), as `retrieval.blocked_topk`.
+  """
+  query_emb = retrieval.as_embeddings(query_emb, 'query_emb')
+  gallery_emb = retrieval.as_embeddings(gallery_emb, 'gallery_emb')
+  gallery_block_size = retrieval.check_topk_arguments(query_emb, gallery_emb, k, block_size,
+                                                      gallery_block_size, exclude_self)
+  dtype = jnp.promote_types(query_emb.dtype, gallery_emb.dtype)
+  num_query = query_emb.shape[0]
+  devices = mesh.devices.size
+  padded = jnp.pad(query_emb.astype(dtype), [(0, -num_query % devices), (0, 0)])
+  distances, index = _sharded_topk(
+      jax.device_put(padded, batch_sharded(mesh)),
+      jax.device_put(gallery_emb.astype(dtype), replicated(mesh)), mesh=mesh, k=int(k),
+      block_size=int(block_size), gallery_block_size=gallery_block_size,
+      exclude_self=bool(exclude_self))
+  return distances[:num_query], index[:num_query]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ShardedSmoother:
+  """Monte-Carlo smoothing with the samples split into independent streams across devices.
+
+  Build it with `sharded_smoother`. It has the interface of `smoothing.Smoother`
+  (`(key, x) -> Smoothed`, `num_samples`, `sigma`, `F`, `chunk_size`, `rounding_allowance`), so
+  `smoothing.smooth_dataset` and the certificates take it unchanged.
+  """
+  stream: smoothing.Smoother  # the smoother of one stream (num_samples / num_streams samples)
+  mesh: Mesh
+  num_streams: int
+
+  @property
+  def num_samples(self) -> int:
+    return self.stream.num_samples * self.num_streams
+
+  @property
+  def sigma(self) -> float:
+    return self.stream.sigma
+
+  @property
+  def F(self) -> float:  # pylint: disable=invalid-name
+    return self.stream.F
+
+  @property
+  def chunk_size(self) -> int:
+    return self.stream.chunk_size
+
+  @property
+  def embed(self) -> jax.tree_util.Partial:
+    return self.stream.embed
+
+  @property
+  def rounding_allowance(self) -> float:
+    """Bound on ||computed g_hat - exact average of the float32 samples||_2.
+
+    Each stream's mean is within `stream.rounding_allowance` of its exact average; averaging S
+    means of norm <= F adds at most (S - 1) u F for the sum in any order (the all-reduce's included)
+    and u F for the division (Higham 2002, Eq. 4.4), and the n / S-weighted average of the
+    streams' exact averages is the exact average of all n samples. One more u F covers the
+    second-order terms: allowance = stream allowance + (S + 1) u F.
+    """
+    return self.stream.rounding_allowance + (self.num_streams + 1) * _FLOAT32_UNIT_ROUNDOFF * self.F
+
+  def __call__(self, key: jax.Array, x: jax.Array) -> smoothing.Smoothed:
+    """g_hat(x) over `num_samples` samples and the largest sample norm, for a batch x."""
+    return _sharded_smoothed_mean(self.stream, self.mesh, self.num_streams, key, jnp.asarray(x))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _sharded_smoothed_mean(stream, mesh, num_streams, key, x) -> smoothing.Smoothed:
+  def local_streams(stream_ids, embed, key, x):
+    def one_stream(stream_id):
+      result = dataclasses.replace(stream, embed=embed)(jax.random.fold_in(key, stream_id), x)
+      return result.mean, result.max_norm
+    means, max_norms = lax.map(one_stream, stream_ids)
+    return (lax.psum(jnp.sum(means, axis=0), DATA_AXIS) / num_streams,
+            lax.pmax(jnp.max(max_norms, axis=0), DATA_AXIS))
+
+  mean, max_norm = jax.shard_map(
+      local_streams, mesh=mesh, in_specs=(P(DATA_AXIS), P(), P(), P()), out_specs=(P(), P()),
+      check_vma=False,  # the smoother's scan starts from constants and carries per-device sums
+  )(jnp.arange(num_streams, dtype=jnp.int32), stream.embed, key, x)
+  return smoothing.Smoothed(mean, max_norm)
+
+
+def sharded_smoother(smoother: smoothing.Smoother, mesh: Mesh,
+                     num_streams: int | None = None) -> ShardedSmoother:
+  """`smoother` with its `num_samples` samples split into `num_streams` streams across `mesh`.
+
+  Stream s draws num_samples / num_streams samples with `smoother`'s chunking from the key
+  fold_in(key, s): the streams' noise is independent, so the n samples are i.i.d. N(0, sigma^2 I)
+  as in `smoothing.smooth` and the estimator g_hat(x) = (1/n) sum_i h(x + z_i) of seed 000
+  Sec. 3.3, with every concentration bound of `jaxcert.smoothing`, is unchanged. Each device runs
+  num_streams / devices streams (`jax.shard_map`); the sums are all-reduced (`psum`) and the sample
+  norms max-reduced. The result depends on `(key, x, num_streams)` only, not on the device count:
+  8 streams on 1, 2, 4 or 8 devices give the same g_hat up to float rounding. It differs from the
+  unsharded `smoother(key, x)` (other noise), as two keys do; both estimate the same g.
+
+  Args:
+    smoother: from `smoothing.smooth` (its embed, sigma, F, chunk_size and total num_samples).
+    mesh: from `make_mesh` (one process).
+    num_streams: a multiple of the device count dividing num_samples; default: the device count.
+
+  Returns:
+    A `ShardedSmoother`.
+
+  Raises:
+    ValueError: num_streams is not a positive multiple of the device count or does not divide
+      num_samples.
+  """
+  devices = mesh.devices.size
+  num_streams = devices if num_streams is None else num_streams
+  if isinstance(num_streams, bool) or int(num_streams) != num_streams or num_streams < 1 or num_streams % devices:
+    raise ValueError(f'num_streams must be a positive multiple of the {devices} devices, got '
+                     f'{num_streams!r}.')
+  num_streams = int(num_streams)
+  if smoother.num_samples % num_streams:
+    raise ValueError(f'num_samples={smoother.num_samples} does not divide into {num_streams} '
+                     f'streams; use a multiple of {num_streams} (e.g. '
+                     f'{-(-smoother.num_samples // num_streams) * num_streams}).')
+  stream = smoothing.smooth(smoother.embed, sigma=smoother.sigma,
+                            num_samples=smoother.num_samples // num_streams,
+                            chunk_size=smoother.chunk_size, F=smoother.F)
+  return ShardedSmoother(stream, mesh, num_streams)
+
+
+# ---------------------------------------------------------------------------
+# Multi-host.
+# ---------------------------------------------------------------------------
+
+
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> None:
   """Joins a multi-process run (`jax.distributed.initialize`).
 
   Arguments default to the environment variables JAXCERT_COORDINATOR (host:port),
-  JAXCERT_NUM_PROCESSES and JAXCERT_PROCESS_ID; on TPU pods and SLURM/Open MPI clusters JAX detects
-  them itself when all three are unset.
+  JAXCERT_NUM_PROCESSES and JAXCERT_PROCESS_ID. With coordinator_address `'auto'` (and the other
+  two unset) JAX finds the cluster itself, as on TPU pod slices and SLURM / Open MPI jobs.
+
+  Raises:
+    ValueError: some but not all of the three are given, or process_id is out of range.
+    RuntimeError: `'auto'` outside a cluster JAX recognises.
   """
   coordinator_address = coordinator_address or os.environ.get('JAXCERT_COORDINATOR')
   if num_processes is None and 'JAXCERT_NUM_PROCESSES' in os.environ:
     num_processes = int(os.environ['JAXCERT_NUM_PROCESSES'])
   if process_id is None and 'JAXCERT_PROCESS_ID' in os.environ:
     process_id = int(os.environ['JAXCERT_PROCESS_ID'])
+  if coordinator_address == AUTO_COORDINATOR and num_processes is None and process_id is None:
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as error:
+      raise RuntimeError(
+          "coordinator_address='auto' lets JAX find the cluster (TPU pod slice, SLURM, Open MPI), "
+          'but it found none here; give config.parallel.coordinator_address=host:port, '
+          f'num_processes and process_id instead. JAX said: {error}') from error
+    return
   given = [v is not None for v in (coordinator_address, num_processes, process_id)]
-  if any(given) and not all(given):
+  if not all(given):
     raise ValueError(
-        'Multi-host set-up needs the coordinator address (host:port), the number of processes and this '
-        'process id together (config.parallel.coordinator_address/num_processes/process_id or '
-        'JAXCERT_COORDINATOR/JAXCERT_NUM_PROCESSES/JAXCERT_PROCESS_ID); got '
+        'Multi-host set-up needs the coordinator address (host:port, the address of process 0), the '
+        'number of processes and this process id together (config.parallel.coordinator_address/'
+        'num_processes/process_id or JAXCERT_COORDINATOR/JAXCERT_NUM_PROCESSES/JAXCERT_PROCESS_ID; '
+        f"coordinator_address='{AUTO_COORDINATOR}' on TPU pods and SLURM); got "
         f'coordinator={coordinator_address!r}, num_processes={num_processes!r}, process_id={process_id!r}.')
-  if all(given) and not 0 <= process_id < num_processes:
+  if not 0 <= process_id < num_processes:
     raise ValueError(f'process_id {process_id} is outside [0, {num_processes}).')
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                              process_id=process_id)
+
+
+def initialize_from_config(parallel_config) -> bool:
+  """Joins a multi-process run if `config.parallel` or the environment names one.
+
+  Call it before any JAX computation. Does nothing (returns False) when none of
+  `parallel_config.coordinator_address/num_processes/process_id` and JAXCERT_COORDINATOR /
+  JAXCERT_NUM_PROCESSES / JAXCERT_PROCESS_ID is set; otherwise calls `initialize_distributed`
+  (whose errors name what is missing) and returns True.
+  """
+  fields = ('coordinator_address', 'num_processes', 'process_id')
+  values = {name: parallel_config.get(name) for name in fields}
+  environment = ('JAXCERT_COORDINATOR', 'JAXCERT_NUM_PROCESSES', 'JAXCERT_PROCESS_ID')
+  if all(v is None for v in values.values()) and not any(name in os.environ for name in environment):
+    return False
+  initialize_distributed(**values)
+  return True
+
+
+def is_primary() -> bool:
+  """Whether this process writes the run's files (process 0; always True with one process)."""
+  return jax.process_index() == 0
+
+
+def primary_workdir(workdir: str | None) -> str | None:
+  """`workdir` (None too) on process 0; a fresh scratch directory on the others, which nobody reads.
+
+  Functions that write their results (the certification modes) then run unchanged in every process
+  of a multi-host job while only process 0 writes the real workdir.
+  """
+  if is_primary():
+    return workdir
+  return tempfile.mkdtemp(prefix=f'jaxcert_process{jax.process_index()}_')

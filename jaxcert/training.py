@@ -206,9 +206,10 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
                        out_shardings=(replicated, replicated))
   local_rows = parallel.process_slice(config.batch_size)
   base_key = jax.random.key(config.seed)
-  writer = _JsonLinesWriter(os.path.join(workdir, 'metrics.jsonl'))
-  progress = tqdm.tqdm(total=num_steps, initial=start_step, desc=f'train {config.method}',
-                       unit='step', dynamic_ncols=True, disable=not config.get('progress_bar', True))
+  # Multi-host: process 0 writes the logs; the others compute the same metrics.
+  writer = _JsonLinesWriter(os.path.join(workdir, 'metrics.jsonl') if parallel.is_primary() else os.devnull)
+  progress = tqdm.tqdm(total=num_steps, initial=start_step, desc=f'train {config.method}', unit='step',
+                       dynamic_ncols=True, disable=not (config.get('progress_bar', True) and parallel.is_primary()))
   pending = None  # metrics of the previous step, fetched one step behind so the host never waits.
   meter = _Throughput()
   try:
@@ -339,15 +340,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     `{'model': {...metrics}, 'raw_pixels': {...metrics}}`.
   """
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+  report_dir = parallel.primary_workdir(workdir)  # Multi-host: only process 0 writes the reports.
+  with open(os.path.join(report_dir, 'config.json'), 'w', encoding='utf-8') as f:
     f.write(config.to_json_best_effort(indent=2))
   dataset = data.load_dataset(config.data)
   model, state = train(config, workdir, dataset)
   results = evaluate(config, model, state.variables(), dataset)
   table = format_results_table(results)
-  with open(os.path.join(workdir, 'results.json'), 'w', encoding='utf-8') as f:
+  with open(os.path.join(report_dir, 'results.json'), 'w', encoding='utf-8') as f:
     json.dump(results, f, indent=2)
-  with open(os.path.join(workdir, 'results.md'), 'w', encoding='utf-8') as f:
+  with open(os.path.join(report_dir, 'results.md'), 'w', encoding='utf-8') as f:
     f.write(f'Retrieval on the test query/candidate split '
             f'(|Q| = {config.eval.num_queries}, |C| = {config.eval.num_candidates}):\n\n{table}\n')
   print(table)
