@@ -89,4 +89,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.spectral = ml_collections.ConfigDict()
   config.spectral.gamma = 2.0  # similarity threshold (seed 003: 2)
   config.spectral.alphas = ()  # alpha_1..alpha_k for lambda_{d-k+1}..lambda_max; () = no defence
+  # certify.py mode 'smoothing': RetrievalGuard (seed 000, Sec. 4.3) and the bisector certificate.
+  config.smoothing = ml_collections.ConfigDict()
+  config.smoothing.sigma = 0.25  # noise std in pixel units (the paper: 0.1, 0.25, 0.5, 1.0)
+  config.smoothing.num_samples = 100_000  # n, estimation samples per image (the paper: 100,000)
+  config.smoothing.num_select = 1_000  # independent samples that choose x+ (docs/smoothing.md Sec. 3)
+  config.smoothing.alpha = 0.01  # failure probability per query
+  config.smoothing.F = 1.0  # embedding norm bound ||h|| <= F
+  config.smoothing.bound_mode = 'normalize'  # enforce ||h|| <= F: 'normalize' or 'clip'
+  config.smoothing.certificate = 'retrievalguard'  # 'retrievalguard', 'bisector' or 'both'
+  config.smoothing.num_negative_pairs = 16  # bisector: negatives with their own constraint
+  config.smoothing.chunk_size = 256  # Monte-Carlo samples per scan step
+  config.smoothing.batch_size = 8  # images smoothed per call (chunk_size * batch_size per step)
+  config.smoothing.num_queries = 100  # queries certified (the first of config.eval's); -1 = all
+  config.smoothing.radii = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # table of Recall@1(r)
+  config.smoothing.ablation = ''  # '', 'num_samples' or 'alpha': one curve per ablation value
+  config.smoothing.ablation_values = ()
+  config.smoothing.seed = 0  # Monte-Carlo noise seed
   return config

@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -52,6 +53,9 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 from scipy import special
+
+from jaxcert import attacks
+from jaxcert import retrieval
 
 CERTIFICATES = ('retrievalguard', 'bisector')
 BOUND_MODES = ('normalize', 'clip')
@@ -76,12 +80,10 @@ _TINY = 1e-30
 
 
 def _as_pytree_function(embed: Callable) -> jax.tree_util.Partial:
-  """`embed` as a pytree that crosses `jit` as an argument (a Partial keeps its arrays runtime)."""
-  if isinstance(embed, jax.tree_util.Partial):
-    return embed
+  """`embed` as a pytree that crosses `jit` as an argument (`retrieval.as_pytree_function`)."""
   if not callable(embed):
     raise ValueError(f'embed must be a function (batch, ...) -> (batch, k), got {embed!r}.')
-  return jax.tree_util.Partial(embed)
+  return retrieval.as_pytree_function(embed)
 
 
 def _scale_to_norm(embed, bound, x):
@@ -244,13 +246,14 @@ class SmoothedEmbeddings:
   sigma: float
   F: float
   rounding_allowance: float  # bound on the float32 rounding error of each row of `mean`
+  seconds: np.ndarray | None = None  # (N,) wall time of each row's batch / rows in it
 
   def __len__(self) -> int:
     return self.mean.shape[0]
 
 
 def smooth_dataset(smoother: Smoother, key: jax.Array, inputs, *, batch_size: int,
-                   on_batch: Callable[[int], None] | None = None) -> SmoothedEmbeddings:
+                   on_batch: Callable[[int, int], None] | None = None) -> SmoothedEmbeddings:
   """g_hat of every row of `inputs` (N, ...), in batches of one compiled shape.
 
   The last batch is padded with copies of row 0 and the padding dropped. Every batch uses `key`:
@@ -261,17 +264,20 @@ def smooth_dataset(smoother: Smoother, key: jax.Array, inputs, *, batch_size: in
     key: a `jax.random.key`.
     inputs: (N, ...) array (images NHWC in [0, 1]).
     batch_size: inputs per call (each call embeds batch_size * chunk_size noisy copies).
-    on_batch: called with the number of inputs of each finished batch (e.g. a tqdm `update`).
+    on_batch: called as `on_batch(inputs_done, samples_per_input)` after each batch (e.g. to
+      advance a progress bar and show samples/s).
 
   Returns:
-    `SmoothedEmbeddings` with float64 means.
+    `SmoothedEmbeddings` with float64 means and per-row seconds (the first batch includes the
+    compilation).
   """
   batch_size = _check_positive_int('batch_size', batch_size)
   inputs = np.asarray(inputs, np.float32)
   if inputs.ndim < 2 or inputs.shape[0] == 0:
     raise ValueError(f'inputs must be a non-empty batch (N, ...), got shape {inputs.shape}.')
-  means, max_norms = [], []
+  means, max_norms, seconds = [], [], []
   for start in range(0, inputs.shape[0], batch_size):
+    started = time.perf_counter()
     batch = inputs[start:start + batch_size]
     count = batch.shape[0]
     if count < batch_size:
@@ -279,17 +285,18 @@ def smooth_dataset(smoother: Smoother, key: jax.Array, inputs, *, batch_size: in
     result = smoother(key, jnp.asarray(batch))
     means.append(np.asarray(result.mean, np.float64)[:count])
     max_norms.append(np.asarray(result.max_norm, np.float64)[:count])
+    seconds.append(np.full(count, (time.perf_counter() - started) / count))
     if on_batch is not None:
-      on_batch(count)
+      on_batch(count, smoother.num_samples)
   return SmoothedEmbeddings(np.concatenate(means), np.concatenate(max_norms),
                             smoother.num_samples, smoother.sigma, smoother.F,
-                            smoother.rounding_allowance)
+                            smoother.rounding_allowance, np.concatenate(seconds))
 
 
 def smooth_select_and_estimate(embed: Callable, key: jax.Array, inputs, *, sigma: float,
                                num_samples: int, num_select: int, chunk_size: int,
                                batch_size: int, F: float = 1.0,
-                               on_batch: Callable[[int], None] | None = None
+                               on_batch: Callable[[int, int], None] | None = None
                                ) -> tuple[SmoothedEmbeddings, SmoothedEmbeddings]:
   """Selection and estimation smoothings of `inputs` from independent keys (docs Sec. 3).
 
@@ -526,6 +533,31 @@ def certify(query_select: SmoothedEmbeddings, query_estimate: SmoothedEmbeddings
   return Certificate(*(np.concatenate(output) for output in outputs))
 
 
+def certified_recall_at_1(radius, correct, radii) -> np.ndarray:
+  """Certified Recall@1(r) = (1/N) sum_i R_1(x_i) 1[r(x_i) >= r] for each r (seed 000, Sec. 4.3).
+
+  The paper writes r(x_i) > r and Recall@1 = Recall@1(0); with abstentions at -1 the two agree but
+  for radii exactly equal to r, where >= is right for the open ball ||delta|| < r(x_i) (Cohen et
+  al.'s convention). Abstentions (-1) never count; `correct` is R_1 under g_hat.
+
+  Args:
+    radius: (N,) certified radii, -1 = abstain.
+    correct: (N,) bool, the 1-NN has the query's label.
+    radii: the r at which to evaluate.
+
+  Returns:
+    (len(radii),) float64 fractions of the N queries.
+  """
+  radius = np.asarray(radius, np.float64)
+  correct = np.asarray(correct, bool)
+  if radius.shape != correct.shape or radius.ndim != 1 or radius.size == 0:
+    raise ValueError(f'radius and correct must be equal non-empty (N,) arrays, got '
+                     f'{radius.shape} and {correct.shape}.')
+  radii = np.asarray(radii, np.float64)
+  certified = correct[None, :] & (radius[None, :] >= 0) & (radius[None, :] >= radii[:, None])
+  return certified.mean(axis=1)
+
+
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """||a_i - b_j||_2 in float64, (Na, k) x (Nb, k) -> (Na, Nb)."""
   squared = (np.sum(a * a, axis=1)[:, None] + np.sum(b * b, axis=1)[None, :] - 2.0 * a @ b.T)
@@ -624,6 +656,93 @@ def _bisector_radius(query_estimate, distance_select, distance_estimate, negativ
   pair_radius = np.maximum(pair_paper_radius, pair_bisector_radius)
   pair_radius = np.where(pair_valid, pair_radius, np.inf)
   return np.minimum(outside_radius, pair_radius.min(axis=1))
+
+
+# ---------------------------------------------------------------------------
+# Empirical check: PGD on the smoothed model.
+# ---------------------------------------------------------------------------
+
+
+def common_noise_margin(x, embed, noise, gallery_mean, positive_mask) -> jax.Array:
+  """d(x; g_m) (Definition 3.1) with g_m(x) = (1/m) sum_j h(x + noise_j), a fixed-noise estimate.
+
+  With the noise fixed, g_m is a deterministic, differentiable stand-in for g = E h(x + z) (the
+  expectation over noise that PGD attacks, "EOT"); `positive_mask[b, i]` marks the gallery items
+  with query b's label.
+
+  Args:
+    x: (B, ...) inputs.
+    embed: the bounded base embedding h.
+    noise: (m, ...) noise samples, shared by the batch.
+    gallery_mean: (N, k) smoothed gallery embeddings.
+    positive_mask: (B, N) bool.
+
+  Returns:
+    (B,) nearest-negative distance minus nearest-positive distance.
+  """
+  batch, num_noise = x.shape[0], noise.shape[0]
+  noisy = (x[None] + noise[:, None]).reshape((num_noise * batch,) + x.shape[1:])
+  g = jnp.mean(embed(noisy).reshape(num_noise, batch, -1), axis=0)
+  squared = (jnp.sum(g * g, 1)[:, None] + jnp.sum(gallery_mean * gallery_mean, 1)[None, :]
+             - 2.0 * g @ gallery_mean.T)
+  distance = jnp.sqrt(jnp.maximum(squared, 0.0) + 1e-12)
+  nearest_positive = jnp.min(jnp.where(positive_mask, distance, jnp.inf), axis=1)
+  nearest_negative = jnp.min(jnp.where(positive_mask, jnp.inf, distance), axis=1)
+  return nearest_negative - nearest_positive
+
+
+def _negative_common_noise_margin(x, embed, noise, gallery_mean, positive_mask):
+  return -common_noise_margin(x, embed, noise, gallery_mean, positive_mask)
+
+
+def attack_smoothed_retrieval(embed: Callable, key: jax.Array, x, labels, gallery_mean,
+                              gallery_labels, radius, *, sigma: float, num_noise: int = 256,
+                              num_steps: int = 100, num_restarts: int = 3,
+                              clip: tuple[float, float] = (0.0, 1.0)) -> jax.Array:
+  """The strongest L2 PGD perturbation found against the smoothed 1-NN, per query.
+
+  Minimises d(x + delta; g_m) over ||delta||_2 <= radius[b] (and the `clip` box) with
+  `jaxcert.attacks.pgd` (step radius / 10, random starts), g_m a `common_noise_margin` estimate
+  with `num_noise` fresh noise samples per restart; keeps the restart with the lowest margin.
+  Used by the tests and scripts/seed000_pgd_check.py to try to break a certificate: re-estimate
+  g(x + delta) with many independent samples and compare its 1-NN with the certified one.
+
+  Args:
+    embed: the bounded base embedding h (as given to `smooth`).
+    key: a `jax.random.key`.
+    x: (B, ...) queries.
+    labels: (B,) query labels.
+    gallery_mean: (N, k) smoothed gallery embeddings (e.g. `SmoothedEmbeddings.mean`).
+    gallery_labels: (N,) labels.
+    radius: (B,) attack radii (use 0 for queries not to attack).
+    sigma: the smoothing noise.
+    num_noise: noise samples of g_m per restart.
+    num_steps: PGD steps per restart.
+    num_restarts: random restarts.
+    clip: the input box.
+
+  Returns:
+    (B, ...) attacked inputs.
+  """
+  embed = _as_pytree_function(embed)
+  x = jnp.asarray(x, jnp.float32)
+  positive_mask = jnp.asarray(np.asarray(labels)[:, None] == np.asarray(gallery_labels)[None, :])
+  gallery_mean = jnp.asarray(gallery_mean, jnp.float32)
+  eps = jnp.asarray(radius, jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+  attack = attacks.pgd(_negative_common_noise_margin, eps=eps, step_size=eps / 10,
+                       num_steps=num_steps, norm='l2', clip=clip)
+  best, best_margin = x, jnp.full((x.shape[0],), jnp.inf)
+  for restart in range(num_restarts):
+    restart_key = jax.random.fold_in(key, restart)
+    noise = sigma * jax.random.normal(jax.random.fold_in(restart_key, 1),
+                                      (num_noise,) + x.shape[1:])
+    candidate = attack(jax.random.fold_in(restart_key, 0), x, embed, noise, gallery_mean,
+                       positive_mask)
+    margin = common_noise_margin(candidate, embed, noise, gallery_mean, positive_mask)
+    better = margin < best_margin
+    best = jnp.where(better.reshape(eps.shape), candidate, best)
+    best_margin = jnp.minimum(margin, best_margin)
+  return best
 
 
 # ---------------------------------------------------------------------------

@@ -13,11 +13,14 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from scipy import special
 from scipy import stats
 
 from jaxcert import attacks
+from jaxcert import losses
+from jaxcert import models
 from jaxcert import smoothing
 
 CERTIFICATES = smoothing.CERTIFICATES
@@ -97,12 +100,13 @@ def _binomial_limit(trials, probability, significance=1e-3):
   return stats.binom.ppf(1.0 - significance, trials, probability)
 
 
-def _repeat_sets(means, num_samples, sigma, F=1.0, chunk_size=1):
-  """SmoothedEmbeddings for each repeat of a (R, B, k) array of Monte-Carlo means."""
+def _repeat_sets(repeats, num_samples, sigma, F=1.0, chunk_size=1):
+  """SmoothedEmbeddings for each repeat of a `Smoothed` with (R, B, k) means, (R, B) max norms."""
   allowance = (chunk_size + 4) * 2.0 ** -24 * F
-  return [smoothing.SmoothedEmbeddings(np.asarray(m, np.float64),
-                                       np.linalg.norm(np.asarray(m), axis=1), num_samples, sigma,
-                                       F, allowance) for m in means]
+  return [smoothing.SmoothedEmbeddings(np.asarray(mean, np.float64),
+                                       np.asarray(max_norm, np.float64), num_samples, sigma, F,
+                                       allowance)
+          for mean, max_norm in zip(repeats.mean, repeats.max_norm)]
 
 
 # ---------------------------------------------------------------------------
@@ -278,8 +282,9 @@ def test_bisector_radius_is_at_least_the_papers_on_the_same_estimates():
 
 
 @functools.partial(jax.jit, static_argnames=('smoother',))
-def _repeated_means(smoother, keys, x):
-  return jax.vmap(lambda key: smoother(key, x).mean)(keys)
+def _repeated(smoother, keys, x):
+  """`smoother(key, x)` for each key: a `Smoothed` with a leading repeat axis."""
+  return jax.vmap(lambda key: smoother(key, x))(keys)
 
 
 def test_concentration_radius_coverage_and_test_power():
@@ -287,7 +292,7 @@ def test_concentration_radius_coverage_and_test_power():
   num_samples, repeats, beta = 100, 4000, 0.01
   smoother = smoothing.smooth(_sign_embedding, sigma=1.0, num_samples=num_samples, chunk_size=100)
   keys = jax.random.split(jax.random.key(0), repeats)
-  errors = np.abs(np.asarray(_repeated_means(smoother, keys, jnp.zeros((1, 1))))[:, 0, 0])
+  errors = np.abs(np.asarray(_repeated(smoother, keys, jnp.zeros((1, 1))).mean)[:, 0, 0])
   radius = smoothing.vector_concentration_radius(num_samples, beta, embedding_dim=1)
   assert np.sum(errors > radius) <= _binomial_limit(repeats, beta)
   # Power: a radius half as large fails far more often than beta allows.
@@ -314,12 +319,12 @@ def test_sign_example_coverage(certificate):
   select_smoother = smoothing.smooth(_sign_embedding, sigma=sigma, num_samples=num_select,
                                      chunk_size=num_select)
   keys = jax.random.split(jax.random.key(1), repeats)
-  estimates = _repeat_sets(_repeated_means(estimate_smoother, keys, jnp.asarray(inputs)),
+  estimates = _repeat_sets(_repeated(estimate_smoother, keys, jnp.asarray(inputs)),
                            num_samples, sigma, chunk_size=num_samples)
   selections = _repeat_sets(
-      _repeated_means(select_smoother, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys),
+      _repeated(select_smoother, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys),
                       jnp.asarray(inputs)), num_select, sigma, chunk_size=num_select)
-  failures, certified = 0, 0
+  failures, certified, plug_in_failures = 0, 0, 0
   for select, estimate in zip(selections, estimates):
     query_select, gallery_select = _split(select)
     query_estimate, gallery_estimate = _split(estimate)
@@ -328,8 +333,12 @@ def test_sign_example_coverage(certificate):
                                certificate=certificate)
     certified += result.radius[0] >= 0
     failures += (result.margin_lower_bound[0] > true_margin) or (result.radius[0] > true_radius)
+    plug_in_failures += _margin(query_estimate.mean, gallery_estimate.mean, np.array([0]),
+                                gallery_labels)[0] > true_margin
   assert certified > repeats / 2
   assert failures <= _binomial_limit(repeats, alpha)
+  # Power: the plug-in margin d(x; g_hat), a "bound" without the concentration slack, fails.
+  assert plug_in_failures > _binomial_limit(repeats, alpha)
 
 
 def _split(smoothed):
@@ -369,11 +378,12 @@ def test_linear_embedding_coverage(certificate):
   embed = smoothing.bounded_embedding(lambda x: x @ jnp.asarray(weights, jnp.float32), 1.0, 'clip')
   smoother = smoothing.smooth(embed, sigma=sigma, num_samples=num_samples, chunk_size=1000)
   keys = jax.random.split(jax.random.key(2), repeats)
-  estimates = _repeat_sets(_repeated_means(smoother, keys, jnp.asarray(inputs)), num_samples,
+  estimates = _repeat_sets(_repeated(smoother, keys, jnp.asarray(inputs)), num_samples,
                            sigma, chunk_size=1000)
   exact_means = np.mean([e.mean for e in estimates], axis=0)
   np.testing.assert_allclose(exact_means, true_g, atol=3e-4)  # E g_hat = W x: no clipping.
-  failures, certified = 0, 0
+  assert max(np.max(e.max_norm) for e in estimates) < 1.0  # The clip never acted: h = W x.
+  failures, certified, plug_in_failures = 0, 0, 0
   for estimate in estimates:
     query, gallery = _split(estimate)
     # Selection from the same smoothing would bias x+; here the gallery has one positive.
@@ -381,8 +391,12 @@ def test_linear_embedding_coverage(certificate):
                                alpha=alpha, certificate=certificate)
     certified += result.radius[0] >= 0
     failures += (result.margin_lower_bound[0] > true_margin) or (result.radius[0] > true_radius)
+    plug_in_failures += _margin(query.mean, gallery.mean, np.array([0]),
+                                gallery_labels)[0] > true_margin
   assert certified > repeats / 2
   assert failures <= _binomial_limit(repeats, alpha)
+  # Power: the plug-in margin d(x; g_hat), a "bound" without the concentration slack, fails.
+  assert plug_in_failures > _binomial_limit(repeats, alpha)
 
 
 # ---------------------------------------------------------------------------
@@ -449,6 +463,88 @@ def test_pgd_on_the_smoothed_model_never_flips_a_certified_query(certificate):
   # Power: the same attack at a radius far beyond the certificate flips some queries.
   far = strongest_attack(np.full(len(query_labels), 4.0 * sigma))
   assert np.any(far <= 0)
+
+
+def _train_gdml_mlp(sigma, steps=200):
+  """A small L2-normalised MLP trained with GDML (triplet loss on x + z) on 3 Gaussian classes."""
+  key = jax.random.key(0)
+  centers = jax.random.normal(jax.random.fold_in(key, 0), (3, 16))
+
+  def sample(sample_key, count):
+    labels = jax.random.randint(jax.random.fold_in(sample_key, 0), (count,), 0, 3)
+    points = centers[labels] + 0.5 * jax.random.normal(jax.random.fold_in(sample_key, 1),
+                                                       (count, 16))
+    return points.reshape(count, 4, 4, 1), labels
+
+  model = models.get_model('mlp', embedding_dim=8, l2_normalize=True, hidden_width=32,
+                           num_hidden_layers=1)
+  params = models.init_variables(model, jax.random.key(1), (1, 4, 4, 1))['params']
+  optimizer = optax.adam(3e-3)
+
+  @jax.jit
+  def step(params, opt_state, step_key):
+    x, labels = sample(step_key, 60)
+    x = x + sigma * jax.random.normal(jax.random.fold_in(step_key, 2), x.shape)
+    loss = lambda p: losses.triplet_loss(model.apply({'params': p}, x), labels, margin=0.5)
+    grads = jax.grad(loss)(params)
+    updates, opt_state = optimizer.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state
+
+  opt_state = optimizer.init(params)
+  for index in range(steps):
+    params, opt_state = step(params, opt_state, jax.random.fold_in(key, 100 + index))
+  embed = smoothing.bounded_embedding(jax.tree_util.Partial(model.apply, {'params': params}))
+  return embed, sample
+
+
+def _estimated_margin(means, gallery_means, positive):
+  distance = np.linalg.norm(means[:, None, :] - gallery_means[None, :, :], axis=-1)
+  return (np.where(positive, np.inf, distance).min(1) - np.where(positive, distance, np.inf).min(1))
+
+
+def test_pgd_on_a_trained_smoothed_model_never_flips_a_certified_query():
+  # A GDML-trained MLP; queries on segments between a gallery item and a negative, so margins are
+  # small and the certified radii are within a small factor of the flipping radius. PGD on the
+  # common-noise estimate of g (expectation over noise) attacks each certified query at its radius;
+  # g(x + delta) is then re-estimated with independent samples. A flip counts only if the
+  # re-estimated margin is below -tolerance (the estimates' concentration slack at beta = 1e-4).
+  sigma, num_samples, num_eval = 0.5, 100_000, 50_000
+  embed, sample = _train_gdml_mlp(sigma)
+  gallery_x, gallery_labels = sample(jax.random.key(7), 9)
+  gallery_labels = np.asarray(gallery_labels)
+  queries, query_labels = [], []
+  for anchor in range(9):
+    negative = int(np.argmax(gallery_labels != gallery_labels[anchor]))
+    for t in (0.4, 0.5, 0.6):
+      queries.append(gallery_x[anchor] + t * (gallery_x[negative] - gallery_x[anchor]))
+      query_labels.append(gallery_labels[anchor])
+  query_x, query_labels = jnp.stack(queries), np.array(query_labels)
+  options = dict(sigma=sigma, num_samples=num_samples, num_select=2_000, chunk_size=5_000,
+                 batch_size=27)
+  gallery = smoothing.smooth_select_and_estimate(embed, jax.random.key(10), gallery_x, **options)
+  query = smoothing.smooth_select_and_estimate(embed, jax.random.key(11), query_x, **options)
+  evaluator = smoothing.smooth(embed, sigma=sigma, num_samples=num_eval, chunk_size=5_000)
+  positive = query_labels[:, None] == gallery_labels[None, :]
+  tolerance = 2 * (smoothing.vector_concentration_radius(num_eval, 1e-4, embedding_dim=8)
+                   + smoothing.vector_concentration_radius(num_samples, 1e-4, embedding_dim=8))
+
+  def attacked_margin(rows, radius, restarts):
+    attacked = smoothing.attack_smoothed_retrieval(
+        embed, jax.random.key(3), query_x[rows], query_labels[rows], gallery[1].mean,
+        gallery_labels, radius, sigma=sigma, num_noise=256, num_steps=50,
+        num_restarts=restarts, clip=(-100.0, 100.0))
+    estimate = smoothing.smooth_dataset(evaluator, jax.random.key(13), attacked,
+                                        batch_size=len(rows))
+    return _estimated_margin(estimate.mean, gallery[1].mean, positive[rows])
+
+  for certificate in CERTIFICATES:
+    result = smoothing.certify(*query, query_labels, *gallery, gallery_labels, alpha=0.01,
+                               certificate=certificate)
+    rows = np.flatnonzero(result.radius > 0)
+    assert len(rows) >= 8, result.radius
+    assert np.all(attacked_margin(rows, result.radius[rows], 2) > -tolerance)
+    # Power: at three times the certified radius the same attack flips certified queries.
+    assert np.sum(attacked_margin(rows, 3 * result.radius[rows], 1) < -tolerance) >= 2
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,237 @@
+"""certify.py mode 'smoothing': certified 1-NN retrieval by Gaussian smoothing (seed 000).
+
+The first `config.smoothing.num_queries` queries of the query/candidate split are certified against
+the whole candidate set as gallery (RetrievalGuard, Algorithm 1 of seed 000,
+`/work/shared/seeds/000_3a138ab1b237dc96.txt`; derivations in docs/smoothing.md). Queries and
+gallery are smoothed with `num_select` selection samples and `num_samples` estimation samples each
+(`jaxcert.smoothing.smooth_select_and_estimate`), then `jaxcert.smoothing.certify` gives every
+query its retrieved item, margin lower bound and radius under the certificate(s) asked for.
+
+Files written to `workdir` (one *curve* per certificate and ablation value):
+  smoothing_<curve>.tsv   one line per query in the style of Cohen et al.'s `certify.py`: index (in
+                          the test split), label, retrieved_label, margin_lower_bound, radius
+                          (-1 = abstain), correct, seconds (smoothing wall time of the query)
+  recall_at_1_r.md/.tsv   certified Recall@1(r) at `config.smoothing.radii`, one row per curve,
+                          with the base model's Recall@1, the smoothed model's and the rejected ratio
+  recall_at_1_r.png       Recall@1(r) against r for every curve (seed 000, Figs. 2-4)
+The returned summary (certification.run writes it to results.json) holds the same numbers.
+
+Ablations (seed 000, Sec. 4.4.2): `ablation='num_samples'` smooths once per value of
+`ablation_values`; `ablation='alpha'` certifies one smoothing at each alpha.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from absl import logging
+import jax
+import numpy as np
+import tqdm
+
+from jaxcert import data
+from jaxcert import metrics
+from jaxcert import report
+from jaxcert import smoothing
+
+CERTIFICATE_CHOICES = smoothing.CERTIFICATES + ('both',)
+ABLATIONS = ('', 'num_samples', 'alpha')
+TSV_COLUMNS = ('index', 'label', 'retrieved_label', 'margin_lower_bound', 'radius', 'correct',
+               'seconds')
+_PLOT_POINTS = 200
+
+
+def _certificates(name: str) -> tuple[str, ...]:
+  if name not in CERTIFICATE_CHOICES:
+    raise ValueError(f'config.smoothing.certificate={name!r} is not one of {CERTIFICATE_CHOICES}.')
+  return smoothing.CERTIFICATES if name == 'both' else (name,)
+
+
+def _sweep(settings) -> tuple[list[int], list[float]]:
+  """(sample counts to smooth with, alphas to certify at) for the ablation asked for."""
+  if settings.ablation not in ABLATIONS:
+    raise ValueError(f'config.smoothing.ablation={settings.ablation!r} is not one of {ABLATIONS}.')
+  values = list(settings.ablation_values)
+  if settings.ablation and not values:
+    raise ValueError(f'config.smoothing.ablation={settings.ablation!r} needs ablation_values, '
+                     f'e.g. (1000, 10000, 100000) for num_samples or (0.001, 0.01, 0.1) for alpha.')
+  if settings.ablation == 'num_samples':
+    return [int(n) for n in values], [settings.alpha]
+  if settings.ablation == 'alpha':
+    return [settings.num_samples], [float(a) for a in values]
+  return [settings.num_samples], [settings.alpha]
+
+
+def _curve_name(certificate: str, settings, num_samples: int, alpha: float) -> str:
+  if settings.ablation == 'num_samples':
+    return f'{certificate} n={num_samples}'
+  if settings.ablation == 'alpha':
+    return f'{certificate} alpha={alpha:g}'
+  return certificate
+
+
+def _file_stem(curve: str) -> str:
+  return 'smoothing_' + re.sub(r'[^A-Za-z0-9.]+', '_', curve).strip('_')
+
+
+class _Progress:
+  """A tqdm bar over smoothed images that shows Monte-Carlo samples per second."""
+
+  def __init__(self, total_images: int, enabled: bool):
+    self._bar = tqdm.tqdm(total=total_images, desc='smoothing', unit='img', dynamic_ncols=True,
+                          disable=not enabled)
+    self._samples = 0
+    self._start = time.perf_counter()
+
+  def __call__(self, num_inputs: int, samples_per_input: int) -> None:
+    self._samples += num_inputs * samples_per_input
+    elapsed = max(time.perf_counter() - self._start, 1e-9)
+    self._bar.set_postfix(samples_s=f'{self._samples / elapsed:.0f}')
+    self._bar.update(num_inputs)
+
+  @property
+  def samples_per_second(self) -> float:
+    return self._samples / max(time.perf_counter() - self._start, 1e-9)
+
+  def close(self) -> None:
+    self._bar.close()
+
+
+def run(inputs, workdir: str) -> dict:
+  """Certifies `inputs` (a `jaxcert.certification.CertifyInputs`) by smoothing; see module doc.
+
+  Returns:
+    {'settings', 'base_recall@1', 'num_queries', 'num_gallery', 'samples_per_second',
+     'curves': {curve: {'num_samples', 'alpha', 'certificate', 'recall@1_smoothed', 'certified',
+     'rejected', 'median_radius', 'recall@1(r)': {r: value}}}}.
+  """
+  config = inputs.config
+  settings = config.smoothing
+  certificates = _certificates(settings.certificate)
+  sample_counts, alphas = _sweep(settings)
+  num_queries = len(inputs.queries.labels)
+  if settings.num_queries != -1:
+    if int(settings.num_queries) < 1:
+      raise ValueError(f'config.smoothing.num_queries must be >= 1 or -1 (all), got '
+                       f'{settings.num_queries}.')
+    num_queries = min(num_queries, int(settings.num_queries))
+  query_images = inputs.queries.images[:num_queries]
+  query_labels = np.asarray(inputs.queries.labels[:num_queries])
+  gallery_images, gallery_labels = inputs.candidates.images, np.asarray(inputs.candidates.labels)
+  query_index = data.query_candidate_split(
+      len(inputs.dataset.test.labels), num_queries=config.eval.num_queries,
+      num_candidates=config.eval.num_candidates, seed=config.eval.split_seed)[0][:num_queries]
+  if not config.model.get('l2_normalize', False):
+    logging.warning('The encoder is not L2-normalised; bound_mode=%r changes its embeddings to '
+                    'enforce ||h|| <= F=%g (Lemmas 3.3, 3.6).', settings.bound_mode, settings.F)
+  embed = smoothing.bounded_embedding(inputs.embed, settings.F, settings.bound_mode)
+  _check_before_smoothing(settings, certificates, sample_counts, alphas,
+                          jax.eval_shape(embed, query_images[:1]).shape[-1])
+  base_recall = metrics.evaluate_retrieval(inputs.embed, query_images, query_labels,
+                                           gallery_images, gallery_labels, ks=(1,),
+                                           batch_size=config.eval.batch_size)['recall@1']
+
+  key = jax.random.key(settings.seed)
+  progress = _Progress(2 * len(sample_counts) * (num_queries + len(gallery_labels)),
+                       config.get('progress_bar', True))
+  curves, radii_by_curve = {}, {}
+  smoothing_options = dict(sigma=settings.sigma, num_select=settings.num_select,
+                           chunk_size=settings.chunk_size, batch_size=settings.batch_size,
+                           F=settings.F, on_batch=progress)
+  try:
+    for num_samples in sample_counts:
+      gallery_select, gallery_estimate = smoothing.smooth_select_and_estimate(
+          embed, jax.random.fold_in(key, 0), gallery_images, num_samples=num_samples,
+          **smoothing_options)
+      query_select, query_estimate = smoothing.smooth_select_and_estimate(
+          embed, jax.random.fold_in(key, 1), query_images, num_samples=num_samples,
+          **smoothing_options)
+      query_seconds = query_select.seconds + query_estimate.seconds
+      for alpha in alphas:
+        for certificate in certificates:
+          result = smoothing.certify(
+              query_select, query_estimate, query_labels, gallery_select, gallery_estimate,
+              gallery_labels, alpha=alpha, certificate=certificate,
+              num_negative_pairs=settings.num_negative_pairs)
+          curve = _curve_name(certificate, settings, num_samples, alpha)
+          _write_query_tsv(os.path.join(workdir, _file_stem(curve) + '.tsv'), query_index,
+                           query_labels, gallery_labels, result, query_seconds)
+          curves[curve] = _summary(result, certificate, num_samples, alpha, settings.radii)
+          radii_by_curve[curve] = result
+  finally:
+    progress.close()
+
+  rows = [_table_row(curve, summary, base_recall) for curve, summary in curves.items()]
+  report.write_tsv(os.path.join(workdir, 'recall_at_1_r.tsv'), rows)
+  table = report.markdown_table(rows)
+  title = (f'sigma={settings.sigma:g}, {num_queries} queries x {len(gallery_labels)} gallery, '
+           f'k={query_estimate.mean.shape[1]}')
+  with open(os.path.join(workdir, 'recall_at_1_r.md'), 'w', encoding='utf-8') as f:
+    f.write(f'Certified Recall@1(r) by Gaussian smoothing ({title}; n_select = '
+            f'{settings.num_select}):\n\n{table}\n')
+  _plot(os.path.join(workdir, 'recall_at_1_r.png'), radii_by_curve, title)
+  print(table)
+  return {'settings': settings.to_dict(), 'base_recall@1': base_recall,
+          'num_queries': num_queries, 'num_gallery': len(gallery_labels),
+          'samples_per_second': progress.samples_per_second, 'curves': curves}
+
+
+def _check_before_smoothing(settings, certificates, sample_counts, alphas, embedding_dim) -> None:
+  """Raises the errors `smooth` and `certify` would raise, before any sampling is spent."""
+  smoothing.smooth(lambda x: x, sigma=settings.sigma, num_samples=max(sample_counts),
+                   chunk_size=settings.chunk_size, F=settings.F)
+  for certificate in certificates:
+    for alpha in alphas:
+      minimum = smoothing.minimum_num_samples(
+          certificate, alpha=alpha, embedding_dim=embedding_dim, F=settings.F,
+          num_negative_pairs=settings.num_negative_pairs)
+      if min(sample_counts) < minimum:
+        raise ValueError(
+            f'config.smoothing.num_samples={min(sample_counts)} is too small: with alpha={alpha}, '
+            f'k={embedding_dim}, F={settings.F} the {certificate!r} bound is negative for every '
+            f'query. Use num_samples >= {minimum} (the paper: 100,000).')
+
+
+def _write_query_tsv(path, query_index, query_labels, gallery_labels, result, seconds) -> None:
+  rows = [{'index': int(index), 'label': int(label),
+           'retrieved_label': int(gallery_labels[retrieved]),
+           'margin_lower_bound': float(bound), 'radius': float(radius), 'correct': int(correct),
+           'seconds': float(second)}
+          for index, label, retrieved, bound, radius, correct, second in zip(
+              query_index, query_labels, result.retrieved_index, result.margin_lower_bound,
+              result.radius, result.correct, seconds)]
+  report.write_tsv(path, rows, TSV_COLUMNS)
+
+
+def _summary(result, certificate, num_samples, alpha, radii) -> dict:
+  certified = (result.radius >= 0) & result.correct
+  recall = smoothing.certified_recall_at_1(result.radius, result.correct, radii)
+  return {
+      'certificate': certificate, 'num_samples': num_samples, 'alpha': alpha,
+      'recall@1_smoothed': float(np.mean(result.correct)),
+      'certified': float(np.mean(certified)),
+      # Seed 000 Fig. 3 (left): retrieved correctly by g_hat, yet the bound abstains.
+      'rejected': float(np.mean(result.correct & (result.radius < 0))),
+      'median_radius': float(np.median(result.radius[certified])) if certified.any() else -1.0,
+      'recall@1(r)': {float(r): float(v) for r, v in zip(radii, recall)},
+  }
+
+
+def _table_row(curve: str, summary: dict, base_recall: float) -> dict:
+  row = {'curve': curve, 'n': summary['num_samples'], 'alpha': f'{summary["alpha"]:g}',
+         'R@1 h': base_recall, 'R@1 g_hat': summary['recall@1_smoothed'],
+         'rejected': summary['rejected'], 'median r': summary['median_radius']}
+  row.update({f'r={r:g}': value for r, value in summary['recall@1(r)'].items()})
+  return row
+
+
+def _plot(path: str, results: dict, title: str) -> None:
+  finite = [r.radius[np.isfinite(r.radius)] for r in results.values()]
+  largest = max([float(np.max(f)) for f in finite if f.size] + [0.0])
+  grid = np.linspace(0.0, max(largest, 1e-3) * 1.05, _PLOT_POINTS)
+  curves = {name: (grid, smoothing.certified_recall_at_1(r.radius, r.correct, grid))
+            for name, r in results.items()}
+  report.plot_curves(path, curves, xlabel='radius r (L2, pixels in [0, 1])',
+                     ylabel='certified Recall@1(r)', title=title, marker='')

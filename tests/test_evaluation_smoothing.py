@@ -1,0 +1,120 @@
+"""certify.py mode 'smoothing' (jaxcert.evaluation.smoothing): its files, tables, ablations, errors.
+
+The certificates themselves are attacked in tests/test_smoothing.py; here a briefly trained small
+MLP (cheap to smooth) goes through `jaxcert.certification.run` and every reported number is
+checked against the per-query TSV it came from.
+"""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import embedded_small_margin
+from jaxcert import certification
+from jaxcert import data
+from jaxcert import smoothing
+from jaxcert import training
+from jaxcert.evaluation import smoothing as smoothing_mode
+
+
+@pytest.fixture(scope='module')
+def trained_inputs(tmp_path_factory):
+  """CertifyInputs of the embedded-sample DML recipe on a small MLP after 30 training steps."""
+  config = embedded_small_margin.get_config()
+  config.model.name = 'mlp'
+  config.model.hidden_width = 32
+  config.model.num_hidden_layers = 1
+  config.model.embedding_dim = 16
+  config.num_steps = 30
+  config.batch_size = 40
+  config.m_per_class = 4
+  config.checkpoint_every_steps = 30
+  config.progress_bar = False
+  config.eval.num_queries = 20
+  config.eval.num_candidates = 30
+  workdir = str(tmp_path_factory.mktemp('dml'))
+  training.train(config, workdir)
+  config.checkpoint = workdir
+  config.certify.mode = 'smoothing'
+  config.smoothing.update(num_samples=2_000, num_select=100, chunk_size=250, batch_size=8,
+                          num_queries=6, sigma=0.25)
+  return certification.load_inputs(config)
+
+
+def _with(inputs, **smoothing_fields):
+  config = inputs.config.copy_and_resolve_references()
+  config.smoothing.update(**smoothing_fields)
+  return inputs._replace(config=config)
+
+
+def _read_tsv(path):
+  with open(path, encoding='utf-8') as f:
+    return list(csv.DictReader(f, delimiter='\t'))
+
+
+def test_both_certificates_write_consistent_tsv_table_and_plot(trained_inputs, tmp_path):
+  config = _with(trained_inputs, certificate='both').config
+  results = certification.run(config, str(tmp_path))  # The whole certify.py path.
+  assert set(results['curves']) == set(smoothing.CERTIFICATES)
+  for name in ('recall_at_1_r.md', 'recall_at_1_r.tsv', 'recall_at_1_r.png', 'results.json'):
+    assert os.path.getsize(tmp_path / name) > 0
+  query_index = data.query_candidate_split(2000, num_queries=20, num_candidates=30)[0][:6]
+  certified_any = False
+  for certificate in smoothing.CERTIFICATES:
+    rows = _read_tsv(tmp_path / f'smoothing_{certificate}.tsv')
+    assert tuple(rows[0]) == smoothing_mode.TSV_COLUMNS
+    assert [int(r['index']) for r in rows] == list(query_index)
+    radius = np.array([float(r['radius']) for r in rows])
+    bound = np.array([float(r['margin_lower_bound']) for r in rows])
+    correct = np.array([r['correct'] == '1' for r in rows])
+    retrieved_is_label = np.array([r['label'] == r['retrieved_label'] for r in rows])
+    np.testing.assert_array_equal(correct, retrieved_is_label)
+    assert np.all(correct[radius >= 0])  # A certified query is retrieved correctly.
+    if certificate == 'retrievalguard':  # Algorithm 1: abstain exactly when d_lower < 0.
+      np.testing.assert_array_equal(radius < 0, bound < -1e-4)
+    assert all(float(r['seconds']) > 0 for r in rows)
+    certified_any |= bool(np.any(radius >= 0))
+    summary = results['curves'][certificate]
+    radii = list(config.smoothing.radii)
+    expected = smoothing.certified_recall_at_1(radius, correct, radii)
+    np.testing.assert_allclose(list(summary['recall@1(r)'].values()), expected, atol=1e-4)
+    assert summary['recall@1_smoothed'] == pytest.approx(correct.mean())
+    assert summary['rejected'] == pytest.approx(np.mean(correct & (radius < 0)))
+  assert certified_any
+  assert json.load(open(tmp_path / 'results.json'))['num_queries'] == 6
+  table = open(tmp_path / 'recall_at_1_r.md').read()
+  assert '| retrievalguard |' in table and '| bisector |' in table
+
+
+def test_alpha_ablation_certifies_one_smoothing_at_every_alpha(trained_inputs, tmp_path):
+  inputs = _with(trained_inputs, ablation='alpha', ablation_values=(0.001, 0.1))
+  results = smoothing_mode.run(inputs, str(tmp_path))
+  assert set(results['curves']) == {'retrievalguard alpha=0.001', 'retrievalguard alpha=0.1'}
+  strict, loose = (np.array([float(r['radius']) for r in _read_tsv(
+      tmp_path / f'smoothing_retrievalguard_alpha_{a}.tsv')]) for a in ('0.001', '0.1'))
+  # The same estimates: a larger alpha has a smaller slack, so every radius is at least as large.
+  assert np.all(loose >= strict)
+
+
+def test_num_samples_ablation_smooths_once_per_n(trained_inputs, tmp_path):
+  inputs = _with(trained_inputs, ablation='num_samples', ablation_values=(500, 2_000),
+                 num_queries=2)
+  results = smoothing_mode.run(inputs, str(tmp_path))
+  assert [c['num_samples'] for c in results['curves'].values()] == [500, 2_000]
+
+
+@pytest.mark.parametrize('fields, message', [
+    (dict(certificate='cohen'), "'retrievalguard', 'bisector', 'both'"),
+    (dict(ablation='k'), "'num_samples', 'alpha'"),
+    (dict(ablation='alpha'), 'ablation_values'),
+    (dict(num_queries=0), 'num_queries'),
+    (dict(sigma=0.0), 'sigma'),
+    (dict(alpha=1.5), 'alpha'),
+    (dict(num_samples=20), 'num_samples >= '),  # n too small for any positive bound
+])
+def test_bad_settings_raise_before_any_sampling(trained_inputs, tmp_path, fields, message):
+  with pytest.raises(ValueError, match=message):
+    smoothing_mode.run(_with(trained_inputs, **fields), str(tmp_path))
