@@ -43,12 +43,7 @@ def _config(method, **overrides):
   config.eval.ks = (1, 5)
   config.adversarial.eps = 0.05
   config.act.eps, config.act.step_size, config.act.num_steps = 0.1, 0.025, 6
-  for key, value in overrides.items():
-    target = config
-    *path, leaf = key.split('.')
-    for part in path:
-      target = target[part]
-    target[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 
