@@ -72,3 +72,17 @@ def forward_baseline(model_name: str, batch: int, image_shape, *, embedding_dim:
       size=(batch,) + tuple(image_shape)).astype(np.float32))
   forward = jax.jit(model.apply)
   return median_seconds(lambda: forward(variables, images), repeats=repeats)
+
+
+def summary_row(hot_path: str, model: str, setting: str, item: str, seconds_per_item: float,
+                forward_seconds_per_image: float) -> dict:
+  """One row of the `python -m bench` table: a hot path's time per item against a forward pass.
+
+  A bench script whose `main` returns `{'summary_rows': [summary_row(...), ...], ...}` joins the
+  table without an adapter in bench/run.py. `forward_seconds_per_image` is a plain forward pass of
+  the same encoder measured in the same run; `ratio` is the hot path's cost in forward passes.
+  """
+  return {'hot_path': hot_path, 'model': model, 'setting': setting, 'item': item,
+          'seconds_per_item': seconds_per_item,
+          'forward_seconds_per_image': forward_seconds_per_image,
+          'ratio': seconds_per_item / forward_seconds_per_image}

@@ -33,12 +33,7 @@ CERTIFY_OVERRIDES = {'ibp.eps': 0.02, 'ibp.eps_sweep': (0.0, 0.02), 'ibp.ks': (1
 
 def _config(overrides):
   config = quickstart.get_config()
-  for key, value in overrides.items():
-    target = config
-    *path, leaf = key.split('.')
-    for part in path:
-      target = target[part]
-    target[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 
