@@ -101,9 +101,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.smoothing.num_negative_pairs = 16  # bisector: negatives with their own constraint
   config.smoothing.chunk_size = 256  # Monte-Carlo samples per scan step
   config.smoothing.batch_size = 8  # images smoothed per call (chunk_size * batch_size per step)
-  config.smoothing.num_queries = 100  # queries certified (the first of config.eval's); -1 = all
+  config.smoothing.protocol = 'leave_one_out'  # or 'split' (queries Q vs candidates C of config.eval)
+  config.smoothing.num_queries = 100  # queries certified (the first); -1 = all
   config.smoothing.radii = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # table of Recall@1(r)
   config.smoothing.ablation = ''  # '', 'num_samples' or 'alpha': one curve per ablation value
   config.smoothing.ablation_values = ()
   config.smoothing.seed = 0  # Monte-Carlo noise seed
+  config.smoothing.estimates_from = ''  # workdir of an earlier run: certify its smoothed_n<n>.npz
   return config

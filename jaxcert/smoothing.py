@@ -251,6 +251,11 @@ class SmoothedEmbeddings:
   def __len__(self) -> int:
     return self.mean.shape[0]
 
+  def take(self, rows) -> SmoothedEmbeddings:
+    """The smoothed embeddings of `rows` (e.g. the gallery items that are also queries)."""
+    return dataclasses.replace(self, mean=self.mean[rows], max_norm=self.max_norm[rows],
+                               seconds=None if self.seconds is None else self.seconds[rows])
+
 
 def smooth_dataset(smoother: Smoother, key: jax.Array, inputs, *, batch_size: int,
                    on_batch: Callable[[int, int], None] | None = None) -> SmoothedEmbeddings:
@@ -663,19 +668,20 @@ def _bisector_radius(query_estimate, distance_select, distance_estimate, negativ
 # ---------------------------------------------------------------------------
 
 
-def common_noise_margin(x, embed, noise, gallery_mean, positive_mask) -> jax.Array:
+def common_noise_margin(x, embed, noise, gallery_mean, positive_mask, negative_mask) -> jax.Array:
   """d(x; g_m) (Definition 3.1) with g_m(x) = (1/m) sum_j h(x + noise_j), a fixed-noise estimate.
 
   With the noise fixed, g_m is a deterministic, differentiable stand-in for g = E h(x + z) (the
-  expectation over noise that PGD attacks, "EOT"); `positive_mask[b, i]` marks the gallery items
-  with query b's label.
+  expectation over noise that PGD attacks, "EOT").
 
   Args:
     x: (B, ...) inputs.
     embed: the bounded base embedding h.
     noise: (m, ...) noise samples, shared by the batch.
     gallery_mean: (N, k) smoothed gallery embeddings.
-    positive_mask: (B, N) bool.
+    positive_mask: (B, N) bool, the gallery items with query b's label.
+    negative_mask: (B, N) bool, the other gallery items (leave-one-out: neither mask holds the
+      query's own item).
 
   Returns:
     (B,) nearest-negative distance minus nearest-positive distance.
@@ -687,18 +693,37 @@ def common_noise_margin(x, embed, noise, gallery_mean, positive_mask) -> jax.Arr
              - 2.0 * g @ gallery_mean.T)
   distance = jnp.sqrt(jnp.maximum(squared, 0.0) + 1e-12)
   nearest_positive = jnp.min(jnp.where(positive_mask, distance, jnp.inf), axis=1)
-  nearest_negative = jnp.min(jnp.where(positive_mask, jnp.inf, distance), axis=1)
+  nearest_negative = jnp.min(jnp.where(negative_mask, distance, jnp.inf), axis=1)
   return nearest_negative - nearest_positive
 
 
-def _negative_common_noise_margin(x, embed, noise, gallery_mean, positive_mask):
-  return -common_noise_margin(x, embed, noise, gallery_mean, positive_mask)
+def _negative_common_noise_margin(x, embed, noise, gallery_mean, positive_mask, negative_mask):
+  return -common_noise_margin(x, embed, noise, gallery_mean, positive_mask, negative_mask)
+
+
+def retrieval_masks(labels, gallery_labels, query_gallery_index=None) -> tuple[np.ndarray, ...]:
+  """(positive, negative) (B, N) masks; `query_gallery_index[b] >= 0` removes query b's own item."""
+  same = np.asarray(labels)[:, None] == np.asarray(gallery_labels)[None, :]
+  kept = np.ones_like(same)
+  if query_gallery_index is not None:
+    index = np.asarray(query_gallery_index)
+    rows = np.flatnonzero(index >= 0)
+    kept[rows, index[rows]] = False
+  return same & kept, ~same & kept
+
+
+def plug_in_margin(query_mean, gallery_mean, positive_mask, negative_mask) -> np.ndarray:
+  """d(x; g_hat) of Definition 3.1 on estimates (float64, host): no slack, not a bound."""
+  distance = _distances(np.asarray(query_mean, np.float64), np.asarray(gallery_mean, np.float64))
+  return (np.where(negative_mask, distance, np.inf).min(axis=1)
+          - np.where(positive_mask, distance, np.inf).min(axis=1))
 
 
 def attack_smoothed_retrieval(embed: Callable, key: jax.Array, x, labels, gallery_mean,
                               gallery_labels, radius, *, sigma: float, num_noise: int = 256,
                               num_steps: int = 100, num_restarts: int = 3,
-                              clip: tuple[float, float] = (0.0, 1.0)) -> jax.Array:
+                              clip: tuple[float, float] = (0.0, 1.0),
+                              query_gallery_index=None) -> jax.Array:
   """The strongest L2 PGD perturbation found against the smoothed 1-NN, per query.
 
   Minimises d(x + delta; g_m) over ||delta||_2 <= radius[b] (and the `clip` box) with
@@ -720,13 +745,15 @@ def attack_smoothed_retrieval(embed: Callable, key: jax.Array, x, labels, galler
     num_steps: PGD steps per restart.
     num_restarts: random restarts.
     clip: the input box.
+    query_gallery_index: optional (B,) gallery item of each query, left out (-1: none).
 
   Returns:
     (B, ...) attacked inputs.
   """
   embed = _as_pytree_function(embed)
   x = jnp.asarray(x, jnp.float32)
-  positive_mask = jnp.asarray(np.asarray(labels)[:, None] == np.asarray(gallery_labels)[None, :])
+  positive_mask, negative_mask = (jnp.asarray(mask) for mask in retrieval_masks(
+      labels, gallery_labels, query_gallery_index))
   gallery_mean = jnp.asarray(gallery_mean, jnp.float32)
   eps = jnp.asarray(radius, jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
   attack = attacks.pgd(_negative_common_noise_margin, eps=eps, step_size=eps / 10,
@@ -736,9 +763,9 @@ def attack_smoothed_retrieval(embed: Callable, key: jax.Array, x, labels, galler
     restart_key = jax.random.fold_in(key, restart)
     noise = sigma * jax.random.normal(jax.random.fold_in(restart_key, 1),
                                       (num_noise,) + x.shape[1:])
-    candidate = attack(jax.random.fold_in(restart_key, 0), x, embed, noise, gallery_mean,
-                       positive_mask)
-    margin = common_noise_margin(candidate, embed, noise, gallery_mean, positive_mask)
+    masks = (positive_mask, negative_mask)
+    candidate = attack(jax.random.fold_in(restart_key, 0), x, embed, noise, gallery_mean, *masks)
+    margin = common_noise_margin(candidate, embed, noise, gallery_mean, *masks)
     better = margin < best_margin
     best = jnp.where(better.reshape(eps.shape), candidate, best)
     best_margin = jnp.minimum(margin, best_margin)

@@ -39,7 +39,7 @@ def trained_inputs(tmp_path_factory):
   training.train(config, workdir)
   config.checkpoint = workdir
   config.certify.mode = 'smoothing'
-  config.smoothing.update(num_samples=2_000, num_select=100, chunk_size=250, batch_size=8,
+  config.smoothing.update(num_samples=5_000, num_select=100, chunk_size=250, batch_size=8,
                           num_queries=6, sigma=0.25)
   return certification.load_inputs(config)
 
@@ -61,7 +61,8 @@ def test_both_certificates_write_consistent_tsv_table_and_plot(trained_inputs, t
   assert set(results['curves']) == set(smoothing.CERTIFICATES)
   for name in ('recall_at_1_r.md', 'recall_at_1_r.tsv', 'recall_at_1_r.png', 'results.json'):
     assert os.path.getsize(tmp_path / name) > 0
-  query_index = data.query_candidate_split(2000, num_queries=20, num_candidates=30)[0][:6]
+  # leave_one_out (the default): the first 6 candidates, each against the other 29.
+  query_index = data.query_candidate_split(2000, num_queries=20, num_candidates=30)[1][:6]
   certified_any = False
   for certificate in smoothing.CERTIFICATES:
     rows = _read_tsv(tmp_path / f'smoothing_{certificate}.tsv')
@@ -89,21 +90,32 @@ def test_both_certificates_write_consistent_tsv_table_and_plot(trained_inputs, t
   assert '| retrievalguard |' in table and '| bisector |' in table
 
 
-def test_alpha_ablation_certifies_one_smoothing_at_every_alpha(trained_inputs, tmp_path):
-  inputs = _with(trained_inputs, ablation='alpha', ablation_values=(0.001, 0.1))
-  results = smoothing_mode.run(inputs, str(tmp_path))
-  assert set(results['curves']) == {'retrievalguard alpha=0.001', 'retrievalguard alpha=0.1'}
-  strict, loose = (np.array([float(r['radius']) for r in _read_tsv(
-      tmp_path / f'smoothing_retrievalguard_alpha_{a}.tsv')]) for a in ('0.001', '0.1'))
+def test_alpha_ablation_recertifies_stored_estimates(trained_inputs, tmp_path):
+  first = smoothing_mode.run(_with(trained_inputs, protocol='split'), str(tmp_path / 'first'))
+  inputs = _with(trained_inputs, protocol='split', ablation='alpha',
+                 ablation_values=(0.001, 0.01, 0.1), estimates_from=str(tmp_path / 'first'))
+  results = smoothing_mode.run(inputs, str(tmp_path / 'again'))
+  assert set(results['curves']) == {f'retrievalguard alpha={a}' for a in ('0.001', '0.01', '0.1')}
+  rows = {a: _read_tsv(tmp_path / 'again' / f'smoothing_retrievalguard_alpha_{a}.tsv')
+          for a in ('0.001', '0.01', '0.1')}
+  query_index = data.query_candidate_split(2000, num_queries=20, num_candidates=30)[0][:6]
+  assert [int(r['index']) for r in rows['0.01']] == list(query_index)  # 'split': the first 6 of Q.
+  # The stored estimates reproduce the first run exactly at its alpha.
+  assert rows['0.01'] == _read_tsv(tmp_path / 'first' / 'smoothing_retrievalguard.tsv')
+  assert results['curves']['retrievalguard alpha=0.01']['recall@1(r)'] == (
+      first['curves']['retrievalguard']['recall@1(r)'])
+  radius = {a: np.array([float(r['radius']) for r in rows[a]]) for a in rows}
   # The same estimates: a larger alpha has a smaller slack, so every radius is at least as large.
-  assert np.all(loose >= strict)
+  assert np.all(radius['0.1'] >= radius['0.01']) and np.all(radius['0.01'] >= radius['0.001'])
+  with pytest.raises(ValueError, match=r"differs in \['sigma'\]"):
+    smoothing_mode.run(_with(inputs, sigma=0.5), str(tmp_path / 'mismatch'))
 
 
 def test_num_samples_ablation_smooths_once_per_n(trained_inputs, tmp_path):
-  inputs = _with(trained_inputs, ablation='num_samples', ablation_values=(500, 2_000),
+  inputs = _with(trained_inputs, ablation='num_samples', ablation_values=(500, 5_000),
                  num_queries=2)
   results = smoothing_mode.run(inputs, str(tmp_path))
-  assert [c['num_samples'] for c in results['curves'].values()] == [500, 2_000]
+  assert [c['num_samples'] for c in results['curves'].values()] == [500, 5_000]
 
 
 @pytest.mark.parametrize('fields, message', [
@@ -111,6 +123,7 @@ def test_num_samples_ablation_smooths_once_per_n(trained_inputs, tmp_path):
     (dict(ablation='k'), "'num_samples', 'alpha'"),
     (dict(ablation='alpha'), 'ablation_values'),
     (dict(num_queries=0), 'num_queries'),
+    (dict(protocol='all'), "'split', 'leave_one_out'"),
     (dict(sigma=0.0), 'sigma'),
     (dict(alpha=1.5), 'alpha'),
     (dict(num_samples=20), 'num_samples >= '),  # n too small for any positive bound

@@ -497,11 +497,6 @@ def _train_gdml_mlp(sigma, steps=200):
   return embed, sample
 
 
-def _estimated_margin(means, gallery_means, positive):
-  distance = np.linalg.norm(means[:, None, :] - gallery_means[None, :, :], axis=-1)
-  return (np.where(positive, np.inf, distance).min(1) - np.where(positive, distance, np.inf).min(1))
-
-
 def test_pgd_on_a_trained_smoothed_model_never_flips_a_certified_query():
   # A GDML-trained MLP; queries on segments between a gallery item and a negative, so margins are
   # small and the certified radii are within a small factor of the flipping radius. PGD on the
@@ -524,7 +519,7 @@ def test_pgd_on_a_trained_smoothed_model_never_flips_a_certified_query():
   gallery = smoothing.smooth_select_and_estimate(embed, jax.random.key(10), gallery_x, **options)
   query = smoothing.smooth_select_and_estimate(embed, jax.random.key(11), query_x, **options)
   evaluator = smoothing.smooth(embed, sigma=sigma, num_samples=num_eval, chunk_size=5_000)
-  positive = query_labels[:, None] == gallery_labels[None, :]
+  masks = smoothing.retrieval_masks(query_labels, gallery_labels)
   tolerance = 2 * (smoothing.vector_concentration_radius(num_eval, 1e-4, embedding_dim=8)
                    + smoothing.vector_concentration_radius(num_samples, 1e-4, embedding_dim=8))
 
@@ -535,7 +530,7 @@ def test_pgd_on_a_trained_smoothed_model_never_flips_a_certified_query():
         num_restarts=restarts, clip=(-100.0, 100.0))
     estimate = smoothing.smooth_dataset(evaluator, jax.random.key(13), attacked,
                                         batch_size=len(rows))
-    return _estimated_margin(estimate.mean, gallery[1].mean, positive[rows])
+    return smoothing.plug_in_margin(estimate.mean, gallery[1].mean, *(m[rows] for m in masks))
 
   for certificate in CERTIFICATES:
     result = smoothing.certify(*query, query_labels, *gallery, gallery_labels, alpha=0.01,
