@@ -1,26 +1,33 @@
-"""Benchmark: interval bound propagation against a plain forward pass.
+"""Benchmark: interval bound propagation and certified-retrieval verification (seed 001).
 
-For each encoder, times `jax.jit` of `interval(embed)` (seed 001 Eqs. 15-16
-through the whole network) and of `embed` on the same batch, and prints the
-ratio (goal: at most 2.5x). Parameters are jit arguments, not constants, as in
-training and certification.
+1. For each encoder, times `jax.jit` of `interval(embed)` (seed 001 Eqs. 15-16 through the whole
+   network) and of `embed` on the same batch, and prints the ratio (goal: at most 2.5x).
+   Parameters are jit arguments, not constants, as in training and certification.
+2. For a query x candidate grid (default 1000 x 1000, d = 128, K = 40), times the QA + CA
+   verification (`jaxcert.bounds.retrieval.rank_bounds`: both attacks' rank bounds of every
+   query's top K, Theorems 1-2) over the time of the grid's distance matrix
+   (`jaxcert.retrieval.pairwise_distances`), both jitted, on random embeddings and boxes.
 
   python bench/ibp.py
-  python bench/ibp.py --models small_cnn --batch_size 64 --repeats 5
+  python bench/ibp.py --models small_cnn --batch_size 64 --repeats 5 --grid 1000x1000
 """
 
 import argparse
-import os
-import statistics
-import time
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcert import models
-from jaxcert.bounds import input_box
-from jaxcert.bounds import interval
+if __package__ in (None, ''):  # Run as `python bench/ibp.py`: import `bench` from the repo root.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from bench import common  # pylint: disable=wrong-import-position
+from jaxcert import models  # pylint: disable=wrong-import-position
+from jaxcert import retrieval  # pylint: disable=wrong-import-position
+from jaxcert.bounds import input_box  # pylint: disable=wrong-import-position
+from jaxcert.bounds import interval  # pylint: disable=wrong-import-position
+from jaxcert.bounds import rank_bounds  # pylint: disable=wrong-import-position
 
 # Encoder name -> (image shape (H, W, C), perturbation radius eps).
 IMAGE_SETTINGS = {
@@ -32,17 +39,6 @@ IMAGE_SETTINGS = {
     'resnet50': ((32, 32, 3), 2 / 255),
 }
 DEFAULT_BATCH_SIZES = {'resnet18': 64, 'resnet50': 64}
-
-
-def _median_seconds(fn, *args, repeats: int) -> float:
-  """Median wall time of `fn(*args)` after one compiling call."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def time_interval_over_forward(apply_fn, variables, images, eps, *,
@@ -63,15 +59,39 @@ def time_interval_over_forward(apply_fn, variables, images, eps, *,
   bounded = jax.jit(lambda variables, lower, upper: interval(
       lambda x: apply_fn(variables, x))(lower, upper))
   lower, upper = input_box(images, eps)
-  forward_s = _median_seconds(forward, variables, images, repeats=repeats)
-  interval_s = _median_seconds(bounded, variables, lower, upper,
-                               repeats=repeats)
+  forward_s = common.median_seconds(lambda: forward(variables, images), repeats=repeats)
+  interval_s = common.median_seconds(lambda: bounded(variables, lower, upper), repeats=repeats)
   return {'forward_s': forward_s, 'interval_s': interval_s,
           'ratio': interval_s / forward_s}
 
 
+def time_verification_over_distances(num_queries: int, num_candidates: int, *, k: int,
+                                     dim: int, block_size: int, candidate_block_size: int,
+                                     repeats: int, seed: int = 0) -> dict:
+  """Times QA + CA `rank_bounds` and the distance matrix on random embeddings and boxes.
+
+  Returns:
+    {'distances_s', 'verify_s', 'ratio'}.
+  """
+  rng = np.random.default_rng(seed)
+
+  def boxes(num):
+    emb = rng.normal(size=(num, dim)).astype(np.float32)
+    radius = rng.uniform(0, 0.05, (num, dim)).astype(np.float32)
+    return tuple(jax.device_put(a) for a in (emb, emb - radius, emb + radius))
+
+  query, candidate = boxes(num_queries), boxes(num_candidates)
+  distances = jax.jit(retrieval.pairwise_distances)
+  distances_s = common.median_seconds(lambda: distances(query[0], candidate[0]),
+                                      repeats=repeats)
+  verify_s = common.median_seconds(
+      lambda: rank_bounds(*query, *candidate, k, block_size=block_size,
+                          candidate_block_size=candidate_block_size), repeats=repeats)
+  return {'distances_s': distances_s, 'verify_s': verify_s, 'ratio': verify_s / distances_s}
+
+
 def main(argv=None) -> dict:
-  """Runs the benchmark; returns {'xla_flags', 'device', 'results'}."""
+  """Runs the benchmark; returns {'environment', 'interval', 'verification'}."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default='small_cnn,large_cnn,resnet18',
                       help=f'comma-separated names from {models.MODEL_NAMES}')
@@ -81,18 +101,22 @@ def main(argv=None) -> dict:
   parser.add_argument('--resnet_batch_size', type=int, default=None)
   parser.add_argument('--embedding_dim', type=int, default=128)
   parser.add_argument('--repeats', type=int, default=10)
+  parser.add_argument('--grid', default='1000x1000',
+                      help='comma-separated QxN verification grids ("" to skip)')
+  parser.add_argument('--k', type=int, default=40, help='top-K verified per query')
+  parser.add_argument('--block_size', type=int, default=250, help='queries per block')
+  parser.add_argument('--candidate_block_size', type=int, default=250)
   args = parser.parse_args(argv)
 
   names = [name for name in args.models.split(',') if name]
   unknown = [name for name in names if name not in IMAGE_SETTINGS]
   if unknown:
     parser.error(f'unknown models {unknown}; valid: {sorted(IMAGE_SETTINGS)}')
-  xla_flags = os.environ.get('XLA_FLAGS', '')
-  device = str(jax.devices()[0])
-  print(f'device: {device}   XLA_FLAGS={xla_flags!r}')
+  env = common.environment()
+  common.print_environment(env)
   print(f'{"model":<12} {"batch":>5} {"forward ms":>11} {"interval ms":>12} '
         f'{"ratio":>6}')
-  results = {}
+  interval_results = {}
   for name in names:
     image_shape, eps = IMAGE_SETTINGS[name]
     batch_size = (args.resnet_batch_size or DEFAULT_BATCH_SIZES[name]
@@ -105,11 +129,27 @@ def main(argv=None) -> dict:
     timing = time_interval_over_forward(
         lambda variables, x, model=model: model.apply(variables, x),
         variables, images, eps, repeats=args.repeats)
-    results[name] = {'batch_size': batch_size, **timing}
+    interval_results[name] = {'batch_size': batch_size, **timing}
     print(f'{name:<12} {batch_size:>5} {1e3 * timing["forward_s"]:>11.2f} '
           f'{1e3 * timing["interval_s"]:>12.2f} {timing["ratio"]:>6.2f}',
           flush=True)
-  return {'xla_flags': xla_flags, 'device': device, 'results': results}
+  verification_results = {}
+  grids = [cell for cell in args.grid.split(',') if cell]
+  if grids:
+    print(f'\nQA + CA verification, K = {args.k}, d = {args.embedding_dim}, blocks '
+          f'{args.block_size} x {args.candidate_block_size}')
+    print(f'{"grid":<12} {"distances ms":>13} {"verify ms":>10} {"ratio":>7}')
+  for cell in grids:
+    num_queries, num_candidates = (int(n) for n in cell.lower().split('x'))
+    timing = time_verification_over_distances(
+        num_queries, num_candidates, k=args.k, dim=args.embedding_dim,
+        block_size=args.block_size, candidate_block_size=args.candidate_block_size,
+        repeats=args.repeats)
+    verification_results[cell] = timing
+    print(f'{cell:<12} {1e3 * timing["distances_s"]:>13.2f} {1e3 * timing["verify_s"]:>10.2f} '
+          f'{timing["ratio"]:>7.1f}', flush=True)
+  return {'environment': env, 'interval': interval_results,
+          'verification': verification_results}
 
 
 if __name__ == '__main__':

@@ -89,6 +89,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.spectral = ml_collections.ConfigDict()
   config.spectral.gamma = 2.0  # similarity threshold (seed 003: 2)
   config.spectral.alphas = ()  # alpha_1..alpha_k for lambda_{d-k+1}..lambda_max; () = no defence
+  # certify.py mode 'ibp': certified retrieval by interval bound propagation (seed 001, Eqs. 19, 25).
+  config.ibp = ml_collections.ConfigDict()
+  config.ibp.eps = 0.2  # L-inf radius in pixels (seed 001: 0.2 MNIST/FMNIST, 2/255 CIFAR-10)
+  config.ibp.ks = (1, 10, 20, 40)  # K of Recall@K and CR-Recall@K (alpha = K - rank)
+  config.ibp.eps_sweep = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)  # radii of the CR-Recall@K vs eps plot
+  config.ibp.batch_size = 250  # images per interval-bound call
+  config.ibp.query_block_size = 250  # verification grid blocks (memory ~ blocks x (d + K) values)
+  config.ibp.candidate_block_size = 250
+  # Certified training (methods 'tbt', 'fctb', 'cibp'; seed 001 Sec. 5.1.4): eps rises 0 -> eps and
+  # kappa falls 1 -> kappa linearly between the ramp steps (equal steps: fixed from that step).
+  config.certified = ml_collections.ConfigDict()
+  config.certified.eps = 0.2  # eps_e
+  config.certified.kappa = 0.5  # kappa_e
+  config.certified.ramp_start_steps = 2000
+  config.certified.ramp_end_steps = 10000
+  config.train_split = 'train'  # 'candidates': train on the candidate set C (FCTB, seed 001 Eq. 21)
   # certify.py mode 'smoothing': RetrievalGuard (seed 000, Sec. 4.3) and the bisector certificate.
   config.smoothing = ml_collections.ConfigDict()
   config.smoothing.sigma = 0.25  # noise std in pixel units (the paper: 0.1, 0.25, 0.5, 1.0)

@@ -30,6 +30,7 @@ from jaxcert import training
 
 # mode -> module of jaxcert.evaluation that implements it (imported when the mode is asked for).
 MODES: dict[str, str] = {
+    'ibp': 'jaxcert.evaluation.ibp',
     'smoothing': 'jaxcert.evaluation.smoothing',
     'attack': 'jaxcert.evaluation.attack',
 }

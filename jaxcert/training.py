@@ -181,6 +181,8 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
   os.makedirs(workdir, exist_ok=True)
   dataset = dataset if dataset is not None else data.load_dataset(config.data)
   train_images, train_labels = dataset.train.images, np.asarray(dataset.train.labels)
+  if config.get('train_split', 'train') == 'candidates':  # FCTB fine-tunes on C (seed 001 Eq. 21).
+    _, (train_images, train_labels) = query_candidate_sets(config, dataset)
   image_shape = tuple(train_images.shape[1:])
   model = build_model(config)
   num_train = len(train_labels)

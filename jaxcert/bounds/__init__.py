@@ -3,6 +3,8 @@
 `interval(fn)` interprets the jaxpr of `fn` with the rules of
 `jaxcert.bounds.rules`; `input_box` builds the L-infinity box of an image;
 `l2_normalize` is an L2 normalisation with a tight interval rule.
+`jaxcert.bounds.retrieval` turns embedding bounds into distance bounds, rank
+bounds and certified retrieval (seed 001, Theorems 1-6, Eqs. 19 and 25).
 """
 
 from jaxcert.bounds.interval import input_box
@@ -11,12 +13,22 @@ from jaxcert.bounds.interval import IntervalBound
 from jaxcert.bounds.rules import l2_normalize
 from jaxcert.bounds.rules import l2_normalize_bounds
 from jaxcert.bounds.rules import RULES
+from jaxcert.bounds.retrieval import cr_recall_at_k
+from jaxcert.bounds.retrieval import distance_bounds
+from jaxcert.bounds.retrieval import embedding_bounds
+from jaxcert.bounds.retrieval import rank_bounds
+from jaxcert.bounds.retrieval import RankBounds
 
 __all__ = [
     'IntervalBound',
     'RULES',
+    'RankBounds',
+    'cr_recall_at_k',
+    'distance_bounds',
+    'embedding_bounds',
     'input_box',
     'interval',
     'l2_normalize',
     'l2_normalize_bounds',
+    'rank_bounds',
 ]

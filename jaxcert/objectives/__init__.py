@@ -1,6 +1,9 @@
 """Training methods by name (`config.method`): one `Method` (objective + its parameters) each.
 
   metric   triplet / contrastive / margin loss; with `config.noise_sigma > 0`, GDML (seed 000)
+  tbt      TBT, triplet loss + IBP distance-bound tightness (seed 001 Eq. 20)
+  fctb     FCTB, fine-tuning a pre-trained encoder on the candidate set (seed 001 Eq. 21)
+  cibp     C-IBP, an IBP-trained classifier head on the encoder (Gowal et al. 2018; seed 001)
   adversarial  seed 002 adversarial training: positives perturbed away from anchors, rate P(gamma=1)
   act      anti-collapse triplet (Zhou et al. 2021; the seed 001 ACT baseline)
   spectral seed 003 margin loss + top eigenvalues of W^T W (linear encoder)
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 from jaxcert.objectives import adversarial
 from jaxcert.objectives import base
+from jaxcert.objectives import certified
 from jaxcert.objectives import metric
 from jaxcert.objectives.base import Method
 from jaxcert.objectives.base import ObjectiveInputs
@@ -19,6 +23,9 @@ from jaxcert.objectives.base import ParamsContext
 
 METHODS: dict[str, Method] = {
     'metric': metric.METRIC,
+    'tbt': certified.TBT,
+    'fctb': certified.FCTB,
+    'cibp': certified.CIBP,
     'adversarial': adversarial.ADVERSARIAL,
     'act': adversarial.ACT,
     'spectral': adversarial.SPECTRAL,

@@ -1,0 +1,12 @@
+"""Seed 001 TBT+FCTB (Eq. 21: the TBT run fine-tuned on the candidates), CIFAR-10, Large CNN (configs/seed001.py).
+
+  # first train runs/cifar10_large_tbt with configs/cifar10_large_tbt.py
+  python train.py --config configs/cifar10_large_fctb.py --workdir runs/cifar10_large_fctb
+  python certify.py --config configs/cifar10_large_fctb.py --config.checkpoint=runs/cifar10_large_fctb
+"""
+
+from configs import seed001
+
+
+def get_config():
+  return seed001.get_config('cifar10', 'large', 'fctb')

@@ -1,0 +1,14 @@
+"""Seed 001 TBT+FCTB (Eq. 21: the TBT run fine-tuned on the candidates), MNIST, Large CNN (configs/seed001.py).
+
+  # first train runs/mnist_large_tbt with configs/mnist_large_tbt.py
+  python train.py --config configs/mnist_large_fctb.py --workdir runs/mnist_large_fctb \
+      --config.data.name=idx --config.data.data_dir=/work/data/mnist
+  python certify.py --config configs/mnist_large_fctb.py --config.checkpoint=runs/mnist_large_fctb \
+      --config.data.name=idx --config.data.data_dir=/work/data/mnist
+"""
+
+from configs import seed001
+
+
+def get_config():
+  return seed001.get_config('mnist', 'large', 'fctb')

@@ -1,0 +1,152 @@
+"""certify.py mode 'ibp': Recall@K and CR-Recall@K under QA and CA by interval bound propagation.
+
+Seed 001 (Kakizaki et al.) Sec. 5.1.2: for the query set Q and the candidate set C of
+`config.eval`, Recall@K (Eq. 22) and CR-Recall@K (Eq. 25, alpha = K - rank) against the query
+attack (QA, Theorem 3) and the candidate attack (CA, Theorem 4) at `config.ibp.eps`, and
+CR-Recall@K over the radii `config.ibp.eps_sweep`. The certificates are those of
+`jaxcert.bounds.retrieval` (docs/bounds.md §10-12), computed at full float32 matmul precision.
+
+Writes into the workdir:
+  ibp.md                 the tables (also printed)
+  ibp_per_query.tsv      per query: its index in Q and in the test split, its label, and for each K
+                         whether it is certified under QA and under CA at config.ibp.eps
+  ibp.json               every number of the tables, and timings
+  cr_recall_vs_k.png     Recall@K and CR-Recall@K (QA, CA) against K at config.ibp.eps
+  cr_recall_vs_eps.png   CR-Recall@K (QA, CA) against eps, one curve per K and attack
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+
+from jaxcert import data
+from jaxcert import metrics
+from jaxcert import report
+from jaxcert import retrieval
+from jaxcert.bounds import retrieval as certified_retrieval
+
+
+def check_ibp_config(ibp_config, num_candidates: int) -> tuple[float, tuple[int, ...], list[float]]:
+  """`(eps, ks, sorted radii to certify at)` from `config.ibp`; ValueError if invalid."""
+  eps = float(ibp_config.eps)
+  radii = [float(r) for r in ibp_config.eps_sweep]
+  bad = [r for r in [eps] + radii if not r >= 0]
+  if bad:
+    raise ValueError(f'config.ibp.eps and eps_sweep must be >= 0 (L-inf radii in pixel units), got '
+                     f'{bad}.')
+  ks = tuple(ibp_config.ks)
+  if not ks or any(int(k) != k or not 1 <= k <= num_candidates for k in ks):
+    raise ValueError(f'config.ibp.ks must be integers in [1, {num_candidates}] (the candidate set '
+                     f'size), got {ks}.')
+  return eps, tuple(int(k) for k in ks), sorted(set(radii) | {eps})
+
+
+def certify_at(inputs, query_emb, candidate_emb, eps: float, ks) -> dict:
+  """Rank bounds and per-query certificates of the inputs' encoder at radius `eps`.
+
+  Returns:
+    {'rank_bounds': RankBounds, 'certified': {'qa', 'ca'} -> (Nq, len(ks)) bool,
+     'cr_recall': {'qa', 'ca'} -> {K: float}, 'bounds_s', 'verify_s'}.
+  """
+  ibp_config = inputs.config.ibp
+  start = time.perf_counter()
+  query_box = certified_retrieval.embedding_bounds(inputs.embed, inputs.queries.images, eps,
+                                                   batch_size=ibp_config.batch_size)
+  candidate_box = certified_retrieval.embedding_bounds(
+      inputs.embed, inputs.candidates.images, eps, batch_size=ibp_config.batch_size)
+  bounds_s = time.perf_counter() - start
+  start = time.perf_counter()
+  rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
+      query_emb, *query_box, candidate_emb, *candidate_box, max(ks),
+      block_size=ibp_config.query_block_size,
+      candidate_block_size=ibp_config.candidate_block_size))
+  verify_s = time.perf_counter() - start
+  certified = certified_retrieval.certified_retrieval(
+      rank_bounds, inputs.queries.labels, inputs.candidates.labels, ks)
+  cr_recall = certified_retrieval.cr_recall_at_k(certified, ks)
+  return {'rank_bounds': rank_bounds, 'certified': certified, 'cr_recall': cr_recall,
+          'bounds_s': bounds_s, 'verify_s': verify_s}
+
+
+def _tables(eps, ks, recall, sweep) -> str:
+  """The markdown of ibp.md: recall and CR-Recall at eps, then CR-Recall over the sweep."""
+  at_eps = sweep[eps]['cr_recall']
+  rows = [{'metric': 'Recall@K', **{f'K={k}': recall[k] for k in ks}}]
+  for attack in certified_retrieval.ATTACKS:
+    rows.append({'metric': f'CR-Recall@K ({attack.upper()})',
+                 **{f'K={k}': at_eps[attack][k] for k in ks}})
+  sweep_rows = [{'eps': radius, **{f'{attack.upper()}@{k}': result['cr_recall'][attack][k]
+                                   for attack in certified_retrieval.ATTACKS for k in ks}}
+                for radius, result in sorted(sweep.items())]
+  return (f'Certified retrieval by interval bound propagation (seed 001), eps = {eps:g}:\n\n'
+          f'{report.markdown_table(rows)}\n\nCR-Recall@K over eps:\n\n'
+          f'{report.markdown_table(sweep_rows)}\n')
+
+
+def run(inputs, workdir: str) -> dict:
+  """Certifies the encoder of `inputs` under QA and CA; writes the files of the module docstring.
+
+  Args:
+    inputs: a `jaxcert.certification.CertifyInputs`.
+    workdir: output directory.
+
+  Returns:
+    {'eps', 'ks', 'recall@K', 'cr_recall_qa@K', 'cr_recall_ca@K', 'sweep', 'timing_s'}.
+  """
+  config = inputs.config
+  eps, ks, radii = check_ibp_config(config.ibp, len(inputs.candidates.labels))
+  # Full-precision float32 matmuls: reduced GPU/TPU precision is coarser than the bounds' slack
+  # (docs/bounds.md §1). A no-op on CPU.
+  with jax.default_matmul_precision('highest'):
+    start = time.perf_counter()
+    query_emb = retrieval.embed_in_batches(inputs.embed, inputs.queries.images,
+                                           config.ibp.batch_size)
+    candidate_emb = retrieval.embed_in_batches(inputs.embed, inputs.candidates.images,
+                                               config.ibp.batch_size)
+    embed_s = time.perf_counter() - start
+    sweep = {radius: certify_at(inputs, query_emb, candidate_emb, radius, ks) for radius in radii}
+  indices = np.asarray(sweep[eps]['rank_bounds'].indices)
+  recall = metrics.recall_at_k(inputs.queries.labels, inputs.candidates.labels[indices], ks)
+
+  table = _tables(eps, ks, recall, sweep)
+  print(table)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'ibp.md'), 'w', encoding='utf-8') as f:
+    f.write(table)
+  test_index, _ = data.query_candidate_split(
+      len(inputs.dataset.test.labels), num_queries=config.eval.num_queries,
+      num_candidates=config.eval.num_candidates, seed=config.eval.split_seed)
+  certified = sweep[eps]['certified']
+  per_query = [{'query': i, 'test_index': int(test_index[i]), 'label': int(label),
+                **{f'{attack}@{k}': int(certified[attack][i, j])
+                   for j, k in enumerate(ks) for attack in certified_retrieval.ATTACKS}}
+               for i, label in enumerate(inputs.queries.labels)]
+  report.write_tsv(os.path.join(workdir, 'ibp_per_query.tsv'), per_query)
+  report.plot_curves(
+      os.path.join(workdir, 'cr_recall_vs_k.png'),
+      {'Recall@K': (ks, [recall[k] for k in ks]),
+       **{f'CR-Recall@K ({attack.upper()})': (ks, [sweep[eps]['cr_recall'][attack][k] for k in ks])
+          for attack in certified_retrieval.ATTACKS}},
+      xlabel='K', ylabel='recall', title=f'eps = {eps:g}')
+  report.plot_curves(
+      os.path.join(workdir, 'cr_recall_vs_eps.png'),
+      {f'{attack.upper()}, K={k}': (radii, [sweep[r]['cr_recall'][attack][k] for r in radii])
+       for attack in certified_retrieval.ATTACKS for k in ks},
+      xlabel='eps (L-inf, pixels in [0, 1])', ylabel='CR-Recall@K')
+
+  results = {
+      'eps': eps, 'ks': list(ks),
+      **{f'recall@{k}': recall[k] for k in ks},
+      **{f'cr_recall_{attack}@{k}': sweep[eps]['cr_recall'][attack][k]
+         for attack in certified_retrieval.ATTACKS for k in ks},
+      'sweep': {str(radius): result['cr_recall'] for radius, result in sweep.items()},
+      'timing_s': {'embed': embed_s,
+                   'bounds': {str(r): result['bounds_s'] for r, result in sweep.items()},
+                   'verify': {str(r): result['verify_s'] for r, result in sweep.items()}},
+  }
+  report.write_json(os.path.join(workdir, 'ibp.json'), results)
+  return results

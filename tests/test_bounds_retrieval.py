@@ -1,0 +1,387 @@
+"""Tests of certified retrieval `jaxcert.bounds.retrieval` and the 'ibp' mode (seed 001).
+
+Distance bounds (Theorems 5-6) are checked by hand, against dense samples and attained points of
+embedding boxes, and through an encoder against sampled and PGD-attacked perturbations. Rank
+bounds (Theorems 1-2) are checked against a brute-force count, for several block shapes, and
+against attacks: the rank of every top-k candidate under sampled perturbations and under PGD
+attacks that push it down and up (QA: the query perturbed; CA: every candidate perturbed
+independently) stays inside its bounds, so a certified rank is never beaten.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from jaxcert import attacks
+from jaxcert import certification
+from jaxcert import data
+from jaxcert import models
+from jaxcert import training
+from jaxcert.bounds import retrieval as br
+from jaxcert.evaluation import ibp
+import test_interval
+
+
+@pytest.fixture(autouse=True)
+def _full_precision_matmuls():
+  with jax.default_matmul_precision('highest'):
+    yield
+
+
+def _small_encoder(image_shape=(12, 12, 1), embedding_dim=8, l2_normalize=False, seed=1):
+  model = models.get_model('small_cnn', embedding_dim=embedding_dim, l2_normalize=l2_normalize,
+                           input_mean=0.4, input_std=0.3)
+  variables = test_interval._init(model, jnp.zeros((1,) + image_shape), seed=seed)  # pylint: disable=protected-access
+  return model, variables, jax.tree_util.Partial(model.apply, variables)
+
+
+def _images(seed, num, shape=(12, 12, 1)):
+  return test_interval._uniform(seed, (num,) + shape)  # pylint: disable=protected-access
+
+
+# --- Theorems 5-6: distance bounds. ---------------------------------------------------------------
+
+
+def test_distance_bounds_hand_computed():
+  # Box [0, 1] x [0, 2], point (3, 1): nearest (1, 1) at 2, farthest (0, 0) or (0, 2) at sqrt(10).
+  min_d, max_d = br.distance_bounds(jnp.array([0., 0.]), jnp.array([1., 2.]), jnp.array([3., 1.]))
+  np.testing.assert_allclose([min_d, max_d], [2., np.sqrt(10.)], rtol=1e-6)
+  # A point inside the box: the lower bound is 0 (Eq. 18's min with 0).
+  min_d, max_d = br.distance_bounds(jnp.array([0., 0.]), jnp.array([1., 2.]), jnp.array([.5, 1.]))
+  np.testing.assert_allclose([min_d, max_d], [0., np.sqrt(.25 + 1.)], rtol=1e-6)
+
+
+def test_distance_bounds_sound_and_attained_on_samples():
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    center = rng.normal(size=(6,))
+    radius = rng.uniform(0, 1, size=(6,)) * (rng.random(6) < 0.8)
+    lower, upper = center - radius, center + radius
+    point = rng.normal(size=(6,)) * 1.5
+    samples = np.asarray(test_interval._sample_box(1, lower, upper, 4000))  # pylint: disable=protected-access
+    distances = np.linalg.norm(samples - point, axis=-1)
+    min_d, max_d = map(float, br.distance_bounds(jnp.asarray(lower), jnp.asarray(upper),
+                                                 jnp.asarray(point)))
+    assert distances.min() >= min_d - 1e-5 and distances.max() <= max_d + 1e-5
+    # Attained: the box's nearest point and its farthest corner.
+    nearest = np.clip(point, lower, upper)
+    farthest = np.where(np.abs(point - lower) > np.abs(point - upper), lower, upper)
+    np.testing.assert_allclose(np.linalg.norm(nearest - point), min_d, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(farthest - point), max_d, rtol=1e-5, atol=1e-6)
+
+
+def _distance_loss(x, embed, point_emb, direction):
+  """direction * ||embed(x) - point|| per example (PGD maximises it)."""
+  return direction * jnp.linalg.norm(embed(x) - point_emb, axis=-1)
+
+
+@pytest.mark.parametrize('l2_normalize', [False, True], ids=['plain', 'l2'])
+def test_distance_bounds_hold_for_sampled_and_attacked_perturbations(l2_normalize):
+  _, _, embed = _small_encoder(l2_normalize=l2_normalize)
+  eps = 0.03
+  x1, x2 = _images(0, 4), _images(1, 4)
+  lower, upper = br.embedding_bounds(embed, x1, eps)
+  point_emb = embed(x2)
+  min_d, max_d = map(np.asarray, br.distance_bounds(lower, upper, point_emb))
+  assert np.all(min_d <= max_d)
+  # Dense samples of the input box (corners, uniform, ends).
+  rng = np.random.default_rng(0)
+  deltas = np.concatenate([rng.choice([-eps, eps], size=(128,) + x1.shape),  # corners
+                           rng.uniform(-eps, eps, (128,) + x1.shape)])
+  perturbed = np.clip(np.asarray(x1)[None] + deltas, 0, 1).reshape((-1,) + x1.shape[1:])
+  sampled = np.linalg.norm(np.asarray(embed(perturbed)).reshape(256, 4, -1)
+                           - np.asarray(point_emb)[None], axis=-1)
+  tolerance = 1e-5 * (1 + max_d)
+  assert np.all(sampled >= min_d - tolerance) and np.all(sampled <= max_d + tolerance)
+  # PGD pushing the distance up and down (jaxcert.attacks.pgd).
+  for direction in (1., -1.):
+    attack = attacks.pgd(_distance_loss, eps=eps, step_size=eps / 10, num_steps=30)
+    x_adv = attack(jax.random.key(2), x1, embed, point_emb, jnp.full((4,), direction))
+    attacked = np.linalg.norm(np.asarray(embed(x_adv) - point_emb), axis=-1)
+    assert np.all(attacked >= min_d - tolerance) and np.all(attacked <= max_d + tolerance)
+    moved = attacked - np.linalg.norm(np.asarray(embed(x1) - point_emb), axis=-1)
+    assert np.all(direction * moved > 0)  # The attack makes progress toward its bound.
+
+
+# --- Theorems 1-2: rank bounds. -------------------------------------------------------------------
+
+
+def _brute_force_rank_bounds(query_emb, query_box, candidate_emb, candidate_box, k):
+  """Eqs. 9-12 by explicit loops over the (Nq, N) grid of distance bounds."""
+  qa_min, qa_max = map(np.asarray, br.distance_bounds(query_box[0][:, None], query_box[1][:, None],
+                                                      candidate_emb[None]))
+  ca_min, ca_max = map(np.asarray, br.distance_bounds(candidate_box[0][None],
+                                                      candidate_box[1][None], query_emb[:, None]))
+  distances = np.linalg.norm(query_emb[:, None] - candidate_emb[None], axis=-1)
+  indices = np.argsort(distances, axis=1, kind='stable')[:, :k]
+  num = candidate_emb.shape[0]
+  out = np.zeros((4,) + indices.shape, np.int64)
+  for q in range(indices.shape[0]):
+    for j, c in enumerate(indices[q]):
+      out[:, q, j] = (1 + np.sum(qa_max[q] < qa_min[q, c]), num - np.sum(qa_max[q, c] < qa_min[q]),
+                      1 + np.sum(ca_max[q] < ca_min[q, c]), num - np.sum(ca_max[q, c] < ca_min[q]))
+  return indices, out
+
+
+def _random_boxes(seed, num, dim, scale):
+  rng = np.random.default_rng(seed)
+  emb = rng.normal(size=(num, dim)).astype(np.float32)
+  lower = emb - rng.uniform(0, scale, (num, dim)).astype(np.float32)
+  upper = emb + rng.uniform(0, scale, (num, dim)).astype(np.float32)
+  return emb, lower, upper
+
+
+@pytest.mark.parametrize('block_size, candidate_block_size', [(7, 16), (64, 64), (1, 53)])
+def test_rank_bounds_match_brute_force_for_any_blocks(block_size, candidate_block_size):
+  query_emb, *query_box = _random_boxes(0, 37, 5, 0.3)
+  candidate_emb, *candidate_box = _random_boxes(1, 53, 5, 0.3)
+  bounds = br.rank_bounds(query_emb, *query_box, candidate_emb, *candidate_box, 10,
+                          block_size=block_size, candidate_block_size=candidate_block_size,
+                          distance_slack=0.)
+  indices, expected = _brute_force_rank_bounds(query_emb, query_box, candidate_emb, candidate_box,
+                                               10)
+  np.testing.assert_array_equal(bounds.indices, indices)
+  np.testing.assert_array_equal(np.stack(bounds[1:]), expected)
+  # Clean ranks lie inside their bounds.
+  rank = np.arange(1, 11)
+  for lower, upper in ((bounds.query_attack_lower, bounds.query_attack_upper),
+                       (bounds.candidate_attack_lower, bounds.candidate_attack_upper)):
+    assert np.all(np.asarray(lower) <= rank) and np.all(rank <= np.asarray(upper))
+
+
+def test_zero_radius_gives_exact_ranks_and_cr_recall_equals_recall():
+  query_emb = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+  candidate_emb = np.random.default_rng(1).normal(size=(30, 4)).astype(np.float32)
+  bounds = br.rank_bounds(query_emb, query_emb, query_emb, candidate_emb, candidate_emb,
+                          candidate_emb, 10, block_size=8, candidate_block_size=8)
+  rank = np.broadcast_to(np.arange(1, 11), (20, 10))
+  for ranks in bounds[1:]:
+    np.testing.assert_array_equal(ranks, rank)
+  query_labels = np.arange(20) % 3
+  candidate_labels = np.arange(30) % 3
+  certified = br.certified_retrieval(bounds, query_labels, candidate_labels, (1, 5, 10))
+  hits = candidate_labels[np.asarray(bounds.indices)] == query_labels[:, None]
+  for attack in br.ATTACKS:
+    np.testing.assert_array_equal(
+        certified[attack], np.stack([hits[:, :k].any(1) for k in (1, 5, 10)], 1))
+
+
+def test_verify_and_cr_recall_with_alpha_k_minus_rank():
+  # One query, k = 4 ranked candidates; labels: candidates 0 and 2 share the query's class.
+  bounds = br.RankBounds(
+      indices=np.array([[0, 1, 2, 3]]),
+      query_attack_lower=np.array([[1, 1, 1, 4]]),
+      query_attack_upper=np.array([[3, 4, 4, 4]]),
+      candidate_attack_lower=np.array([[1, 1, 3, 1]]),
+      candidate_attack_upper=np.array([[1, 5, 3, 5]]),
+  )
+  # verify(): |Rank - j| <= alpha for every rank in [lower, upper].
+  assert bool(br.verify(1, 3, 1, 2)) and not bool(br.verify(1, 4, 1, 2))
+  assert not bool(br.verify(2, 4, 4, 1)) and bool(br.verify(3, 4, 4, 1))
+  certified = br.certified_retrieval(bounds, np.array([7]), np.array([7, 0, 7, 0]), (1, 2, 3, 4))
+  # QA: candidate 0 (j = 1) may fall to rank 3: certified from K = 3 on (alpha = K - 1 >= 2).
+  np.testing.assert_array_equal(certified['qa'], [[False, False, True, True]])
+  # CA: candidate 0 stays at rank 1 (every K); candidate 2 at exactly rank 3.
+  np.testing.assert_array_equal(certified['ca'], [[True, True, True, True]])
+  recall = br.cr_recall_at_k(certified, (1, 2, 3, 4))
+  assert recall == {'qa': {1: 0., 2: 0., 3: 1., 4: 1.}, 'ca': {1: 1., 2: 1., 3: 1., 4: 1.}}
+  # With alpha = K - j the lower end matters too: rank 3 of 4 certified at K = 4 needs rank >= 2.
+  lower_fails = bounds._replace(candidate_attack_lower=np.array([[1, 1, 1, 1]]),
+                                candidate_attack_upper=np.array([[5, 5, 4, 5]]))
+  certified = br.certified_retrieval(lower_fails, np.array([7]), np.array([7, 0, 7, 0]), (4,))
+  assert not certified['ca'][0, 0]
+
+
+def _soft_rank_loss(x, embed, target_emb, candidate_emb, direction, temperature):
+  """direction * (soft count of candidates closer to embed(x) than the target)."""
+  emb = embed(x)
+  target_distance = jnp.linalg.norm(emb - target_emb, axis=-1)
+  distances = jnp.linalg.norm(emb[:, None] - candidate_emb[None], axis=-1)
+  return direction * jnp.sum(jax.nn.sigmoid((target_distance[:, None] - distances) / temperature),
+                             axis=-1)
+
+
+def _ranks(distances, target):
+  """Rank of candidate `target[i]` in row i of `distances` (ties by index), 1-based."""
+  rows = np.arange(distances.shape[0])
+  target_distance = distances[rows, target][:, None]
+  index = np.arange(distances.shape[1])[None]
+  ahead = (distances < target_distance) | ((distances == target_distance) & (index < target[:, None]))
+  return 1 + ahead.sum(1)
+
+
+def _assert_ranks_within(ranks, lower, upper, what):
+  lower, upper = np.asarray(lower), np.asarray(upper)
+  assert np.all(lower <= ranks) and np.all(ranks <= upper), (
+      f'{what}: {np.sum((ranks < lower) | (ranks > upper))} ranks outside their bounds')
+
+
+# Radii at which random-weight encoders have some certified and some uncertified ranks (IBP
+# widths grow with depth: the CNN needs a much smaller box than the linear map).
+@pytest.fixture(scope='module', params=[('small_cnn', 3e-5), ('linear', 1e-3)],
+                ids=['small_cnn', 'linear'])
+def certified_grid(request):
+  """An encoder, 6 queries and 40 candidates, and their rank bounds."""
+  name, eps = request.param
+  k = 10
+  with jax.default_matmul_precision('highest'):
+    model = models.get_model(name, embedding_dim=8, input_mean=0.4, input_std=0.3)
+    variables = test_interval._init(model, jnp.zeros((1, 12, 12, 1)), seed=1)  # pylint: disable=protected-access
+    embed = jax.tree_util.Partial(model.apply, variables)
+    queries, candidates = _images(10, 6), _images(11, 40)
+    query_emb, candidate_emb = np.asarray(embed(queries)), np.asarray(embed(candidates))
+    bounds = br.rank_bounds(query_emb, *br.embedding_bounds(embed, queries, eps), candidate_emb,
+                            *br.embedding_bounds(embed, candidates, eps), k, block_size=4,
+                            candidate_block_size=16)
+  return embed, queries, candidates, eps, k, query_emb, candidate_emb, bounds
+
+
+def _certified_ranks_hold(bounds, ranks, lower, upper, k, what):
+  """Every rank within its bounds, and where Verify certifies (alpha = K - j), within [2j-K, K]."""
+  _assert_ranks_within(ranks, lower, upper, what)
+  position = np.arange(1, k + 1)[None]
+  num_certified = 0
+  for big_k in range(1, k + 1):
+    certified = br.verify(np.asarray(lower), np.asarray(upper), position, big_k - position)
+    certified &= position <= big_k
+    num_certified += certified.sum()
+    assert np.all(~certified | ((ranks <= big_k) & (ranks >= 2 * position - big_k))), what
+  return num_certified
+
+
+def test_query_attack_never_beats_rank_bounds(certified_grid):
+  embed, queries, _, eps, k, query_emb, candidate_emb, bounds = certified_grid
+  num_queries = queries.shape[0]
+  # (query, j) pairs flattened; the query repeated for each of its k targets.
+  targets = np.asarray(bounds.indices).ravel()
+  repeated = jnp.repeat(queries, k, axis=0)
+  temperature = 0.05 * float(np.median(np.linalg.norm(query_emb[:, None] - candidate_emb[None],
+                                                      axis=-1)))
+  attacked_ranks = []
+  for direction in (1., -1.):
+    attack = attacks.pgd(_soft_rank_loss, eps=eps, step_size=eps / 10, num_steps=40)
+    x_adv = attack(jax.random.key(3), repeated, embed, jnp.asarray(candidate_emb[targets]),
+                   jnp.asarray(candidate_emb), jnp.full((len(targets),), direction), temperature)
+    distances = np.linalg.norm(np.asarray(embed(x_adv))[:, None] - candidate_emb[None], axis=-1)
+    attacked_ranks.append(_ranks(distances, targets).reshape(num_queries, k))
+  rng = np.random.default_rng(4)
+  for _ in range(8):  # Random points of the query boxes.
+    x = np.clip(np.asarray(queries) + rng.uniform(-eps, eps, queries.shape), 0, 1)
+    distances = np.linalg.norm(np.asarray(embed(jnp.asarray(x)))[:, None] - candidate_emb[None],
+                               axis=-1)
+    attacked_ranks.append(_ranks(np.repeat(distances, k, 0), targets).reshape(num_queries, k))
+  num_certified = 0
+  for ranks in attacked_ranks:
+    num_certified += _certified_ranks_hold(bounds, ranks, bounds.query_attack_lower,
+                                           bounds.query_attack_upper, k, 'QA')
+  clean = np.arange(1, k + 1)[None]
+  assert np.any(attacked_ranks[0] != clean) or np.any(attacked_ranks[1] != clean)  # Attacks bite.
+  assert num_certified > 0  # Some ranks are certified, so the check is not vacuous.
+
+
+def test_candidate_attack_never_beats_rank_bounds(certified_grid):
+  embed, queries, candidates, eps, k, query_emb, candidate_emb, bounds = certified_grid
+  num_queries, num_candidates = queries.shape[0], candidates.shape[0]
+  # Every candidate pushed toward and away from every query (one PGD run each, independently).
+  images = jnp.tile(candidates, (num_queries, 1, 1, 1))
+  points = jnp.asarray(np.repeat(query_emb, num_candidates, axis=0))
+  moved = {}
+  for name, direction in (('away', 1.), ('toward', -1.)):
+    attack = attacks.pgd(_distance_loss, eps=eps, step_size=eps / 10, num_steps=40)
+    x_adv = attack(jax.random.key(5), images, embed, points, jnp.full((len(images),), direction))
+    moved[name] = np.linalg.norm(np.asarray(embed(x_adv)) - np.asarray(points), axis=-1).reshape(
+        num_queries, num_candidates)
+  indices = np.asarray(bounds.indices)
+  rows = np.arange(num_queries)[:, None]
+  ranks = {}
+  for name, target_world, other_world in (('worse', 'away', 'toward'),
+                                          ('better', 'toward', 'away')):
+    per_rank = []
+    for j in range(k):  # c^ moved one way, every other candidate the other way.
+      distances = moved[other_world].copy()
+      distances[rows[:, 0], indices[:, j]] = moved[target_world][rows[:, 0], indices[:, j]]
+      per_rank.append(_ranks(distances, indices[:, j]))
+    ranks[name] = np.stack(per_rank, axis=1)
+  rng = np.random.default_rng(6)
+  sampled = []
+  for _ in range(4):  # Independent random points of every candidate box.
+    x = np.clip(np.asarray(candidates) + rng.uniform(-eps, eps, candidates.shape), 0, 1)
+    distances = np.linalg.norm(query_emb[:, None] - np.asarray(embed(jnp.asarray(x)))[None],
+                               axis=-1)
+    sampled.append(np.stack([_ranks(distances, indices[:, j]) for j in range(k)], axis=1))
+  num_certified = 0
+  for what, attacked in [('CA worse', ranks['worse']), ('CA better', ranks['better'])] + [
+      ('CA sampled', s) for s in sampled]:
+    num_certified += _certified_ranks_hold(bounds, attacked, bounds.candidate_attack_lower,
+                                           bounds.candidate_attack_upper, k, what)
+  clean = np.arange(1, k + 1)[None]
+  assert np.any(ranks['worse'] != clean) or np.any(ranks['better'] != clean)
+  assert num_certified > 0
+
+
+# --- Embedding bounds, errors, and the 'ibp' mode end to end. -------------------------------------
+
+
+def test_embedding_bounds_match_interval_and_reject_bad_input():
+  _, _, embed = _small_encoder()
+  images = _images(0, 7)
+  lower, upper = br.embedding_bounds(embed, images, 0.05, batch_size=3)
+  from jaxcert.bounds import input_box, interval  # pylint: disable=g-import-not-at-top
+  expected = interval(embed)(*input_box(images, 0.05))
+  np.testing.assert_allclose(lower, expected[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(upper, expected[1], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='eps must be >= 0'):
+    br.embedding_bounds(embed, images, -0.1)
+  with pytest.raises(ValueError, match=r'must lie in \[0, 1\]'):
+    br.embedding_bounds(embed, images * 2., 0.1)
+  emb = np.asarray(embed(images))
+  with pytest.raises(ValueError, match='lower > '):
+    br.rank_bounds(emb, upper, lower, emb, lower, upper, 3)
+  with pytest.raises(ValueError, match='k must be an integer'):
+    br.rank_bounds(emb, lower, upper, emb, lower, upper, 8)
+  with pytest.raises(ValueError, match='same shape'):
+    br.rank_bounds(emb, lower[:, :4], upper[:, :4], emb, lower, upper, 3)
+
+
+def test_ibp_mode_writes_tables_tsv_plots(tmp_path):
+  config = default.get_config()
+  config.eval.num_queries, config.eval.num_candidates = 12, 40
+  config.ibp.eps, config.ibp.eps_sweep, config.ibp.ks = 0.02, (0., 0.05), (1, 5, 10)
+  config.ibp.batch_size = config.ibp.query_block_size = config.ibp.candidate_block_size = 16
+  model, variables, embed = _small_encoder()
+  labels = (np.arange(60) % 3).astype(np.int32)
+  split = data.Split(np.asarray(_images(20, 60)), labels)
+  dataset = data.Dataset('test', split, split, 3)
+  (query_images, query_labels), (candidate_images, candidate_labels) = (
+      training.query_candidate_sets(config, dataset))
+  inputs = certification.CertifyInputs(
+      config, model, variables, embed, dataset,
+      certification.LabelledImages(query_images, query_labels),
+      certification.LabelledImages(candidate_images, candidate_labels))
+  results = certification.get_mode('ibp')(inputs, str(tmp_path))
+  for name in ('ibp.md', 'ibp_per_query.tsv', 'ibp.json', 'cr_recall_vs_k.png',
+               'cr_recall_vs_eps.png'):
+    assert os.path.getsize(tmp_path / name) > 0
+  assert json.load(open(tmp_path / 'ibp.json'))['recall@5'] == results['recall@5']
+  rows = [line.rstrip('\n').split('\t') for line in open(tmp_path / 'ibp_per_query.tsv')]
+  assert rows[0][:3] == ['query', 'test_index', 'label'] and len(rows) == 13
+  assert rows[0][3:] == ['qa@1', 'ca@1', 'qa@5', 'ca@5', 'qa@10', 'ca@10']
+  for attack in ('qa', 'ca'):
+    column = rows[0].index(f'{attack}@5')
+    assert np.mean([int(row[column]) for row in rows[1:]]) == results[f'cr_recall_{attack}@5']
+  for k in (1, 5, 10):  # CR-Recall is a lower bound of Recall, and equals it at eps = 0.
+    assert results[f'cr_recall_qa@{k}'] <= results[f'recall@{k}']
+    assert results['sweep']['0.0']['qa'][k] == results[f'recall@{k}']
+    assert results['sweep']['0.05']['ca'][k] <= results['sweep']['0.0']['ca'][k]
+  bad = config.ibp.copy_and_resolve_references()
+  bad.ks = (1, 50)
+  with pytest.raises(ValueError, match='config.ibp.ks must be integers'):
+    ibp.check_ibp_config(bad, 40)
+  bad.ks, bad.eps = (1,), -0.1
+  with pytest.raises(ValueError, match='must be >= 0'):
+    ibp.check_ibp_config(bad, 40)

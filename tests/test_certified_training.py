@@ -1,0 +1,184 @@
+"""Tests of the certified-training methods TBT, FCTB and C-IBP (`jaxcert.objectives.certified`).
+
+The schedule and config checks are checked by value; the regulariser Reg (seed 001 Eq. 20) against
+its definition; C-IBP's worst-case logits against sampled embeddings of the box (soundness) and
+the box's corners (tightness); the three objectives give finite losses and gradients, reduce to
+the clean losses at eps = 0, and run in the training loop (FCTB from a TBT checkpoint, on the
+candidate set, with its reference encoder frozen).
+"""
+
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import default
+from configs import seed001
+from jaxcert import checkpointing
+from jaxcert import losses
+from jaxcert import models
+from jaxcert import objectives
+from jaxcert import training
+from jaxcert.objectives import certified
+import test_interval
+
+
+def _schedule_config(**fields):
+  config = ml_collections.ConfigDict(
+      {'eps': 0.2, 'kappa': 0.5, 'ramp_start_steps': 2000, 'ramp_end_steps': 10000})
+  config.update(fields)
+  return config
+
+
+def test_ramp_schedule_is_the_papers():
+  config = _schedule_config()
+  for step, (eps, kappa) in {0: (0., 1.), 2000: (0., 1.), 6000: (0.1, 0.75), 10000: (0.2, 0.5),
+                             50000: (0.2, 0.5)}.items():
+    np.testing.assert_allclose(certified.ramp_schedule(config, jnp.int32(step)), (eps, kappa),
+                               rtol=1e-6)
+  fixed = _schedule_config(ramp_start_steps=0, ramp_end_steps=0, kappa=0.1)
+  np.testing.assert_allclose(certified.ramp_schedule(fixed, jnp.int32(0)), (0.2, 0.1), rtol=1e-6)
+
+
+def test_bad_certified_configs_fail_clearly():
+  config = default.get_config()
+  for field, value, message in [('eps', -0.1, 'eps must be >= 0'),
+                                ('kappa', 1.5, r'kappa must be in \[0, 1\]'),
+                                ('ramp_end_steps', 10, 'ramp_start_steps <= ramp_end_steps')]:
+    bad = config.copy_and_resolve_references()
+    bad.certified[field] = value
+    with pytest.raises(ValueError, match=message):
+      certified.check_certified_config(bad)
+  with pytest.raises(ValueError, match='set config.init_from'):
+    certified.init_fctb_params(config, None)
+  with pytest.raises(ValueError, match='Unknown method'):
+    seed001.get_config('fmnist', 'large', 'act')
+
+
+def test_tightness_regularizer_is_eq_20():
+  rng = np.random.default_rng(0)
+  anchors = rng.normal(size=(4, 3)).astype(np.float32)
+  radius = rng.uniform(0, 0.3, (4, 3)).astype(np.float32)
+  points = rng.normal(size=(5, 3)).astype(np.float32)
+  reg = np.asarray(certified.tightness_regularizer(anchors, anchors - radius, anchors + radius,
+                                                   points))
+  for a, x in itertools.product(range(4), range(5)):
+    distance = np.linalg.norm(anchors[a] - points[x])
+    offset = np.abs(points[x] - anchors[a])
+    upper = np.linalg.norm(offset + radius[a])
+    lower = np.linalg.norm(np.maximum(offset - radius[a], 0))
+    np.testing.assert_allclose(reg[a, x], max(abs(distance - upper), abs(distance - lower)),
+                               rtol=1e-5)
+  # A degenerate box has exact distance bounds: Reg = 0.
+  np.testing.assert_allclose(certified.tightness_regularizer(anchors, anchors, anchors, points), 0.,
+                             atol=1e-6)
+
+
+def test_worst_case_logits_sound_and_attained():
+  rng = np.random.default_rng(1)
+  lower = rng.normal(size=(3, 4)).astype(np.float32)
+  upper = lower + rng.uniform(0, 0.5, (3, 4)).astype(np.float32)
+  kernel = rng.normal(size=(4, 5)).astype(np.float32)
+  bias = rng.normal(size=(5,)).astype(np.float32)
+  labels = jnp.array([0, 3, 4])
+  worst = np.asarray(certified.worst_case_logits(lower, upper, kernel, bias, labels))
+  corners = np.array(list(itertools.product((0, 1), repeat=4)), bool)
+  for b in range(3):
+    embeddings = np.where(corners, upper[b], lower[b])
+    samples = lower[b] + rng.random((2000, 4)) * (upper[b] - lower[b])
+    for points, exact in ((embeddings, True), (samples, False)):
+      logits = points @ kernel + bias
+      margins = logits - logits[:, labels[b]][:, None]
+      assert np.all(margins <= worst[b] + 1e-5)
+      if exact:  # A linear function's max over a box is at a corner.
+        np.testing.assert_allclose(margins.max(0), worst[b], rtol=1e-5, atol=1e-5)
+    assert worst[b, labels[b]] == 0.
+
+
+def _inputs(method, eps, *, model_name='small_cnn', seed=0):
+  """ObjectiveInputs of a random Small CNN on 20 random 12x12 images of 4 classes."""
+  config = default.get_config()
+  config.method = method
+  config.certified.update({'eps': eps, 'ramp_start_steps': 0, 'ramp_end_steps': 0})
+  model = models.get_model(model_name, embedding_dim=8)
+  images = test_interval._uniform(seed, (20, 12, 12, 1))  # pylint: disable=protected-access
+  variables = test_interval._init(model, images, seed=seed + 1)  # pylint: disable=protected-access
+  method_params = objectives.get_method(method).init_params(
+      config, objectives.ParamsContext(jax.random.key(0), 8, 4))
+  params = {'model': variables['params'], 'objective': method_params}
+  labels = jnp.asarray(np.arange(20) % 4, jnp.int32)
+  return objectives.ObjectiveInputs(model, params, {}, images, labels, jax.random.key(1),
+                                    jnp.int32(0), config)
+
+
+def _loss_and_grads(inputs):
+  objective = objectives.get_method(inputs.config.method).objective
+
+  def loss_fn(params):
+    return objective(inputs._replace(params=params))
+
+  (loss, (step_metrics, _)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+      inputs.params)
+  return float(loss), jax.tree.map(float, step_metrics), grads
+
+
+@pytest.mark.parametrize('method', ['tbt', 'cibp'])
+def test_objectives_finite_and_clean_at_zero_eps(method):
+  loss, step_metrics, grads = _loss_and_grads(_inputs(method, 0.05))
+  assert np.isfinite(loss) and all(np.isfinite(l).all() for l in jax.tree.leaves(grads))
+  assert sum(float(jnp.abs(l).sum()) for l in jax.tree.leaves(grads['model'])) > 0
+  zero_loss, zero_metrics, _ = _loss_and_grads(_inputs(method, 0.))
+  if method == 'tbt':  # Exact bounds: Reg = 0 and the loss is kappa * triplet.
+    assert step_metrics['reg'] > 0 and abs(zero_metrics['reg']) < 1e-4
+    inputs = _inputs(method, 0.)
+    embeddings = inputs.model.apply({'params': inputs.params['model']}, inputs.images)
+    triplet = losses.triplet_loss(embeddings, inputs.labels, margin=1.0)
+    np.testing.assert_allclose(zero_metrics['triplet'], triplet, rtol=1e-5)
+    np.testing.assert_allclose(zero_loss, 0.5 * zero_metrics['triplet'], rtol=1e-4, atol=1e-5)
+  else:  # The worst case of a point is the point: robust CE = CE.
+    assert step_metrics['robust_cross_entropy'] >= step_metrics['cross_entropy']
+    np.testing.assert_allclose(zero_metrics['robust_cross_entropy'],
+                               zero_metrics['cross_entropy'], rtol=1e-5)
+
+
+def _tiny_config(method, **fields):
+  config = seed001.get_config('fmnist', 'small', method)
+  config.data.name = 'embedded'
+  config.model.embedding_dim = 16
+  config.update({'num_steps': 6, 'batch_size': 20, 'm_per_class': 4, 'checkpoint_every_steps': 6,
+                 'progress_bar': False, 'num_epochs': 1})
+  config.eval.update({'num_queries': 100, 'num_candidates': 100})
+  config.certified.update({'ramp_start_steps': 1, 'ramp_end_steps': 4})
+  config.update(fields)
+  return config
+
+
+def test_tbt_then_fctb_in_the_training_loop(tmp_path):
+  """TBT trains a few steps; FCTB starts from it, trains on the candidates, keeps f0 frozen."""
+  tbt_config = _tiny_config('tbt')
+  tbt_dir = str(tmp_path / 'tbt')
+  _, tbt_state = training.train(tbt_config, tbt_dir)
+  fctb_config = _tiny_config('fctb', init_from=tbt_dir)
+  assert fctb_config.train_split == 'candidates' and fctb_config.certified.kappa == 0.1
+  fctb_config.certified.update({'ramp_start_steps': 0, 'ramp_end_steps': 0})
+  fctb_dir = str(tmp_path / 'fctb')
+  _, fctb_state = training.train(fctb_config, fctb_dir)
+  reference = fctb_state.params['objective']['reference']['params']
+  for expected, got in zip(jax.tree.leaves(tbt_state.params['model']), jax.tree.leaves(reference)):
+    np.testing.assert_array_equal(expected, got)  # f0 = the TBT encoder, unchanged by training.
+  moved = [float(jnp.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(tbt_state.params['model']), jax.tree.leaves(fctb_state.params['model']))]
+  assert max(moved) > 0
+  lines = open(tmp_path / 'fctb' / 'metrics.jsonl').read().splitlines()
+  first = json.loads(lines[0])
+  assert first['drift'] < 1e-5 and first['eps'] == pytest.approx(0.2) and first['reg'] > 0
+  # The restored FCTB run (as certify.py loads it) has the same encoder.
+  _, variables, _ = training.load_trained(fctb_config, fctb_dir)
+  for expected, got in zip(jax.tree.leaves(fctb_state.params['model']),
+                           jax.tree.leaves(variables['params'])):
+    np.testing.assert_array_equal(expected, got)
+  assert checkpointing.restore_latest_raw(tmp_path / 'fctb' / 'checkpoints')['step'] == 6
