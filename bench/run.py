@@ -8,8 +8,8 @@
 For each hot path (forward, train step, IBP bounds, QA/CA verification, smoothing, PGD, blocked
 top-k) the table gives the time per item and its ratio to a plain forward pass of the same encoder
 per image, measured in the same run: each bench script times its own forward pass, and where a
-script times none (bench/attack.py, the verification grid of bench/ibp.py) this runner times one
-with `common.forward_baseline`. Every bench/*.py with a `main(argv) -> dict` runs; scripts without an
+script times none (the verification grid of bench/ibp.py) this runner times one with
+`common.forward_baseline`. Every bench/*.py with a `main(argv) -> dict` runs; scripts without an
 adapter here join the table when their result has `summary_rows` (`common.summary_row`), and are
 listed as run otherwise.
 
@@ -115,7 +115,8 @@ def _attack_rows(result, common):
   loop = result['auto_loop']
   for name, r in result['results'].items():
     batch = r['batch_size']
-    forward = common.forward_baseline(name, batch, IMAGE_SHAPE, repeats=3) / batch
+    forward_s = r.get('forward_s') or common.forward_baseline(name, batch, IMAGE_SHAPE, repeats=3)
+    forward = forward_s / batch
     rows.append(common.summary_row('PGD step', name, f'batch {batch}, loop {loop}', 'image',
                                    r[f'{loop}_step_s'] / batch, forward))
   return rows
@@ -316,7 +317,7 @@ def _run_script(name: str, argv: list[str]) -> dict:
 def run_suite(*, only=None, full: bool = False, scaling: bool = True, compare: bool = True) -> dict:
   """Runs the scripts, scaling and the comparison; returns everything."""
   from bench import common  # pylint: disable=import-outside-toplevel
-  start = time.perf_counter()
+  start, load_before = time.perf_counter(), os.getloadavg()[0]
   env = common.environment()
   common.print_environment(env)
   rows, scripts, errors, unsummarised = [], {}, {}, []
@@ -348,7 +349,9 @@ def run_suite(*, only=None, full: bool = False, scaling: bool = True, compare: b
       traceback.print_exc()
   return {'environment': env, 'rows': rows, 'scaling': scaling_results, 'comparison': comparison,
           'errors': errors, 'scripts': scripts, 'unsummarised': unsummarised, 'full': full,
-          'total_seconds': time.perf_counter() - start}
+          'total_seconds': time.perf_counter() - start,
+          # Timings on a shared machine depend on what else runs: the 1-minute load average.
+          'load_average': (load_before, os.getloadavg()[0])}
 
 
 def report(suite: dict) -> str:
@@ -356,7 +359,8 @@ def report(suite: dict) -> str:
   env = suite['environment']
   parts = [f'jax {env["jax_version"]}, backend {env["backend"]}, {len(env["devices"])} device(s), '
            f'{env["cpu_count"]} host CPUs, XLA_FLAGS={env["xla_flags"]!r}; '
-           f'{"full" if suite["full"] else "reduced"} settings; suite ran {suite["total_seconds"]:.0f} s.',
+           f'{"full" if suite["full"] else "reduced"} settings; suite ran {suite["total_seconds"]:.0f} s; '
+           'load average {:.1f} at the start, {:.1f} at the end.'.format(*suite['load_average']),
            '', rows_table(suite['rows'])]
   if suite['scaling']:
     parts += ['', 'Scaling over forced CPU devices (time per item, speed-up over 1 device):', '',
