@@ -1,13 +1,16 @@
 """Benchmark: Monte-Carlo smoothing samples/s over plain forward images/s, memory, s per image.
 
-For each encoder (L2-normalised, the paper's F = 1 setting), on the same batch:
+For each encoder (L2-normalised and wrapped in `bounded_embedding`, as certify.py runs it; the
+paper's F = 1 setting), on the same batch:
 (a) a jitted plain forward pass on batch_size * chunk_size images (images/s), and
 (b) `jaxcert.smoothing.smooth` on batch_size inputs with n = num_chunks * chunk_size samples, which
     embeds batch_size * chunk_size noisy copies per scan step (samples/s).
 Prints (samples/s) / (images/s) against the goal of 0.9, the compiled temporary memory of the
 smoother as n grows 10^3 -> 10^5 (it should stay flat: the chunks are accumulated by `lax.scan`),
 and the seconds per image at n = 100,000 (the paper's setting; seed 000 reports about 3 minutes per
-image for ResNet-50 on a P40), extrapolated linearly from the timed n, which the output says.
+image for ResNet-50 on a P40): from the rate at the timed n, which the output says; with
+--check_linearity the smoother is timed again at 4x the scan steps, and the two rates show whether
+the cost is linear in n (so the extrapolation holds).
 
   python bench/smoothing.py
   python bench/smoothing.py --models large_cnn --batch_size 4 --chunk_size 128
@@ -16,16 +19,21 @@ image for ResNet-50 on a P40), extrapolated linearly from the timed n, which the
 """
 
 import argparse
-import os
+import pathlib
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcert import models
-from jaxcert import smoothing
+if __package__ in (None, ''):  # Run as `python bench/smoothing.py`: import `bench` from the repo.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from bench import common  # pylint: disable=wrong-import-position
+from jaxcert import models  # pylint: disable=wrong-import-position
+from jaxcert import smoothing  # pylint: disable=wrong-import-position
 
 GOAL = 0.9
 SIGMA = 0.25
@@ -89,7 +97,7 @@ def temp_memory_bytes(embed, images, *, chunk_size: int, sample_counts) -> dict:
 
 
 def main(argv=None) -> dict:
-  """Runs the benchmark; returns {'xla_flags', 'device', 'image_shape', 'results'}."""
+  """Runs the benchmark; returns {'environment', 'xla_flags', 'device', 'image_shape', 'results'}."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default='small_cnn,large_cnn',
                       help=f'comma-separated names from {models.MODEL_NAMES}')
@@ -102,6 +110,8 @@ def main(argv=None) -> dict:
   parser.add_argument('--repeats', type=int, default=7)
   parser.add_argument('--memory_samples', default='1000,10000,100000',
                       help='comma-separated n whose compiled temp memory is compared')
+  parser.add_argument('--check_linearity', action='store_true',
+                      help='also time 4 x num_chunks scan steps (is the cost linear in n?)')
   args = parser.parse_args(argv)
 
   names = [name for name in args.models.split(',') if name]
@@ -110,17 +120,16 @@ def main(argv=None) -> dict:
     parser.error(f'unknown models {unknown}; valid: {models.MODEL_NAMES}')
   sample_counts = [int(n) for n in args.memory_samples.split(',') if n]
   image_shape = (args.image_size, args.image_size, args.channels)
-  xla_flags = os.environ.get('XLA_FLAGS', '')
-  device = str(jax.devices()[0])
-  print(f'device: {device}   XLA_FLAGS={xla_flags!r}   image {image_shape}   sigma {SIGMA}   '
-        f'batch {args.batch_size} x chunk {args.chunk_size} = '
-        f'{args.batch_size * args.chunk_size} images per step')
+  env = common.environment()
+  common.print_environment(env)
+  print(f'image {image_shape}   sigma {SIGMA}   batch {args.batch_size} x chunk '
+        f'{args.chunk_size} = {args.batch_size * args.chunk_size} images per step')
   rng = np.random.default_rng(0)
   results = {}
   for name in names:
     model = models.get_model(name, embedding_dim=args.embedding_dim, l2_normalize=True)
     variables = models.init_variables(model, jax.random.key(0), (1,) + image_shape)
-    embed = jax.tree_util.Partial(model.apply, variables)
+    embed = smoothing.bounded_embedding(jax.tree_util.Partial(model.apply, variables))
     images = jnp.asarray(rng.uniform(size=(args.batch_size,) + image_shape), jnp.float32)
     timing = time_smoothing_over_forward(embed, images, chunk_size=args.chunk_size,
                                          num_chunks=args.num_chunks, repeats=args.repeats)
@@ -141,11 +150,18 @@ def main(argv=None) -> dict:
     print('  temp memory by n: ' + ', '.join(
         f'{n}: {"?" if m is None else f"{m / 2**20:.2f} MiB"}' for n, m in memory.items())
           + f'  ({"flat" if memory_flat else "NOT FLAT"})')
+    if args.check_linearity:
+      longer = time_smoothing_over_forward(embed, images, chunk_size=args.chunk_size,
+                                           num_chunks=4 * args.num_chunks, repeats=args.repeats)
+      results[name]['samples_per_s_at_4x_n'] = longer['smoothing_samples_per_s']
+      print(f'  n = {longer["num_samples"]}: {longer["smoothing_samples_per_s"]:.0f} samples/s '
+            f'({longer["smoothing_samples_per_s"] / timing["smoothing_samples_per_s"]:.2f} x the '
+            f'rate at n = {timing["num_samples"]})', flush=True)
     print(f'  n = {PAPER_NUM_SAMPLES}: {seconds_per_image:.3g} s per image (extrapolated '
           f'linearly from n = {timing["num_samples"]} x {args.batch_size} inputs in '
           f'{timing["smoothing_call_s"]:.3f} s)', flush=True)
-  return {'xla_flags': xla_flags, 'device': device, 'image_shape': image_shape,
-          'results': results}
+  return {'environment': env, 'xla_flags': env['xla_flags'], 'device': env['devices'][0],
+          'image_shape': image_shape, 'results': results}
 
 
 if __name__ == '__main__':

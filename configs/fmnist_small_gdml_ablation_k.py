@@ -8,17 +8,17 @@ ln(k + 1) only; the embedding's separation can change more.
       --config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist
   python certify.py --config configs/fmnist_small_gdml_ablation_k.py:32 \
       --config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist \
-      --config.checkpoint=runs/fmnist_small_gdml_k32 --config.eval.num_candidates=200 \
+      --config.checkpoint=runs/fmnist_small_gdml_k32 --config.eval.num_candidates=100 \
       --config.smoothing.num_queries=-1 --config.smoothing.num_samples=10000
 """
 
-from configs import fmnist_small_gdml
+from configs import seed000
 
 
 def get_config(arg=None):
   embedding_dim = int(arg) if arg else 128
   if embedding_dim < 1:
     raise ValueError(f'The config argument is the embedding dimension k >= 1, got {arg!r}.')
-  config = fmnist_small_gdml.get_config('1.0')
+  config = seed000.get_config('fmnist', 'small', 'gdml', 1.0)
   config.model.embedding_dim = embedding_dim
   return config

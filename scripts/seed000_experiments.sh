@@ -2,13 +2,13 @@
 # Seed 000 (RetrievalGuard) experiments on full Fashion-MNIST (IDX), Small CNN; results/seed000/.
 # Usage: scripts/seed000_experiments.sh STAGE   (train | curves | headline | ablations | pgd | report)
 # Run directories go to $RUNS (default /work/runs/seed000). Reduced settings (2-core CPU budget):
-# leave-one-out on 200 test images for the sigma curves at n = 10,000; see results/seed000/README.md.
+# leave-one-out on 100 test images for the sigma curves at n = 10,000; see results/seed000/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-/work/runs/seed000}
 DATA="--config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist"
 SIGMAS="0.1 0.25 0.5 1.0"
-CURVE="--config.eval.num_candidates=200 --config.smoothing.num_queries=-1 \
+CURVE="--config.eval.num_candidates=100 --config.smoothing.num_queries=-1 \
   --config.smoothing.num_samples=10000 --config.smoothing.certificate=both --config.progress_bar=false"
 mkdir -p "$RUNS"
 

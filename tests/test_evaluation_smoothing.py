@@ -6,6 +6,7 @@ checked against the per-query TSV it came from.
 """
 
 import csv
+import importlib
 import json
 import os
 
@@ -131,3 +132,32 @@ def test_num_samples_ablation_smooths_once_per_n(trained_inputs, tmp_path):
 def test_bad_settings_raise_before_any_sampling(trained_inputs, tmp_path, fields, message):
   with pytest.raises(ValueError, match=message):
     smoothing_mode.run(_with(trained_inputs, **fields), str(tmp_path))
+
+
+SEED000_CONFIGS = ('fmnist_small_margin', 'fmnist_small_gdml', 'mnist_small_margin',
+                   'mnist_small_gdml', 'embedded_small_margin', 'embedded_small_gdml',
+                   'cub_resnet50_margin', 'cub_resnet50_gdml', 'cars_resnet50_margin',
+                   'cars_resnet50_gdml', 'sop_resnet50_margin', 'sop_resnet50_gdml',
+                   'fmnist_small_gdml_ablation_n', 'fmnist_small_gdml_ablation_alpha',
+                   'fmnist_small_gdml_ablation_k')
+
+
+@pytest.mark.parametrize('name', SEED000_CONFIGS)
+def test_seed000_configs_build_margin_dml_certified_by_smoothing(name):
+  module = importlib.import_module(f'configs.{name}')
+  config = module.get_config('0.5') if 'gdml' in name and 'ablation' not in name else (
+      module.get_config())
+  assert config.loss.name == 'margin' and config.model.l2_normalize
+  assert config.certify.mode == 'smoothing' and config.smoothing.F == 1.0
+  if 'gdml' in name:  # GDML: trained and certified with the same noise.
+    assert config.noise_sigma == config.smoothing.sigma > 0
+  else:
+    assert config.noise_sigma == 0.0
+  assert config.smoothing.ablation in smoothing_mode.ABLATIONS
+
+
+def test_gdml_config_argument_is_checked():
+  from configs import fmnist_small_gdml  # pylint: disable=import-outside-toplevel
+  assert fmnist_small_gdml.get_config('1.0').noise_sigma == 1.0
+  with pytest.raises(ValueError, match='sigma > 0'):
+    fmnist_small_gdml.get_config('-0.5')

@@ -1,0 +1,21 @@
+"""Seed 000 GDML on CUB-200-2011 (tfds caltech_birds2011; classes 1-100 train, 101-200 test): ResNet-50, the paper's recipe (configs/seed000.py) on Gaussian-noised
+images; the argument is sigma (default 0.25; the paper: 0.1, 0.25, 0.5, 1.0).
+
+  python train.py --config configs/cub_resnet50_gdml.py:1.0 --workdir runs/cub_resnet50_gdml1.0 \
+      --config.data.data_dir=~/tensorflow_datasets
+  python certify.py --config configs/cub_resnet50_gdml.py:1.0 --config.data.data_dir=~/tensorflow_datasets \
+      --config.checkpoint=runs/cub_resnet50_gdml1.0
+  # The paper's ablations (Sec. 4.4.2, on SOP with sigma = 1): add
+  #   --config.smoothing.ablation=num_samples --config.smoothing.ablation_values="(1000,10000,100000)"
+  #   --config.smoothing.ablation=alpha --config.smoothing.ablation_values="(0.0001,0.001,0.01,0.1)"
+  #   (with --config.smoothing.estimates_from=<the certify workdir above>: no new sampling)
+  #   and, for k, train with --config.model.embedding_dim=K.
+
+Paper differences as in configs/cub_resnet50_margin.py.
+"""
+
+from configs import seed000
+
+
+def get_config(arg=None):
+  return seed000.get_config('cub', 'resnet50', 'gdml', seed000.sigma_from_arg(arg))
