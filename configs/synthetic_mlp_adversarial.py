@@ -29,6 +29,10 @@ def get_config():
   config.model.hidden_width = 128
   config.model.embedding_dim = 2
   config.model.l2_normalize = True
+  # Seed 002 App. A normalises pixel intensities (its ResNet's ImageNet statistics). Without it a ReLU
+  # MLP with zero biases maps class b (~0.75) to 3x class a (~0.25): one point on the unit circle.
+  config.model.input_mean = (0.485, 0.456, 0.406)
+  config.model.input_std = (0.229, 0.224, 0.225)
   config.loss = ml_collections.ConfigDict({'name': 'contrastive', 'pos_margin': 0.0,
                                            'neg_margin': 1.0})
   config.method = 'adversarial'

@@ -1015,7 +1015,9 @@ def evaluate_linear_pairwise_attack(weight, images, labels, *, eps, gamma: float
   (`linear_pairwise_distance_bound`). A pair with D' > B would prove the bound
   wrong; they are counted (`bound_violations`, expected 0) and the largest
   D' - B is reported. The success rate is `attack_success_rate` over
-  same-class pairs judged similar (D <= gamma), and over all similar pairs.
+  same-class pairs judged similar (D <= gamma), and over all similar pairs; the certified rate is
+  the share of those same-class similar pairs whose bound B <= gamma proves no attack in the
+  budget can make them dissimilar.
 
   Args:
     weight: W, (m, d).
@@ -1029,7 +1031,7 @@ def evaluate_linear_pairwise_attack(weight, images, labels, *, eps, gamma: float
 
   Returns:
     {'num_pairs', 'num_similar_same_class', 'success_rate' (same-class
-    similar pairs), 'success_rate_all_similar', 'bound_violations',
+    similar pairs), 'success_rate_all_similar', 'certified_rate', 'bound_violations',
     'max_excess_over_bound' (max D' - B, <= 0 when sound), 'mean_bound_slack'
     (mean B - D'), 'lambda_max', 'clean_distances', 'adversarial_distances',
     'bounds' (the last three (num_pairs,) arrays)}.
@@ -1050,11 +1052,13 @@ def evaluate_linear_pairwise_attack(weight, images, labels, *, eps, gamma: float
     bounds.append(np.asarray(linear_pairwise_distance_bound(weight, xi, xj, eps))[:count])
   clean, adversarial, bounds = map(np.concatenate, (clean, adversarial, bounds))
   same_class = labels[first] == labels[second]
+  similar = same_class & (clean <= gamma)
   excess = adversarial - bounds
   return {
       'num_pairs': int(len(first)),
-      'num_similar_same_class': int(np.sum(same_class & (clean <= gamma))),
+      'num_similar_same_class': int(np.sum(similar)),
       'success_rate': attack_success_rate(clean, adversarial, gamma, same_class),
+      'certified_rate': float(np.mean(bounds[similar] <= gamma)) if similar.any() else float('nan'),
       'success_rate_all_similar': attack_success_rate(clean, adversarial, gamma),
       'bound_violations': int(np.sum(excess > 0)),
       'max_excess_over_bound': float(np.max(excess)),

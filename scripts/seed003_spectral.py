@@ -82,6 +82,7 @@ def main(argv):
       row = {'model': variant, 'eps': float(eps),
              'success_rate': result['success_rate'],
              'success_rate_all_similar': result['success_rate_all_similar'],
+             'certified_rate': result['certified_rate'],
              'similar_same_class_pairs': result['num_similar_same_class'],
              'pair_accuracy': float(np.mean(np.where(same_class, clean <= config.spectral.gamma,
                                                      clean > config.spectral.gamma))),

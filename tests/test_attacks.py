@@ -421,6 +421,13 @@ def test_evaluate_linear_pairwise_attack_checks_bound_on_every_pair():
                                                    batch_size=16)
   assert result['num_pairs'] == 66 and len(result['bounds']) == 66
   assert result['bound_violations'] == 0 and result['max_excess_over_bound'] <= 1e-5
+  # At a small budget some similar pairs are certified (B <= gamma); the attack breaks none of them.
+  small = attacks.evaluate_linear_pairwise_attack(weight, images, labels, eps=0.002, gamma=2.,
+                                                  batch_size=16)
+  certified = small['bounds'] <= 2.
+  assert certified.any() and small['certified_rate'] > 0
+  assert np.all(small['adversarial_distances'][certified] <= 2.)
+  assert small['certified_rate'] <= 1. - small['success_rate'] + 1e-9
   assert np.all(result['adversarial_distances'] >= result['clean_distances'] - 1e-5)
   first, second = attacks.all_pairs(12)
   np.testing.assert_allclose(result['bounds'], attacks.linear_pairwise_distance_bound(
