@@ -45,7 +45,7 @@ def get_config(dataset: str, model: str, method: str):
     config.lr_decay_factor = 0.5
   eps = EPS[dataset]
   config.certified.eps = config.ibp.eps = eps
-  config.ibp.eps_sweep = tuple(eps * f for f in (0., 0.25, 0.5, 0.75, 1., 1.25))
+  config.ibp.eps_sweep = tuple(round(eps * f, 6) for f in (0., 0.25, 0.5, 0.75, 1., 1.25))
   if method == 'fctb':
     config.init_from = f'runs/{dataset}_{model}_tbt'
     config.train_split = 'candidates'

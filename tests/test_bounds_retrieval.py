@@ -364,10 +364,10 @@ def test_ibp_mode_writes_tables_tsv_plots(tmp_path):
       certification.LabelledImages(query_images, query_labels),
       certification.LabelledImages(candidate_images, candidate_labels))
   results = certification.get_mode('ibp')(inputs, str(tmp_path))
-  for name in ('ibp.md', 'ibp_per_query.tsv', 'ibp.json', 'cr_recall_vs_k.png',
-               'cr_recall_vs_eps.png'):
+  for name in ('ibp.md', 'ibp_per_query.tsv', 'cr_recall_vs_k.png', 'cr_recall_vs_eps.png'):
     assert os.path.getsize(tmp_path / name) > 0
-  assert json.load(open(tmp_path / 'ibp.json'))['recall@5'] == results['recall@5']
+  assert '| CR-Recall@K (QA) |' in open(tmp_path / 'ibp.md').read()
+  json.dumps(results)  # certification.run writes it as results.json.
   rows = [line.rstrip('\n').split('\t') for line in open(tmp_path / 'ibp_per_query.tsv')]
   assert rows[0][:3] == ['query', 'test_index', 'label'] and len(rows) == 13
   assert rows[0][3:] == ['qa@1', 'ca@1', 'qa@5', 'ca@5', 'qa@10', 'ca@10']

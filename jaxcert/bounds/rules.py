@@ -260,26 +260,19 @@ def _rsqrt_rule(operand, **params):
 # --- Comparisons and selection. ----------------------------------------------
 
 
-def _greater_rule(primitive):
-  """`gt`/`ge`: increasing in lhs, decreasing in rhs (False < True)."""
+def _comparison_rule(primitive, *, increasing_in_lhs: bool):
+  """`gt`/`ge` (increasing in lhs, decreasing in rhs) or `lt`/`le` (the reverse).
+
+  Bools are ordered False < True: for `gt`, `[l_x > u_y, u_x > l_y]` (docs/bounds.md §2).
+  """
 
   def rule(lhs, rhs, **params):
     lhs_lower, lhs_upper = _ends(lhs)
     rhs_lower, rhs_upper = _ends(rhs)
+    if not increasing_in_lhs:
+      lhs_lower, lhs_upper, rhs_lower, rhs_upper = lhs_upper, lhs_lower, rhs_upper, rhs_lower
     return IntervalBound(primitive.bind(lhs_lower, rhs_upper, **params),
                          primitive.bind(lhs_upper, rhs_lower, **params))
-
-  return rule
-
-
-def _less_rule(primitive):
-  """`lt`/`le`: decreasing in lhs, increasing in rhs (False < True)."""
-
-  def rule(lhs, rhs, **params):
-    lhs_lower, lhs_upper = _ends(lhs)
-    rhs_lower, rhs_upper = _ends(rhs)
-    return IntervalBound(primitive.bind(lhs_upper, rhs_lower, **params),
-                         primitive.bind(lhs_lower, rhs_upper, **params))
 
   return rule
 
@@ -533,10 +526,10 @@ RULES.update({
     _P.square_p: _square_rule,
     _P.integer_pow_p: _integer_pow_rule,
     _P.rsqrt_p: _rsqrt_rule,
-    _P.gt_p: _greater_rule(_P.gt_p),
-    _P.ge_p: _greater_rule(_P.ge_p),
-    _P.lt_p: _less_rule(_P.lt_p),
-    _P.le_p: _less_rule(_P.le_p),
+    _P.gt_p: _comparison_rule(_P.gt_p, increasing_in_lhs=True),
+    _P.ge_p: _comparison_rule(_P.ge_p, increasing_in_lhs=True),
+    _P.lt_p: _comparison_rule(_P.lt_p, increasing_in_lhs=False),
+    _P.le_p: _comparison_rule(_P.le_p, increasing_in_lhs=False),
     _P.eq_p: _equal_rule,
     _P.ne_p: _not_equal_rule,
     _P.select_n_p: _select_n_rule,

@@ -6,11 +6,11 @@ attack (QA, Theorem 3) and the candidate attack (CA, Theorem 4) at `config.ibp.e
 CR-Recall@K over the radii `config.ibp.eps_sweep`. The certificates are those of
 `jaxcert.bounds.retrieval` (docs/bounds.md §10-12), computed at full float32 matmul precision.
 
-Writes into the workdir:
+Writes into the workdir (`jaxcert.certification.run` adds results.json, the returned dict: every
+number of the tables, and timings):
   ibp.md                 the tables (also printed)
   ibp_per_query.tsv      per query: its index in Q and in the test split, its label, and for each K
                          whether it is certified under QA and under CA at config.ibp.eps
-  ibp.json               every number of the tables, and timings
   cr_recall_vs_k.png     Recall@K and CR-Recall@K (QA, CA) against K at config.ibp.eps
   cr_recall_vs_eps.png   CR-Recall@K (QA, CA) against eps, one curve per K and attack
 """
@@ -148,5 +148,4 @@ def run(inputs, workdir: str) -> dict:
                    'bounds': {str(r): result['bounds_s'] for r, result in sweep.items()},
                    'verify': {str(r): result['verify_s'] for r, result in sweep.items()}},
   }
-  report.write_json(os.path.join(workdir, 'ibp.json'), results)
   return results

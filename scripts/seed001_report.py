@@ -1,0 +1,101 @@
+"""Seed 001 Tables 1-2 (Large) beside our runs: Recall@K and CR-Recall@K (QA, CA) in markdown.
+
+Reads `<run>/certify_ibp/results.json` (certify.py mode 'ibp') and `<run>/config.json` of every
+run given as `dataset:method=RUN_DIR`, and prints (or writes with --out) one markdown table per
+paper table, our value first and the paper's in parentheses, with each run's training budget.
+
+  python scripts/seed001_report.py fmnist:triplet=/work/runs/fmnist_large_triplet \
+      fmnist:tbt=/work/runs/fmnist_large_tbt --out results/seed001/tables.md
+"""
+
+import argparse
+import json
+import os
+
+from jaxcert import report
+
+KS = (1, 10, 20, 40)
+METHOD_NAMES = {'triplet': 'Triplet', 'cibp': 'C-IBP', 'tbt': 'TBT', 'fctb': 'TBT+FCTB'}
+DATASET_NAMES = {'mnist': 'MNIST', 'fmnist': 'FMNIST'}
+
+# Seed 001 Table 1 (Recall@K, Large) and Table 2 (CR-Recall@K, Large; eps = 0.2), K = 1, 10, 20, 40.
+PAPER_RECALL = {
+    ('mnist', 'triplet'): (0.99, 1.00, 1.00, 1.00), ('mnist', 'cibp'): (0.97, 0.99, 1.00, 1.00),
+    ('mnist', 'tbt'): (0.94, 0.98, 0.99, 0.99), ('mnist', 'fctb'): (0.93, 0.98, 0.98, 0.99),
+    ('fmnist', 'triplet'): (0.89, 0.98, 0.99, 0.99), ('fmnist', 'cibp'): (0.75, 0.96, 0.98, 0.99),
+    ('fmnist', 'tbt'): (0.62, 0.93, 0.97, 0.98), ('fmnist', 'fctb'): (0.64, 0.94, 0.97, 0.98),
+}
+PAPER_CR_QA = {
+    ('mnist', 'triplet'): (0.00, 0.00, 0.00, 0.00), ('mnist', 'cibp'): (0.00, 0.00, 0.00, 0.01),
+    ('mnist', 'tbt'): (0.03, 0.31, 0.47, 0.65), ('mnist', 'fctb'): (0.03, 0.30, 0.45, 0.64),
+    ('fmnist', 'triplet'): (0.00, 0.00, 0.00, 0.00), ('fmnist', 'cibp'): (0.00, 0.01, 0.04, 0.08),
+    ('fmnist', 'tbt'): (0.02, 0.20, 0.30, 0.45), ('fmnist', 'fctb'): (0.02, 0.22, 0.34, 0.44),
+}
+PAPER_CR_CA = {
+    ('mnist', 'triplet'): (0.00, 0.00, 0.00, 0.00), ('mnist', 'cibp'): (0.00, 0.00, 0.00, 0.00),
+    ('mnist', 'tbt'): (0.01, 0.42, 0.78, 0.95), ('mnist', 'fctb'): (0.02, 0.48, 0.82, 0.96),
+    ('fmnist', 'triplet'): (0.00, 0.00, 0.00, 0.00), ('fmnist', 'cibp'): (0.00, 0.00, 0.00, 0.03),
+    ('fmnist', 'tbt'): (0.00, 0.07, 0.24, 0.64), ('fmnist', 'fctb'): (0.00, 0.09, 0.25, 0.62),
+}
+
+
+def _budget(run_dir: str) -> str:
+  """Training steps (and the run it started from) from the run's config.json."""
+  with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
+    config = json.load(f)
+  steps = config['num_steps'] if config['num_steps'] > 0 else f'{config["num_epochs"]} epochs'
+  text = f'{steps} steps'
+  if config.get('method') in ('tbt', 'cibp', 'fctb'):
+    certified = config['certified']
+    text += (f', eps ramp {certified["ramp_start_steps"]}-{certified["ramp_end_steps"]}, '
+             f'kappa {certified["kappa"]}')
+  if config.get('init_from'):
+    text += f', from {os.path.basename(os.path.normpath(config["init_from"]))}'
+  return text
+
+
+def tables(runs: dict) -> str:
+  """Markdown of both tables for `runs = {(dataset, method): run_dir}`."""
+  recall_rows, cr_rows, budget_rows = [], [], []
+  for (dataset, method), run_dir in runs.items():
+    with open(os.path.join(run_dir, 'certify_ibp', 'results.json'), encoding='utf-8') as f:
+      results = json.load(f)
+    name = {'dataset': DATASET_NAMES[dataset], 'method': METHOD_NAMES[method]}
+    recall_rows.append({**name, **{
+        f'R@{k}': f'{results[f"recall@{k}"]:.2f} ({paper:.2f})'
+        for k, paper in zip(KS, PAPER_RECALL[dataset, method])}})
+    cr_rows.append({**name, **{
+        f'{attack.upper()}@{k}': f'{results[f"cr_recall_{attack}@{k}"]:.2f} ({paper:.2f})'
+        for attack, papers in (('qa', PAPER_CR_QA), ('ca', PAPER_CR_CA))
+        for k, paper in zip(KS, papers[dataset, method])}})
+    budget_rows.append({**name, 'run': os.path.basename(os.path.normpath(run_dir)),
+                        'training': _budget(run_dir), 'eps': results['eps']})
+  return ('Recall@K, ours (seed 001 Table 1):\n\n' + report.markdown_table(recall_rows)
+          + '\n\nCR-Recall@K at eps = 0.2, ours (seed 001 Table 2), QA then CA:\n\n'
+          + report.markdown_table(cr_rows) + '\n\nRuns:\n\n' + report.markdown_table(budget_rows)
+          + '\n')
+
+
+def main(argv=None) -> str:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('runs', nargs='+', help='dataset:method=RUN_DIR, e.g. fmnist:tbt=runs/x')
+  parser.add_argument('--out', default=None, help='markdown file to write (default: print only)')
+  args = parser.parse_args(argv)
+  runs = {}
+  for item in args.runs:
+    key, _, run_dir = item.partition('=')
+    dataset, _, method = key.partition(':')
+    if (dataset, method) not in PAPER_RECALL or not run_dir:
+      parser.error(f'expected dataset:method=RUN_DIR with dataset in {sorted(DATASET_NAMES)} and '
+                   f'method in {sorted(METHOD_NAMES)}, got {item!r}')
+    runs[dataset, method] = run_dir
+  text = tables(runs)
+  print(text)
+  if args.out:
+    with open(args.out, 'w', encoding='utf-8') as f:
+      f.write(text)
+  return text
+
+
+if __name__ == '__main__':
+  main()
