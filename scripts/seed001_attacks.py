@@ -12,10 +12,13 @@ their own query counts and PGD steps (seed 001: all 1000 queries, 100 steps of e
 sources; CA costs num_queries x 100 sources x steps gradient steps, so a CPU run reduces it). Each
 run writes its tables and plots to <workdir>/<NAME>/certify_attack_<kind> (checkpoints are only
 read); when mode 'ibp' has run on a checkpoint (<checkpoint>/certify_ibp) its CR-Recall@K is put
-beside ER-Recall@K there and here.
+beside ER-Recall@K there and here. A run whose results.json exists with the same attack settings
+is read back instead of rerun, so models can be attacked by separate invocations (one --model
+each) and the table assembled by a last one naming them all.
 """
 
 import importlib.util
+import json
 import os
 
 from absl import app
@@ -83,7 +86,13 @@ def attack(config_path: str, checkpoint: str, workdir: str, kind: str, num_queri
   config.certify.mode = 'attack'
   config.attack.update(kinds=(kind,), eps=(_EPS.value,), ks=KS, num_queries=num_queries,
                        num_steps=num_steps)
-  return certification.run(config, os.path.join(workdir, f'certify_attack_{kind}'))
+  out = os.path.join(workdir, f'certify_attack_{kind}')
+  if os.path.exists(os.path.join(out, 'results.json')):  # A finished run with these settings: reuse it.
+    with open(os.path.join(out, 'config.json'), encoding='utf-8') as f:
+      if json.load(f)['attack'] == json.loads(config.attack.to_json_best_effort()):
+        with open(os.path.join(out, 'results.json'), encoding='utf-8') as f:
+          return json.load(f)
+  return certification.run(config, out)
 
 
 def main(argv):
