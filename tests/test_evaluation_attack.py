@@ -73,7 +73,7 @@ def test_attack_mode_tables_and_plots(tmp_path):
 def _write_ibp(checkpoint, cr, certified_rows):
   directory = checkpoint / 'certify_ibp'
   directory.mkdir(parents=True)
-  sweep = {'0.3': {'qa': {'1': cr, '5': cr}, 'ca': {'1': cr, '5': cr}}}
+  sweep = {radius: {'qa': {'1': cr, '5': cr}, 'ca': {'1': cr, '5': cr}} for radius in ('0.1', '0.3')}
   (directory / 'results.json').write_text(json.dumps({'eps': 0.3, 'sweep': sweep}))
   lines = ['query\ttest_index\tlabel\tqa@1\tca@1\tqa@5\tca@5']
   lines += [f'{i}\t{i}\t0\t{int(c)}\t{int(c)}\t{int(c)}\t{int(c)}' for i, c in enumerate(certified_rows)]
@@ -98,6 +98,19 @@ def test_certificates_beside_attacks_and_violations_flagged(tmp_path):
   assert not all(row['cr_le_er'] for row in comparison['rows'])
   assert comparison['certificate_violations'] > 0
   assert 'VIOLATED' in open(tmp_path / 'out_unsound' / 'attack.md').read()
+
+  # Half the queries attacked: CR comes from the per-query file over those (the others are claimed
+  # certified but not attacked, so they neither count nor are checked); at eps = 0.1 only the
+  # sweep over all 12 queries exists, which is not comparable.
+  partial = tmp_path / 'partial'
+  _write_ibp(partial, 0.5, [False] * 6 + [True] * 6)
+  config = _config(kinds=('qa', 'ca'), eps=(0.1, 0.3), num_queries=6)
+  comparison = attack_mode.run(_inputs(config, str(partial)), str(tmp_path / 'out_partial'))[
+      'ibp_comparison']
+  at = {(row['eps'], row['K']): row for row in comparison['rows']}
+  assert at[(0.3, 1)]['cr_qa'] == 0.0 and at[(0.3, 1)]['cr_queries'] == 6
+  assert at[(0.3, 1)]['cr_le_er'] is True and at[(0.1, 1)]['cr_le_er'] is None
+  assert comparison['certificate_violations'] == 0 and comparison['checked_queries'] == 6
 
 
 @pytest.mark.parametrize('field,value,match', [
