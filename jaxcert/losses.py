@@ -38,8 +38,11 @@ def _pairwise_distances(embeddings: jax.Array) -> jax.Array:
   """(B, B) Euclidean distances ||e_i - e_j||, exactly 0 on the diagonal.
 
   Uses ||e_i||^2 + ||e_j||^2 - 2 e_i.e_j with a full-precision matmul (TF32 would cost three
-  digits), clipped at 0 before the safe square root.
+  digits), clipped at 0 before the safe square root. The rows are first shifted by the first one
+  (constant under autodiff, as `retrieval.centered`), so rounding follows the batch's spread, not
+  its offset from the origin.
   """
+  embeddings = embeddings - lax.stop_gradient(embeddings[0])
   squared_norms = jnp.sum(jnp.square(embeddings), axis=-1)
   gram = jnp.matmul(embeddings, embeddings.T, precision=lax.Precision.HIGHEST)
   squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * gram

@@ -294,3 +294,12 @@ def test_bad_shapes_are_rejected():
     losses.triplet_loss(jnp.zeros((4, 2)), jnp.zeros(3, jnp.int32))
   with pytest.raises(ValueError, match=r'\(B, k\)'):
     losses.contrastive_loss(jnp.zeros((4,)), jnp.zeros(4, jnp.int32))
+
+
+def test_pairwise_distances_exact_for_a_cluster_far_from_the_origin():
+  """The batch distances of the losses are shifted by the batch mean before the expansion."""
+  rng = np.random.default_rng(0)
+  embeddings = (np.full((1, 16), 0.25) + 1e-3 * rng.normal(size=(20, 16))).astype(np.float32)
+  exact = np.linalg.norm(embeddings[:, None].astype(np.float64) - embeddings[None], axis=-1)
+  np.testing.assert_allclose(np.asarray(losses._pairwise_distances(jnp.asarray(embeddings))),
+                             exact, rtol=1e-3, atol=1e-7)
