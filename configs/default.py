@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_decay_factor = 0.1
 
   config.parallel = ml_collections.ConfigDict()
-  config.parallel.num_devices = 1  # data-parallel over this many devices; -1 = all local devices
+  config.parallel.num_devices = 1  # data-parallel over this many devices (training; certify.py mode ibp); -1 = all
   config.parallel.coordinator_address = ml_collections.config_dict.placeholder(str)  # multi-host only
   config.parallel.num_processes = ml_collections.config_dict.placeholder(int)
   config.parallel.process_id = ml_collections.config_dict.placeholder(int)

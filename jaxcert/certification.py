@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from jaxcert import data
+from jaxcert import parallel
 from jaxcert import training
 
 # mode -> module of jaxcert.evaluation that implements it (imported when the mode is asked for).
@@ -52,6 +53,8 @@ class CertifyInputs(NamedTuple):
     dataset: the whole dataset.
     queries: the query set Q (seed 001 Sec. 5.1.1).
     candidates: the candidate (gallery) set C, disjoint from Q.
+    batch_sharding: where batched encoder and bound calls put each batch
+      (`config.parallel.num_devices`, `parallel.local_batch_sharding`); None: one device.
   """
   config: ml_collections.ConfigDict
   model: nn.Module
@@ -60,6 +63,7 @@ class CertifyInputs(NamedTuple):
   dataset: data.Dataset
   queries: LabelledImages
   candidates: LabelledImages
+  batch_sharding: jax.sharding.Sharding | None = None
 
 
 def default_workdir(config) -> str:
@@ -71,10 +75,14 @@ def load_inputs(config) -> CertifyInputs:
   model, variables, dataset = training.load_trained(config, config.checkpoint)
   (query_images, query_labels), (candidate_images, candidate_labels) = training.query_candidate_sets(
       config, dataset)
+  batch_sharding = parallel.local_batch_sharding(config.parallel.num_devices)
+  if batch_sharding is not None:
+    variables = jax.device_put(variables, jax.sharding.NamedSharding(batch_sharding.mesh,
+                                                                    jax.sharding.PartitionSpec()))
   embed = jax.tree_util.Partial(model.apply, variables)
   return CertifyInputs(config, model, variables, embed, dataset,
                        LabelledImages(query_images, query_labels),
-                       LabelledImages(candidate_images, candidate_labels))
+                       LabelledImages(candidate_images, candidate_labels), batch_sharding)
 
 
 def get_mode(mode: str) -> Callable[[CertifyInputs, str], dict]:

@@ -93,6 +93,23 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def local_batch_sharding(num_devices: int) -> NamedSharding | None:
+  """Batch sharding over this process's devices for certify.py's batched calls (embedding, IBP).
+
+  `num_devices` is `config.parallel.num_devices` (-1: all); with several processes each takes
+  its share (`num_devices / processes`) of its own devices and evaluates the whole set itself,
+  so results need no gathering. None for one device (the plain path).
+
+  Raises:
+    ValueError: as `make_mesh`.
+  """
+  mesh = make_mesh(None if num_devices == -1 else num_devices)
+  local = [device for device in mesh.devices.flat if device.process_index == jax.process_index()]
+  if len(local) == 1:
+    return None
+  return NamedSharding(Mesh(np.asarray(local), (DATA_AXIS,)), P(DATA_AXIS))
+
+
 def check_divisible(batch_size: int, mesh: Mesh, what: str = 'batch size') -> None:
   devices = mesh.devices.size
   if batch_size % devices:

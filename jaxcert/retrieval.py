@@ -57,7 +57,8 @@ def as_pytree_function(embed: Callable) -> jax.tree_util.Partial:
   return jax.tree_util.Partial(embed)
 
 
-def embed_in_batches(embed: Callable, images, batch_size: int = 256) -> np.ndarray:
+def embed_in_batches(embed: Callable, images, batch_size: int = 256, *,
+                     sharding: jax.sharding.Sharding | None = None) -> np.ndarray:
   """Embeds `images` in batches of one static shape.
 
   The last batch is padded (by repeating its last image) to the common batch size,
@@ -72,12 +73,16 @@ def embed_in_batches(embed: Callable, images, batch_size: int = 256) -> np.ndarr
       (`np.ndarray`, `np.memmap`, the `images` of a `jaxcert.data.Split`).
     batch_size: images per compiled call; a set smaller than this is run as one
       batch of its own size.
+    sharding: where each batch goes, e.g. `parallel.batch_sharded(mesh)`: the jitted
+      encoder then runs data-parallel over the mesh (XLA partitions it along the batch;
+      `embed`'s weights must be replicated on the same devices). None: the default device.
 
   Returns:
     (N, k) np.ndarray of embeddings, in the order of `images`.
 
   Raises:
-    ValueError: `images` is empty or `batch_size` < 1.
+    ValueError: `images` is empty, `batch_size` < 1, or the batch does not divide over
+      `sharding`'s devices.
   """
   num_images = len(images)
   if num_images == 0:
@@ -85,6 +90,9 @@ def embed_in_batches(embed: Callable, images, batch_size: int = 256) -> np.ndarr
   if int(batch_size) != batch_size or batch_size < 1:
     raise ValueError(f'batch_size must be a positive integer, got {batch_size!r}.')
   batch_size = min(int(batch_size), num_images)
+  if sharding is not None:
+    devices = len(sharding.device_set)
+    batch_size = -(-batch_size // devices) * devices  # A small set is padded up to the devices.
   embed = as_pytree_function(embed)
   outputs = []
   for start in range(0, num_images, batch_size):
@@ -93,6 +101,8 @@ def embed_in_batches(embed: Callable, images, batch_size: int = 256) -> np.ndarr
     if stop - start < batch_size:
       padding = np.repeat(batch[-1:], batch_size - (stop - start), axis=0)
       batch = np.concatenate([batch, padding])
+    if sharding is not None:
+      batch = jax.device_put(batch, sharding)
     outputs.append((_apply(embed, batch), stop - start))
   # Converting after every batch is dispatched lets host indexing overlap device compute.
   return np.concatenate([np.asarray(out)[:count] for out, count in outputs])

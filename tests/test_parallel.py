@@ -117,6 +117,30 @@ def test_bad_device_counts_and_batch_sizes_raise(tmp_path):
 # ---------------------------------------------------------------------------
 
 
+@needs_eight
+def test_certify_ibp_on_eight_devices_matches_one_device(tmp_path):
+  """certify.py mode 'ibp' with config.parallel.num_devices = -1 (batches of 250 padded to 256 and
+  sharded over 8 devices) reports what one device reports, query for query."""
+  from jaxcert import certification  # pylint: disable=import-outside-toplevel
+  config = _tiny_training_config(1)
+  training.train(config, str(tmp_path / 'model'), _sample_dataset())
+  results = {}
+  for num_devices in (1, -1):
+    config.checkpoint = str(tmp_path / 'model')
+    config.parallel.num_devices = num_devices
+    config.ibp.eps, config.ibp.eps_sweep = 0.001, (0.0, 0.001)
+    workdir = str(tmp_path / f'certify{num_devices}')
+    inputs = certification.load_inputs(config)
+    assert (inputs.batch_sharding is None) == (num_devices == 1)
+    results[num_devices] = (certification.run(config, workdir),
+                            open(os.path.join(workdir, 'ibp_per_query.tsv')).read())
+  one, eight = results[1], results[-1]
+  assert eight[1] == one[1]
+  for key in ('recall@1', 'recall@40', 'cr_recall_qa@20', 'cr_recall_qa@40', 'cr_recall_ca@40'):
+    assert eight[0][key] == one[0][key], key
+  assert one[0]['cr_recall_qa@40'] > 0  # something is certified, so the comparison has content
+
+
 @functools.cache
 def _encoder(name='small_cnn', l2_normalize=False):
   options = {'hidden_width': 32, 'num_hidden_layers': 1} if name == 'mlp' else {}

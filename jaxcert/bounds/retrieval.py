@@ -65,7 +65,8 @@ def _embedding_bounds_of_batch(embed, eps, images):
   return jnp.concatenate([lower, upper], axis=-1)
 
 
-def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256
+def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
+                     sharding: jax.sharding.Sharding | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
   """Interval bounds of f(x + delta), ||delta||_inf <= eps, x + delta in [0, 1], for each image.
 
@@ -78,6 +79,7 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256
     images: (N, H, W, C) array-like in [0, 1].
     eps: L-infinity radius, >= 0.
     batch_size: images per call.
+    sharding: data-parallel placement of each batch (`retrieval.embed_in_batches`).
 
   Returns:
     `(lower, upper)`, each (N, d) float32 numpy arrays with lower <= f(x + delta) <= upper.
@@ -89,7 +91,7 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256
   images = _check_pixel_range(images)
   bounded = jax.tree_util.Partial(_embedding_bounds_of_batch, retrieval.as_pytree_function(embed),
                                   jnp.float32(eps))
-  both = retrieval.embed_in_batches(bounded, images, batch_size)
+  both = retrieval.embed_in_batches(bounded, images, batch_size, sharding=sharding)
   dim = both.shape[1] // 2
   return both[:, :dim], both[:, dim:]
 

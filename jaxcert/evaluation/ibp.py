@@ -55,9 +55,11 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks) -> dict:
   ibp_config = inputs.config.ibp
   start = time.perf_counter()
   query_box = certified_retrieval.embedding_bounds(inputs.embed, inputs.queries.images, eps,
-                                                   batch_size=ibp_config.batch_size)
+                                                   batch_size=ibp_config.batch_size,
+                                                   sharding=inputs.batch_sharding)
   candidate_box = certified_retrieval.embedding_bounds(
-      inputs.embed, inputs.candidates.images, eps, batch_size=ibp_config.batch_size)
+      inputs.embed, inputs.candidates.images, eps, batch_size=ibp_config.batch_size,
+      sharding=inputs.batch_sharding)
   bounds_s = time.perf_counter() - start
   start = time.perf_counter()
   rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
@@ -104,9 +106,10 @@ def run(inputs, workdir: str) -> dict:
   with jax.default_matmul_precision('highest'):
     start = time.perf_counter()
     query_emb = retrieval.embed_in_batches(inputs.embed, inputs.queries.images,
-                                           config.ibp.batch_size)
+                                           config.ibp.batch_size, sharding=inputs.batch_sharding)
     candidate_emb = retrieval.embed_in_batches(inputs.embed, inputs.candidates.images,
-                                               config.ibp.batch_size)
+                                               config.ibp.batch_size,
+                                               sharding=inputs.batch_sharding)
     embed_s = time.perf_counter() - start
     sweep = {radius: certify_at(inputs, query_emb, candidate_emb, radius, ks) for radius in radii}
   indices = np.asarray(sweep[eps]['rank_bounds'].indices)
