@@ -15,7 +15,6 @@ it writes its tables (markdown, TSV, JSON) and plots (PNG) into `workdir` and pr
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -27,6 +26,7 @@ import numpy as np
 
 from jaxcert import data
 from jaxcert import parallel
+from jaxcert import report
 from jaxcert import training
 
 # mode -> module of jaxcert.evaluation that implements it (imported when the mode is asked for).
@@ -113,14 +113,5 @@ def run(config, workdir: str | None = None) -> dict:
     f.write(config.to_json_best_effort(indent=2))
   inputs = load_inputs(config)
   results = mode_run(inputs, workdir)
-  with open(os.path.join(workdir, 'results.json'), 'w', encoding='utf-8') as f:
-    json.dump(results, f, indent=2, default=_json_default)
+  report.write_json(os.path.join(workdir, 'results.json'), results)
   return results
-
-
-def _json_default(value):
-  if isinstance(value, (np.floating, np.integer)):
-    return value.item()
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  raise TypeError(f'Not JSON serialisable: {type(value)}')

@@ -98,12 +98,15 @@ def local_batch_sharding(num_devices: int) -> NamedSharding | None:
 
   `num_devices` is `config.parallel.num_devices` (-1: all); with several processes each takes
   its share (`num_devices / processes`) of its own devices and evaluates the whole set itself,
-  so results need no gathering. None for one device (the plain path).
+  so results need no gathering. None for one device (the plain path; also the default 1 with
+  several processes).
 
   Raises:
     ValueError: as `make_mesh`.
   """
-  mesh = make_mesh(None if num_devices == -1 else num_devices)
+  if num_devices == 1:
+    return None
+  mesh = make_mesh(None if num_devices == -1 else num_devices)  # raises on a bad count
   local = [device for device in mesh.devices.flat if device.process_index == jax.process_index()]
   if len(local) == 1:
     return None
