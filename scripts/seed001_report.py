@@ -40,11 +40,13 @@ PAPER_CR_CA = {
 
 
 def _budget(run_dir: str) -> str:
-  """Training steps (and the run it started from) from the run's config.json."""
+  """Planned training, the step certified (the newest checkpoint) and the run it started from."""
   with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
     config = json.load(f)
-  steps = config['num_steps'] if config['num_steps'] > 0 else f'{config["num_epochs"]} epochs'
-  text = f'{steps} steps'
+  planned = (f'{config["num_steps"]} steps' if config['num_steps'] > 0
+             else f'{config["num_epochs"]} epochs')
+  saved = [int(name) for name in os.listdir(os.path.join(run_dir, 'checkpoints')) if name.isdigit()]
+  text = f'{planned} planned, checkpoint of step {max(saved)} certified'
   if config.get('method') in ('tbt', 'cibp', 'fctb'):
     certified = config['certified']
     text += (f', eps ramp {certified["ramp_start_steps"]}-{certified["ramp_end_steps"]}, '
