@@ -82,10 +82,7 @@ def main(argv=None) -> dict:
   parser.add_argument('--repeats', type=int, default=6)
   args = parser.parse_args(argv)
 
-  names = [name for name in args.models.split(',') if name]
-  unknown = [name for name in names if name not in models.MODEL_NAMES]
-  if unknown:
-    parser.error(f'unknown models {unknown}; valid: {models.MODEL_NAMES}')
+  names = common.parse_model_names(parser, args.models, models.MODEL_NAMES)
   environment = common.environment()
   common.print_environment(environment)
   auto_loop = attacks.resolve_loop('auto')

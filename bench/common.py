@@ -5,6 +5,7 @@ encoder measured in the same run (DESIGN.md), so numbers from different
 machines stay comparable; `forward_baseline` times that pass.
 """
 
+import argparse
 import os
 import statistics
 import time
@@ -14,6 +15,15 @@ import jax
 import numpy as np
 
 from jaxcert import models
+
+
+def parse_model_names(parser: argparse.ArgumentParser, text: str, valid) -> list[str]:
+  """The comma-separated model names of `text`; a parser error listing `valid` on unknown ones."""
+  names = [name for name in text.split(',') if name]
+  unknown = [name for name in names if name not in valid]
+  if unknown:
+    parser.error(f'unknown models {unknown}; valid: {sorted(valid)}')
+  return names
 
 
 def median_seconds(fn: Callable, *, repeats: int = 5, warmup: int = 1) -> float:

@@ -268,10 +268,7 @@ def main(argv=None) -> dict:
   parser.add_argument('--num_samples', type=int, default=1024, help='smoothing samples per input')
   parser.add_argument('--repeats', type=int, default=5)
   args = parser.parse_args(argv)
-  names = [name for name in args.models.split(',') if name]
-  unknown = [name for name in names if name not in LAYERS]
-  if unknown:
-    parser.error(f'unknown models {unknown}; valid: {sorted(LAYERS)}')
+  names = common.parse_model_names(parser, args.models, LAYERS)
   env = common.environment()
   common.print_environment(env)
   torch, reason = torch_or_reason()

@@ -108,10 +108,7 @@ def main(argv=None) -> dict:
   parser.add_argument('--candidate_block_size', type=int, default=250)
   args = parser.parse_args(argv)
 
-  names = [name for name in args.models.split(',') if name]
-  unknown = [name for name in names if name not in IMAGE_SETTINGS]
-  if unknown:
-    parser.error(f'unknown models {unknown}; valid: {sorted(IMAGE_SETTINGS)}')
+  names = common.parse_model_names(parser, args.models, IMAGE_SETTINGS)
   env = common.environment()
   common.print_environment(env)
   print(f'{"model":<12} {"batch":>5} {"forward ms":>11} {"interval ms":>12} '

@@ -114,10 +114,7 @@ def main(argv=None) -> dict:
                       help='also time 4 x num_chunks scan steps (is the cost linear in n?)')
   args = parser.parse_args(argv)
 
-  names = [name for name in args.models.split(',') if name]
-  unknown = [name for name in names if name not in models.MODEL_NAMES]
-  if unknown:
-    parser.error(f'unknown models {unknown}; valid: {models.MODEL_NAMES}')
+  names = common.parse_model_names(parser, args.models, models.MODEL_NAMES)
   sample_counts = [int(n) for n in args.memory_samples.split(',') if n]
   image_shape = (args.image_size, args.image_size, args.channels)
   env = common.environment()

@@ -77,8 +77,7 @@ def load_inputs(config) -> CertifyInputs:
       config, dataset)
   batch_sharding = parallel.local_batch_sharding(config.parallel.num_devices)
   if batch_sharding is not None:
-    variables = jax.device_put(variables, jax.sharding.NamedSharding(batch_sharding.mesh,
-                                                                    jax.sharding.PartitionSpec()))
+    variables = parallel.replicate(variables, batch_sharding.mesh)
   embed = jax.tree_util.Partial(model.apply, variables)
   return CertifyInputs(config, model, variables, embed, dataset,
                        LabelledImages(query_images, query_labels),

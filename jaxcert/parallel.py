@@ -110,7 +110,7 @@ def local_batch_sharding(num_devices: int) -> NamedSharding | None:
   local = [device for device in mesh.devices.flat if device.process_index == jax.process_index()]
   if len(local) == 1:
     return None
-  return NamedSharding(Mesh(np.asarray(local), (DATA_AXIS,)), P(DATA_AXIS))
+  return batch_sharded(Mesh(np.asarray(local), (DATA_AXIS,)))
 
 
 def check_divisible(batch_size: int, mesh: Mesh, what: str = 'batch size') -> None:

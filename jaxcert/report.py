@@ -37,6 +37,16 @@ def write_tsv(path: str, rows: Sequence[Mapping], columns: Sequence[str] | None 
       f.write('\t'.join(_format(row[c]) if isinstance(row[c], float) else str(row[c]) for c in columns) + '\n')
 
 
+def write_table(stem: str, rows: Sequence[Mapping]) -> str:
+  """Writes `rows` as `<stem>.md` (markdown) and `<stem>.tsv`; returns the markdown table."""
+  table = markdown_table(rows)
+  os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+  with open(f'{stem}.md', 'w', encoding='utf-8') as f:
+    f.write(table + '\n')
+  write_tsv(f'{stem}.tsv', rows)
+  return table
+
+
 def write_json(path: str, obj) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'w', encoding='utf-8') as f:

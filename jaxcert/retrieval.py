@@ -81,8 +81,8 @@ def embed_in_batches(embed: Callable, images, batch_size: int = 256, *,
     (N, k) np.ndarray of embeddings, in the order of `images`.
 
   Raises:
-    ValueError: `images` is empty, `batch_size` < 1, or the batch does not divide over
-      `sharding`'s devices.
+    ValueError: `images` is empty or `batch_size` < 1. (With `sharding`, the batch size
+      is rounded up to a multiple of its device count; the extra rows are padding.)
   """
   num_images = len(images)
   if num_images == 0:

@@ -108,11 +108,7 @@ def main(argv):
                for kind, queries, steps in (('qa', _QA_QUERIES.value, _QA_STEPS.value),
                                             ('ca', _CA_QUERIES.value, _CA_STEPS.value))}
     rows += [measured_row(name, results), paper_row(name)]
-  os.makedirs(_RESULTS.value, exist_ok=True)
-  table = report.markdown_table(rows)
-  with open(os.path.join(_RESULTS.value, 'table2_er_recall.md'), 'w', encoding='utf-8') as f:
-    f.write(table + '\n')
-  report.write_tsv(os.path.join(_RESULTS.value, 'table2_er_recall.tsv'), rows)
+  table = report.write_table(os.path.join(_RESULTS.value, 'table2_er_recall'), rows)
   print(table)
 
 

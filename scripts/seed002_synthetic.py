@@ -59,10 +59,7 @@ def main(argv):
                                f'{100 * row["adversarial_map@r_std"]:.1f}'})
     shutil.copy(os.path.join(workdir, 'certify_attack', 'nn_vs_eps.png'),
                 os.path.join(_RESULTS.value, f'nn_vs_eps_{variant}.png'))
-  table = report.markdown_table(rows)
-  with open(os.path.join(_RESULTS.value, 'synthetic.md'), 'w', encoding='utf-8') as f:
-    f.write(table + '\n')
-  report.write_tsv(os.path.join(_RESULTS.value, 'synthetic.tsv'), rows)
+  table = report.write_table(os.path.join(_RESULTS.value, 'synthetic'), rows)
   print(table)
 
 

@@ -91,11 +91,7 @@ def main(argv):
              'mean_bound_slack': result['mean_bound_slack'], 'lambda_max': result['lambda_max']}
       rows.append(row)
       print(row, flush=True)
-  os.makedirs(_RESULTS.value, exist_ok=True)
-  table = report.markdown_table(rows)
-  with open(os.path.join(_RESULTS.value, 'pairwise_attack.md'), 'w', encoding='utf-8') as f:
-    f.write(table + '\n')
-  report.write_tsv(os.path.join(_RESULTS.value, 'pairwise_attack.tsv'), rows)
+  table = report.write_table(os.path.join(_RESULTS.value, 'pairwise_attack'), rows)
   report.write_json(os.path.join(_RESULTS.value, 'results.json'), {'rows': rows, **summary})
   report.plot_curves(
       os.path.join(_RESULTS.value, 'success_vs_eps.png'),
