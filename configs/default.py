@@ -37,6 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.learning_rate = 1e-3  # Adam, seed 001
   config.lr_decay_epochs = (25, 42)
   config.lr_decay_factor = 0.1
+  config.grad_clip_norm = ml_collections.config_dict.placeholder(float)  # clip the global gradient norm; None: off
+  config.collapse_patience_steps = 50  # stop after this many steps of gradient exactly 0 at loss > 0; 0: off
 
   config.parallel = ml_collections.ConfigDict()
   config.parallel.num_devices = 1  # data-parallel over this many devices (training; certify.py mode ibp); -1 = all

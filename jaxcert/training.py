@@ -40,6 +40,10 @@ class TrainingDivergedError(RuntimeError):
   """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class TrainingCollapsedError(RuntimeError):
+  """The gradient stayed exactly 0 at a positive loss: the encoder is stuck (e.g. every ReLU dead)."""
+
+
 class TrainState(struct.PyTreeNode):
   """Everything a checkpoint holds.
 
@@ -87,7 +91,10 @@ def make_optimizer(config, num_train: int) -> optax.GradientTransformation:
 
   Seed 000 Sec. 4.3: beta is learnt with learning rate 5e-4 (`config.loss.beta_learning_rate`).
   Every other parameter (encoder, and any parameters a method adds, such as a classifier head)
-  follows the encoder's schedule.
+  follows the encoder's schedule. With `config.grad_clip_norm` set, the whole gradient is first
+  rescaled to at most that global L2 norm (`optax.clip_by_global_norm`), which keeps the first
+  steps of certified training, where interval widths are huge, from filling Adam's moments with
+  gradients thousands of times larger than the later ones.
   """
   beta_lr = config.loss.get('beta_learning_rate', 5e-4)
   def labels(params):
@@ -95,9 +102,15 @@ def make_optimizer(config, num_train: int) -> optax.GradientTransformation:
       is_beta = path[0].key == 'objective' and getattr(path[-1], 'key', None) == 'beta'
       return 'beta' if is_beta else 'model'
     return jax.tree_util.tree_map_with_path(label, params)
-  return optax.multi_transform(
+  adam = optax.multi_transform(
       {'model': optax.adam(learning_rate_schedule(config, num_train)), 'beta': optax.adam(beta_lr)},
       labels)
+  clip_norm = config.get('grad_clip_norm')
+  if clip_norm is None:
+    return adam
+  if not clip_norm > 0:
+    raise ValueError(f'config.grad_clip_norm must be > 0 (or None: no clipping), got {clip_norm}.')
+  return optax.chain(optax.clip_by_global_norm(clip_norm), adam)
 
 
 def build_model(config) -> nn.Module:
@@ -176,6 +189,35 @@ def _check_finite(step: int, step_metrics: dict, checkpoint_dir: str) -> None:
         f'in {checkpoint_dir}. Lower the learning rate or check the data, then rerun to resume.')
 
 
+class _CollapseDetector:
+  """Counts consecutive steps whose gradient is exactly 0 while the loss is positive.
+
+  A ReLU encoder whose units are all dead maps every image to one point: the metric loss sits at
+  its margin and no parameter ever moves again (seen in certified training of the Large CNN, seed
+  001, when eps ramps too fast). `config.collapse_patience_steps` such steps in a row stop training
+  with `TrainingCollapsedError`; 0 turns the check off.
+  """
+
+  def __init__(self, patience: int):
+    self.patience, self.first_step, self.count = patience, None, 0
+
+  def update(self, step: int, step_metrics: dict, checkpoint_dir: str) -> None:
+    if self.patience <= 0:
+      return
+    if step_metrics['grad_norm'] == 0 and step_metrics['loss'] > 0:
+      self.first_step = step if self.count == 0 else self.first_step
+      self.count += 1
+    else:
+      self.count = 0
+    if self.count >= self.patience:
+      raise TrainingCollapsedError(
+          f'Training collapsed: the gradient has been exactly 0 at loss {step_metrics["loss"]:.4g} for '
+          f'{self.count} steps (since step {self.first_step}); the encoder no longer changes (every '
+          'ReLU dead, all embeddings equal). Checkpoints saved before step '
+          f'{self.first_step} in {checkpoint_dir} predate it. Try a slower eps ramp '
+          '(config.certified.ramp_*_steps), config.grad_clip_norm, or a lower learning rate.')
+
+
 def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn.Module, TrainState]:
   """Trains (or resumes training) the encoder of `config`; returns `(model, final state)`."""
   os.makedirs(workdir, exist_ok=True)
@@ -214,6 +256,7 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
                        dynamic_ncols=True, disable=not (config.get('progress_bar', True) and parallel.is_primary()))
   pending = None  # metrics of the previous step, fetched one step behind so the host never waits.
   meter = _Throughput()
+  collapse = _CollapseDetector(config.get('collapse_patience_steps', 0))
   try:
     for step in range(start_step, num_steps):
       idx = batch_indices(config, train_labels, step)[local_rows]
@@ -221,13 +264,13 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
       labels = parallel.global_batch(train_labels[idx], mesh, config.batch_size)
       state, step_metrics = train_step(state, images, labels, jax.random.fold_in(base_key, step))
       if pending is not None:
-        _report(pending, config, writer, progress, meter, checkpoint_dir)
+        _report(pending, config, writer, progress, meter, checkpoint_dir, collapse)
       pending = (step, step_metrics)
       meter.images += config.batch_size
       progress.update(1)
       if (step + 1) % config.checkpoint_every_steps == 0 or step + 1 == num_steps:
         # The loss is checked before saving, so a diverged state never overwrites a good checkpoint.
-        _report(pending, config, writer, progress, meter, checkpoint_dir, force=True)
+        _report(pending, config, writer, progress, meter, checkpoint_dir, collapse, force=True)
         pending = None
         checkpointing.save(mngr, step + 1, state)
   finally:
@@ -274,8 +317,8 @@ class _Throughput:
     return rate
 
 
-def _report(pending, config, writer, progress, meter, checkpoint_dir, force=False):
-  """Checks that the loss of a finished step is finite; logs it every `log_every_steps`."""
+def _report(pending, config, writer, progress, meter, checkpoint_dir, collapse, force=False):
+  """Checks a finished step (finite loss, not collapsed); logs it every `log_every_steps`."""
   step, step_metrics = pending
   host_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
   _check_finite(step, host_metrics, checkpoint_dir)
@@ -283,6 +326,7 @@ def _report(pending, config, writer, progress, meter, checkpoint_dir, force=Fals
     images_per_second = meter.rate_and_reset()
     writer.write({'step': step, **host_metrics, 'images_per_second': images_per_second})
     progress.set_postfix(loss=f'{host_metrics["loss"]:.4f}', img_s=f'{images_per_second:.0f}')
+  collapse.update(step, host_metrics, checkpoint_dir)
 
 
 def load_trained(config, workdir: str, dataset: data.Dataset | None = None):

@@ -108,6 +108,51 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(variables))
 
 
+def test_dead_encoder_stops_as_collapsed(tmp_path):
+  """An encoder whose first-layer ReLUs are all dead maps every image to its last bias: the triplet
+  loss sits at its margin with a gradient of exactly 0, which the loop must report, not train on."""
+  config = tiny_config(num_steps=30, collapse_patience_steps=5)
+  state = training.create_train_state(config, training.build_model(config), (28, 28, 1), 6000, 10)
+  model_params = dict(state.params['model'])
+  model_params['conv1'] = {**model_params['conv1'], 'bias': model_params['conv1']['bias'] - 1e3}
+  mngr = checkpointing.manager(str(tmp_path / 'dead' / 'checkpoints'))
+  checkpointing.save(mngr, 1, state.replace(params={**state.params, 'model': model_params}))
+  mngr.wait_until_finished()
+  mngr.close()
+  config.init_from = str(tmp_path / 'dead')
+  with pytest.raises(training.TrainingCollapsedError, match='exactly 0 .* for 5 steps .since step 0'):
+    training.train(config, str(tmp_path / 'run'))
+
+
+def test_collapse_detector_needs_consecutive_zero_gradients_at_positive_loss():
+  detector = training._CollapseDetector(patience=3)
+  for step, (loss, grad_norm) in enumerate([(1., 0.), (1., 0.), (1., 2.), (0., 0.), (0., 0.), (0., 0.),
+                                            (1., 0.), (1., 0.)]):
+    detector.update(step, {'loss': loss, 'grad_norm': grad_norm}, 'ckpt')  # never 3 in a row
+  with pytest.raises(training.TrainingCollapsedError, match='since step 6'):
+    detector.update(8, {'loss': 1., 'grad_norm': 0.}, 'ckpt')
+  training._CollapseDetector(patience=0).update(0, {'loss': 1., 'grad_norm': 0.}, 'ckpt')  # off
+
+
+def test_gradient_clipping_bounds_the_global_norm_before_adam():
+  """With grad_clip_norm = 1, a gradient 1000 u (|u| = 1) is clipped to u, so Adam's steps after
+  (1000 u, u) equal its steps after (u, u) without clipping; unclipped they differ."""
+  params = {'model': {'w': jax.numpy.zeros(4)}, 'objective': {}}
+  unit = {'model': {'w': jax.numpy.full(4, 0.5)}, 'objective': {}}
+  big = jax.tree.map(lambda g: 1000 * g, unit)
+  def updates(config, gradients):
+    tx = training.make_optimizer(config, 6000)
+    opt_state = tx.init(params)
+    for g in gradients:
+      update, opt_state = tx.update(g, opt_state, params)
+    return np.asarray(update['model']['w'])
+  clipped = updates(tiny_config(grad_clip_norm=1.0), [big, unit])
+  np.testing.assert_allclose(clipped, updates(tiny_config(), [unit, unit]), rtol=1e-6)
+  assert not np.allclose(updates(tiny_config(), [big, unit]), clipped, rtol=1e-2)
+  with pytest.raises(ValueError, match='grad_clip_norm must be > 0'):
+    training.make_optimizer(tiny_config(grad_clip_norm=0.0), 6000)
+
+
 @pytest.mark.parametrize('key,value,message', [
     ('data.name', 'imagenet9', 'embedded'),
     ('model.name', 'vgg', 'small_cnn'),
