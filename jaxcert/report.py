@@ -83,3 +83,50 @@ def plot_curves(path: str, curves: Mapping[str, tuple[Sequence[float], Sequence[
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path)
   plt.close(fig)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The records of a JSON-lines file (training's metrics.jsonl), one dict per line."""
+  with open(path, encoding='utf-8') as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_training_curves(path: str, runs: Mapping[str, Sequence[Mapping]], *,
+                         skip: Sequence[str] = ('step', 'images_per_second')) -> list[str]:
+  """One PNG, a panel per logged metric against the step, a line per run.
+
+  `runs[name]` holds a run's metrics.jsonl records. A panel whose positive values span more
+  than a factor of 100 (gradient norms and interval regularisers early in certified training)
+  has a log axis. Returns the metric names plotted.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  keys = sorted({key for records in runs.values() for record in records for key in record
+                 if key not in skip and isinstance(record[key], (int, float))})
+  if not keys:
+    raise ValueError('No metrics to plot: the runs logged no numeric values besides the step.')
+  columns = min(3, len(keys))
+  rows = -(-len(keys) // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), dpi=110,
+                           squeeze=False)
+  for ax, key in zip(axes.flat, keys):
+    positive = []
+    for name, records in runs.items():
+      points = [(r['step'], r[key]) for r in records if key in r]
+      ax.plot([p[0] for p in points], [p[1] for p in points], linewidth=1, label=name)
+      positive += [p[1] for p in points if p[1] > 0]
+    if positive and max(positive) > 100 * min(positive):
+      ax.set_yscale('log')
+    ax.set_title(key, fontsize=9)
+    ax.set_xlabel('step', fontsize=8)
+    ax.grid(alpha=0.3)
+  for ax in axes.flat[len(keys):]:
+    ax.axis('off')
+  if len(runs) > 1:
+    axes.flat[0].legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path)
+  plt.close(fig)
+  return keys

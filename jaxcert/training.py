@@ -34,6 +34,7 @@ from jaxcert import metrics as metrics_lib
 from jaxcert import models
 from jaxcert import objectives
 from jaxcert import parallel
+from jaxcert import report
 
 
 class TrainingDivergedError(RuntimeError):
@@ -278,6 +279,10 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
     writer.close()
     mngr.wait_until_finished()
     mngr.close()
+  records = report.read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if parallel.is_primary() else []
+  if records:
+    report.plot_training_curves(os.path.join(workdir, 'training_curves.png'),
+                                {os.path.basename(os.path.normpath(workdir)): records})
   return model, state
 
 
@@ -379,7 +384,8 @@ def format_results_table(results: dict) -> str:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains the config's encoder in `workdir` (resuming if possible) and evaluates retrieval.
 
-  Writes `workdir/metrics.jsonl` (training curves), `workdir/checkpoints/`, `workdir/config.json`,
+  Writes `workdir/metrics.jsonl` (training curves; plotted in `training_curves.png`),
+  `workdir/checkpoints/`, `workdir/config.json`,
   `workdir/results.json` and `workdir/results.md`.
 
   Returns:

@@ -57,6 +57,16 @@ def test_train_and_evaluate_writes_results(tmp_path):
   assert all(np.isfinite(l['loss']) and l['images_per_second'] > 0 for l in lines)
   assert json.load(open(tmp_path / 'results.json')) == results
   assert '| model |' in open(tmp_path / 'results.md').read()
+  assert (tmp_path / 'training_curves.png').stat().st_size > 0
+  # The comparison script overlays runs; a directory without metrics.jsonl is a clear error.
+  script = [sys.executable, os.path.join(REPO, 'scripts/plot_training.py')]
+  done = subprocess.run(script + [str(tmp_path), str(tmp_path), '--out', str(tmp_path / 'both.png'),
+                                  '--metrics', 'loss,grad_norm'],
+                        cwd=REPO, capture_output=True, text=True, check=True)
+  assert 'grad_norm, loss for 2 run(s)' in done.stdout and (tmp_path / 'both.png').exists()
+  missing = subprocess.run(script + [str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'x.png')],
+                           cwd=REPO, capture_output=True, text=True)
+  assert missing.returncode == 2 and 'metrics.jsonl does not exist' in missing.stderr
 
 
 def test_resume_after_kill_gives_same_parameters(tmp_path):
