@@ -154,9 +154,12 @@ def test_rank_bounds_match_brute_force_for_any_blocks(block_size, candidate_bloc
     assert np.all(np.asarray(lower) <= rank) and np.all(rank <= np.asarray(upper))
 
 
-def test_zero_radius_gives_exact_ranks_and_cr_recall_equals_recall():
-  query_emb = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
-  candidate_emb = np.random.default_rng(1).normal(size=(30, 4)).astype(np.float32)
+@pytest.mark.parametrize('scale', [1.0, 1e-4])
+def test_zero_radius_gives_exact_ranks_and_cr_recall_equals_recall(scale):
+  # At scale 1e-4 neighbour distances (~1e-4) are ten times an absolute 1e-5 slack: the slack must
+  # scale with the embeddings for eps = 0 to certify every clean ranking.
+  query_emb = scale * np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+  candidate_emb = scale * np.random.default_rng(1).normal(size=(30, 4)).astype(np.float32)
   bounds = br.rank_bounds(query_emb, query_emb, query_emb, candidate_emb, candidate_emb,
                           candidate_emb, 10, block_size=8, candidate_block_size=8)
   rank = np.broadcast_to(np.arange(1, 11), (20, 10))
@@ -169,6 +172,29 @@ def test_zero_radius_gives_exact_ranks_and_cr_recall_equals_recall():
   for attack in br.ATTACKS:
     np.testing.assert_array_equal(
         certified[attack], np.stack([hits[:, :k].any(1) for k in (1, 5, 10)], 1))
+
+
+def test_rank_bounds_are_invariant_to_scaling_the_encoder():
+  """c f has the rankings and interval boxes of f scaled by c (c > 0), so every rank bound must be
+  the same; c a power of two scales every float exactly. Clustered embeddings (spread 1e-3 around
+  one point) with boxes of comparable width make many comparisons near-ties of the slack."""
+  rng = np.random.default_rng(3)
+  centre = rng.normal(size=(1, 6)).astype(np.float32)
+  def boxes(num):
+    emb = centre + 1e-3 * rng.normal(size=(num, 6)).astype(np.float32)
+    radius = rng.uniform(0, 2e-4, (num, 6)).astype(np.float32)
+    return emb, emb - radius, emb + radius
+  query, candidate = boxes(40), boxes(60)
+  reference = br.rank_bounds(*query, *candidate, 10, block_size=16, candidate_block_size=16)
+  for c in (2.0 ** -12, 2.0 ** 10):
+    scaled = br.rank_bounds(*(c * a for a in query), *(c * a for a in candidate), 10,
+                            block_size=16, candidate_block_size=16)
+    for got, want in zip(scaled, reference):
+      np.testing.assert_array_equal(got, want)
+  # The slack does matter here: without it more ranks are pinned.
+  unslacked = br.rank_bounds(*query, *candidate, 10, block_size=16, candidate_block_size=16,
+                             distance_slack=0.)
+  assert np.sum(unslacked.query_attack_upper) < np.sum(reference.query_attack_upper)
 
 
 def test_verify_and_cr_recall_with_alpha_k_minus_rank():

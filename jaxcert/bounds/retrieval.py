@@ -19,9 +19,12 @@ pixel box [0, 1]:
 Derivations, including why Eq. 11 must use d_q(c), are in docs/bounds.md §10-12.
 
 Floating point. Interval bounds are computed with round-to-nearest like the forward pass (sound up
-to rounding, docs/bounds.md §1). Before any comparison the distance bounds are widened by
-`distance_slack * (1 + d)` (relative and absolute 1e-5 by default), far above float32 rounding of
-the embeddings and far below the bound widths that decide a certificate, so a near-tie is never
+to rounding, docs/bounds.md §1). Before any comparison the bounds of a distance between a box B
+and a point y are widened by `distance_slack * (||B|| + ||y||)` (1e-5 by default), ||B|| the norm
+of the box's largest corner magnitudes max(|lower|, |upper|): float32 rounding is relative to the
+magnitudes of the numbers rounded, so the slack scales with them (multiplying the encoder by any
+c > 0 leaves every certificate unchanged); it is far above float32 rounding (about 1e-7 of those
+magnitudes) and far below the bound widths that decide a certificate, so a near-tie is never
 certified on rounding noise.
 """
 
@@ -136,10 +139,20 @@ def distance_bounds(lower, upper, points) -> tuple[jax.Array, jax.Array]:
   return _safe_sqrt(min_sq), _safe_sqrt(max_sq)
 
 
-def _widen(min_distance, max_distance, slack):
-  """Distance bounds widened by `slack * (1 + d)` on each side (module docstring)."""
-  return (jnp.maximum(min_distance - slack * (1 + min_distance), 0.),
-          max_distance + slack * (1 + max_distance))
+def _box_magnitude(lower, upper):
+  """||max(|lower|, |upper|)|| over the last axis: the norm of the box's largest corner magnitudes."""
+  return jnp.linalg.norm(jnp.maximum(jnp.abs(lower), jnp.abs(upper)), axis=-1)
+
+
+def _widened_distance_bounds(lower, upper, points, box_magnitude, point_norm, slack):
+  """`distance_bounds`, each side widened by `slack * (||B|| + ||y||)` (module docstring).
+
+  Every distance between a point of the box B and y is at most ||B|| + ||y||, so the widening
+  is at least `slack` times the distances themselves.
+  """
+  min_distance, max_distance = distance_bounds(lower, upper, points)
+  widening = slack * (box_magnitude + point_norm)
+  return jnp.maximum(min_distance - widening, 0.), max_distance + widening
 
 
 class RankBounds(NamedTuple):
@@ -174,25 +187,31 @@ def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_l
                  candidate_upper, slack, *, k: int, block_size: int, candidate_block_size: int):
   num_candidates = candidate_emb.shape[0]
   candidate_block_size = min(candidate_block_size, num_candidates)
-  candidate_blocks = _cut_into_blocks((candidate_emb, candidate_lower, candidate_upper),
-                                      candidate_block_size)
+  candidate_norm = jnp.linalg.norm(candidate_emb, axis=-1)
+  candidate_magnitude = _box_magnitude(candidate_lower, candidate_upper)
+  candidate_blocks = _cut_into_blocks((candidate_emb, candidate_lower, candidate_upper,
+                                       candidate_norm, candidate_magnitude), candidate_block_size)
 
   def per_query_block(sq, index, q_emb, q_lower, q_upper):
     del sq  # The clean ranking is `index`.
+    q_norm = jnp.linalg.norm(q_emb, axis=-1)[:, None]
+    q_magnitude = _box_magnitude(q_lower, q_upper)[:, None]
     # Distance bounds between each query and its top-k c^: QA boxes the query (d_c^(q)), CA boxes
     # the candidate (d_q(c^)).
-    qa_top_min, qa_top_max = _widen(*distance_bounds(
-        q_lower[:, None], q_upper[:, None], candidate_emb[index]), slack)
-    ca_top_min, ca_top_max = _widen(*distance_bounds(
-        candidate_lower[index], candidate_upper[index], q_emb[:, None]), slack)
+    qa_top_min, qa_top_max = _widened_distance_bounds(
+        q_lower[:, None], q_upper[:, None], candidate_emb[index], q_magnitude,
+        candidate_norm[index], slack)
+    ca_top_min, ca_top_max = _widened_distance_bounds(
+        candidate_lower[index], candidate_upper[index], q_emb[:, None],
+        candidate_magnitude[index], q_norm, slack)
 
     def count_candidate_block(counts, block):
-      (c_emb, c_lower, c_upper), start = block
+      (c_emb, c_lower, c_upper, c_norm, c_magnitude), start = block
       valid = start + jnp.arange(candidate_block_size) < num_candidates
-      qa_min, qa_max = _widen(*distance_bounds(q_lower[:, None], q_upper[:, None], c_emb[None]),
-                              slack)
-      ca_min, ca_max = _widen(*distance_bounds(c_lower[None], c_upper[None], q_emb[:, None]),
-                              slack)
+      qa_min, qa_max = _widened_distance_bounds(q_lower[:, None], q_upper[:, None], c_emb[None],
+                                                q_magnitude, c_norm[None], slack)
+      ca_min, ca_max = _widened_distance_bounds(c_lower[None], c_upper[None], q_emb[:, None],
+                                                c_magnitude[None], q_norm, slack)
 
       # One candidate c (a column of the block) at a time, the four counts as separate carries:
       # on CPU this ran 70x faster than reducing a (B, k, block) broadcast over its last axis.
