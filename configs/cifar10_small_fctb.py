@@ -1,6 +1,6 @@
 """Seed 001 TBT+FCTB (Eq. 21, TBT fine-tuned on the candidates), CIFAR-10, Small CNN (configs/seed001.py).
 
-  # First train runs/cifar10_small_tbt with configs/cifar10_small_tbt.py (config.init_from; certify.py reads it too).
+  # First train runs/cifar10_small_tbt with configs/cifar10_small_tbt.py (config.init_from).
   python train.py --config configs/cifar10_small_fctb.py --workdir runs/cifar10_small_fctb
   python certify.py --config configs/cifar10_small_fctb.py --config.checkpoint=runs/cifar10_small_fctb
 """

@@ -1,6 +1,6 @@
 """Seed 001 TBT+FCTB (Eq. 21, TBT fine-tuned on the candidates), MNIST, Large CNN (configs/seed001.py).
 
-  # First train runs/mnist_large_tbt with configs/mnist_large_tbt.py (config.init_from; certify.py reads it too).
+  # First train runs/mnist_large_tbt with configs/mnist_large_tbt.py (config.init_from).
   python train.py --config configs/mnist_large_fctb.py --workdir runs/mnist_large_fctb \
       --config.data.name=idx --config.data.data_dir=/work/data/mnist
   python certify.py --config configs/mnist_large_fctb.py --config.checkpoint=runs/mnist_large_fctb \

@@ -43,7 +43,9 @@ def restore_or_init(mngr: ocp.CheckpointManager, init_state: Any) -> tuple[Any, 
 def restore_latest_raw(directory: str) -> dict:
   """The newest checkpoint under `directory` as nested dicts of numpy arrays (no target structure).
 
-  For reading another run's checkpoint whose train state differs from ours (fine-tuning).
+  For reading another run's checkpoint whose train state differs from ours (fine-tuning,
+  certification). Arrays saved sharded over devices this process lacks (another mesh, another
+  host count) are read onto the default device.
   """
   _check_directory(directory)
   mngr = manager(directory)
@@ -51,7 +53,8 @@ def restore_latest_raw(directory: str) -> dict:
   if latest is None:
     mngr.close()
     raise FileNotFoundError(f'{directory!r} holds no checkpoint.')
-  restored = mngr.restore(latest, args=ocp.args.StandardRestore())
+  fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  restored = mngr.restore(latest, args=ocp.args.StandardRestore(fallback_sharding=fallback))
   mngr.close()
   return restored
 
@@ -61,14 +64,3 @@ def _check_directory(directory: str) -> None:
     raise FileNotFoundError(
         f'No checkpoint directory {directory!r}. Train first: '
         'python train.py --config configs/<name>.py --workdir <dir> (checkpoints go to <dir>/checkpoints).')
-
-
-def restore_latest(directory: str, init_state: Any) -> Any:
-  """Restores the newest checkpoint under `directory`; raises FileNotFoundError if there is none."""
-  _check_directory(directory)
-  mngr = manager(directory)
-  state, restored = restore_or_init(mngr, init_state)
-  mngr.close()
-  if not restored:
-    raise FileNotFoundError(f'{directory!r} holds no checkpoint.')
-  return state

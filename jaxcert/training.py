@@ -286,27 +286,35 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
   return model, state
 
 
+def restore_encoder(workdir: str, target: dict) -> dict:
+  """The encoder `{'model': params, 'batch_stats': ...}` of `workdir`'s newest checkpoint.
+
+  Only the encoder is read, whatever else the train state held (optimiser, gradient clipping, a
+  method's head or frozen reference encoder), so any run's encoder can be certified or fine-tuned
+  under any training settings; `target` (arrays or `jax.ShapeDtypeStruct`s) gives the expected
+  shapes and dtypes.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no checkpoint.
+    ValueError: its encoder has other shapes than `target`'s.
+  """
+  restored = checkpointing.restore_latest_raw(os.path.join(workdir, 'checkpoints'))
+  source = {'model': restored['params']['model'], 'batch_stats': restored.get('batch_stats') or {}}
+  if jax.tree.map(np.shape, source) != jax.tree.map(np.shape, target):
+    raise ValueError(f'The encoder in {workdir} does not match config.model (parameter shapes differ); '
+                     'it needs a checkpoint of the same architecture and embedding size.')
+  return jax.tree.map(lambda s, t: jnp.asarray(s, t.dtype), source, target)
+
+
 def initialize_from(state: TrainState, workdir: str) -> TrainState:
   """`state` with the encoder (parameters and BatchNorm statistics) of `workdir`'s newest checkpoint.
 
   Fine-tuning (FCTB of seed 001, Eq. 21, starts from a TBT-trained encoder) starts from another
   run's encoder, whatever method trained it; the step, the optimiser and the method's own
-  parameters start afresh.
-
-  Raises:
-    FileNotFoundError: `workdir` holds no checkpoint.
-    ValueError: its encoder has other shapes than this config's.
+  parameters start afresh. Raises as `restore_encoder`.
   """
-  restored = checkpointing.restore_latest_raw(os.path.join(workdir, 'checkpoints'))
-  source = {'model': restored['params']['model'], 'batch_stats': restored.get('batch_stats') or {}}
-  target = {'model': state.params['model'], 'batch_stats': state.batch_stats}
-  source_shapes = jax.tree.map(np.shape, source)
-  target_shapes = jax.tree.map(np.shape, target)
-  if source_shapes != target_shapes:
-    raise ValueError(f'The encoder in {workdir} does not match config.model (parameter shapes differ); '
-                     'init_from needs a checkpoint of the same architecture and embedding size.')
-  cast = jax.tree.map(lambda s, t: jnp.asarray(s, t.dtype), source, target)
-  return state.replace(params={**state.params, 'model': cast['model']}, batch_stats=cast['batch_stats'])
+  encoder = restore_encoder(workdir, {'model': state.params['model'], 'batch_stats': state.batch_stats})
+  return state.replace(params={**state.params, 'model': encoder['model']}, batch_stats=encoder['batch_stats'])
 
 
 class _Throughput:
@@ -337,16 +345,18 @@ def _report(pending, config, writer, progress, meter, checkpoint_dir, collapse, 
 def load_trained(config, workdir: str, dataset: data.Dataset | None = None):
   """The encoder and variables of the newest checkpoint in `workdir/checkpoints`.
 
+  Reads only the encoder (`restore_encoder`): the training settings of `config` (optimiser,
+  gradient clipping, method) need not match the run's.
+
   Returns:
     `(model, variables, dataset)`.
   """
   dataset = dataset if dataset is not None else data.load_dataset(config.data)
   image_shape = tuple(dataset.train.images.shape[1:])
   model = build_model(config)
-  init_state = create_train_state(config, model, image_shape, len(dataset.train.labels),
-                                  dataset.num_classes)
-  state = checkpointing.restore_latest(os.path.join(workdir, 'checkpoints'), init_state)
-  return model, state.variables(), dataset
+  shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), image_shape))
+  encoder = restore_encoder(workdir, {'model': shapes['params'], 'batch_stats': shapes.get('batch_stats', {})})
+  return model, objectives.base.model_variables(encoder['model'], encoder['batch_stats']), dataset
 
 
 def query_candidate_sets(config, dataset: data.Dataset):

@@ -32,9 +32,7 @@ for method in triplet cibp tbt; do
   python certify.py --config configs/fmnist_large_$method.py \
       --config.checkpoint=$RUNS/fmnist_large_$method $FM
 done
-# FCTB's train state holds its frozen reference encoder f0: restoring it reads init_from again.
-python certify.py --config configs/fmnist_large_fctb.py --config.checkpoint=$RUNS/fmnist_large_fctb \
-    --config.init_from=$RUNS/fmnist_large_tbt $FM
+python certify.py --config configs/fmnist_large_fctb.py --config.checkpoint=$RUNS/fmnist_large_fctb $FM
 python scripts/seed001_report.py fmnist:triplet=$RUNS/fmnist_large_triplet \
     fmnist:cibp=$RUNS/fmnist_large_cibp fmnist:tbt=$RUNS/fmnist_large_tbt \
     fmnist:fctb=$RUNS/fmnist_large_fctb --out results/seed001/tables.md
