@@ -190,6 +190,17 @@ def test_wrong_image_shape_for_model(tmp_path):
     training.train_and_evaluate(config, str(tmp_path))
 
 
+def test_load_trained_reads_the_encoder_whatever_the_training_settings(tmp_path):
+  """A run trained with gradient clipping (another optimiser state) loads under a config without
+  it, as certify.py does with an experiment's config."""
+  clipped = tiny_config(num_steps=4, grad_clip_norm=1.0)
+  training.train(clipped, str(tmp_path))
+  for a, b in zip(final_params(str(tmp_path), clipped), final_params(str(tmp_path), tiny_config())):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match='does not match config.model'):
+    training.load_trained(tiny_config(**{'model.embedding_dim': 8}), str(tmp_path))
+
+
 def test_load_trained_without_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='Train first'):
     training.load_trained(tiny_config(), str(tmp_path / 'empty'))
