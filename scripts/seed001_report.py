@@ -3,6 +3,9 @@
 Reads `<run>/certify_ibp/results.json` (certify.py mode 'ibp') and `<run>/config.json` of every
 run given as `dataset:method=RUN_DIR`, and prints (or writes with --out) one markdown table per
 paper table, our value first and the paper's in parentheses, with each run's training budget.
+The paper's tables are for the Large CNN: Small-CNN runs (read from config.json) get no paper
+value (its Small results are in an appendix our copy lacks). A (dataset, method) may appear more
+than once (e.g. Large and Small).
 
   python scripts/seed001_report.py fmnist:triplet=/work/runs/fmnist_large_triplet \
       fmnist:tbt=/work/runs/fmnist_large_tbt --out results/seed001/tables.md
@@ -17,6 +20,7 @@ from jaxcert import report
 KS = (1, 10, 20, 40)
 METHOD_NAMES = {'triplet': 'Triplet', 'cibp': 'C-IBP', 'tbt': 'TBT', 'fctb': 'TBT+FCTB'}
 DATASET_NAMES = {'mnist': 'MNIST', 'fmnist': 'FMNIST'}
+MODEL_NAMES = {'large_cnn': 'Large', 'small_cnn': 'Small'}
 
 # Seed 001 Table 1 (Recall@K, Large) and Table 2 (CR-Recall@K, Large; eps = 0.2), K = 1, 10, 20, 40.
 PAPER_RECALL = {
@@ -51,29 +55,41 @@ def _budget(run_dir: str) -> str:
     certified = config['certified']
     text += (f', eps ramp {certified["ramp_start_steps"]}-{certified["ramp_end_steps"]}, '
              f'kappa {certified["kappa"]}')
+  if config.get('grad_clip_norm'):
+    text += f', gradient norm clipped at {config["grad_clip_norm"]:g}'
   if config.get('init_from'):
     text += f', from {os.path.basename(os.path.normpath(config["init_from"]))}'
   return text
 
 
-def tables(runs: dict) -> str:
-  """Markdown of both tables for `runs = {(dataset, method): run_dir}`."""
+def _with_paper(ours: float, paper: float, is_large: bool) -> str:
+  return f'{ours:.2f} ({paper:.2f})' if is_large else f'{ours:.2f}'
+
+
+def tables(runs: list) -> str:
+  """Markdown of both tables for `runs = [(dataset, method, run_dir), ...]`."""
   recall_rows, cr_rows, budget_rows = [], [], []
-  for (dataset, method), run_dir in runs.items():
+  for dataset, method, run_dir in runs:
     with open(os.path.join(run_dir, 'certify_ibp', 'results.json'), encoding='utf-8') as f:
       results = json.load(f)
-    name = {'dataset': DATASET_NAMES[dataset], 'method': METHOD_NAMES[method]}
+    with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
+      model_name = json.load(f)['model']['name']
+    is_large = model_name == 'large_cnn'
+    name = {'dataset': DATASET_NAMES[dataset], 'model': MODEL_NAMES.get(model_name, model_name),
+            'method': METHOD_NAMES[method]}
     recall_rows.append({**name, **{
-        f'R@{k}': f'{results[f"recall@{k}"]:.2f} ({paper:.2f})'
+        f'R@{k}': _with_paper(results[f'recall@{k}'], paper, is_large)
         for k, paper in zip(KS, PAPER_RECALL[dataset, method])}})
     cr_rows.append({**name, **{
-        f'{attack.upper()}@{k}': f'{results[f"cr_recall_{attack}@{k}"]:.2f} ({paper:.2f})'
+        f'{attack.upper()}@{k}': _with_paper(results[f'cr_recall_{attack}@{k}'], paper, is_large)
         for attack, papers in (('qa', PAPER_CR_QA), ('ca', PAPER_CR_CA))
         for k, paper in zip(KS, papers[dataset, method])}})
     budget_rows.append({**name, 'run': os.path.basename(os.path.normpath(run_dir)),
                         'training': _budget(run_dir), 'eps': results['eps']})
-  return ('Recall@K, ours (seed 001 Table 1):\n\n' + report.markdown_table(recall_rows)
-          + '\n\nCR-Recall@K at eps = 0.2, ours (seed 001 Table 2), QA then CA:\n\n'
+  return ('Recall@K, ours (seed 001 Table 1, Large CNN, in parentheses):\n\n'
+          + report.markdown_table(recall_rows)
+          + '\n\nCR-Recall@K at eps = 0.2, ours (seed 001 Table 2, Large CNN, in parentheses), '
+          'QA then CA:\n\n'
           + report.markdown_table(cr_rows) + '\n\nRuns:\n\n' + report.markdown_table(budget_rows)
           + '\n')
 
@@ -83,14 +99,14 @@ def main(argv=None) -> str:
   parser.add_argument('runs', nargs='+', help='dataset:method=RUN_DIR, e.g. fmnist:tbt=runs/x')
   parser.add_argument('--out', default=None, help='markdown file to write (default: print only)')
   args = parser.parse_args(argv)
-  runs = {}
+  runs = []
   for item in args.runs:
     key, _, run_dir = item.partition('=')
     dataset, _, method = key.partition(':')
     if (dataset, method) not in PAPER_RECALL or not run_dir:
       parser.error(f'expected dataset:method=RUN_DIR with dataset in {sorted(DATASET_NAMES)} and '
                    f'method in {sorted(METHOD_NAMES)}, got {item!r}')
-    runs[dataset, method] = run_dir
+    runs.append((dataset, method, run_dir))
   text = tables(runs)
   print(text)
   if args.out:

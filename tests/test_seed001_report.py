@@ -1,0 +1,36 @@
+"""scripts/seed001_report.py: our numbers beside the paper's, Large rows only; Small rows bare."""
+
+import json
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'scripts'))
+
+import seed001_report  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _fake_run(path, model, method, value):
+  os.makedirs(path / 'certify_ibp')
+  os.makedirs(path / 'checkpoints' / '300')
+  config = {'num_steps': 300, 'num_epochs': 100, 'method': method, 'model': {'name': model},
+            'certified': {'ramp_start_steps': 0, 'ramp_end_steps': 200, 'kappa': 0.5},
+            'grad_clip_norm': 10.0, 'init_from': '/runs/triplet_step1500'}
+  (path / 'config.json').write_text(json.dumps(config))
+  results = {'eps': 0.2, **{f'recall@{k}': value for k in seed001_report.KS},
+             **{f'cr_recall_{a}@{k}': value / 2 for a in ('qa', 'ca') for k in seed001_report.KS}}
+  (path / 'certify_ibp' / 'results.json').write_text(json.dumps(results))
+  return str(path)
+
+
+def test_tables_show_paper_values_for_large_only(tmp_path):
+  large = _fake_run(tmp_path / 'large', 'large_cnn', 'tbt', 0.5)
+  small = _fake_run(tmp_path / 'small', 'small_cnn', 'tbt', 0.4)
+  text = seed001_report.main([f'fmnist:tbt={large}', f'fmnist:tbt={small}',
+                              '--out', str(tmp_path / 'tables.md')])
+  assert text == (tmp_path / 'tables.md').read_text()
+  assert '| FMNIST | Large | TBT | 0.50 (0.62) | 0.50 (0.93) |' in text  # paper Table 1 TBT
+  assert '| FMNIST | Large | TBT | 0.25 (0.02) | 0.25 (0.20) |' in text  # paper Table 2 QA
+  assert '| FMNIST | Small | TBT | 0.40 | 0.40 | 0.40 | 0.40 |' in text
+  assert ('300 steps planned, checkpoint of step 300 certified, eps ramp 0-200, kappa 0.5, '
+          'gradient norm clipped at 10, from triplet_step1500') in text
