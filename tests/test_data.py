@@ -329,6 +329,14 @@ def test_tfds_not_prepared_says_how_to_prepare(tmp_path, name, tfds_name):
   assert 'array_record' in str(error.value) and '.[tfds]' in str(error.value)
 
 
+def test_tfds_default_data_dir_not_prepared_says_how_to_prepare(tmp_path, monkeypatch):
+  # No data_dir: tfds looks in ~/tensorflow_datasets, where it finds metadata but no splits.
+  monkeypatch.setenv('HOME', str(tmp_path))
+  monkeypatch.delenv('TFDS_DATA_DIR', raising=False)
+  with pytest.raises(FileNotFoundError, match='tfds build fashion_mnist'):
+    data.load_dataset({'name': 'fashion_mnist'})
+
+
 def test_resize_and_centre_crop_keeps_the_centre():
   image = np.zeros((300, 400, 3), np.uint8)
   image[100:200, 150:250] = 200  # a centred square, a third of the height

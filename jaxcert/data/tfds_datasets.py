@@ -90,7 +90,8 @@ def open_data_source(name: str, split: str, data_dir: str | None, decoders=None)
   data_dir = os.path.expanduser(data_dir) if data_dir else None
   try:
     return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False, decoders=decoders)
-  except (NotImplementedError, AssertionError, FileNotFoundError, ValueError) as error:
+  # KeyError: tfds knows the dataset (bundled metadata) but finds no generated splits.
+  except (NotImplementedError, AssertionError, FileNotFoundError, ValueError, KeyError) as error:
     prepared = tfds.builder(tfds_name, data_dir=data_dir).is_prepared()
     raise FileNotFoundError(preparation_message(name, data_dir, prepared_in_other_format=prepared)) from error
 
