@@ -61,13 +61,27 @@ def _json_default(value):
   raise TypeError(f'Not JSON serialisable: {type(value)}')
 
 
+def _pyplot():
+  """matplotlib.pyplot on the non-interactive Agg backend (imported on first use: plots are optional)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _save_figure(plt, fig, path: str) -> None:
+  """Lays out `fig`, writes it to `path` (directories created) and closes it."""
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path)
+  plt.close(fig)
+
+
 def plot_curves(path: str, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
                 xlabel: str, ylabel: str, title: str = '', ylim: tuple[float, float] | None = (0.0, 1.0),
                 marker: str = 'o') -> None:
   """One PNG with a line per curve: `curves[name] = (xs, ys)`."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
   for name, (xs, ys) in curves.items():
     ax.plot(xs, ys, marker=marker, markersize=3, label=name)
@@ -79,10 +93,7 @@ def plot_curves(path: str, curves: Mapping[str, tuple[Sequence[float], Sequence[
     ax.set_ylim(*ylim)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path)
-  plt.close(fig)
+  _save_figure(plt, fig, path)
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -99,9 +110,7 @@ def plot_training_curves(path: str, runs: Mapping[str, Sequence[Mapping]], *,
   than a factor of 100 (gradient norms and interval regularisers early in certified training)
   has a log axis. Returns the metric names plotted.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   keys = sorted({key for records in runs.values() for record in records for key in record
                  if key not in skip and isinstance(record[key], (int, float))})
   if not keys:
@@ -125,8 +134,5 @@ def plot_training_curves(path: str, runs: Mapping[str, Sequence[Mapping]], *,
     ax.axis('off')
   if len(runs) > 1:
     axes.flat[0].legend(fontsize=7)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path)
-  plt.close(fig)
+  _save_figure(plt, fig, path)
   return keys

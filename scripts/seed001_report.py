@@ -43,10 +43,8 @@ PAPER_CR_CA = {
 }
 
 
-def _budget(run_dir: str) -> str:
-  """Planned training, the step certified (the newest checkpoint) and the run it started from."""
-  with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
-    config = json.load(f)
+def _budget(run_dir: str, config: dict) -> str:
+  """Planned training (the run's `config`), the step certified (its newest checkpoint), its origin."""
   planned = (f'{config["num_steps"]} steps' if config['num_steps'] > 0
              else f'{config["num_epochs"]} epochs')
   saved = [int(name) for name in os.listdir(os.path.join(run_dir, 'checkpoints')) if name.isdigit()]
@@ -73,7 +71,8 @@ def tables(runs: list) -> str:
     with open(os.path.join(run_dir, 'certify_ibp', 'results.json'), encoding='utf-8') as f:
       results = json.load(f)
     with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
-      model_name = json.load(f)['model']['name']
+      config = json.load(f)
+    model_name = config['model']['name']
     is_large = model_name == 'large_cnn'
     name = {'dataset': DATASET_NAMES[dataset], 'model': MODEL_NAMES.get(model_name, model_name),
             'method': METHOD_NAMES[method]}
@@ -85,7 +84,7 @@ def tables(runs: list) -> str:
         for attack, papers in (('qa', PAPER_CR_QA), ('ca', PAPER_CR_CA))
         for k, paper in zip(KS, papers[dataset, method])}})
     budget_rows.append({**name, 'run': os.path.basename(os.path.normpath(run_dir)),
-                        'training': _budget(run_dir), 'eps': results['eps']})
+                        'training': _budget(run_dir, config), 'eps': results['eps']})
   return ('Recall@K, ours (seed 001 Table 1, Large CNN, in parentheses):\n\n'
           + report.markdown_table(recall_rows)
           + '\n\nCR-Recall@K at eps = 0.2, ours (seed 001 Table 2, Large CNN, in parentheses), '
