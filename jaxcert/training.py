@@ -168,9 +168,18 @@ def batch_indices(config, labels: np.ndarray, step: int) -> np.ndarray:
 
 
 class _JsonLinesWriter:
-  """Appends one JSON object per line (metrics.jsonl in the workdir)."""
+  """Appends one JSON object per line (metrics.jsonl in the workdir).
 
-  def __init__(self, path: str):
+  Records of steps at or after `start_step` are dropped first: they were logged after the
+  checkpoint a resumed run restarts from (or by an earlier run, when none is left), and this run
+  logs those steps again.
+  """
+
+  def __init__(self, path: str, start_step: int):
+    if os.path.exists(path):
+      kept = [line for line in open(path, encoding='utf-8') if json.loads(line)['step'] < start_step]
+      with open(path, 'w', encoding='utf-8') as f:
+        f.writelines(kept)
     self._file = open(path, 'a', encoding='utf-8')
 
   def write(self, record: dict) -> None:
@@ -252,7 +261,7 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
   local_rows = parallel.process_slice(config.batch_size)
   base_key = jax.random.key(config.seed)
   # Multi-host: process 0 writes the logs; the others compute the same metrics.
-  writer = _JsonLinesWriter(os.path.join(workdir, 'metrics.jsonl') if parallel.is_primary() else os.devnull)
+  writer = _JsonLinesWriter(os.path.join(workdir, 'metrics.jsonl') if parallel.is_primary() else os.devnull, start_step)
   progress = tqdm.tqdm(total=num_steps, initial=start_step, desc=f'train {config.method}', unit='step',
                        dynamic_ncols=True, disable=not (config.get('progress_bar', True) and parallel.is_primary()))
   pending = None  # metrics of the previous step, fetched one step behind so the host never waits.

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,7 +80,7 @@ def test_resume_after_kill_gives_same_parameters(tmp_path):
   killed = tmp_path / 'killed'
   overrides = ['--config.num_steps=40', '--config.checkpoint_every_steps=10', '--config.batch_size=20',
                '--config.m_per_class=4', '--config.model.embedding_dim=16', '--config.progress_bar=False',
-               '--config.eval.num_queries=200', '--config.eval.num_candidates=300']
+               '--config.eval.num_queries=200', '--config.eval.num_candidates=300', '--config.log_every_steps=2']
   command = [sys.executable, os.path.join(REPO, 'train.py'), '--config', os.path.join(REPO, 'configs/quickstart.py'),
              '--workdir', str(killed)] + overrides
   process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -101,6 +102,22 @@ def test_resume_after_kill_gives_same_parameters(tmp_path):
   training.train(config, str(killed))
   for a, b in zip(final_params(str(uninterrupted), config), final_params(str(killed), config)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The resumed run's log holds each step once, as the uninterrupted run's does.
+  steps = lambda run: [json.loads(line)['step'] for line in open(run / 'metrics.jsonl')]
+  assert steps(killed) == steps(uninterrupted)
+
+
+def test_resume_logs_each_step_once(tmp_path):
+  """Steps logged after the checkpoint a run resumes from are logged again by the resumed run; the
+  log keeps one record per step (the curves in training_curves.png would double back otherwise)."""
+  config = tiny_config()
+  training.train(config, str(tmp_path))
+  first = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  shutil.rmtree(tmp_path / 'checkpoints' / '12')  # back to step 8's checkpoint, as if killed before the last save
+  training.train(config, str(tmp_path))
+  second = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert [r['step'] for r in second] == [r['step'] for r in first] == [0, 2, 3, 4, 6, 7, 8, 10, 11]
+  assert second[:6] == first[:6]  # the records before the checkpoint are kept as they were
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
