@@ -48,7 +48,10 @@ def _budget(run_dir: str, config: dict) -> str:
   planned = (f'{config["num_steps"]} steps' if config['num_steps'] > 0
              else f'{config["num_epochs"]} epochs')
   saved = [int(name) for name in os.listdir(os.path.join(run_dir, 'checkpoints')) if name.isdigit()]
-  text = f'{planned} planned, checkpoint of step {max(saved)} certified'
+  text = f'{planned} planned, checkpoint of step {max(saved)} certified, lr {config["learning_rate"]:g}'
+  if config.get('lr_decay_epochs'):
+    epochs = ', '.join(f'{e:g}' for e in config['lr_decay_epochs'])
+    text += f' x{config["lr_decay_factor"]:g} at epochs {epochs}'
   if config.get('method') in ('tbt', 'cibp', 'fctb'):
     certified = config['certified']
     text += (f', eps ramp {certified["ramp_start_steps"]}-{certified["ramp_end_steps"]}, '

@@ -14,14 +14,14 @@ python train.py --config configs/fmnist_large_triplet.py --workdir $RUNS/fmnist_
     --config.num_epochs=8 "--config.lr_decay_epochs=(5,7)" --config.progress_bar=False
 # TBT starts from the Triplet run's step-1500 checkpoint (the paper's first 2K steps are pure
 # triplet training, eps = 0, kappa = 1); eps 0 -> 0.2 and kappa 1 -> 0.5 over 2000 steps (the
-# paper: 8000), gradient norm clipped at 10. Planned 2900 steps; results/seed001 certified the
-# step-2700 checkpoint (the run was stopped there for time).
+# paper: 8000), gradient norm clipped at 10, 5700 steps; lr 1e-3, x0.1 at steps 3400 and 5100
+# (epochs 5.667 and 8.5 of 600 steps; the paper: epochs 25 and 42 of 100).
 mkdir -p $RUNS/fmnist_large_triplet_step1500/checkpoints
 cp -r $RUNS/fmnist_large_triplet/checkpoints/1500 $RUNS/fmnist_large_triplet_step1500/checkpoints/
 python train.py --config configs/fmnist_large_tbt.py --workdir $RUNS/fmnist_large_tbt $FM \
-    --config.init_from=$RUNS/fmnist_large_triplet_step1500 --config.num_steps=2900 \
+    --config.init_from=$RUNS/fmnist_large_triplet_step1500 --config.num_steps=5700 \
     --config.certified.ramp_start_steps=0 --config.certified.ramp_end_steps=2000 \
-    --config.grad_clip_norm=10 "--config.lr_decay_epochs=()" --config.checkpoint_every_steps=100 \
+    --config.grad_clip_norm=10 "--config.lr_decay_epochs=(5.667,8.5)" --config.checkpoint_every_steps=100 \
     --config.progress_bar=False
 # TBT+FCTB: the TBT run fine-tuned on the 1000 candidates (eps 0.2, kappa 0.1, 200 steps of Adam 1e-4).
 python train.py --config configs/fmnist_large_fctb.py --workdir $RUNS/fmnist_large_fctb $FM \

@@ -404,6 +404,13 @@ def test_ibp_mode_writes_tables_tsv_plots(tmp_path):
     assert results[f'cr_recall_qa@{k}'] <= results[f'recall@{k}']
     assert results['sweep']['0.0']['qa'][k] == results[f'recall@{k}']
     assert results['sweep']['0.05']['ca'][k] <= results['sweep']['0.0']['ca'][k]
+  # Box radii: 0 at eps = 0 (a point), ordered percentiles, growing with eps (nested boxes).
+  radii = results['box_radius']
+  for side in ('query', 'candidate'):
+    assert all(v == 0 for v in radii['0.0'][side].values())
+    p50, p90, p99 = (radii['0.05'][side][p] for p in ibp.BOX_RADIUS_PERCENTILES)
+    assert 0 < radii['0.02'][side][50] < p50 <= p90 <= p99
+  assert results['nearest_distance_median'] > 0 and 'Box radius' in open(tmp_path / 'ibp.md').read()
   bad = config.ibp.copy_and_resolve_references()
   bad.ks = (1, 50)
   with pytest.raises(ValueError, match='config.ibp.ks must be integers'):

@@ -15,7 +15,8 @@ def _fake_run(path, model, method, value):
   os.makedirs(path / 'checkpoints' / '300')
   config = {'num_steps': 300, 'num_epochs': 100, 'method': method, 'model': {'name': model},
             'certified': {'ramp_start_steps': 0, 'ramp_end_steps': 200, 'kappa': 0.5},
-            'grad_clip_norm': 10.0, 'init_from': '/runs/triplet_step1500'}
+            'grad_clip_norm': 10.0, 'init_from': '/runs/triplet_step1500', 'learning_rate': 0.001,
+            'lr_decay_epochs': [5.667, 8.5], 'lr_decay_factor': 0.1}
   (path / 'config.json').write_text(json.dumps(config))
   results = {'eps': 0.2, **{f'recall@{k}': value for k in seed001_report.KS},
              **{f'cr_recall_{a}@{k}': value / 2 for a in ('qa', 'ca') for k in seed001_report.KS}}
@@ -32,5 +33,6 @@ def test_tables_show_paper_values_for_large_only(tmp_path):
   assert '| FMNIST | Large | TBT | 0.50 (0.62) | 0.50 (0.93) |' in text  # paper Table 1 TBT
   assert '| FMNIST | Large | TBT | 0.25 (0.02) | 0.25 (0.20) |' in text  # paper Table 2 QA
   assert '| FMNIST | Small | TBT | 0.40 | 0.40 | 0.40 | 0.40 |' in text
-  assert ('300 steps planned, checkpoint of step 300 certified, eps ramp 0-200, kappa 0.5, '
+  assert ('300 steps planned, checkpoint of step 300 certified, lr 0.001 x0.1 at epochs 5.667, 8.5, '
+          'eps ramp 0-200, kappa 0.5, '
           'gradient norm clipped at 10, from triplet_step1500') in text

@@ -13,6 +13,11 @@ number of the tables, and timings):
                          whether it is certified under QA and under CA at config.ibp.eps
   cr_recall_vs_k.png     Recall@K and CR-Recall@K (QA, CA) against K at config.ibp.eps
   cr_recall_vs_eps.png   CR-Recall@K (QA, CA) against eps, one curve per K and attack
+
+ibp.md and results.json also give, per eps, how wide the boxes are: percentiles of the box radius
+||(upper - lower) / 2||_2 of the queries' and of the candidates' embeddings, beside the median
+distance from a query to its nearest candidate. A box wider than the gaps between distances cannot
+be certified; under CA every candidate's box counts against every query (results/seed001).
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks) -> dict:
 
   Returns:
     {'rank_bounds': RankBounds, 'certified': {'qa', 'ca'} -> (Nq, len(ks)) bool,
-     'cr_recall': {'qa', 'ca'} -> {K: float}, 'bounds_s', 'verify_s'}.
+     'cr_recall': {'qa', 'ca'} -> {K: float}, 'box_radius': {'query', 'candidate'} ->
+     {percentile: float} (`box_radius_percentiles`), 'bounds_s', 'verify_s'}.
   """
   ibp_config = inputs.config.ibp
   start = time.perf_counter()
@@ -70,12 +76,23 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks) -> dict:
   certified = certified_retrieval.certified_retrieval(
       rank_bounds, inputs.queries.labels, inputs.candidates.labels, ks)
   cr_recall = certified_retrieval.cr_recall_at_k(certified, ks)
+  box_radius = {'query': box_radius_percentiles(*query_box),
+                'candidate': box_radius_percentiles(*candidate_box)}
   return {'rank_bounds': rank_bounds, 'certified': certified, 'cr_recall': cr_recall,
-          'bounds_s': bounds_s, 'verify_s': verify_s}
+          'box_radius': box_radius, 'bounds_s': bounds_s, 'verify_s': verify_s}
 
 
-def _tables(eps, ks, recall, sweep) -> str:
-  """The markdown of ibp.md: recall and CR-Recall at eps, then CR-Recall over the sweep."""
+BOX_RADIUS_PERCENTILES = (50, 90, 99)
+
+
+def box_radius_percentiles(lower, upper) -> dict[int, float]:
+  """Percentiles `BOX_RADIUS_PERCENTILES` of the box radii ||(upper - lower) / 2||_2, one per row."""
+  radii = np.linalg.norm((np.asarray(upper, np.float64) - np.asarray(lower, np.float64)) / 2, axis=1)
+  return {p: float(np.percentile(radii, p)) for p in BOX_RADIUS_PERCENTILES}
+
+
+def _tables(eps, ks, recall, sweep, nearest_distance: float) -> str:
+  """The markdown of ibp.md: recall and CR-Recall at eps, CR-Recall and box radii over the sweep."""
   at_eps = sweep[eps]['cr_recall']
   rows = [{'metric': 'Recall@K', **{f'K={k}': recall[k] for k in ks}}]
   for attack in certified_retrieval.ATTACKS:
@@ -84,9 +101,14 @@ def _tables(eps, ks, recall, sweep) -> str:
   sweep_rows = [{'eps': radius, **{f'{attack.upper()}@{k}': result['cr_recall'][attack][k]
                                    for attack in certified_retrieval.ATTACKS for k in ks}}
                 for radius, result in sorted(sweep.items())]
+  box_rows = [{'eps': radius, **{f'{side} p{p}': result['box_radius'][side][p]
+                                  for side in ('query', 'candidate') for p in BOX_RADIUS_PERCENTILES}}
+              for radius, result in sorted(sweep.items())]
   return (f'Certified retrieval by interval bound propagation (seed 001), eps = {eps:g}:\n\n'
           f'{report.markdown_table(rows)}\n\nCR-Recall@K over eps:\n\n'
-          f'{report.markdown_table(sweep_rows)}\n')
+          f'{report.markdown_table(sweep_rows)}\n\nBox radius ||(upper - lower) / 2|| of the '
+          f'embeddings, percentiles (median distance from a query to its nearest candidate: '
+          f'{nearest_distance:.4g}):\n\n{report.markdown_table(box_rows)}\n')
 
 
 def run(inputs, workdir: str) -> dict:
@@ -114,8 +136,10 @@ def run(inputs, workdir: str) -> dict:
     sweep = {radius: certify_at(inputs, query_emb, candidate_emb, radius, ks) for radius in radii}
   indices = np.asarray(sweep[eps]['rank_bounds'].indices)
   recall = metrics.recall_at_k(inputs.queries.labels, inputs.candidates.labels[indices], ks)
+  nearest, _ = retrieval.blocked_topk(query_emb, candidate_emb, 1)
+  nearest_distance = float(np.median(np.asarray(nearest)))
 
-  table = _tables(eps, ks, recall, sweep)
+  table = _tables(eps, ks, recall, sweep, nearest_distance)
   print(table)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'ibp.md'), 'w', encoding='utf-8') as f:
@@ -147,6 +171,8 @@ def run(inputs, workdir: str) -> dict:
       **{f'cr_recall_{attack}@{k}': sweep[eps]['cr_recall'][attack][k]
          for attack in certified_retrieval.ATTACKS for k in ks},
       'sweep': {str(radius): result['cr_recall'] for radius, result in sweep.items()},
+      'box_radius': {str(radius): result['box_radius'] for radius, result in sweep.items()},
+      'nearest_distance_median': nearest_distance,
       'timing_s': {'embed': embed_s,
                    'bounds': {str(r): result['bounds_s'] for r, result in sweep.items()},
                    'verify': {str(r): result['verify_s'] for r, result in sweep.items()}},
