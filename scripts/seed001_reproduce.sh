@@ -1,6 +1,6 @@
 #!/bin/sh
 # Seed 001 (Kakizaki et al.) on full Fashion-MNIST and MNIST (IDX) at the reduced CPU budgets of
-# results/seed001/README.md: Triplet, TBT and TBT+FCTB on the Large CNN, TBT on the Small CNN with
+# results/seed001/README.md: Triplet, TBT and TBT+FCTB on the Large CNN (FMNIST), Triplet (MNIST), TBT on the Small CNN with
 # the paper's eps/kappa schedule, each certified by certify.py mode 'ibp' (eps = 0.2,
 # K = 1, 10, 20, 40), then the tables beside the paper's.
 # RUNS=/work/runs sh scripts/seed001_reproduce.sh
@@ -26,6 +26,9 @@ python train.py --config configs/fmnist_large_tbt.py --workdir $RUNS/fmnist_larg
 # TBT+FCTB: the TBT run fine-tuned on the 1000 candidates (eps 0.2, kappa 0.1, 200 steps of Adam 1e-4).
 python train.py --config configs/fmnist_large_fctb.py --workdir $RUNS/fmnist_large_fctb $FM \
     --config.init_from=$RUNS/fmnist_large_tbt --config.progress_bar=False
+# MNIST Large Triplet: 2 epochs, lr x0.1 at epoch 1.67.
+python train.py --config configs/mnist_large_triplet.py --workdir $RUNS/mnist_large_triplet $MN \
+    --config.num_steps=1200 "--config.lr_decay_epochs=(1.67,)" --config.progress_bar=False
 # Small CNN, TBT from scratch with the paper's schedule (ramp over steps 2K-10K), 20 epochs.
 python train.py --config configs/fmnist_small_tbt.py --workdir $RUNS/fmnist_small_tbt $FM \
     --config.num_steps=12000 "--config.lr_decay_epochs=(17.5,19.0)" --config.progress_bar=False
@@ -36,8 +39,9 @@ for method in triplet tbt fctb; do
   python certify.py --config configs/fmnist_large_$method.py \
       --config.checkpoint=$RUNS/fmnist_large_$method $FM
 done
+python certify.py --config configs/mnist_large_triplet.py --config.checkpoint=$RUNS/mnist_large_triplet $MN
 python certify.py --config configs/fmnist_small_tbt.py --config.checkpoint=$RUNS/fmnist_small_tbt $FM
 python certify.py --config configs/mnist_small_tbt.py --config.checkpoint=$RUNS/mnist_small_tbt $MN
 python scripts/seed001_report.py fmnist:triplet=$RUNS/fmnist_large_triplet \
     fmnist:tbt=$RUNS/fmnist_large_tbt fmnist:fctb=$RUNS/fmnist_large_fctb \
-    fmnist:tbt=$RUNS/fmnist_small_tbt mnist:tbt=$RUNS/mnist_small_tbt --out results/seed001/tables.md
+    fmnist:tbt=$RUNS/fmnist_small_tbt mnist:triplet=$RUNS/mnist_large_triplet mnist:tbt=$RUNS/mnist_small_tbt --out results/seed001/tables.md
