@@ -176,11 +176,11 @@ class _JsonLinesWriter:
   """
 
   def __init__(self, path: str, start_step: int):
-    if os.path.exists(path):
-      kept = [line for line in open(path, encoding='utf-8') if json.loads(line)['step'] < start_step]
-      with open(path, 'w', encoding='utf-8') as f:
-        f.writelines(kept)
-    self._file = open(path, 'a', encoding='utf-8')
+    earlier = report.read_jsonl(path) if os.path.exists(path) else []
+    self._file = open(path, 'w', encoding='utf-8')
+    for record in earlier:
+      if record['step'] < start_step:
+        self.write(record)
 
   def write(self, record: dict) -> None:
     self._file.write(json.dumps(record) + '\n')

@@ -136,8 +136,8 @@ def run(inputs, workdir: str) -> dict:
     sweep = {radius: certify_at(inputs, query_emb, candidate_emb, radius, ks) for radius in radii}
   indices = np.asarray(sweep[eps]['rank_bounds'].indices)
   recall = metrics.recall_at_k(inputs.queries.labels, inputs.candidates.labels[indices], ks)
-  nearest, _ = retrieval.blocked_topk(query_emb, candidate_emb, 1)
-  nearest_distance = float(np.median(np.asarray(nearest)))
+  nearest_distance = float(np.median(np.linalg.norm(
+      np.asarray(query_emb) - np.asarray(candidate_emb)[indices[:, 0]], axis=1)))
 
   table = _tables(eps, ks, recall, sweep, nearest_distance)
   print(table)
