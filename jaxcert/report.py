@@ -97,9 +97,24 @@ def plot_curves(path: str, curves: Mapping[str, tuple[Sequence[float], Sequence[
 
 
 def read_jsonl(path: str) -> list[dict]:
-  """The records of a JSON-lines file (training's metrics.jsonl), one dict per line."""
+  """The records of a JSON-lines file (training's metrics.jsonl), one dict per line.
+
+  A last line without its newline that does not parse is a write cut short (a run killed while
+  logging) and is left out; any other line that does not parse raises ValueError naming it.
+  """
   with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.readlines()
+  records = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as error:
+      if number == len(lines) and not line.endswith('\n'):
+        break
+      raise ValueError(f'{path}, line {number}, is not a JSON record: {error}') from error
+  return records
 
 
 def plot_training_curves(path: str, runs: Mapping[str, Sequence[Mapping]], *,

@@ -14,6 +14,7 @@ import pytest
 
 from configs import quickstart
 from jaxcert import checkpointing
+from jaxcert import report
 from jaxcert import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,6 +119,22 @@ def test_resume_logs_each_step_once(tmp_path):
   second = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   assert [r['step'] for r in second] == [r['step'] for r in first] == [0, 2, 3, 4, 6, 7, 8, 10, 11]
   assert second[:6] == first[:6]  # the records before the checkpoint are kept as they were
+
+
+def test_resume_after_a_torn_log_line(tmp_path):
+  """A run killed while writing a metrics line leaves half a record without its newline: the
+  resumed run drops it and logs on; a broken line elsewhere is an error naming the line."""
+  config = tiny_config()
+  training.train(config, str(tmp_path))
+  log = tmp_path / 'metrics.jsonl'
+  first = log.read_text().splitlines(keepends=True)
+  shutil.rmtree(tmp_path / 'checkpoints' / '12')
+  log.write_text(''.join(first[:6]) + first[6][:9])  # cut inside the record of step 8
+  training.train(config, str(tmp_path))
+  assert [r['step'] for r in report.read_jsonl(str(log))] == [0, 2, 3, 4, 6, 7, 8, 10, 11]
+  log.write_text(first[0] + first[1][:9] + '\n' + first[2])
+  with pytest.raises(ValueError, match='line 2, is not a JSON record'):
+    report.read_jsonl(str(log))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
