@@ -10,6 +10,9 @@ mode named by `config.certify.mode`:
 
 Each mode is a module of `jaxcert.evaluation` with `run(inputs: CertifyInputs, workdir) -> dict`;
 it writes its tables (markdown, TSV, JSON) and plots (PNG) into `workdir` and prints its table.
+`run` writes the mode's results to `workdir/results.json` with the step of the certified
+checkpoint (`checkpoint_step`), so a run that trains on afterwards does not blur which model was
+certified.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class CertifyInputs(NamedTuple):
     candidates: the candidate (gallery) set C, disjoint from Q.
     batch_sharding: where batched encoder and bound calls put each batch
       (`config.parallel.num_devices`, `parallel.local_batch_sharding`); None: one device.
+    checkpoint_step: the training step of the restored checkpoint (written to results.json);
+      None for inputs built by hand.
   """
   config: ml_collections.ConfigDict
   model: nn.Module
@@ -64,6 +69,7 @@ class CertifyInputs(NamedTuple):
   queries: LabelledImages
   candidates: LabelledImages
   batch_sharding: jax.sharding.Sharding | None = None
+  checkpoint_step: int | None = None
 
 
 def default_workdir(config) -> str:
@@ -72,7 +78,7 @@ def default_workdir(config) -> str:
 
 def load_inputs(config) -> CertifyInputs:
   """Restores `config.checkpoint`'s encoder and splits its test set into queries and candidates."""
-  model, variables, dataset = training.load_trained(config, config.checkpoint)
+  model, variables, dataset, step = training.load_trained(config, config.checkpoint)
   (query_images, query_labels), (candidate_images, candidate_labels) = training.query_candidate_sets(
       config, dataset)
   batch_sharding = parallel.local_batch_sharding(config.parallel.num_devices)
@@ -81,7 +87,7 @@ def load_inputs(config) -> CertifyInputs:
   embed = jax.tree_util.Partial(model.apply, variables)
   return CertifyInputs(config, model, variables, embed, dataset,
                        LabelledImages(query_images, query_labels),
-                       LabelledImages(candidate_images, candidate_labels), batch_sharding)
+                       LabelledImages(candidate_images, candidate_labels), batch_sharding, step)
 
 
 def get_mode(mode: str) -> Callable[[CertifyInputs, str], dict]:
@@ -111,6 +117,6 @@ def run(config, workdir: str | None = None) -> dict:
   with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
     f.write(config.to_json_best_effort(indent=2))
   inputs = load_inputs(config)
-  results = mode_run(inputs, workdir)
+  results = {**mode_run(inputs, workdir), 'checkpoint_step': inputs.checkpoint_step}
   report.write_json(os.path.join(workdir, 'results.json'), results)
   return results

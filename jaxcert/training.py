@@ -295,8 +295,8 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
   return model, state
 
 
-def restore_encoder(workdir: str, target: dict) -> dict:
-  """The encoder `{'model': params, 'batch_stats': ...}` of `workdir`'s newest checkpoint.
+def restore_encoder(workdir: str, target: dict) -> tuple[dict, int]:
+  """The encoder `{'model': params, 'batch_stats': ...}` of `workdir`'s newest checkpoint, and its step.
 
   Only the encoder is read, whatever else the train state held (optimiser, gradient clipping, a
   method's head or frozen reference encoder), so any run's encoder can be certified or fine-tuned
@@ -312,7 +312,7 @@ def restore_encoder(workdir: str, target: dict) -> dict:
   if jax.tree.map(np.shape, source) != jax.tree.map(np.shape, target):
     raise ValueError(f'The encoder in {workdir} does not match config.model (parameter shapes differ); '
                      'it needs a checkpoint of the same architecture and embedding size.')
-  return jax.tree.map(lambda s, t: jnp.asarray(s, t.dtype), source, target)
+  return jax.tree.map(lambda s, t: jnp.asarray(s, t.dtype), source, target), int(restored['step'])
 
 
 def initialize_from(state: TrainState, workdir: str) -> TrainState:
@@ -322,7 +322,7 @@ def initialize_from(state: TrainState, workdir: str) -> TrainState:
   run's encoder, whatever method trained it; the step, the optimiser and the method's own
   parameters start afresh. Raises as `restore_encoder`.
   """
-  encoder = restore_encoder(workdir, {'model': state.params['model'], 'batch_stats': state.batch_stats})
+  encoder, _ = restore_encoder(workdir, {'model': state.params['model'], 'batch_stats': state.batch_stats})
   return state.replace(params={**state.params, 'model': encoder['model']}, batch_stats=encoder['batch_stats'])
 
 
@@ -358,14 +358,15 @@ def load_trained(config, workdir: str, dataset: data.Dataset | None = None):
   gradient clipping, method) need not match the run's.
 
   Returns:
-    `(model, variables, dataset)`.
+    `(model, variables, dataset, step)`, `step` the training step the checkpoint was saved at.
   """
   dataset = dataset if dataset is not None else data.load_dataset(config.data)
   image_shape = tuple(dataset.train.images.shape[1:])
   model = build_model(config)
   shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), image_shape))
-  encoder = restore_encoder(workdir, {'model': shapes['params'], 'batch_stats': shapes.get('batch_stats', {})})
-  return model, objectives.base.model_variables(encoder['model'], encoder['batch_stats']), dataset
+  encoder, step = restore_encoder(workdir, {'model': shapes['params'],
+                                            'batch_stats': shapes.get('batch_stats', {})})
+  return model, objectives.base.model_variables(encoder['model'], encoder['batch_stats']), dataset, step
 
 
 def query_candidate_sets(config, dataset: data.Dataset):

@@ -43,12 +43,21 @@ PAPER_CR_CA = {
 }
 
 
-def _budget(run_dir: str, config: dict) -> str:
-  """Planned training (the run's `config`), the step certified (its newest checkpoint), its origin."""
+def _certified_step(run_dir: str, results: dict) -> str:
+  """The step of the certified checkpoint: results.json's `checkpoint_step`, or, for results
+  written before certify.py recorded it, the run's newest checkpoint (marked as such)."""
+  if results.get('checkpoint_step') is not None:
+    return str(results['checkpoint_step'])
+  saved = [int(name) for name in os.listdir(os.path.join(run_dir, 'checkpoints')) if name.isdigit()]
+  return f'{max(saved)} (newest saved; results.json predates checkpoint_step)'
+
+
+def _budget(run_dir: str, config: dict, results: dict) -> str:
+  """Planned training (the run's `config`), the step certified, the schedule and its origin."""
   planned = (f'{config["num_steps"]} steps' if config['num_steps'] > 0
              else f'{config["num_epochs"]} epochs')
-  saved = [int(name) for name in os.listdir(os.path.join(run_dir, 'checkpoints')) if name.isdigit()]
-  text = f'{planned} planned, checkpoint of step {max(saved)} certified, lr {config["learning_rate"]:g}'
+  text = (f'{planned} planned, checkpoint of step {_certified_step(run_dir, results)} certified, '
+          f'lr {config["learning_rate"]:g}')
   if config.get('lr_decay_epochs'):
     epochs = ', '.join(f'{e:g}' for e in config['lr_decay_epochs'])
     text += f' x{config["lr_decay_factor"]:g} at epochs {epochs}'
@@ -87,7 +96,7 @@ def tables(runs: list) -> str:
         for attack, papers in (('qa', PAPER_CR_QA), ('ca', PAPER_CR_CA))
         for k, paper in zip(KS, papers[dataset, method])}})
     budget_rows.append({**name, 'run': os.path.basename(os.path.normpath(run_dir)),
-                        'training': _budget(run_dir, config), 'eps': results['eps']})
+                        'training': _budget(run_dir, config, results), 'eps': results['eps']})
   return ('Recall@K, ours (seed 001 Table 1, Large CNN, in parentheses):\n\n'
           + report.markdown_table(recall_rows)
           + '\n\nCR-Recall@K at eps = 0.2, ours (seed 001 Table 2, Large CNN, in parentheses), '

@@ -139,3 +139,4 @@ def test_certify_py_runs_mode_attack(tmp_path):
   assert results['num_queries'] == 5
   saved = json.load(open(tmp_path / 'run' / 'certify_attack' / 'results.json'))
   assert saved['rows'][0]['kind'] == 'qa' and len(saved['rows']) == 2
+  assert saved['checkpoint_step'] == 2  # the step of the checkpoint it attacked

@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.join(REPO, 'scripts'))
 import seed001_report  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def _fake_run(path, model, method, value):
+def _fake_run(path, model, method, value, checkpoint_step=None):
   os.makedirs(path / 'certify_ibp')
   os.makedirs(path / 'checkpoints' / '300')
   config = {'num_steps': 300, 'num_epochs': 100, 'method': method, 'model': {'name': model},
@@ -19,13 +19,14 @@ def _fake_run(path, model, method, value):
             'lr_decay_epochs': [5.667, 8.5], 'lr_decay_factor': 0.1}
   (path / 'config.json').write_text(json.dumps(config))
   results = {'eps': 0.2, **{f'recall@{k}': value for k in seed001_report.KS},
-             **{f'cr_recall_{a}@{k}': value / 2 for a in ('qa', 'ca') for k in seed001_report.KS}}
+             **{f'cr_recall_{a}@{k}': value / 2 for a in ('qa', 'ca') for k in seed001_report.KS},
+             'checkpoint_step': checkpoint_step}
   (path / 'certify_ibp' / 'results.json').write_text(json.dumps(results))
   return str(path)
 
 
 def test_tables_show_paper_values_for_large_only(tmp_path):
-  large = _fake_run(tmp_path / 'large', 'large_cnn', 'tbt', 0.5)
+  large = _fake_run(tmp_path / 'large', 'large_cnn', 'tbt', 0.5, checkpoint_step=200)
   small = _fake_run(tmp_path / 'small', 'small_cnn', 'tbt', 0.4)
   text = seed001_report.main([f'fmnist:tbt={large}', f'fmnist:tbt={small}',
                               '--out', str(tmp_path / 'tables.md')])
@@ -33,6 +34,9 @@ def test_tables_show_paper_values_for_large_only(tmp_path):
   assert '| FMNIST | Large | TBT | 0.50 (0.62) | 0.50 (0.93) |' in text  # paper Table 1 TBT
   assert '| FMNIST | Large | TBT | 0.25 (0.02) | 0.25 (0.20) |' in text  # paper Table 2 QA
   assert '| FMNIST | Small | TBT | 0.40 | 0.40 | 0.40 | 0.40 |' in text
-  assert ('300 steps planned, checkpoint of step 300 certified, lr 0.001 x0.1 at epochs 5.667, 8.5, '
+  # The step certify.py recorded, not the newest checkpoint (300) the run went on to save.
+  assert ('300 steps planned, checkpoint of step 200 certified, lr 0.001 x0.1 at epochs 5.667, 8.5, '
           'eps ramp 0-200, kappa 0.5, '
           'gradient norm clipped at 10, from triplet_step1500') in text
+  # Results from before certify.py recorded the step fall back to the newest checkpoint, saying so.
+  assert 'checkpoint of step 300 (newest saved; results.json predates checkpoint_step)' in text

@@ -42,7 +42,7 @@ def tiny_config(**overrides):
 
 
 def final_params(workdir, config):
-  model, variables, _ = training.load_trained(config, workdir)
+  model, variables, _, _ = training.load_trained(config, workdir)
   del model
   return jax.tree.leaves(variables)
 
@@ -148,7 +148,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert mngr.latest_step() == 5
   mngr.close()
   # The checkpoint left behind holds finite parameters.
-  _, variables, _ = training.load_trained(config, str(tmp_path))
+  _, variables, _, _ = training.load_trained(config, str(tmp_path))
   assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(variables))
 
 
