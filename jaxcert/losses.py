@@ -4,8 +4,8 @@ Every loss here is a pure function that builds all valid in-batch tuples with la
 shapes, no Python loop over the batch) and returns a scalar:
 
 * `triplet_loss`: the triplet hinge max(0, d(a, p) - d(a, n) + m) (Schroff et al. 2015, "FaceNet";
-  seed 001 T(a, p, n) in Eq. 20) with 'batch_all', 'batch_hard' (Hermans et al. 2017, "In defense
-  of the triplet loss") or 'semi_hard' (Schroff et al. 2015, Sec. 3.2) mining;
+  seed 001 T(a, p, n) in Eq. 20) with 'batch_all', 'batch_all_mean', 'batch_hard' (Hermans et al.
+  2017, "In defense of the triplet loss") or 'semi_hard' (Schroff et al. 2015, Sec. 3.2) mining;
 * `triplet_loss_explicit`: the same hinge for given (anchor, positive, negative) triplets;
 * `contrastive_loss`: Hadsell et al. 2006, with the positive margin of Musgrave et al. 2020;
 * `margin_loss`: Wu et al. 2017, "Sampling matters in deep embedding learning", with learnable
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-MINING_STRATEGIES = ('batch_all', 'batch_hard', 'semi_hard')
+MINING_STRATEGIES = ('batch_all', 'batch_all_mean', 'batch_hard', 'semi_hard')
 
 
 def _safe_sqrt(squared: jax.Array) -> jax.Array:
@@ -96,6 +96,9 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, *, margin: float = 1.
 
   * 'batch_all': every valid triplet; mean over the active ones (l > 0), 0 if none is active
     (Hermans et al. 2017, Sec. 2, the batch-all loss averaged over non-zero terms, BA_{!=0}).
+  * 'batch_all_mean': every valid triplet; mean over all of them (Hermans et al. 2017, BA). Its
+    scale does not depend on how many triplets are active, so a sum of it and another per-triplet
+    term keeps a fixed balance (seed 001 Eq. 20's TBT objective, `objectives.certified`).
   * 'batch_hard': per anchor, the farthest positive and the closest negative,
     max(0, max_p d(a, p) - min_n d(a, n) + margin); mean over anchors with at least one positive
     and one negative (Hermans et al. 2017, Sec. 2, batch hard with the hinge).
@@ -119,11 +122,13 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, *, margin: float = 1.
   distances = _pairwise_distances(embeddings)
   positive_mask, negative_mask = _label_masks(labels)
 
-  if mining == 'batch_all':
+  if mining in ('batch_all', 'batch_all_mean'):
     # hinge[a, p, n] = d(a, p) - d(a, n) + m
     hinge = jax.nn.relu(distances[:, :, None] - distances[:, None, :] + margin)
     valid = positive_mask[:, :, None] & negative_mask[:, None, :]
-    return _mean_over_active(hinge, valid)
+    if mining == 'batch_all':
+      return _mean_over_active(hinge, valid)
+    return jnp.sum(jnp.where(valid, hinge, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
   has_negative = jnp.any(negative_mask, axis=1)
   if mining == 'batch_hard':

@@ -43,6 +43,12 @@ def _brute_batch_all(emb, labels, margin):
   return sum(active) / len(active) if active else 0.0
 
 
+def _brute_batch_all_mean(emb, labels, margin):
+  hinges = [max(0.0, _distance(emb[a], emb[p]) - _distance(emb[a], emb[n]) + margin)
+            for a, p, n in _valid_triplets(labels)]
+  return sum(hinges) / len(hinges) if hinges else 0.0
+
+
 def _brute_batch_hard(emb, labels, margin):
   values = []
   for a in range(len(labels)):
@@ -70,8 +76,8 @@ def _brute_semi_hard(emb, labels, margin):
 
 
 _jitted_triplet_loss = jax.jit(losses.triplet_loss, static_argnames='mining')
-BRUTE_FORCE = {'batch_all': _brute_batch_all, 'batch_hard': _brute_batch_hard,
-               'semi_hard': _brute_semi_hard}
+BRUTE_FORCE = {'batch_all': _brute_batch_all, 'batch_all_mean': _brute_batch_all_mean,
+               'batch_hard': _brute_batch_hard, 'semi_hard': _brute_semi_hard}
 
 
 @pytest.mark.parametrize('mining', losses.MINING_STRATEGIES)

@@ -107,11 +107,13 @@ def tightness_regularizer(anchor_emb, anchor_lower, anchor_upper, point_emb) -> 
 def tbt_objective(inputs: base.ObjectiveInputs):
   """TBT (seed 001 Eq. 20): kappa * triplet + (1 - kappa) * Reg over the batch's triplets.
 
-  T is the configured metric loss (`config.loss`, the triplet loss with margin 1.0 and batch-all
-  mining by default). The regulariser is averaged over the same valid triplets (a, p, n) of the
-  batch as sum_{x in {p, n}} Reg(a, x): Reg(a, p) weighted by a's number of negatives, Reg(a, n) by
-  its number of positives, over the number of triplets; every image is an anchor, bounded by one
-  IBP pass over the batch.
+  T is the configured metric loss (`config.loss`; seed 001's configs take the triplet loss with
+  margin 1.0 averaged over all valid triplets of the batch, mining 'batch_all_mean'). The
+  regulariser is averaged over the same valid triplets (a, p, n) as sum_{x in {p, n}} Reg(a, x):
+  Reg(a, p) weighted by a's number of negatives, Reg(a, n) by its number of positives, over the
+  number of triplets; every image is an anchor, bounded by one IBP pass over the batch. With
+  'batch_all' mining (mean over the active triplets only) T is divided by the fraction of active
+  triplets, which shifts the balance Eq. 20's kappa sets towards T as training proceeds.
   """
   config = inputs.config
   eps, kappa = ramp_schedule(config.certified, inputs.step)
