@@ -22,6 +22,8 @@ from jaxcert import checkpointing
 from jaxcert import losses
 from jaxcert import models
 from jaxcert import objectives
+from jaxcert.bounds import input_box
+from jaxcert.bounds import interval
 from jaxcert import training
 from jaxcert.objectives import certified
 import test_interval
@@ -143,6 +145,28 @@ def test_objectives_finite_and_clean_at_zero_eps(method):
     assert step_metrics['robust_cross_entropy'] >= step_metrics['cross_entropy']
     np.testing.assert_allclose(zero_metrics['robust_cross_entropy'],
                                zero_metrics['cross_entropy'], rtol=1e-5)
+
+
+def test_seed001_tbt_loss_is_eq_20_summed_over_triplets():
+  """With seed 001's TBT config the batch loss is the mean over the valid triplets (a, p, n) of
+  kappa * T(a, p, n) + (1 - kappa) * (Reg(a, p) + Reg(a, n)), one sum as in Eq. 20."""
+  inputs = _inputs('tbt', 0.05)
+  inputs.config.loss.mining = seed001.get_config('fmnist', 'small', 'tbt').loss.mining
+  inputs.config.loss.margin = margin = 0.02  # Some triplets inactive (hinge 0), some not.
+  loss, _, _ = _loss_and_grads(inputs)
+  embeddings = inputs.model.apply({'params': inputs.params['model']}, inputs.images)
+  lower, upper = interval(lambda x: inputs.model.apply({'params': inputs.params['model']}, x))(
+      *input_box(inputs.images, 0.05))
+  reg = np.asarray(certified.tightness_regularizer(embeddings, lower, upper, embeddings))
+  emb, labels = np.float64(embeddings), np.asarray(inputs.labels)
+  hinges, per_triplet = [], []
+  for a, p, n in itertools.product(range(len(labels)), repeat=3):
+    if a != p and labels[a] == labels[p] and labels[n] != labels[a]:
+      hinge = max(0., np.linalg.norm(emb[a] - emb[p]) - np.linalg.norm(emb[a] - emb[n]) + margin)
+      hinges.append(hinge)
+      per_triplet.append(0.5 * hinge + 0.5 * (reg[a, p] + reg[a, n]))
+  assert 0.2 < np.mean(np.array(hinges) > 0) < 0.8  # A mean over the active ones would differ.
+  np.testing.assert_allclose(loss, np.mean(per_triplet), rtol=1e-4)
 
 
 def _tiny_config(method, **fields):
