@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.name = 'triplet'  # see jaxcert.losses.LOSS_NAMES
   config.loss.margin = 1.0  # seed 001 Sec. 5.1.4
-  config.loss.mining = 'batch_all'
+  config.loss.mining = 'batch_all'  # see jaxcert.losses.MINING_STRATEGIES
 
   config.method = 'metric'  # see jaxcert.objectives.METHODS
   config.init_from = ml_collections.config_dict.placeholder(str)  # workdir whose encoder starts training
