@@ -65,6 +65,9 @@ def _budget(run_dir: str, config: dict, results: dict) -> str:
     certified = config['certified']
     text += (f', eps ramp {certified["ramp_start_steps"]}-{certified["ramp_end_steps"]}, '
              f'kappa {certified["kappa"]}')
+  if config.get('method') == 'tbt':
+    text += (', T over all triplets (Eq. 20)' if config['loss']['mining'] == 'batch_all_mean'
+             else f', T mined {config["loss"]["mining"]!r} (not Eq. 20\'s balance)')
   if config.get('grad_clip_norm'):
     text += f', gradient norm clipped at {config["grad_clip_norm"]:g}'
   if config.get('init_from'):
