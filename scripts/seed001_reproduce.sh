@@ -15,14 +15,17 @@ python train.py --config configs/fmnist_large_triplet.py --workdir $RUNS/fmnist_
 # TBT starts from the Triplet run's step-1500 checkpoint (the paper's first 2K steps are pure
 # triplet training, eps = 0, kappa = 1); eps 0 -> 0.2 and kappa 1 -> 0.5 over 2000 steps (the
 # paper: 8000), gradient norm clipped at 10, 5700 steps; lr 1e-3, x0.1 at steps 3400 and 5100
-# (epochs 5.667 and 8.5 of 600 steps; the paper: epochs 25 and 42 of 100).
+# (epochs 5.667 and 8.5 of 600 steps; the paper: epochs 25 and 42 of 100). These first TBT runs
+# averaged T over the active triplets only (mining batch_all; the configs now follow Eq. 20's
+# balance, batch_all_mean): the flag keeps them as they ran. The *_tbt_eq20 runs below go on
+# from their last checkpoints with Eq. 20's balance.
 mkdir -p $RUNS/fmnist_large_triplet_step1500/checkpoints
 cp -r $RUNS/fmnist_large_triplet/checkpoints/1500 $RUNS/fmnist_large_triplet_step1500/checkpoints/
 python train.py --config configs/fmnist_large_tbt.py --workdir $RUNS/fmnist_large_tbt $FM \
     --config.init_from=$RUNS/fmnist_large_triplet_step1500 --config.num_steps=5700 \
     --config.certified.ramp_start_steps=0 --config.certified.ramp_end_steps=2000 \
     --config.grad_clip_norm=10 "--config.lr_decay_epochs=(5.667,8.5)" --config.checkpoint_every_steps=100 \
-    --config.progress_bar=False
+    --config.loss.mining=batch_all --config.progress_bar=False
 # TBT+FCTB: the TBT run fine-tuned on the 1000 candidates (eps 0.2, kappa 0.1, 200 steps of Adam 1e-4).
 python train.py --config configs/fmnist_large_fctb.py --workdir $RUNS/fmnist_large_fctb $FM \
     --config.init_from=$RUNS/fmnist_large_tbt --config.progress_bar=False
@@ -35,14 +38,31 @@ python train.py --config configs/mnist_large_tbt.py --workdir $RUNS/mnist_large_
     --config.init_from=$RUNS/mnist_large_triplet --config.num_steps=3000 \
     --config.certified.ramp_start_steps=0 --config.certified.ramp_end_steps=2000 \
     --config.grad_clip_norm=10 "--config.lr_decay_epochs=(4.0,4.667)" --config.checkpoint_every_steps=100 \
-    --config.progress_bar=False
+    --config.loss.mining=batch_all --config.progress_bar=False
 python train.py --config configs/mnist_large_fctb.py --workdir $RUNS/mnist_large_fctb $MN \
     --config.init_from=$RUNS/mnist_large_tbt --config.progress_bar=False
 # Small CNN, TBT from scratch with the paper's schedule (ramp over steps 2K-10K), 20 epochs.
 python train.py --config configs/fmnist_small_tbt.py --workdir $RUNS/fmnist_small_tbt $FM \
-    --config.num_steps=12000 "--config.lr_decay_epochs=(17.5,19.0)" --config.progress_bar=False
+    --config.num_steps=12000 "--config.lr_decay_epochs=(17.5,19.0)" --config.loss.mining=batch_all \
+    --config.progress_bar=False
 python train.py --config configs/mnist_small_tbt.py --workdir $RUNS/mnist_small_tbt $MN \
-    --config.num_steps=12000 "--config.lr_decay_epochs=(17.5,19.0)" --config.progress_bar=False
+    --config.num_steps=12000 "--config.lr_decay_epochs=(17.5,19.0)" --config.loss.mining=batch_all \
+    --config.progress_bar=False
+# Eq. 20's balance (T and Reg averaged over the same triplets, the configs' default): each Large
+# TBT run goes on from its last checkpoint at eps 0.2 with lr 1e-3 again for 800 steps, then x0.1
+# twice, 300 steps apart (FMNIST 5700 -> 7000, MNIST 3000 -> 4300).
+# continue_eq20 RUN STEP END DECAY_EPOCHS INIT DATA_FLAGS: RUN's step-STEP checkpoint trained on to END.
+continue_eq20() {
+  mkdir -p $RUNS/$1_eq20/checkpoints
+  cp -r $RUNS/$1/checkpoints/$2 $RUNS/$1_eq20/checkpoints/
+  python train.py --config configs/$1.py --workdir $RUNS/$1_eq20 $6 --config.init_from=$RUNS/$5 \
+      --config.num_steps=$3 --config.certified.ramp_start_steps=0 --config.certified.ramp_end_steps=2000 \
+      --config.grad_clip_norm=10 "--config.lr_decay_epochs=($4)" --config.checkpoint_every_steps=100 \
+      --config.progress_bar=False
+  python certify.py --config configs/$1.py --config.checkpoint=$RUNS/$1_eq20 $6
+}
+continue_eq20 fmnist_large_tbt 5700 7000 10.833,11.333 fmnist_large_triplet_step1500 "$FM"
+continue_eq20 mnist_large_tbt 3000 4300 6.333,6.833 mnist_large_triplet "$MN"
 
 for method in triplet tbt fctb; do
   python certify.py --config configs/fmnist_large_$method.py \
@@ -54,6 +74,6 @@ done
 python certify.py --config configs/fmnist_small_tbt.py --config.checkpoint=$RUNS/fmnist_small_tbt $FM
 python certify.py --config configs/mnist_small_tbt.py --config.checkpoint=$RUNS/mnist_small_tbt $MN
 python scripts/seed001_report.py fmnist:triplet=$RUNS/fmnist_large_triplet \
-    fmnist:tbt=$RUNS/fmnist_large_tbt fmnist:fctb=$RUNS/fmnist_large_fctb \
+    fmnist:tbt=$RUNS/fmnist_large_tbt fmnist:tbt=$RUNS/fmnist_large_tbt_eq20 fmnist:fctb=$RUNS/fmnist_large_fctb \
     fmnist:tbt=$RUNS/fmnist_small_tbt mnist:triplet=$RUNS/mnist_large_triplet mnist:tbt=$RUNS/mnist_large_tbt \
-    mnist:fctb=$RUNS/mnist_large_fctb mnist:tbt=$RUNS/mnist_small_tbt --out results/seed001/tables.md
+    mnist:tbt=$RUNS/mnist_large_tbt_eq20 mnist:fctb=$RUNS/mnist_large_fctb mnist:tbt=$RUNS/mnist_small_tbt --out results/seed001/tables.md
