@@ -63,6 +63,12 @@ continue_eq20() {
 }
 continue_eq20 fmnist_large_tbt 5700 7000 10.833,11.333 fmnist_large_triplet_step1500 "$FM"
 continue_eq20 mnist_large_tbt 3000 4300 6.333,6.833 mnist_large_triplet "$MN"
+python train.py --config configs/fmnist_large_fctb.py --workdir $RUNS/fmnist_large_fctb_eq20 $FM \
+    --config.init_from=$RUNS/fmnist_large_tbt_eq20 --config.progress_bar=False
+python train.py --config configs/mnist_large_fctb.py --workdir $RUNS/mnist_large_fctb_eq20 $MN \
+    --config.init_from=$RUNS/mnist_large_tbt_eq20 --config.progress_bar=False
+python certify.py --config configs/fmnist_large_fctb.py --config.checkpoint=$RUNS/fmnist_large_fctb_eq20 $FM
+python certify.py --config configs/mnist_large_fctb.py --config.checkpoint=$RUNS/mnist_large_fctb_eq20 $MN
 
 for method in triplet tbt fctb; do
   python certify.py --config configs/fmnist_large_$method.py \
@@ -75,5 +81,6 @@ python certify.py --config configs/fmnist_small_tbt.py --config.checkpoint=$RUNS
 python certify.py --config configs/mnist_small_tbt.py --config.checkpoint=$RUNS/mnist_small_tbt $MN
 python scripts/seed001_report.py fmnist:triplet=$RUNS/fmnist_large_triplet \
     fmnist:tbt=$RUNS/fmnist_large_tbt fmnist:tbt=$RUNS/fmnist_large_tbt_eq20 fmnist:fctb=$RUNS/fmnist_large_fctb \
+    fmnist:fctb=$RUNS/fmnist_large_fctb_eq20 \
     fmnist:tbt=$RUNS/fmnist_small_tbt mnist:triplet=$RUNS/mnist_large_triplet mnist:tbt=$RUNS/mnist_large_tbt \
-    mnist:tbt=$RUNS/mnist_large_tbt_eq20 mnist:fctb=$RUNS/mnist_large_fctb mnist:tbt=$RUNS/mnist_small_tbt --out results/seed001/tables.md
+    mnist:tbt=$RUNS/mnist_large_tbt_eq20 mnist:fctb=$RUNS/mnist_large_fctb mnist:fctb=$RUNS/mnist_large_fctb_eq20 mnist:tbt=$RUNS/mnist_small_tbt --out results/seed001/tables.md
