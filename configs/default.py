@@ -26,7 +26,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.mining = 'batch_all'  # see jaxcert.losses.MINING_STRATEGIES
 
   config.method = 'metric'  # see jaxcert.objectives.METHODS
-  config.init_from = ml_collections.config_dict.placeholder(str)  # workdir whose encoder starts training
+  # Runs' checkpoints are named 'DIR' (the newest) or 'DIR@STEP' (init_from, resume_from, checkpoint).
+  config.init_from = ml_collections.config_dict.placeholder(str)  # a run whose encoder starts training
+  # A run whose whole train state (step, optimiser) this run branches from, then trains on under this
+  # config (e.g. another loss); needs the same model and optimiser chain. Used while this workdir holds
+  # no checkpoint of its own.
+  config.resume_from = ml_collections.config_dict.placeholder(str)
   config.noise_sigma = 0.0  # > 0: Gaussian-augmented training (GDML, seed 000)
 
   config.sampler = 'm_per_class'  # 'm_per_class' or 'epoch'
@@ -47,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.parallel.process_id = ml_collections.config_dict.placeholder(int)
 
   config.checkpoint_every_steps = 500
+  config.checkpoint_keep_every_steps = 0  # > 0: keep every checkpoint whose step is a multiple (besides the newest 2)
   config.log_every_steps = 50
   config.progress_bar = True
 
@@ -57,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.ks = (1, 10, 20, 40)
   config.eval.batch_size = 500
 
-  # certify.py: the training workdir to certify, and the mode (jaxcert.certification.MODES).
+  # certify.py: the run to certify ('DIR' or 'DIR@STEP'), and the mode (jaxcert.certification.MODES).
   config.checkpoint = ml_collections.config_dict.placeholder(str)
   config.certify = ml_collections.ConfigDict()
   config.certify.mode = 'ibp'

@@ -1,8 +1,8 @@
 """The job behind `certify.py`: load a trained encoder and certify or attack it on the test split.
 
-`run(config, workdir)` restores the newest checkpoint of the training run `config.checkpoint`,
-builds the seed 001 query/candidate split of the test set (`config.eval`), and hands both to the
-mode named by `config.certify.mode`:
+`run(config, workdir)` restores the newest checkpoint of the training run `config.checkpoint` (or
+the one of step STEP, for 'DIR@STEP'), builds the seed 001 query/candidate split of the test set
+(`config.eval`), and hands both to the mode named by `config.certify.mode`:
 
   ibp        interval bound propagation: certified ranks under query and candidate attacks (seed 001)
   smoothing  Gaussian smoothing: certified 1-NN retrieval radius (RetrievalGuard, seed 000)
@@ -27,6 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxcert import checkpointing
 from jaxcert import data
 from jaxcert import parallel
 from jaxcert import report
@@ -73,7 +74,10 @@ class CertifyInputs(NamedTuple):
 
 
 def default_workdir(config) -> str:
-  return os.path.join(config.checkpoint, f'certify_{config.certify.mode}')
+  """`<run>/certify_<mode>`, or `<run>/certify_<mode>_step<STEP>` for a checkpoint named 'DIR@STEP'."""
+  directory, step = checkpointing.split_step(config.checkpoint)
+  suffix = '' if step is None else f'_step{step}'
+  return os.path.join(directory, f'certify_{config.certify.mode}{suffix}')
 
 
 def load_inputs(config) -> CertifyInputs:

@@ -13,12 +13,43 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def manager(directory: str, *, max_to_keep: int = 2) -> ocp.CheckpointManager:
-  """A checkpoint manager writing under `directory` (created if needed)."""
+def manager(directory: str, *, max_to_keep: int = 2, keep_every_steps: int = 0) -> ocp.CheckpointManager:
+  """A checkpoint manager writing under `directory` (created if needed).
+
+  It keeps the newest `max_to_keep` checkpoints and, if `keep_every_steps > 0`, every checkpoint
+  whose step is a multiple of it (to certify or branch from a run's history later).
+  """
+  policies = [ocp.checkpoint_managers.LatestN(max_to_keep)]
+  if keep_every_steps > 0:
+    policies.append(ocp.checkpoint_managers.EveryNSteps(keep_every_steps))
   return ocp.CheckpointManager(
       os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+      options=ocp.CheckpointManagerOptions(
+          create=True, preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies)),
   )
+
+
+def split_step(reference: str) -> tuple[str, int | None]:
+  """A checkpoint reference `'DIR'` (its newest checkpoint) or `'DIR@STEP'` -> `(DIR, STEP or None)`."""
+  directory, separator, step = str(reference).rpartition('@')
+  if not separator:
+    return str(reference), None
+  if not step.isdigit():
+    raise ValueError(f'A checkpoint is named DIR or DIR@STEP with STEP a step number, got {reference!r}.')
+  return directory, int(step)
+
+
+def _checked_step(mngr: ocp.CheckpointManager, directory: str, step: int | None) -> int:
+  """`step`, or the newest step if None; raises unless `directory` holds that checkpoint."""
+  steps = sorted(mngr.all_steps())
+  if not steps:
+    raise FileNotFoundError(f'{directory!r} holds no checkpoint.')
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise ValueError(f'{directory!r} holds no checkpoint of step {step}; it holds steps {steps}. '
+                     'config.checkpoint_keep_every_steps keeps more of a run\'s history.')
+  return step
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
@@ -40,23 +71,49 @@ def restore_or_init(mngr: ocp.CheckpointManager, init_state: Any) -> tuple[Any, 
   return mngr.restore(latest, args=ocp.args.StandardRestore(abstract)), True
 
 
-def restore_latest_raw(directory: str) -> dict:
-  """The newest checkpoint under `directory` as nested dicts of numpy arrays (no target structure).
+def restore_step(directory: str, init_state: Any, step: int | None = None) -> tuple[Any, int]:
+  """Checkpoint `step` (default: the newest) of another run's `directory`, in `init_state`'s structure.
 
-  For reading another run's checkpoint whose train state differs from ours (fine-tuning,
-  certification). Arrays saved sharded over devices this process lacks (another mesh, another
-  host count) are read onto the default device.
+  For branching a run: the whole train state (parameters, optimiser state, step) of that run, which
+  this run then trains on under its own config.
+
+  Raises:
+    FileNotFoundError: `directory` holds no checkpoint.
+    ValueError: it holds no checkpoint `step` (the message lists those it holds), or the saved train
+      state has another structure than `init_state` (another optimiser chain, model or method).
   """
   _check_directory(directory)
   mngr = manager(directory)
-  latest = mngr.latest_step()
-  if latest is None:
+  try:
+    step = _checked_step(mngr, directory, step)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, init_state)
+    try:
+      state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    except (ValueError, KeyError, TypeError) as error:
+      raise ValueError(
+          f'The train state saved in {directory!r} (step {step}) does not fit this config\'s '
+          '(another model, optimiser chain such as gradient clipping, or method). To start from its '
+          f'encoder alone, use config.init_from. ({type(error).__name__}: {error})') from error
+  finally:
     mngr.close()
-    raise FileNotFoundError(f'{directory!r} holds no checkpoint.')
-  fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  restored = mngr.restore(latest, args=ocp.args.StandardRestore(fallback_sharding=fallback))
-  mngr.close()
-  return restored
+  return state, step
+
+
+def restore_raw(directory: str, step: int | None = None) -> dict:
+  """Checkpoint `step` (default: the newest) under `directory` as nested dicts of numpy arrays.
+
+  No target structure: for reading another run's checkpoint whose train state differs from ours
+  (fine-tuning, certification). Arrays saved sharded over devices this process lacks (another
+  mesh, another host count) are read onto the default device. Raises as `restore_step`.
+  """
+  _check_directory(directory)
+  mngr = manager(directory)
+  try:
+    step = _checked_step(mngr, directory, step)
+    fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return mngr.restore(step, args=ocp.args.StandardRestore(fallback_sharding=fallback))
+  finally:
+    mngr.close()
 
 
 def _check_directory(directory: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -229,7 +230,12 @@ class _CollapseDetector:
 
 
 def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn.Module, TrainState]:
-  """Trains (or resumes training) the encoder of `config`; returns `(model, final state)`."""
+  """Trains (or resumes training) the encoder of `config`; returns `(model, final state)`.
+
+  Starts from `workdir`'s newest checkpoint if it has one; else from another run's train state
+  (`config.resume_from`, a branch: its metrics before the branch step are copied over, so the
+  curves show the whole history), else from a run's encoder (`config.init_from`), else afresh.
+  """
   os.makedirs(workdir, exist_ok=True)
   dataset = dataset if dataset is not None else data.load_dataset(config.data)
   train_images, train_labels = dataset.train.images, np.asarray(dataset.train.labels)
@@ -245,12 +251,21 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
   num_steps = total_steps(config, num_train)
 
   checkpoint_dir = os.path.join(workdir, 'checkpoints')
-  mngr = checkpointing.manager(checkpoint_dir)
+  mngr = checkpointing.manager(checkpoint_dir, keep_every_steps=config.get('checkpoint_keep_every_steps', 0))
   state, restored = checkpointing.restore_or_init(mngr, state)
   start_step = int(state.step)
   if restored:
     logging.info('Resuming from step %d of %d (%s).', start_step, num_steps, checkpoint_dir)
     print(f'Resuming from checkpoint at step {start_step} of {num_steps}.')
+  elif config.get('resume_from'):
+    directory, step = checkpointing.split_step(config.resume_from)
+    state, step = checkpointing.restore_step(os.path.join(directory, 'checkpoints'), state, step)
+    state = parallel.replicate(state, mesh)
+    start_step = int(state.step)
+    if parallel.is_primary() and os.path.exists(os.path.join(directory, 'metrics.jsonl')):
+      # The log writer below keeps the records before the branch step.
+      shutil.copyfile(os.path.join(directory, 'metrics.jsonl'), os.path.join(workdir, 'metrics.jsonl'))
+    print(f'Branching from step {step} of {directory}; {num_steps - start_step} steps to go.')
   elif config.get('init_from'):
     state = parallel.replicate(initialize_from(state, config.init_from), mesh)
     print(f'Starting from the encoder trained in {config.init_from}.')
@@ -296,7 +311,9 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
 
 
 def restore_encoder(workdir: str, target: dict) -> tuple[dict, int]:
-  """The encoder `{'model': params, 'batch_stats': ...}` of `workdir`'s newest checkpoint, and its step.
+  """The encoder `{'model': params, 'batch_stats': ...}` of a run's checkpoint, and its step.
+
+  `workdir` names the run's newest checkpoint, or `'DIR@STEP'` the one of that step.
 
   Only the encoder is read, whatever else the train state held (optimiser, gradient clipping, a
   method's head or frozen reference encoder), so any run's encoder can be certified or fine-tuned
@@ -307,7 +324,8 @@ def restore_encoder(workdir: str, target: dict) -> tuple[dict, int]:
     FileNotFoundError: `workdir` holds no checkpoint.
     ValueError: its encoder has other shapes than `target`'s.
   """
-  restored = checkpointing.restore_latest_raw(os.path.join(workdir, 'checkpoints'))
+  directory, step = checkpointing.split_step(workdir)
+  restored = checkpointing.restore_raw(os.path.join(directory, 'checkpoints'), step)
   source = {'model': restored['params']['model'], 'batch_stats': restored.get('batch_stats') or {}}
   if jax.tree.map(np.shape, source) != jax.tree.map(np.shape, target):
     raise ValueError(f'The encoder in {workdir} does not match config.model (parameter shapes differ); '
@@ -316,7 +334,7 @@ def restore_encoder(workdir: str, target: dict) -> tuple[dict, int]:
 
 
 def initialize_from(state: TrainState, workdir: str) -> TrainState:
-  """`state` with the encoder (parameters and BatchNorm statistics) of `workdir`'s newest checkpoint.
+  """`state` with the encoder (parameters and BatchNorm statistics) of `workdir` ('DIR' or 'DIR@STEP').
 
   Fine-tuning (FCTB of seed 001, Eq. 21, starts from a TBT-trained encoder) starts from another
   run's encoder, whatever method trained it; the step, the optimiser and the method's own

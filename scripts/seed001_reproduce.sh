@@ -51,18 +51,17 @@ python train.py --config configs/mnist_small_tbt.py --workdir $RUNS/mnist_small_
 # Eq. 20's balance (T and Reg averaged over the same triplets, the configs' default): each Large
 # TBT run goes on from its last checkpoint at eps 0.2 with lr 1e-3 again for 800 steps, then x0.1
 # twice, 300 steps apart (FMNIST 5700 -> 7000, MNIST 3000 -> 4300).
-# continue_eq20 RUN STEP END DECAY_EPOCHS INIT DATA_FLAGS: RUN's step-STEP checkpoint trained on to END.
+# continue_eq20 RUN STEP END DECAY_EPOCHS DATA_FLAGS: a branch of RUN at its step-STEP checkpoint
+# (config.resume_from; the runs we report copied the checkpoint by hand before it existed), trained on to END.
 continue_eq20() {
-  mkdir -p $RUNS/$1_eq20/checkpoints
-  cp -r $RUNS/$1/checkpoints/$2 $RUNS/$1_eq20/checkpoints/
-  python train.py --config configs/$1.py --workdir $RUNS/$1_eq20 $6 --config.init_from=$RUNS/$5 \
+  python train.py --config configs/$1.py --workdir $RUNS/$1_eq20 $5 --config.resume_from=$RUNS/$1@$2 \
       --config.num_steps=$3 --config.certified.ramp_start_steps=0 --config.certified.ramp_end_steps=2000 \
       --config.grad_clip_norm=10 "--config.lr_decay_epochs=($4)" --config.checkpoint_every_steps=100 \
       --config.progress_bar=False
-  python certify.py --config configs/$1.py --config.checkpoint=$RUNS/$1_eq20 $6
+  python certify.py --config configs/$1.py --config.checkpoint=$RUNS/$1_eq20 $5
 }
-continue_eq20 fmnist_large_tbt 5700 7000 10.833,11.333 fmnist_large_triplet_step1500 "$FM"
-continue_eq20 mnist_large_tbt 3000 4300 6.333,6.833 mnist_large_triplet "$MN"
+continue_eq20 fmnist_large_tbt 5700 7000 10.833,11.333 "$FM"
+continue_eq20 mnist_large_tbt 3000 4300 6.333,6.833 "$MN"
 python train.py --config configs/fmnist_large_fctb.py --workdir $RUNS/fmnist_large_fctb_eq20 $FM \
     --config.init_from=$RUNS/fmnist_large_tbt_eq20 --config.progress_bar=False
 python train.py --config configs/mnist_large_fctb.py --workdir $RUNS/mnist_large_fctb_eq20 $MN \

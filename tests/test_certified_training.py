@@ -205,4 +205,4 @@ def test_tbt_then_fctb_in_the_training_loop(tmp_path):
   for expected, got in zip(jax.tree.leaves(fctb_state.params['model']),
                            jax.tree.leaves(variables['params'])):
     np.testing.assert_array_equal(expected, got)
-  assert checkpointing.restore_latest_raw(tmp_path / 'fctb' / 'checkpoints')['step'] == 6
+  assert checkpointing.restore_raw(tmp_path / 'fctb' / 'checkpoints')['step'] == 6

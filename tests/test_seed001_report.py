@@ -10,13 +10,14 @@ sys.path.insert(0, os.path.join(REPO, 'scripts'))
 import seed001_report  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def _fake_run(path, model, method, value, checkpoint_step=None, mining='batch_all_mean'):
+def _fake_run(path, model, method, value, checkpoint_step=None, mining='batch_all_mean', resume_from=None):
   os.makedirs(path / 'certify_ibp')
   os.makedirs(path / 'checkpoints' / '300')
   config = {'num_steps': 300, 'num_epochs': 100, 'method': method, 'model': {'name': model},
             'certified': {'ramp_start_steps': 0, 'ramp_end_steps': 200, 'kappa': 0.5},
             'grad_clip_norm': 10.0, 'init_from': '/runs/triplet_step1500', 'learning_rate': 0.001,
-            'lr_decay_epochs': [5.667, 8.5], 'lr_decay_factor': 0.1, 'loss': {'mining': mining}}
+            'lr_decay_epochs': [5.667, 8.5], 'lr_decay_factor': 0.1, 'loss': {'mining': mining},
+            'resume_from': resume_from}
   (path / 'config.json').write_text(json.dumps(config))
   results = {'eps': 0.2, **{f'recall@{k}': value for k in seed001_report.KS},
              **{f'cr_recall_{a}@{k}': value / 2 for a in ('qa', 'ca') for k in seed001_report.KS},
@@ -28,7 +29,9 @@ def _fake_run(path, model, method, value, checkpoint_step=None, mining='batch_al
 def test_tables_show_paper_values_for_large_only(tmp_path):
   large = _fake_run(tmp_path / 'large', 'large_cnn', 'tbt', 0.5, checkpoint_step=200)
   small = _fake_run(tmp_path / 'small', 'small_cnn', 'tbt', 0.4, mining='batch_all')
-  text = seed001_report.main([f'fmnist:tbt={large}', f'fmnist:tbt={small}',
+  branch = _fake_run(tmp_path / 'branch', 'large_cnn', 'tbt', 0.3, checkpoint_step=300,
+                     resume_from='/runs/tbt@5700')
+  text = seed001_report.main([f'fmnist:tbt={large}', f'fmnist:tbt={small}', f'fmnist:tbt={branch}',
                               '--out', str(tmp_path / 'tables.md')])
   assert text == (tmp_path / 'tables.md').read_text()
   assert '| FMNIST | Large | TBT | 0.50 (0.62) | 0.50 (0.93) |' in text  # paper Table 1 TBT
@@ -39,5 +42,7 @@ def test_tables_show_paper_values_for_large_only(tmp_path):
           'eps ramp 0-200, kappa 0.5, T over all triplets (Eq. 20), '
           'gradient norm clipped at 10, from triplet_step1500') in text
   assert "T mined 'batch_all' (not Eq. 20's balance)" in text  # Runs from before the change.
+  # A branch names the run and step it continued, not the encoder that run started from.
+  assert 'gradient norm clipped at 10, branched from tbt@5700 |' in text
   # Results from before certify.py recorded the step fall back to the newest checkpoint, saying so.
   assert 'checkpoint of step 300 (newest saved; results.json predates checkpoint_step)' in text

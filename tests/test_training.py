@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
+from jaxcert import certification
 from jaxcert import checkpointing
 from jaxcert import report
 from jaxcert import training
@@ -119,6 +120,67 @@ def test_resume_logs_each_step_once(tmp_path):
   second = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   assert [r['step'] for r in second] == [r['step'] for r in first] == [0, 2, 3, 4, 6, 7, 8, 10, 11]
   assert second[:6] == first[:6]  # the records before the checkpoint are kept as they were
+
+
+def test_branch_from_another_runs_checkpoint(tmp_path):
+  """config.resume_from='DIR@STEP' restores that run's whole train state: with the same config the
+  branch ends on the run's own final parameters, bit for bit; with another loss it trains on from
+  there, its log holding the source's records before the branch step."""
+  config = tiny_config()
+  source = tmp_path / 'source'
+  training.train(config, str(source))
+  same = tmp_path / 'same'
+  training.train(tiny_config(resume_from=f'{source}@8'), str(same))
+  for a, b in zip(final_params(str(source), config), final_params(str(same), config)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  other = tmp_path / 'other'
+  training.train(tiny_config(**{'resume_from': f'{source}@8', 'loss.margin': 0.3}), str(other))
+  assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+             zip(final_params(str(source), config), final_params(str(other), config)))
+  records = lambda run: [json.loads(line) for line in open(run / 'metrics.jsonl')]
+  assert [r['step'] for r in records(other)] == [r['step'] for r in records(source)]
+  assert records(other)[:6] == records(source)[:6]  # steps 0-7 come from the source
+  assert records(other)[6] != records(source)[6]  # step 8 on: the branch's own loss
+
+
+@pytest.mark.parametrize('resume_from,overrides,error,message', [
+    ('{source}@5', {}, ValueError, r'no checkpoint of step 5; it holds steps \[8, 12\]'),
+    ('{source}@last', {}, ValueError, 'DIR@STEP with STEP a step number'),
+    ('{source}/nowhere', {}, FileNotFoundError, 'No checkpoint directory'),
+    ('{source}', {'grad_clip_norm': 1.0}, ValueError, 'does not fit this config.*config.init_from'),
+])
+def test_branch_errors_say_what_to_do(tmp_path, resume_from, overrides, error, message):
+  source = tmp_path / 'source'
+  training.train(tiny_config(), str(source))
+  config = tiny_config(resume_from=resume_from.format(source=source), **overrides)
+  with pytest.raises(error, match=message):
+    training.train(config, str(tmp_path / 'branch'))
+
+
+def test_kept_checkpoints_load_and_certify_by_step(tmp_path):
+  """checkpoint_keep_every_steps keeps the multiples besides the newest two; 'DIR@STEP' loads,
+  certifies (into certify_ibp_step<STEP>, recording the step) and starts training from one."""
+  config = tiny_config(checkpoint_every_steps=2, checkpoint_keep_every_steps=4)
+  run = tmp_path / 'run'
+  training.train(config, str(run))
+  assert sorted(int(p) for p in os.listdir(run / 'checkpoints') if p.isdigit()) == [4, 8, 10, 12]
+  _, at_4, _, step = training.load_trained(config, f'{run}@4')
+  assert step == 4
+  assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+             for a, b in zip(jax.tree.leaves(at_4), final_params(str(run), config)))
+  with pytest.raises(ValueError, match=r'no checkpoint of step 6; it holds steps \[4, 8, 10, 12\]'):
+    training.load_trained(config, f'{run}@6')
+
+  config.checkpoint = f'{run}@4'
+  config.ibp.eps_sweep = (0.05,)
+  certification.run(config)
+  assert json.load(open(run / 'certify_ibp_step4' / 'results.json'))['checkpoint_step'] == 4
+
+  frozen = tiny_config(init_from=f'{run}@4', num_steps=1, learning_rate=0.0)  # step 4's encoder as is
+  training.train(frozen, str(tmp_path / 'frozen'))
+  for a, b in zip(jax.tree.leaves(at_4), final_params(str(tmp_path / 'frozen'), frozen)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_resume_after_a_torn_log_line(tmp_path):

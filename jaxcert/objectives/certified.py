@@ -214,7 +214,7 @@ def init_cibp_params(config, context: base.ParamsContext) -> dict:
 
 
 def init_fctb_params(config, context: base.ParamsContext) -> dict:
-  """The frozen pre-trained encoder f0 of Eq. 21: the newest checkpoint of `config.init_from`.
+  """The frozen pre-trained encoder f0 of Eq. 21: `config.init_from`'s newest checkpoint (or 'DIR@STEP').
 
   Raises:
     ValueError: `config.init_from` is not set, or `config.train_split` is not 'candidates'.
@@ -227,7 +227,8 @@ def init_fctb_params(config, context: base.ParamsContext) -> dict:
                      'config.init_from to the workdir of a TBT run.')
   if config.get('train_split', 'train') != 'candidates':
     raise ValueError("FCTB trains on the candidate set: set config.train_split = 'candidates'.")
-  restored = checkpointing.restore_latest_raw(os.path.join(config.init_from, 'checkpoints'))
+  directory, step = checkpointing.split_step(config.init_from)
+  restored = checkpointing.restore_raw(os.path.join(directory, 'checkpoints'), step)
   reference = {'params': restored['params']['model'],
                'batch_stats': restored.get('batch_stats') or {}}
   return {'reference': jax.tree.map(jnp.asarray, reference)}
