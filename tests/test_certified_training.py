@@ -169,6 +169,14 @@ def test_seed001_tbt_loss_is_eq_20_summed_over_triplets():
   np.testing.assert_allclose(loss, np.mean(per_triplet), rtol=1e-4)
 
 
+@pytest.mark.parametrize('mining,warns', [('batch_all', True), ('batch_all_mean', False)])
+def test_tbt_warns_when_the_triplet_term_is_not_eq_20s_average(caplog, mining, warns):
+  config = seed001.get_config('fmnist', 'small', 'tbt')
+  config.loss.mining = mining
+  objectives.get_method('tbt').init_params(config, objectives.ParamsContext(jax.random.key(0), 8, 4))
+  assert ("Eq. 20 averages T over all valid triplets" in caplog.text) == warns
+
+
 def _tiny_config(method, **fields):
   config = seed001.get_config('fmnist', 'small', method)
   config.data.name = 'embedded'

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import os
 
+from absl import logging
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -234,6 +236,16 @@ def init_fctb_params(config, context: base.ParamsContext) -> dict:
   return {'reference': jax.tree.map(jnp.asarray, reference)}
 
 
-TBT = base.Method(tbt_objective, _init_schedule_params)
+def init_tbt_params(config, context: base.ParamsContext) -> dict:
+  """The metric loss's parameters; warns when the triplet term is not averaged as Eq. 20 sums it."""
+  if config.loss.name == 'triplet' and config.loss.get('mining') != 'batch_all_mean':
+    logging.warning(
+        "TBT with triplet mining %r: Eq. 20 averages T over all valid triplets, as it does Reg "
+        "(mining 'batch_all_mean', set by configs/seed001.py); this mining weighs T by another "
+        "factor than kappa (for 'batch_all', 1 / the fraction of active triplets).", config.loss.mining)
+  return _init_schedule_params(config, context)
+
+
+TBT = base.Method(tbt_objective, init_tbt_params)
 FCTB = base.Method(fctb_objective, init_fctb_params)
 CIBP = base.Method(cibp_objective, init_cibp_params)
