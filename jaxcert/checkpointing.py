@@ -32,7 +32,7 @@ def manager(directory: str, *, max_to_keep: int = 2, keep_every_steps: int = 0) 
 def split_step(reference: str) -> tuple[str, int | None]:
   """A checkpoint reference `'DIR'` (its newest checkpoint) or `'DIR@STEP'` -> `(DIR, STEP or None)`."""
   directory, separator, step = str(reference).rpartition('@')
-  if not separator:
+  if not separator or os.sep in step:  # No '@', or one inside the path ('/home/me@host/run').
     return str(reference), None
   if not step.isdigit():
     raise ValueError(f'A checkpoint is named DIR or DIR@STEP with STEP a step number, got {reference!r}.')

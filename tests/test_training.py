@@ -144,6 +144,13 @@ def test_branch_from_another_runs_checkpoint(tmp_path):
   assert records(other)[6] != records(source)[6]  # step 8 on: the branch's own loss
 
 
+def test_checkpoint_names_split_at_the_last_at_sign():
+  assert checkpointing.split_step('runs/tbt@5700') == ('runs/tbt', 5700)
+  assert checkpointing.split_step('runs/tbt') == ('runs/tbt', None)
+  assert checkpointing.split_step('/home/me@host/run') == ('/home/me@host/run', None)
+  assert checkpointing.split_step('/home/me@host/run@40') == ('/home/me@host/run', 40)
+
+
 @pytest.mark.parametrize('resume_from,overrides,error,message', [
     ('{source}@5', {}, ValueError, r'no checkpoint of step 5; it holds steps \[8, 12\]'),
     ('{source}@last', {}, ValueError, 'DIR@STEP with STEP a step number'),
