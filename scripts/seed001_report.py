@@ -1,14 +1,18 @@
 """Seed 001 Tables 1-2 (Large) beside our runs: Recall@K and CR-Recall@K (QA, CA) in markdown.
 
 Reads `<run>/certify_ibp/results.json` (certify.py mode 'ibp') and `<run>/config.json` of every
-run given as `dataset:method=RUN_DIR`, and prints (or writes with --out) one markdown table per
-paper table, our value first and the paper's in parentheses, with each run's training budget.
+run given as `dataset:method=RUN_DIR`, or a copy of them in a results directory (`results.json` and
+`train_config.json` side by side, as in results/seed001/*; for results from before certify.py
+recorded the certified step, `newest_checkpoint.json` gives the run's newest checkpoint then), and prints (or writes with --out) one
+markdown table per paper table, our value first and the paper's in parentheses, with each run's
+training budget.
 The paper's tables are for the Large CNN: Small-CNN runs (read from config.json) get no paper
 value (its Small results are in an appendix our copy lacks). A (dataset, method) may appear more
 than once (e.g. Large and Small).
 
   python scripts/seed001_report.py fmnist:triplet=/work/runs/fmnist_large_triplet \
       fmnist:tbt=/work/runs/fmnist_large_tbt --out results/seed001/tables.md
+  python scripts/seed001_report.py fmnist:tbt=results/seed001/fmnist_large_tbt_eq20
 """
 
 import argparse
@@ -43,13 +47,36 @@ PAPER_CR_CA = {
 }
 
 
+def _load(run_dir: str) -> tuple[dict, dict]:
+  """`(results, training config)` of a run directory or of a results directory holding their copies."""
+  if os.path.exists(os.path.join(run_dir, 'certify_ibp', 'results.json')):
+    paths = os.path.join(run_dir, 'certify_ibp', 'results.json'), os.path.join(run_dir, 'config.json')
+  else:
+    paths = os.path.join(run_dir, 'results.json'), os.path.join(run_dir, 'train_config.json')
+  loaded = []
+  for path in paths:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{path} does not exist: {run_dir} needs certify_ibp/results.json and '
+                              'config.json (a run), or results.json and train_config.json (its copy).')
+    with open(path, encoding='utf-8') as f:
+      loaded.append(json.load(f))
+  return loaded[0], loaded[1]
+
+
 def _certified_step(run_dir: str, results: dict) -> str:
   """The step of the certified checkpoint: results.json's `checkpoint_step`, or, for results
   written before certify.py recorded it, the run's newest checkpoint (marked as such)."""
   if results.get('checkpoint_step') is not None:
     return str(results['checkpoint_step'])
-  saved = [int(name) for name in os.listdir(os.path.join(run_dir, 'checkpoints')) if name.isdigit()]
-  return f'{max(saved)} (newest saved; results.json predates checkpoint_step)'
+  if os.path.isdir(os.path.join(run_dir, 'checkpoints')):
+    saved = [int(name) for name in os.listdir(os.path.join(run_dir, 'checkpoints')) if name.isdigit()]
+    newest = max(saved)
+  elif os.path.exists(os.path.join(run_dir, 'newest_checkpoint.json')):  # read off the run, in a copy
+    with open(os.path.join(run_dir, 'newest_checkpoint.json'), encoding='utf-8') as f:
+      newest = json.load(f)['step']
+  else:
+    return 'not recorded (results.json predates checkpoint_step)'
+  return f'{newest} (newest saved; results.json predates checkpoint_step)'
 
 
 def _budget(run_dir: str, config: dict, results: dict) -> str:
@@ -74,6 +101,8 @@ def _budget(run_dir: str, config: dict, results: dict) -> str:
     text += f', branched from {os.path.basename(os.path.normpath(config["resume_from"]))}'
   elif config.get('init_from'):
     text += f', from {os.path.basename(os.path.normpath(config["init_from"]))}'
+  if config.get('reconstructed'):  # a copy written after the run, when its own config.json was lost
+    text += f'; config {config["reconstructed"]}'
   return text
 
 
@@ -85,10 +114,7 @@ def tables(runs: list) -> str:
   """Markdown of both tables for `runs = [(dataset, method, run_dir), ...]`."""
   recall_rows, cr_rows, budget_rows = [], [], []
   for dataset, method, run_dir in runs:
-    with open(os.path.join(run_dir, 'certify_ibp', 'results.json'), encoding='utf-8') as f:
-      results = json.load(f)
-    with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
-      config = json.load(f)
+    results, config = _load(run_dir)
     model_name = config['model']['name']
     is_large = model_name == 'large_cnn'
     name = {'dataset': DATASET_NAMES[dataset], 'model': MODEL_NAMES.get(model_name, model_name),

@@ -4,6 +4,8 @@ import json
 import os
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'scripts'))
 
@@ -46,3 +48,21 @@ def test_tables_show_paper_values_for_large_only(tmp_path):
   assert 'gradient norm clipped at 10, branched from tbt@5700 |' in text
   # Results from before certify.py recorded the step fall back to the newest checkpoint, saying so.
   assert 'checkpoint of step 300 (newest saved; results.json predates checkpoint_step)' in text
+
+
+def test_tables_read_results_copies_as_in_the_repo(tmp_path):
+  """results/seed001/<name>/ holds results.json and train_config.json side by side (and, for results
+  from before certify.py recorded the step, newest_checkpoint.json); the report reads that layout."""
+  run = _fake_run(tmp_path / 'run', 'large_cnn', 'tbt', 0.5)
+  copy = tmp_path / 'copy'
+  copy.mkdir()
+  (copy / 'results.json').write_text((tmp_path / 'run' / 'certify_ibp' / 'results.json').read_text())
+  config = json.loads((tmp_path / 'run' / 'config.json').read_text())
+  (copy / 'train_config.json').write_text(json.dumps({**config, 'reconstructed': 'rebuilt for the test'}))
+  from_run, from_copy = seed001_report.main([f'fmnist:tbt={run}']), seed001_report.main([f'fmnist:tbt={copy}'])
+  assert from_copy.split('Runs:')[0] == from_run.split('Runs:')[0]  # the same numbers
+  assert 'checkpoint of step not recorded' in from_copy and '; config rebuilt for the test' in from_copy
+  (copy / 'newest_checkpoint.json').write_text(json.dumps({'step': 300}))
+  assert 'checkpoint of step 300 (newest saved' in seed001_report.main([f'fmnist:tbt={copy}'])
+  with pytest.raises(FileNotFoundError, match='needs certify_ibp/results.json'):
+    seed001_report.main([f'fmnist:tbt={tmp_path / "nowhere"}'])
