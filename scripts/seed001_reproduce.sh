@@ -1,6 +1,6 @@
 #!/bin/sh
 # Seed 001 (Kakizaki et al.) on full Fashion-MNIST and MNIST (IDX) at the reduced CPU budgets of
-# results/seed001/README.md: Triplet, TBT and TBT+FCTB on the Large CNN (FMNIST), Triplet, TBT and TBT+FCTB (MNIST), TBT on the Small CNN with
+# results/seed001/README.md: Triplet, C-IBP, TBT and TBT+FCTB on the Large CNN (FMNIST), Triplet, TBT and TBT+FCTB (MNIST), TBT on the Small CNN with
 # the paper's eps/kappa schedule, each certified by certify.py mode 'ibp' (eps = 0.2,
 # K = 1, 10, 20, 40), then the tables beside the paper's.
 # RUNS=/work/runs sh scripts/seed001_reproduce.sh
