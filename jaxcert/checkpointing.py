@@ -39,6 +39,23 @@ def split_step(reference: str) -> tuple[str, int | None]:
   return directory, int(step)
 
 
+def checkpoint_directory(workdir: str) -> str:
+  """Where a run's checkpoints live: `<workdir>/checkpoints`."""
+  return os.path.join(workdir, 'checkpoints')
+
+
+def restore_run_step(run: str, init_state: Any) -> tuple[Any, int]:
+  """`restore_step` of the run `run` names: `'DIR'` (its newest checkpoint) or `'DIR@STEP'`."""
+  directory, step = split_step(run)
+  return restore_step(checkpoint_directory(directory), init_state, step)
+
+
+def restore_run_raw(run: str) -> dict:
+  """`restore_raw` of the run `run` names: `'DIR'` (its newest checkpoint) or `'DIR@STEP'`."""
+  directory, step = split_step(run)
+  return restore_raw(checkpoint_directory(directory), step)
+
+
 def _checked_step(mngr: ocp.CheckpointManager, directory: str, step: int | None) -> int:
   """`step`, or the newest step if None; raises unless `directory` holds that checkpoint."""
   steps = sorted(mngr.all_steps())

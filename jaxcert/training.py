@@ -250,7 +250,7 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
   state = parallel.replicate(create_train_state(config, model, image_shape, num_train, dataset.num_classes), mesh)
   num_steps = total_steps(config, num_train)
 
-  checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  checkpoint_dir = checkpointing.checkpoint_directory(workdir)
   mngr = checkpointing.manager(checkpoint_dir, keep_every_steps=config.get('checkpoint_keep_every_steps', 0))
   state, restored = checkpointing.restore_or_init(mngr, state)
   start_step = int(state.step)
@@ -258,8 +258,8 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
     logging.info('Resuming from step %d of %d (%s).', start_step, num_steps, checkpoint_dir)
     print(f'Resuming from checkpoint at step {start_step} of {num_steps}.')
   elif config.get('resume_from'):
-    directory, step = checkpointing.split_step(config.resume_from)
-    state, step = checkpointing.restore_step(os.path.join(directory, 'checkpoints'), state, step)
+    state, step = checkpointing.restore_run_step(config.resume_from, state)
+    directory, _ = checkpointing.split_step(config.resume_from)
     state = parallel.replicate(state, mesh)
     start_step = int(state.step)
     if parallel.is_primary() and os.path.exists(os.path.join(directory, 'metrics.jsonl')):
@@ -324,8 +324,7 @@ def restore_encoder(workdir: str, target: dict) -> tuple[dict, int]:
     FileNotFoundError: `workdir` holds no checkpoint.
     ValueError: its encoder has other shapes than `target`'s.
   """
-  directory, step = checkpointing.split_step(workdir)
-  restored = checkpointing.restore_raw(os.path.join(directory, 'checkpoints'), step)
+  restored = checkpointing.restore_run_raw(workdir)
   source = {'model': restored['params']['model'], 'batch_stats': restored.get('batch_stats') or {}}
   if jax.tree.map(np.shape, source) != jax.tree.map(np.shape, target):
     raise ValueError(f'The encoder in {workdir} does not match config.model (parameter shapes differ); '

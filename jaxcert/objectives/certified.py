@@ -28,8 +28,6 @@ the training-mode function itself.
 
 from __future__ import annotations
 
-import os
-
 from absl import logging
 
 import jax
@@ -229,8 +227,7 @@ def init_fctb_params(config, context: base.ParamsContext) -> dict:
                      'config.init_from to the workdir of a TBT run.')
   if config.get('train_split', 'train') != 'candidates':
     raise ValueError("FCTB trains on the candidate set: set config.train_split = 'candidates'.")
-  directory, step = checkpointing.split_step(config.init_from)
-  restored = checkpointing.restore_raw(os.path.join(directory, 'checkpoints'), step)
+  restored = checkpointing.restore_run_raw(config.init_from)
   reference = {'params': restored['params']['model'],
                'batch_stats': restored.get('batch_stats') or {}}
   return {'reference': jax.tree.map(jnp.asarray, reference)}
