@@ -196,8 +196,8 @@ def _check_finite(step: int, step_metrics: dict, checkpoint_dir: str) -> None:
   # as distance 0 and stay finite while the parameters are already lost.
   if not (math.isfinite(step_metrics['loss']) and math.isfinite(step_metrics['grad_norm'])):
     raise TrainingDivergedError(
-        f'Loss is {step_metrics["loss"]} (gradient norm {step_metrics["grad_norm"]}) at step {step}; stopping. The last good checkpoint is kept '
-        f'in {checkpoint_dir}. Lower the learning rate or check the data, then rerun to resume.')
+        f'Loss is {step_metrics["loss"]} (gradient norm {step_metrics["grad_norm"]}) at step {step}; '
+        f'stopping. The last good checkpoint is kept in {checkpoint_dir}. Lower the learning rate or check the data, then rerun to resume.')
 
 
 class _CollapseDetector:
@@ -271,7 +271,8 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
     print(f'Starting from the encoder trained in {config.init_from}.')
 
   replicated = parallel.replicated(mesh)
-  train_step = jax.jit(make_train_step(model, config, tx, objectives.get_method(config.method).objective), donate_argnums=0,
+  objective = objectives.get_method(config.method).objective
+  train_step = jax.jit(make_train_step(model, config, tx, objective), donate_argnums=0,
                        out_shardings=(replicated, replicated))
   local_rows = parallel.process_slice(config.batch_size)
   base_key = jax.random.key(config.seed)

@@ -235,7 +235,8 @@ def _tables(rows, comparison, ks, num_queries, settings) -> str:
   selected = [row for row in rows if row['kind'] == 'nn']
   if selected:
     table = [{'eps': f'{row["eps"]:g}', 'R@1': f'{row["recall@1"]:.4f}',
-              'mAP@R': f'{row["map@r"]:.4f}', 'adversarial R@1': _format(row, 'adversarial_recall@1', settings.num_repeats),
+              'mAP@R': f'{row["map@r"]:.4f}',
+              'adversarial R@1': _format(row, 'adversarial_recall@1', settings.num_repeats),
               'adversarial mAP@R': _format(row, 'adversarial_map@r', settings.num_repeats),
               'attacked': f'{row["attacked_fraction"]:.4f}'} for row in selected]
     parts.append(f'Seed 002 Algorithm 1 on the test split ({settings.method}, '
