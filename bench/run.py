@@ -144,7 +144,8 @@ def scaling_measurements(repeats: int = 3) -> dict:
   import numpy as np  # pylint: disable=import-outside-toplevel
   from bench import common  # pylint: disable=import-outside-toplevel
   from configs import default  # pylint: disable=import-outside-toplevel
-  from jaxcert import attacks, models, objectives, parallel, smoothing, training  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from jaxcert import attacks, models, objectives, parallel, smoothing, training
   from jaxcert.bounds import input_box, interval  # pylint: disable=import-outside-toplevel
 
   mesh = parallel.make_mesh()

@@ -197,7 +197,8 @@ def _check_finite(step: int, step_metrics: dict, checkpoint_dir: str) -> None:
   if not (math.isfinite(step_metrics['loss']) and math.isfinite(step_metrics['grad_norm'])):
     raise TrainingDivergedError(
         f'Loss is {step_metrics["loss"]} (gradient norm {step_metrics["grad_norm"]}) at step {step}; '
-        f'stopping. The last good checkpoint is kept in {checkpoint_dir}. Lower the learning rate or check the data, then rerun to resume.')
+        f'stopping. The last good checkpoint is kept in {checkpoint_dir}. '
+        'Lower the learning rate or check the data, then rerun to resume.')
 
 
 class _CollapseDetector:

@@ -93,7 +93,8 @@ def test_resume_after_kill_gives_same_parameters(tmp_path):
     if any(s >= 10 for s in steps):
       break
     time.sleep(0.05)
-  assert process.poll() is None, 'training finished before it could be killed; ' + process.stderr.read().decode()[-2000:]
+  assert process.poll() is None, (
+      'training finished before it could be killed; ' + process.stderr.read().decode()[-2000:])
   process.send_signal(signal.SIGKILL)
   process.wait()
   mngr = checkpointing.manager(str(checkpoint_dir))
