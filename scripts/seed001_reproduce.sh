@@ -54,28 +54,29 @@ python train.py --config configs/mnist_small_tbt.py --workdir $RUNS/mnist_small_
 # certified. C-IBP, Large CNN, from scratch: 300 steps of cross-entropy (eps 0, kappa 1), eps 0 ->
 # 0.2 and kappa 1 -> 0.5 over steps 300-1300 (the paper: 2K-10K), gradient norm clipped at 10,
 # 1300 steps (2.2 epochs, ending as eps reaches 0.2; the paper trains 100), lr x0.1 at step 1200.
-for dataset in fmnist mnist; do
-  if [ $dataset = fmnist ]; then data=$FM; else data=$MN; fi
-  python train.py --config configs/${dataset}_small_tbt.py --workdir $RUNS/${dataset}_small_tbt_full $data \
+# small_full_and_cibp DATASET DATA_FLAGS: both runs above on one dataset, each certified.
+small_full_and_cibp() {
+  python train.py --config configs/$1_small_tbt.py --workdir $RUNS/$1_small_tbt_full $2 \
       --config.num_steps=30000 --config.checkpoint_keep_every_steps=5000 --config.progress_bar=False
   for step in 10000 15000 25000; do
-    python certify.py --config configs/${dataset}_small_tbt.py \
-        --config.checkpoint=$RUNS/${dataset}_small_tbt_full@$step $data "--config.ibp.eps_sweep=(0.2,)"
+    python certify.py --config configs/$1_small_tbt.py --config.checkpoint=$RUNS/$1_small_tbt_full@$step $2 \
+        "--config.ibp.eps_sweep=(0.2,)"
   done
-  python certify.py --config configs/${dataset}_small_tbt.py --config.checkpoint=$RUNS/${dataset}_small_tbt_full $data
-  if [ $dataset = mnist ]; then  # (we ran it on MNIST only)
-    # The paper's last 50 epochs at lr 1e-5: a branch of the step-30,000 checkpoint trained on to epoch 100.
-    python train.py --config configs/mnist_small_tbt.py --workdir $RUNS/mnist_small_tbt_100ep $data \
-        --config.resume_from=$RUNS/mnist_small_tbt_full@30000 --config.num_steps=60000 \
-        --config.checkpoint_keep_every_steps=10000 --config.progress_bar=False
-    python certify.py --config configs/mnist_small_tbt.py --config.checkpoint=$RUNS/mnist_small_tbt_100ep $data
-  fi
-  python train.py --config configs/${dataset}_large_cibp.py --workdir $RUNS/${dataset}_large_cibp $data \
+  python certify.py --config configs/$1_small_tbt.py --config.checkpoint=$RUNS/$1_small_tbt_full $2
+  python train.py --config configs/$1_large_cibp.py --workdir $RUNS/$1_large_cibp $2 \
       --config.num_steps=1300 --config.certified.ramp_start_steps=300 --config.certified.ramp_end_steps=1300 \
       --config.grad_clip_norm=10 "--config.lr_decay_epochs=(2.0,)" --config.checkpoint_every_steps=100 \
       --config.checkpoint_keep_every_steps=300 --config.progress_bar=False
-  python certify.py --config configs/${dataset}_large_cibp.py --config.checkpoint=$RUNS/${dataset}_large_cibp $data
-done
+  python certify.py --config configs/$1_large_cibp.py --config.checkpoint=$RUNS/$1_large_cibp $2
+}
+small_full_and_cibp fmnist "$FM"
+small_full_and_cibp mnist "$MN"
+# MNIST only: the paper's last 50 epochs at lr 1e-5, a branch of the Small run's step-30,000
+# checkpoint trained on to epoch 100.
+python train.py --config configs/mnist_small_tbt.py --workdir $RUNS/mnist_small_tbt_100ep $MN \
+    --config.resume_from=$RUNS/mnist_small_tbt_full@30000 --config.num_steps=60000 \
+    --config.checkpoint_keep_every_steps=10000 --config.progress_bar=False
+python certify.py --config configs/mnist_small_tbt.py --config.checkpoint=$RUNS/mnist_small_tbt_100ep $MN
 # Eq. 20's balance (T and Reg averaged over the same triplets, the configs' default): each Large
 # TBT run goes on from its last checkpoint at eps 0.2 with lr 1e-3 again for 800 steps, then x0.1
 # twice, 300 steps apart (FMNIST 5700 -> 7000, MNIST 3000 -> 4300).
