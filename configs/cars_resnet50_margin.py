@@ -1,4 +1,6 @@
-"""Seed 000 DML base model on CARS196 (tfds cars196; classes 1-98 train, 99-196 test): ResNet-50, the paper's recipe (configs/seed000.py).
+"""Seed 000 DML base model on CARS196: ResNet-50, the paper's recipe (configs/seed000.py).
+
+tfds cars196; classes 1-98 train, 99-196 test.
 
   python train.py --config configs/cars_resnet50_margin.py --workdir runs/cars_resnet50_margin \
       --config.data.data_dir=~/tensorflow_datasets

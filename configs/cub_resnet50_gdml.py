@@ -1,5 +1,7 @@
-"""Seed 000 GDML on CUB-200-2011 (tfds caltech_birds2011; classes 1-100 train, 101-200 test): ResNet-50, the paper's recipe (configs/seed000.py) on Gaussian-noised
-images; the argument is sigma (default 0.25; the paper: 0.1, 0.25, 0.5, 1.0).
+"""Seed 000 GDML on CUB-200-2011: ResNet-50, the paper's recipe (configs/seed000.py) on Gaussian-noised images.
+
+tfds caltech_birds2011; classes 1-100 train, 101-200 test.
+The argument is sigma (default 0.25; the paper: 0.1, 0.25, 0.5, 1.0).
 
   python train.py --config configs/cub_resnet50_gdml.py:1.0 --workdir runs/cub_resnet50_gdml1.0 \
       --config.data.data_dir=~/tensorflow_datasets

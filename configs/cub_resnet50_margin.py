@@ -1,4 +1,6 @@
-"""Seed 000 DML base model on CUB-200-2011 (tfds caltech_birds2011; classes 1-100 train, 101-200 test): ResNet-50, the paper's recipe (configs/seed000.py).
+"""Seed 000 DML base model on CUB-200-2011: ResNet-50, the paper's recipe (configs/seed000.py).
+
+tfds caltech_birds2011; classes 1-100 train, 101-200 test.
 
   python train.py --config configs/cub_resnet50_margin.py --workdir runs/cub_resnet50_margin \
       --config.data.data_dir=~/tensorflow_datasets

@@ -3,7 +3,9 @@ learning rate x0.1 at epochs 25 and 42 (Kakizaki et al., Sec. 5.1.4).
 
   python train.py --config configs/fmnist_large_triplet.py --workdir runs/fmnist_large_triplet
 
-Data: tfds 'fashion_mnist' (pip install -e ".[tfds]"; tfds build fashion_mnist) (or the IDX files of Debian's dataset-fashion-mnist: --config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist).
+Data: tfds 'fashion_mnist' (pip install -e ".[tfds]"; tfds build fashion_mnist), or the IDX files of
+Debian's dataset-fashion-mnist:
+  --config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist
 """
 
 from configs import default

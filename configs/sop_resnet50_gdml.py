@@ -1,5 +1,7 @@
-"""Seed 000 GDML on Stanford Online Products (tfds stanford_online_products; its class-disjoint train split, and 1,000 test classes as in Sec. 4.3): ResNet-50, the paper's recipe (configs/seed000.py) on Gaussian-noised
-images; the argument is sigma (default 0.25; the paper: 0.1, 0.25, 0.5, 1.0).
+"""Seed 000 GDML on Stanford Online Products: ResNet-50, the paper's recipe (configs/seed000.py), noised images.
+
+tfds stanford_online_products; its class-disjoint train split, and 1,000 test classes as in Sec. 4.3.
+The argument is sigma (default 0.25; the paper: 0.1, 0.25, 0.5, 1.0).
 
   python train.py --config configs/sop_resnet50_gdml.py:1.0 --workdir runs/sop_resnet50_gdml1.0 \
       --config.data.data_dir=~/tensorflow_datasets

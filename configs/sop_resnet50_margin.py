@@ -1,4 +1,6 @@
-"""Seed 000 DML base model on Stanford Online Products (tfds stanford_online_products; its class-disjoint train split, and 1,000 test classes as in Sec. 4.3): ResNet-50, the paper's recipe (configs/seed000.py).
+"""Seed 000 DML base model on Stanford Online Products: ResNet-50, the paper's recipe (configs/seed000.py).
+
+tfds stanford_online_products; its class-disjoint train split, and 1,000 test classes as in Sec. 4.3.
 
   python train.py --config configs/sop_resnet50_margin.py --workdir runs/sop_resnet50_margin \
       --config.data.data_dir=~/tensorflow_datasets
