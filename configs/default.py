@@ -105,6 +105,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.ibp.batch_size = 250  # images per interval-bound call
   config.ibp.query_block_size = 250  # verification grid blocks (memory ~ blocks x (d + K) values)
   config.ibp.candidate_block_size = 250
+  # Widening of every distance bound against float32 rounding, relative to the magnitudes
+  # (docs/bounds.md §10); ibp.md reports it beside the rounding it measures.
+  config.ibp.distance_slack = 1e-5
   # Certified training (methods 'tbt', 'fctb', 'cibp'; seed 001 Sec. 5.1.4): eps rises 0 -> eps and
   # kappa falls 1 -> kappa linearly between the ramp steps (equal steps: fixed from that step).
   config.certified = ml_collections.ConfigDict()

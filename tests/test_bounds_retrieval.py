@@ -411,6 +411,22 @@ def test_ibp_mode_writes_tables_tsv_plots(tmp_path):
     p50, p90, p99 = (radii['0.05'][side][p] for p in ibp.BOX_RADIUS_PERCENTILES)
     assert 0 < radii['0.02'][side][50] < p50 <= p90 <= p99
   assert results['nearest_distance_median'] > 0 and 'Box radius' in open(tmp_path / 'ibp.md').read()
+  # The rounding check: float32 within ~1e-6 of float64, far inside the default slack, no warning.
+  rounding = results['rounding']
+  assert rounding['distance_slack'] == config.ibp.distance_slack == br.DEFAULT_DISTANCE_SLACK
+  assert rounding['images'] == 12 + 16 and 0 < rounding['embedding'] < 1e-6 and 0 < rounding['box'] < 1e-6
+  ibp_md = open(tmp_path / 'ibp.md').read()
+  assert 'Rounding: distance bounds widened by distance_slack = 1e-05' in ibp_md
+  assert 'Warning' not in ibp_md
+  # A slack below the measured rounding is reported; a huge one reaches rank_bounds and refuses
+  # every certificate, also at eps = 0.
+  config.ibp.distance_slack = 1e-9
+  assert '**Warning**: distance_slack 1e-09 is only' in ibp.rounding_check(inputs, 0.02)['text']
+  config.ibp.distance_slack = 10.
+  query_emb, candidate_emb = embed(inputs.queries.images), embed(inputs.candidates.images)
+  refused = ibp.certify_at(inputs, query_emb, candidate_emb, 0., (1, 5, 10))['cr_recall']
+  assert all(refused[attack][k] == 0 for attack in ('qa', 'ca') for k in (1, 5, 10))
+  assert results['recall@10'] > 0
   bad = config.ibp.copy_and_resolve_references()
   bad.ks = (1, 50)
   with pytest.raises(ValueError, match='config.ibp.ks must be integers'):
@@ -418,3 +434,24 @@ def test_ibp_mode_writes_tables_tsv_plots(tmp_path):
   bad.ks, bad.eps = (1,), -0.1
   with pytest.raises(ValueError, match='must be >= 0'):
     ibp.check_ibp_config(bad, 40)
+  bad.eps, bad.distance_slack = 0.1, -1e-5
+  with pytest.raises(ValueError, match='distance_slack must be >= 0'):
+    ibp.check_ibp_config(bad, 40)
+
+
+def test_float32_rounding_error_measures_rounding():
+  """Small for an encoder (float32 ~1e-7 of the magnitudes), large where float32 loses digits."""
+  model, variables, _ = _small_encoder()
+  images = _images(21, 16)
+  error = br.float32_rounding_error(model.apply, variables, images, 0.05)
+  assert 0 < error['embedding'] < 1e-6 and 0 < error['box'] < 1e-6
+
+  def cancelling(variables, x):  # (x w + b) - b, b = 1e8: float32 keeps x w to within 4 (ulp 8).
+    return (x.reshape(x.shape[0], -1)[:, :4] * variables['w'] + variables['b']) - variables['b']
+
+  cancelling_variables = {'w': jnp.full((4,), 3.), 'b': jnp.float32(1e8)}
+  error = br.float32_rounding_error(cancelling, cancelling_variables, images, 0.05)
+  assert error['embedding'] > 0.1 and error['box'] > 0.1
+  with pytest.raises(ValueError, match='computes in float32'):
+    br.float32_rounding_error(lambda v, x: cancelling(v, x).astype(jnp.float32),
+                              cancelling_variables, images, 0.05)

@@ -14,6 +14,12 @@ number of the tables, and timings):
   cr_recall_vs_k.png     Recall@K and CR-Recall@K (QA, CA) against K at config.ibp.eps
   cr_recall_vs_eps.png   CR-Recall@K (QA, CA) against eps, one curve per K and attack
 
+Rounding: every distance bound is widened by `config.ibp.distance_slack` times the magnitudes of
+its box and point before comparison (docs/bounds.md §10). ibp.md and results.json give that slack
+beside the float32 rounding error measured on the first `config.ibp.batch_size` queries and
+candidates against the same computation in float64 (`float32_rounding_error`), and warn when the
+slack covers it less than `ROUNDING_MARGIN` times.
+
 ibp.md and results.json also give, per eps, how wide the boxes are: percentiles of the box radius
 ||(upper - lower) / 2||_2 of the queries' and of the candidates' embeddings, beside the median
 distance from a query to its nearest candidate. A box wider than the gaps between distances cannot
@@ -25,6 +31,7 @@ from __future__ import annotations
 import os
 import time
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -35,8 +42,14 @@ from jaxcert import retrieval
 from jaxcert.bounds import retrieval as certified_retrieval
 
 
+ROUNDING_MARGIN = 10  # the distance slack should exceed the measured float32 rounding this many times
+
+
 def check_ibp_config(ibp_config, num_candidates: int) -> tuple[float, tuple[int, ...], list[float]]:
   """`(eps, ks, sorted radii to certify at)` from `config.ibp`; ValueError if invalid."""
+  if not ibp_config.distance_slack >= 0:
+    raise ValueError(f'config.ibp.distance_slack must be >= 0 (default '
+                     f'{certified_retrieval.DEFAULT_DISTANCE_SLACK}), got {ibp_config.distance_slack}.')
   eps = float(ibp_config.eps)
   radii = [float(r) for r in ibp_config.eps_sweep]
   bad = [r for r in [eps] + radii if not r >= 0]
@@ -71,7 +84,8 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks) -> dict:
   rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
       query_emb, *query_box, candidate_emb, *candidate_box, max(ks),
       block_size=ibp_config.query_block_size,
-      candidate_block_size=ibp_config.candidate_block_size))
+      candidate_block_size=ibp_config.candidate_block_size,
+      distance_slack=ibp_config.distance_slack))
   verify_s = time.perf_counter() - start
   certified = certified_retrieval.certified_retrieval(
       rank_bounds, inputs.queries.labels, inputs.candidates.labels, ks)
@@ -80,6 +94,38 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks) -> dict:
                 'candidate': box_radius_percentiles(*candidate_box)}
   return {'rank_bounds': rank_bounds, 'certified': certified, 'cr_recall': cr_recall,
           'box_radius': box_radius, 'bounds_s': bounds_s, 'verify_s': verify_s}
+
+
+def rounding_check(inputs, eps: float) -> dict:
+  """float32 rounding of the embeddings and boxes at `eps` against the distance slack.
+
+  Measured on the first `config.ibp.batch_size` queries and as many candidates
+  (`certified_retrieval.float32_rounding_error`). Logs a warning, and says so in the returned text,
+  when `distance_slack` exceeds the larger relative error by less than `ROUNDING_MARGIN` times: the
+  certificates then rest on a thinner guard against rounding than docs/bounds.md §10 assumes.
+
+  Returns:
+    {'distance_slack', 'images', 'embedding', 'box', 'text'} (the errors relative to the
+    magnitudes; 'text' is the paragraph for ibp.md).
+  """
+  ibp_config = inputs.config.ibp
+  count = int(ibp_config.batch_size)
+  images = np.concatenate([np.asarray(inputs.queries.images[:count]),
+                           np.asarray(inputs.candidates.images[:count])])
+  error = certified_retrieval.float32_rounding_error(inputs.model.apply, inputs.variables, images, eps)
+  slack = float(ibp_config.distance_slack)
+  largest = max(error.values())
+  margin = slack / largest if largest > 0 else float('inf')
+  text = (f'\nRounding: distance bounds widened by distance_slack = {slack:g} of the magnitudes '
+          f'(docs/bounds.md §10); measured on {len(images)} images, float32 against float64, the '
+          f'embeddings are within {error["embedding"]:.2g} and the boxes at eps = {eps:g} within '
+          f'{error["box"]:.2g} of theirs: the slack is {margin:.3g}x that.\n')
+  if margin < ROUNDING_MARGIN:
+    warning = (f'distance_slack {slack:g} is only {margin:.3g}x the measured float32 rounding '
+               f'{largest:.2g} (fewer than {ROUNDING_MARGIN}x): certificates may rest on rounding.')
+    logging.warning(warning)
+    text += f'\n**Warning**: {warning}\n'
+  return {'distance_slack': slack, 'images': len(images), **error, 'text': text}
 
 
 BOX_RADIUS_PERCENTILES = (50, 90, 99)
@@ -134,12 +180,13 @@ def run(inputs, workdir: str) -> dict:
                                                sharding=inputs.batch_sharding)
     embed_s = time.perf_counter() - start
     sweep = {radius: certify_at(inputs, query_emb, candidate_emb, radius, ks) for radius in radii}
+    rounding = rounding_check(inputs, eps)
   indices = np.asarray(sweep[eps]['rank_bounds'].indices)
   recall = metrics.recall_at_k(inputs.queries.labels, inputs.candidates.labels[indices], ks)
   nearest_distance = float(np.median(np.linalg.norm(
       np.asarray(query_emb) - np.asarray(candidate_emb)[indices[:, 0]], axis=1)))
 
-  table = _tables(eps, ks, recall, sweep, nearest_distance)
+  table = _tables(eps, ks, recall, sweep, nearest_distance) + rounding['text']
   print(table)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'ibp.md'), 'w', encoding='utf-8') as f:
@@ -173,6 +220,7 @@ def run(inputs, workdir: str) -> dict:
       'sweep': {str(radius): result['cr_recall'] for radius, result in sweep.items()},
       'box_radius': {str(radius): result['box_radius'] for radius, result in sweep.items()},
       'nearest_distance_median': nearest_distance,
+      'rounding': {key: rounding[key] for key in ('distance_slack', 'images', 'embedding', 'box')},
       'timing_s': {'embed': embed_s,
                    'bounds': {str(r): result['bounds_s'] for r, result in sweep.items()},
                    'verify': {str(r): result['verify_s'] for r, result in sweep.items()}},
