@@ -77,6 +77,19 @@ python train.py --config configs/mnist_small_tbt.py --workdir $RUNS/mnist_small_
     --config.resume_from=$RUNS/mnist_small_tbt_full@30000 --config.num_steps=60000 \
     --config.checkpoint_keep_every_steps=10000 --config.progress_bar=False
 python certify.py --config configs/mnist_small_tbt.py --config.checkpoint=$RUNS/mnist_small_tbt_100ep $MN
+# Run-to-run variation (results/seed001/README.md): the FMNIST Small run again (rerun) and its
+# last 50 epochs, and MNIST Small with training seed 1.
+python train.py --config configs/fmnist_small_tbt.py --workdir $RUNS/fmnist_small_tbt_full_rerun $FM \
+    --config.num_steps=30000 --config.checkpoint_keep_every_steps=5000 --config.progress_bar=False
+python train.py --config configs/fmnist_small_tbt.py --workdir $RUNS/fmnist_small_tbt_100ep $FM \
+    --config.resume_from=$RUNS/fmnist_small_tbt_full_rerun@30000 --config.num_steps=60000 \
+    --config.checkpoint_keep_every_steps=10000 --config.progress_bar=False
+python train.py --config configs/mnist_small_tbt.py --workdir $RUNS/mnist_small_tbt_full_seed1 $MN \
+    --config.seed=1 --config.num_steps=30000 --config.checkpoint_keep_every_steps=5000 --config.progress_bar=False
+for run in fmnist_small_tbt_full_rerun fmnist_small_tbt_100ep; do
+  python certify.py --config configs/fmnist_small_tbt.py --config.checkpoint=$RUNS/$run $FM
+done
+python certify.py --config configs/mnist_small_tbt.py --config.checkpoint=$RUNS/mnist_small_tbt_full_seed1 $MN
 # Eq. 20's balance (T and Reg averaged over the same triplets, the configs' default): each Large
 # TBT run goes on from its last checkpoint at eps 0.2 with lr 1e-3 again for 800 steps, then x0.1
 # twice, 300 steps apart (FMNIST 5700 -> 7000, MNIST 3000 -> 4300).

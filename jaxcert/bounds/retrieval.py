@@ -23,9 +23,10 @@ to rounding, docs/bounds.md §1). Before any comparison the bounds of a distance
 and a point y are widened by `distance_slack * (||B|| + ||y||)` (1e-5 by default), ||B|| the norm
 of the box's largest corner magnitudes max(|lower|, |upper|): float32 rounding is relative to the
 magnitudes of the numbers rounded, so the slack scales with them (multiplying the encoder by any
-c > 0 leaves every certificate unchanged); it is above float32 rounding (4e-7 to 8e-7 of those
-magnitudes measured on our CNNs, `float32_rounding_error`) and far below the bound widths that
-decide a certificate, so a near-tie is never certified on rounding noise.
+c > 0 leaves every certificate unchanged). It is meant to exceed float32 rounding, which
+`float32_rounding_error` measures (2e-7 to 5e-6 of those magnitudes on our CNNs, docs/bounds.md
+§10; certify.py warns under a 10x margin), and to stay far below the bound widths that decide a
+certificate, so that a near-tie is not certified on rounding noise.
 """
 
 from __future__ import annotations
