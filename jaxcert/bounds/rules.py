@@ -36,7 +36,7 @@ from jaxcert.bounds.interval import NAMED_CALL_RULES
 from jaxcert.bounds.interval import RULES
 from jaxcert.bounds.interval import SAME_OPERAND_RULES
 
-_P = jex_core.primitives  # `split_p` is only exported as `lax.split_p`.
+_P = jex_core.primitives  # `split_p`, `stack_p`, `unstack_p` are only exported by `lax`.
 
 
 def _ends(value):
@@ -470,7 +470,8 @@ def l2_normalize(x, *, axis: int = -1, epsilon: float = 1e-12):
 MONOTONE_PRIMITIVES = (
     # Shape and data movement.
     _P.reshape_p, _P.broadcast_in_dim_p, _P.transpose_p, _P.squeeze_p,
-    _P.rev_p, _P.slice_p, lax.split_p, _P.concatenate_p, _P.pad_p, _P.copy_p,
+    _P.rev_p, _P.slice_p, lax.split_p, _P.concatenate_p, lax.stack_p, lax.unstack_p,
+    _P.pad_p, _P.copy_p,
     _P.reduce_precision_p, _P.stop_gradient_p, _P.sharding_constraint_p,
     _P.device_put_p,
     # Arithmetic non-decreasing in every operand.
