@@ -148,13 +148,13 @@ def _query_block_topk(query_block, query_start, gallery_blocks, gallery_starts, 
   """
   query_block_size = query_block.shape[0]
   gallery_block_size = gallery_blocks.shape[1]
-  query_index = query_start + jnp.arange(query_block_size)
+  query_index = query_start + jnp.arange(query_block_size, dtype=jnp.int32)
   inf = jnp.array(jnp.inf, query_block.dtype)
 
   def merge_gallery_block(running, block):
     best_sq, best_index = running
     gallery_block, gallery_start = block
-    gallery_index = gallery_start + jnp.arange(gallery_block_size)
+    gallery_index = gallery_start + jnp.arange(gallery_block_size, dtype=jnp.int32)
     sq = pairwise_sq_distances(query_block, gallery_block)
     excluded = jnp.broadcast_to(gallery_index[None, :] >= num_gallery, sq.shape)
     if exclude_self:

@@ -11,6 +11,7 @@ independently) stays inside its bounds, so a certified rank is never beaten.
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -411,12 +412,15 @@ def test_ibp_mode_writes_tables_tsv_plots(tmp_path):
     p50, p90, p99 = (radii['0.05'][side][p] for p in ibp.BOX_RADIUS_PERCENTILES)
     assert 0 < radii['0.02'][side][50] < p50 <= p90 <= p99
   assert results['nearest_distance_median'] > 0 and 'Box radius' in open(tmp_path / 'ibp.md').read()
-  # The rounding check: float32 within ~1e-6 of float64, far inside the default slack, no warning.
+  # Certified in float64 (the default); the rounding check: the float32 encoder within ~1e-6 of
+  # float64, its boxes containing the float64 ones but for ~1e-6, far inside the slack: no warning.
   rounding = results['rounding']
+  assert rounding['dtype'] == config.ibp.dtype == 'float64'
   assert rounding['distance_slack'] == config.ibp.distance_slack == br.DEFAULT_DISTANCE_SLACK
-  assert rounding['images'] == 12 + 16 and 0 < rounding['embedding'] < 1e-6 and 0 < rounding['box'] < 1e-6
+  assert rounding['images'] == 12 + 16 and 0 < rounding['embedding'] < 1e-6 and 0 <= rounding['box'] < 1e-6
   ibp_md = open(tmp_path / 'ibp.md').read()
-  assert 'Rounding: distance bounds widened by distance_slack = 1e-05' in ibp_md
+  assert 'Rounding: certified in float64' in ibp_md
+  assert 'distance bounds widened by distance_slack = 1e-05' in ibp_md
   assert 'Warning' not in ibp_md
   # A slack below the measured rounding is reported; a huge one reaches rank_bounds and refuses
   # every certificate, also at eps = 0.
@@ -437,6 +441,51 @@ def test_ibp_mode_writes_tables_tsv_plots(tmp_path):
   bad.eps, bad.distance_slack = 0.1, -1e-5
   with pytest.raises(ValueError, match='distance_slack must be >= 0'):
     ibp.check_ibp_config(bad, 40)
+  bad.distance_slack, bad.dtype = 1e-5, 'float16'
+  with pytest.raises(ValueError, match=r"valid: \['float64', 'float32'\]"):
+    ibp.check_ibp_config(bad, 40)
+
+
+class _CancellingEncoder(nn.Module):
+  """(pixel 0 + b) - b and pixel 1, b = 1e8: float32 (ulp 8 at 1e8) rounds pixel 0 away, float64 not."""
+
+  @nn.compact
+  def __call__(self, x):
+    offset = self.param('offset', lambda key: jnp.float32(1e8))
+    pixels = x.reshape(x.shape[0], -1)
+    return jnp.stack([(pixels[:, 0] + offset) - offset, pixels[:, 1]], axis=1)
+
+
+def test_float64_certification_survives_what_float32_rounding_gets_wrong(tmp_path):
+  """A certificate computed in float32 can be false for the encoder; the float64 default is not.
+
+  Query (0, 0.5) with label 0; candidates (1, 0.51) with label 0 and (0, 0.53) with label 1. In
+  exact arithmetic the encoder is the identity, so the nearest candidate is the second (distance
+  0.03 against 1.00005) and Recall@1 is 0. float32 rounds the first coordinate to 0 everywhere,
+  ranks the first candidate nearest and certifies that retrieval at eps = 0.005: a false
+  certificate, which the rounding check flags. In float64 the same run certifies nothing.
+  """
+  model = _CancellingEncoder()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 1, 2, 1)))
+  images = np.array([[0., 0.5], [1., 0.51], [0., 0.53]], np.float32).reshape(3, 1, 2, 1)
+  labels = np.array([0, 0, 1], np.int32)
+  config = default.get_config()
+  config.eval.num_queries, config.eval.num_candidates = 1, 2
+  config.ibp.eps, config.ibp.eps_sweep, config.ibp.ks = 0.005, (), (1,)
+  config.ibp.batch_size = config.ibp.query_block_size = config.ibp.candidate_block_size = 2
+  dataset = data.Dataset('cancelling', data.Split(images, labels), data.Split(images, labels), 2)
+  inputs = certification.CertifyInputs(
+      config, model, variables, jax.tree_util.Partial(model.apply, variables), dataset,
+      certification.LabelledImages(images[:1], labels[:1]),
+      certification.LabelledImages(images[1:], labels[1:]))
+  config.ibp.dtype = 'float32'
+  float32 = ibp.run(inputs, str(tmp_path / 'float32'))
+  assert float32['recall@1'] == float32['cr_recall_qa@1'] == float32['cr_recall_ca@1'] == 1
+  assert float32['rounding']['embedding'] > 0.1 and float32['rounding']['box'] > 0.1
+  assert 'certificates may rest on rounding' in open(tmp_path / 'float32' / 'ibp.md').read()
+  config.ibp.dtype = 'float64'
+  float64 = ibp.run(inputs, str(tmp_path / 'float64'))
+  assert float64['recall@1'] == float64['cr_recall_qa@1'] == float64['cr_recall_ca@1'] == 0
 
 
 def test_float32_rounding_error_measures_rounding():
@@ -444,7 +493,7 @@ def test_float32_rounding_error_measures_rounding():
   model, variables, _ = _small_encoder()
   images = _images(21, 16)
   error = br.float32_rounding_error(model.apply, variables, images, 0.05)
-  assert 0 < error['embedding'] < 1e-6 and 0 < error['box'] < 1e-6
+  assert 0 < error['embedding'] < 1e-6 and 0 <= error['box'] < 1e-6
 
   def cancelling(variables, x):  # (x w + b) - b, b = 1e8: float32 keeps x w to within 4 (ulp 8).
     return (x.reshape(x.shape[0], -1)[:, :4] * variables['w'] + variables['b']) - variables['b']

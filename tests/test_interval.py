@@ -8,6 +8,7 @@ CNN bounds against a hand-written centre/radius IBP.
 """
 
 import functools
+from fractions import Fraction
 import math
 
 import flax.linen as nn
@@ -227,6 +228,8 @@ RULE_CASES = [
      True),
     ('slice_rev', lambda x: x[1:7:2][::-1], (8,), 'any', True),
     ('split', lambda x: jnp.split(x, [3])[1] * 2., (8,), 'any', True),
+    ('stack', lambda x: jnp.stack([x[:4], _C[:4], x[4:]], axis=1), (8,), 'any', True),
+    ('unstack', lambda x: jnp.unstack(x.reshape(2, 4))[1] * 2., (8,), 'any', True),
     ('pad', lambda x: jnp.pad(x, (2, 1), constant_values=0.5), (8,), 'any',
      True),
     ('dynamic_slice', lambda x: lax.dynamic_slice(x, (jnp.array(2),), (3,)),
@@ -713,17 +716,39 @@ def test_box_errors():
 
 
 def test_input_box_clips_to_pixel_range():
+  ulp = functools.partial(np.testing.assert_allclose, rtol=2e-7, atol=1e-7)  # ends rounded outwards
   lower, upper = input_box(jnp.array([0., 0.5, 1.]), 0.2)
-  np.testing.assert_allclose(lower, [0., 0.3, 0.8])
-  np.testing.assert_allclose(upper, [0.2, 0.7, 1.])
+  ulp(lower, [0., 0.3, 0.8])
+  ulp(upper, [0.2, 0.7, 1.])
+  assert lower[0] == 0 and upper[2] == 1  # clipped exactly
   lower, upper = input_box(jnp.array([0., 2.]), 0.5, clip=None)
-  np.testing.assert_allclose(lower, [-0.5, 1.5])
+  ulp(lower, [-0.5, 1.5])
   lower, upper = input_box(jnp.zeros((2, 1)), jnp.array([[0.1], [0.2]]))
-  np.testing.assert_allclose(upper, [[0.1], [0.2]])
+  ulp(upper, [[0.1], [0.2]])
   # Under jit the value checks are skipped; the box is the same.
   jitted = jax.jit(input_box)(jnp.array([0., 0.5, 1.]), 0.2)
-  np.testing.assert_allclose(jitted[0], [0., 0.3, 0.8])
-  np.testing.assert_allclose(jitted[1], [0.2, 0.7, 1.])
+  ulp(jitted[0], [0., 0.3, 0.8])
+  ulp(jitted[1], [0.2, 0.7, 1.])
+
+
+def test_input_box_contains_the_real_box_despite_rounding():
+  """The float box holds [x - eps, x + eps] in exact arithmetic, which round-to-nearest does not."""
+  rng = np.random.default_rng(0)
+  x = rng.uniform(size=2000).astype(np.float32)
+  eps = np.float32(0.2)
+  lower, upper = (np.asarray(end) for end in input_box(x, eps, clip=None))
+  exact_lower = [Fraction(float(v)) - Fraction(float(eps)) for v in x]
+  exact_upper = [Fraction(float(v)) + Fraction(float(eps)) for v in x]
+  assert all(Fraction(float(l)) <= e for l, e in zip(lower, exact_lower))
+  assert all(Fraction(float(u)) >= e for u, e in zip(upper, exact_upper))
+  # Round-to-nearest alone lands inside the real box for some of these pixels.
+  assert any(Fraction(float(l)) > e for l, e in zip(x - eps, exact_lower))
+  assert any(Fraction(float(u)) < e for u, e in zip(x + eps, exact_upper))
+  # At most one ulp wider, and exact where nothing is perturbed.
+  assert np.all(np.nextafter(lower, np.float32(np.inf)) >= x - eps)
+  zero_lower, zero_upper = input_box(x, 0.)
+  np.testing.assert_array_equal(zero_lower, x)
+  np.testing.assert_array_equal(zero_upper, x)
 
 
 # --- Encoders of jaxcert.models. ----------------------------------------------

@@ -346,7 +346,9 @@ def input_box(x, eps, *, clip: tuple[float, float] | None = (0., 1.)):
 
   Returns `(max(x - eps, clip[0]), min(x + eps, clip[1]))`: the set
   `{x + delta : ||delta||_inf <= eps, x + delta in X}` of seed 001 Sec. 3.2.1
-  with `X = [0, 1]^d`.
+  with `X = [0, 1]^d`. Where `eps > 0` the ends are rounded outwards (one ulp
+  past the round-to-nearest `x - eps` and `x + eps`, which may land inside
+  the real box), so the box contains the real one; `eps = 0` gives `[x, x]`.
 
   Args:
     x: images (any shape), values in `[clip[0], clip[1]]`.
@@ -369,8 +371,11 @@ def input_box(x, eps, *, clip: tuple[float, float] | None = (0., 1.)):
   if is_concrete(eps) and not np.all(np.asarray(eps) >= 0):
     raise ValueError(
         f'eps must be >= 0 (and not NaN), got {np.asarray(eps).min()}.')
+  perturbed = eps > 0
+  lower = jnp.where(perturbed, jnp.nextafter(x - eps, jnp.asarray(-jnp.inf, x.dtype)), x)
+  upper = jnp.where(perturbed, jnp.nextafter(x + eps, jnp.asarray(jnp.inf, x.dtype)), x)
   if clip is None:
-    return x - eps, x + eps
+    return lower, upper
   clip_min, clip_max = clip
   if is_concrete(x) and x.size:
     x_np = np.asarray(x)
@@ -379,5 +384,5 @@ def input_box(x, eps, *, clip: tuple[float, float] | None = (0., 1.)):
           f'Inputs must lie in [{clip_min}, {clip_max}], found values in '
           f'[{x_np.min()}, {x_np.max()}]. Scale images to [0, 1] (the models '
           'normalise internally), or pass clip=None for an unclipped box.')
-  return jnp.maximum(x - eps, clip_min), jnp.minimum(x + eps, clip_max)
+  return jnp.maximum(lower, clip_min), jnp.minimum(upper, clip_max)
 

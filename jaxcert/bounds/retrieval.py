@@ -19,14 +19,16 @@ pixel box [0, 1]:
 Derivations, including why Eq. 11 must use d_q(c), are in docs/bounds.md §10-12.
 
 Floating point. Interval bounds are computed with round-to-nearest like the forward pass (sound up
-to rounding, docs/bounds.md §1). Before any comparison the bounds of a distance between a box B
-and a point y are widened by `distance_slack * (||B|| + ||y||)` (1e-5 by default), ||B|| the norm
-of the box's largest corner magnitudes max(|lower|, |upper|): float32 rounding is relative to the
-magnitudes of the numbers rounded, so the slack scales with them (multiplying the encoder by any
-c > 0 leaves every certificate unchanged). It is meant to exceed float32 rounding, which
-`float32_rounding_error` measures (2e-7 to 5e-6 of those magnitudes on our CNNs, docs/bounds.md
-§10; certify.py warns under a 10x margin), and to stay far below the bound widths that decide a
-certificate, so that a near-tie is not certified on rounding noise.
+to rounding, docs/bounds.md §1), in the dtype of the encoder: certify.py casts the float32 weights
+to float64 (exact) by default, where rounding is ~1e-16 of the magnitudes. Before any comparison
+the bounds of a distance between a box B and a point y are widened by
+`distance_slack * (||B|| + ||y||)` (1e-5 by default), ||B|| the norm of the box's largest corner
+magnitudes max(|lower|, |upper|): rounding is relative to the magnitudes of the numbers rounded,
+so the slack scales with them (multiplying the encoder by any c > 0 leaves every certificate
+unchanged). It is meant to exceed rounding, which in float32 `float32_rounding_error` measures
+(2e-7 to 5e-6 of those magnitudes on our CNNs, docs/bounds.md §10; certify.py warns under a 10x
+margin), and to stay far below the bound widths that decide a certificate, so that a near-tie is
+not certified on rounding noise.
 """
 
 from __future__ import annotations
@@ -64,13 +66,15 @@ def _check_pixel_range(images) -> np.ndarray:
 
 
 def _embedding_bounds_of_batch(embed, eps, images):
-  """`[lower | upper]` (B, 2d) of embed over the boxes of `images` (a jit-friendly pytree call)."""
-  lower, upper = interval(embed)(*input_box(images, eps))
+  """`[lower | upper]` (B, 2d) of embed over the boxes of `images` (a jit-friendly pytree call).
+
+  The input box is built in the dtype of `eps` (float32 pixels are exact in float64)."""
+  lower, upper = interval(embed)(*input_box(images.astype(eps.dtype), eps))
   return jnp.concatenate([lower, upper], axis=-1)
 
 
 def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
-                     sharding: jax.sharding.Sharding | None = None
+                     sharding: jax.sharding.Sharding | None = None, dtype=jnp.float32
                      ) -> tuple[np.ndarray, np.ndarray]:
   """Interval bounds of f(x + delta), ||delta||_inf <= eps, x + delta in [0, 1], for each image.
 
@@ -84,9 +88,12 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
     eps: L-infinity radius, >= 0.
     batch_size: images per call.
     sharding: data-parallel placement of each batch (`retrieval.embed_in_batches`).
+    dtype: the dtype of the input box; float64 (under `jax.enable_x64`, with float64 variables in
+      `embed`) bounds the encoder with rounding ~1e-16 of the magnitudes (docs/bounds.md §10).
 
   Returns:
-    `(lower, upper)`, each (N, d) float32 numpy arrays with lower <= f(x + delta) <= upper.
+    `(lower, upper)`, each (N, d) numpy arrays (the encoder's output dtype) with
+    lower <= f(x + delta) <= upper.
 
   Raises:
     ValueError: eps < 0 or images outside [0, 1].
@@ -94,7 +101,7 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
   eps = _check_eps(eps)
   images = _check_pixel_range(images)
   bounded = jax.tree_util.Partial(_embedding_bounds_of_batch, retrieval.as_pytree_function(embed),
-                                  jnp.float32(eps))
+                                  jnp.asarray(eps, dtype))
   both = retrieval.embed_in_batches(bounded, images, batch_size, sharding=sharding)
   dim = both.shape[1] // 2
   return both[:, :dim], both[:, dim:]
@@ -107,7 +114,9 @@ def float32_rounding_error(apply_fn: Callable, variables, images, eps) -> dict[s
   box ends of f(x + delta): a widening of `slack * (||B|| + ||y||)` covers errors of at most
   `slack * ||B||` in the box ends and `slack * ||y||` in the point. This measures both on
   `images`, recomputing the encoder and its interval bounds with every parameter and input in
-  float64 (`jax.enable_x64`), whose own rounding is ~1e-16 of the magnitudes.
+  float64 (`jax.enable_x64`), whose own rounding is ~1e-16 of the magnitudes. A box end counts
+  where it falls short of the float64 box (lower above its lower, upper below its upper); a
+  float32 box wider than the float64 one is loose, not unsound.
 
   Args:
     apply_fn: `model.apply`.
@@ -117,7 +126,8 @@ def float32_rounding_error(apply_fn: Callable, variables, images, eps) -> dict[s
 
   Returns:
     {'embedding': max over images of ||f32(x) - f64(x)|| / ||f64(x)||,
-     'box': max over images and ends of ||end32 - end64|| / ||max(|lower64|, |upper64|)||}
+     'box': max over images of ||max(lower32 - lower64, upper64 - upper32, 0)|| /
+            ||max(|lower64|, |upper64|)||}
     (0 where the reference norm is 0 and the error too).
   """
   eps = _check_eps(eps)
@@ -143,8 +153,9 @@ def float32_rounding_error(apply_fn: Callable, variables, images, eps) -> dict[s
                         initial=0.))
 
   box_scale = np.maximum(np.abs(lower64), np.abs(upper64))
+  shortfall = np.maximum(np.maximum(lower32 - lower64, upper64 - upper32), 0.)
   return {'embedding': relative(embedding32 - embedding64, embedding64),
-          'box': max(relative(lower32 - lower64, box_scale), relative(upper32 - upper64, box_scale))}
+          'box': relative(shortfall, box_scale)}
 
 
 def distance_bounds(lower, upper, points) -> tuple[jax.Array, jax.Array]:
@@ -339,7 +350,7 @@ def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lo
   if not distance_slack >= 0:
     raise ValueError(f'distance_slack must be >= 0, got {distance_slack}.')
   return _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
-                      candidate_upper, jnp.float32(distance_slack), k=int(k),
+                      candidate_upper, jnp.asarray(distance_slack, query_emb.dtype), k=int(k),
                       block_size=int(block_size), candidate_block_size=candidate_block_size)
 
 

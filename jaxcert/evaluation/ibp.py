@@ -4,7 +4,9 @@ Seed 001 (Kakizaki et al.) Sec. 5.1.2: for the query set Q and the candidate set
 `config.eval`, Recall@K (Eq. 22) and CR-Recall@K (Eq. 25, alpha = K - rank) against the query
 attack (QA, Theorem 3) and the candidate attack (CA, Theorem 4) at `config.ibp.eps`, and
 CR-Recall@K over the radii `config.ibp.eps_sweep`. The certificates are those of
-`jaxcert.bounds.retrieval` (docs/bounds.md §10-12), computed at full float32 matmul precision.
+`jaxcert.bounds.retrieval` (docs/bounds.md §10-12), computed in `config.ibp.dtype` (float64 by
+default: the encoder's float32 weights cast exactly, under `jax.enable_x64`) at full matmul
+precision.
 
 Writes into the workdir (`jaxcert.certification.run` adds results.json, the returned dict: every
 number of the tables, and timings):
@@ -15,10 +17,13 @@ number of the tables, and timings):
   cr_recall_vs_eps.png   CR-Recall@K (QA, CA) against eps, one curve per K and attack
 
 Rounding: every distance bound is widened by `config.ibp.distance_slack` times the magnitudes of
-its box and point before comparison (docs/bounds.md §10). ibp.md and results.json give that slack
-beside the float32 rounding error measured on the first `config.ibp.batch_size` queries and
-candidates against the same computation in float64 (`float32_rounding_error`), and warn when the
-slack covers it less than `ROUNDING_MARGIN` times.
+its box and point before comparison (docs/bounds.md §10). In float64 the bounds' own rounding is
+~1e-16 of the magnitudes, ten orders below the default slack; in float32 it is ~1e-7 to 1e-5 and
+the slack is the only guard. ibp.md and results.json give the slack beside the float32 rounding
+error measured on the first `config.ibp.batch_size` queries and candidates against the same
+computation in float64 (`float32_rounding_error`), and warn when the slack covers it less than
+`ROUNDING_MARGIN` times: in float32 the certificates may then rest on rounding; in float64 the
+float32 encoder as deployed may rank near-ties otherwise than the certified one.
 
 ibp.md and results.json also give, per eps, how wide the boxes are: percentiles of the box radius
 ||(upper - lower) / 2||_2 of the queries' and of the candidates' embeddings, beside the median
@@ -28,11 +33,13 @@ be certified; under CA every candidate's box counts against every query (results
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxcert import data
@@ -43,10 +50,17 @@ from jaxcert.bounds import retrieval as certified_retrieval
 
 
 ROUNDING_MARGIN = 10  # the distance slack should exceed the measured float32 rounding this many times
+DTYPES = ('float64', 'float32')  # config.ibp.dtype: what the certificates are computed in
 
 
 def check_ibp_config(ibp_config, num_candidates: int) -> tuple[float, tuple[int, ...], list[float]]:
   """`(eps, ks, sorted radii to certify at)` from `config.ibp`; ValueError if invalid."""
+  if ibp_config.dtype not in DTYPES:
+    raise ValueError(f'Unknown config.ibp.dtype {ibp_config.dtype!r}; valid: {list(DTYPES)}.')
+  if ibp_config.dtype == 'float64' and jax.default_backend() == 'tpu':
+    raise ValueError('TPUs do not compute in float64: certify with --config.ibp.dtype=float32 '
+                     '(ibp.md then compares float32 rounding with the distance slack, '
+                     'docs/bounds.md §10).')
   if not ibp_config.distance_slack >= 0:
     raise ValueError(f'config.ibp.distance_slack must be >= 0 (default '
                      f'{certified_retrieval.DEFAULT_DISTANCE_SLACK}), got {ibp_config.distance_slack}.')
@@ -63,8 +77,37 @@ def check_ibp_config(ibp_config, num_candidates: int) -> tuple[float, tuple[int,
   return eps, tuple(int(k) for k in ks), sorted(set(radii) | {eps})
 
 
+@contextlib.contextmanager
+def certification_precision(dtype: str):
+  """Full-precision matmuls, and float64 enabled (`jax.enable_x64`) where `dtype` is 'float64'.
+
+  Reduced GPU/TPU matmul precision (TF32, bf16 passes) is coarser than the bounds' slack
+  (docs/bounds.md §1); on CPU 'highest' is the default.
+  """
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(jax.default_matmul_precision('highest'))
+    if dtype == 'float64':
+      stack.enter_context(jax.enable_x64(True))
+    yield
+
+
+def in_dtype(inputs, dtype: str):
+  """`inputs` with the encoder's floating-point variables cast to `dtype` (exact from float32).
+
+  Call inside `certification_precision(dtype)`; `embed` is rebuilt from `inputs.model.apply`.
+  """
+  def cast(leaf):
+    return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+  variables = jax.tree.map(cast, inputs.variables)
+  return inputs._replace(variables=variables,
+                         embed=jax.tree_util.Partial(inputs.model.apply, variables))
+
+
 def certify_at(inputs, query_emb, candidate_emb, eps: float, ks) -> dict:
   """Rank bounds and per-query certificates of the inputs' encoder at radius `eps`.
+
+  The input boxes are built in the dtype of `query_emb` (that of `inputs.embed`).
 
   Returns:
     {'rank_bounds': RankBounds, 'certified': {'qa', 'ca'} -> (Nq, len(ks)) bool,
@@ -75,10 +118,11 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks) -> dict:
   start = time.perf_counter()
   query_box = certified_retrieval.embedding_bounds(inputs.embed, inputs.queries.images, eps,
                                                    batch_size=ibp_config.batch_size,
-                                                   sharding=inputs.batch_sharding)
+                                                   sharding=inputs.batch_sharding,
+                                                   dtype=query_emb.dtype)
   candidate_box = certified_retrieval.embedding_bounds(
       inputs.embed, inputs.candidates.images, eps, batch_size=ibp_config.batch_size,
-      sharding=inputs.batch_sharding)
+      sharding=inputs.batch_sharding, dtype=query_emb.dtype)
   bounds_s = time.perf_counter() - start
   start = time.perf_counter()
   rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
@@ -100,12 +144,14 @@ def rounding_check(inputs, eps: float) -> dict:
   """float32 rounding of the embeddings and boxes at `eps` against the distance slack.
 
   Measured on the first `config.ibp.batch_size` queries and as many candidates
-  (`certified_retrieval.float32_rounding_error`). Logs a warning, and says so in the returned text,
-  when `distance_slack` exceeds the larger relative error by less than `ROUNDING_MARGIN` times: the
-  certificates then rest on a thinner guard against rounding than docs/bounds.md §10 assumes.
+  (`certified_retrieval.float32_rounding_error`; `inputs` holds the float32 encoder). Logs a
+  warning, and says so in the returned text, when `distance_slack` exceeds the larger relative
+  error by less than `ROUNDING_MARGIN` times. Certified in float32 (`config.ibp.dtype`), the
+  certificates then rest on a thinner guard against rounding than docs/bounds.md §10 assumes; in
+  float64 they do not, but the float32 encoder as deployed may order near-ties otherwise.
 
   Returns:
-    {'distance_slack', 'images', 'embedding', 'box', 'text'} (the errors relative to the
+    {'dtype', 'distance_slack', 'images', 'embedding', 'box', 'text'} (the errors relative to the
     magnitudes; 'text' is the paragraph for ibp.md).
   """
   ibp_config = inputs.config.ibp
@@ -116,16 +162,25 @@ def rounding_check(inputs, eps: float) -> dict:
   slack = float(ibp_config.distance_slack)
   largest = max(error.values())
   margin = slack / largest if largest > 0 else float('inf')
-  text = (f'\nRounding: distance bounds widened by distance_slack = {slack:g} of the magnitudes '
-          f'(docs/bounds.md §10); measured on {len(images)} images, float32 against float64, the '
-          f'embeddings are within {error["embedding"]:.2g} and the boxes at eps = {eps:g} within '
-          f'{error["box"]:.2g} of theirs: the slack is {margin:.3g}x that.\n')
+  measured = (f'measured on {len(images)} images, float32 against float64, the embeddings are '
+              f'within {error["embedding"]:.2g} of theirs and the boxes at eps = {eps:g} fall short '
+              f'of theirs by at most {error["box"]:.2g}: the slack is {margin:.3g}x that')
+  if ibp_config.dtype == 'float64':
+    text = (f'\nRounding: certified in float64 (config.ibp.dtype), whose rounding is ~1e-16 of the '
+            f'magnitudes; distance bounds widened by distance_slack = {slack:g} of the magnitudes '
+            f'(docs/bounds.md §10). The float32 encoder as deployed: {measured}.\n')
+    risk = 'the float32 encoder may order near-ties otherwise than the certified one'
+  else:
+    text = (f'\nRounding: certified in float32 (config.ibp.dtype); distance bounds widened by '
+            f'distance_slack = {slack:g} of the magnitudes (docs/bounds.md §10); {measured}.\n')
+    risk = 'certificates may rest on rounding (certify with --config.ibp.dtype=float64)'
   if margin < ROUNDING_MARGIN:
     warning = (f'distance_slack {slack:g} is only {margin:.3g}x the measured float32 rounding '
-               f'{largest:.2g} (fewer than {ROUNDING_MARGIN}x): certificates may rest on rounding.')
+               f'{largest:.2g} (fewer than {ROUNDING_MARGIN}x): {risk}.')
     logging.warning(warning)
     text += f'\n**Warning**: {warning}\n'
-  return {'distance_slack': slack, 'images': len(images), **error, 'text': text}
+  return {'dtype': ibp_config.dtype, 'distance_slack': slack, 'images': len(images), **error,
+          'text': text}
 
 
 BOX_RADIUS_PERCENTILES = (50, 90, 99)
@@ -169,17 +224,21 @@ def run(inputs, workdir: str) -> dict:
   """
   config = inputs.config
   eps, ks, radii = check_ibp_config(config.ibp, len(inputs.candidates.labels))
-  # Full-precision float32 matmuls: reduced GPU/TPU precision is coarser than the bounds' slack
-  # (docs/bounds.md §1). A no-op on CPU.
-  with jax.default_matmul_precision('highest'):
+  with certification_precision(config.ibp.dtype):
+    certified_inputs = in_dtype(inputs, config.ibp.dtype)
     start = time.perf_counter()
-    query_emb = retrieval.embed_in_batches(inputs.embed, inputs.queries.images,
+    query_emb = retrieval.embed_in_batches(certified_inputs.embed, inputs.queries.images,
                                            config.ibp.batch_size, sharding=inputs.batch_sharding)
-    candidate_emb = retrieval.embed_in_batches(inputs.embed, inputs.candidates.images,
+    candidate_emb = retrieval.embed_in_batches(certified_inputs.embed, inputs.candidates.images,
                                                config.ibp.batch_size,
                                                sharding=inputs.batch_sharding)
     embed_s = time.perf_counter() - start
-    sweep = {radius: certify_at(inputs, query_emb, candidate_emb, radius, ks) for radius in radii}
+    if query_emb.dtype != np.dtype(config.ibp.dtype):
+      raise ValueError(f'The encoder computes in {query_emb.dtype} with {config.ibp.dtype} '
+                       f'variables (a fixed dtype in the model?); certify with '
+                       f'--config.ibp.dtype={query_emb.dtype}.')
+    sweep = {radius: certify_at(certified_inputs, query_emb, candidate_emb, radius, ks)
+             for radius in radii}
     rounding = rounding_check(inputs, eps)
   indices = np.asarray(sweep[eps]['rank_bounds'].indices)
   recall = metrics.recall_at_k(inputs.queries.labels, inputs.candidates.labels[indices], ks)
@@ -220,7 +279,8 @@ def run(inputs, workdir: str) -> dict:
       'sweep': {str(radius): result['cr_recall'] for radius, result in sweep.items()},
       'box_radius': {str(radius): result['box_radius'] for radius, result in sweep.items()},
       'nearest_distance_median': nearest_distance,
-      'rounding': {key: rounding[key] for key in ('distance_slack', 'images', 'embedding', 'box')},
+      'rounding': {key: rounding[key]
+                   for key in ('dtype', 'distance_slack', 'images', 'embedding', 'box')},
       'timing_s': {'embed': embed_s,
                    'bounds': {str(r): result['bounds_s'] for r, result in sweep.items()},
                    'verify': {str(r): result['verify_s'] for r, result in sweep.items()}},
