@@ -8,11 +8,17 @@
    query's top K, Theorems 1-2) over the time of the grid's distance matrix
    (`jaxcert.retrieval.pairwise_distances`), both jitted, on random embeddings and boxes.
 
+Both in each dtype of `--dtypes`: float32, and float64 (under `jax.enable_x64`, weights and
+embeddings cast), which certify.py uses by default (docs/bounds.md §10). The baselines (forward
+pass, distance matrix) stay float32, so the float64 rows say what certifying in float64 costs
+against the model as deployed.
+
   python bench/ibp.py
-  python bench/ibp.py --models small_cnn --batch_size 64 --repeats 5 --grid 1000x1000
+  python bench/ibp.py --models small_cnn --batch_size 64 --repeats 5 --grid 1000x1000 --dtypes float32
 """
 
 import argparse
+import contextlib
 import pathlib
 import sys
 
@@ -41,37 +47,58 @@ IMAGE_SETTINGS = {
 DEFAULT_BATCH_SIZES = {'resnet18': 64, 'resnet50': 64}
 
 
+DTYPES = ('float32', 'float64')
+
+
+@contextlib.contextmanager
+def computing_in(dtype: str):
+  """float64 enabled (`jax.enable_x64`) inside for 'float64'; nothing changes for 'float32'."""
+  with jax.enable_x64(True) if dtype == 'float64' else contextlib.nullcontext():
+    yield
+
+
+def _cast(tree, dtype: str):
+  """Every floating-point leaf of `tree` as `dtype` (call inside `computing_in(dtype)`)."""
+  return jax.tree.map(
+      lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a,
+      tree)
+
+
 def time_interval_over_forward(apply_fn, variables, images, eps, *,
-                               repeats: int = 10) -> dict:
-  """Times jit(interval(embed)) and jit(embed) on one batch.
+                               repeats: int = 10, dtype: str = 'float32') -> dict:
+  """Times jit(interval(embed)) in `dtype` and jit(embed) in float32 on one batch.
 
   Args:
     apply_fn: `(variables, x) -> embeddings`.
-    variables: model variables.
+    variables: model variables (float32).
     images: (N, H, W, C) in [0, 1].
     eps: L-infinity radius of the boxes.
     repeats: timed calls (after one compiling call); the median is kept.
+    dtype: what the bounds are computed in, one of DTYPES.
 
   Returns:
     {'forward_s', 'interval_s', 'ratio'}.
   """
   forward = jax.jit(apply_fn)
-  bounded = jax.jit(lambda variables, lower, upper: interval(
-      lambda x: apply_fn(variables, x))(lower, upper))
-  lower, upper = input_box(images, eps)
   forward_s = common.median_seconds(lambda: forward(variables, images), repeats=repeats)
-  interval_s = common.median_seconds(lambda: bounded(variables, lower, upper), repeats=repeats)
+  with computing_in(dtype):
+    bounded = jax.jit(lambda variables, lower, upper: interval(
+        lambda x: apply_fn(variables, x))(lower, upper))
+    bound_variables = _cast(variables, dtype)
+    lower, upper = input_box(_cast(images, dtype), eps)
+    interval_s = common.median_seconds(lambda: bounded(bound_variables, lower, upper),
+                                       repeats=repeats)
   return {'forward_s': forward_s, 'interval_s': interval_s,
           'ratio': interval_s / forward_s}
 
 
 def time_verification_over_distances(num_queries: int, num_candidates: int, *, k: int,
                                      dim: int, block_size: int, candidate_block_size: int,
-                                     repeats: int, seed: int = 0) -> dict:
-  """Times QA + CA `rank_bounds` and the distance matrix on random embeddings and boxes.
+                                     repeats: int, seed: int = 0, dtype: str = 'float32') -> dict:
+  """Times QA + CA `rank_bounds` in `dtype` and the float32 distance matrix on random boxes.
 
   Returns:
-    {'distances_s', 'verify_s', 'ratio'}.
+    {'k', 'distances_s', 'verify_s', 'ratio'}.
   """
   rng = np.random.default_rng(seed)
 
@@ -84,14 +111,17 @@ def time_verification_over_distances(num_queries: int, num_candidates: int, *, k
   distances = jax.jit(retrieval.pairwise_distances)
   distances_s = common.median_seconds(lambda: distances(query[0], candidate[0]),
                                       repeats=repeats)
-  verify_s = common.median_seconds(
-      lambda: rank_bounds(*query, *candidate, k, block_size=block_size,
-                          candidate_block_size=candidate_block_size), repeats=repeats)
-  return {'distances_s': distances_s, 'verify_s': verify_s, 'ratio': verify_s / distances_s}
+  with computing_in(dtype):
+    query, candidate = _cast(query, dtype), _cast(candidate, dtype)
+    verify_s = common.median_seconds(
+        lambda: rank_bounds(*query, *candidate, k, block_size=block_size,
+                            candidate_block_size=candidate_block_size), repeats=repeats)
+  return {'k': k, 'distances_s': distances_s, 'verify_s': verify_s, 'ratio': verify_s / distances_s}
 
 
 def main(argv=None) -> dict:
-  """Runs the benchmark; returns {'environment', 'interval', 'verification'}."""
+  """Runs the benchmark; returns {'environment', 'interval', 'verification'} (float32) and, with
+  float64 in `--dtypes`, {'interval_float64', 'verification_float64'}."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default='small_cnn,large_cnn,resnet18',
                       help=f'comma-separated names from {models.MODEL_NAMES}')
@@ -106,14 +136,19 @@ def main(argv=None) -> dict:
   parser.add_argument('--k', type=int, default=40, help='top-K verified per query')
   parser.add_argument('--block_size', type=int, default=250, help='queries per block')
   parser.add_argument('--candidate_block_size', type=int, default=250)
+  parser.add_argument('--dtypes', default=','.join(DTYPES),
+                      help=f'comma-separated dtypes of the bounds, from {DTYPES}')
   args = parser.parse_args(argv)
 
   names = common.parse_model_names(parser, args.models, IMAGE_SETTINGS)
+  dtypes = [dtype for dtype in args.dtypes.split(',') if dtype]
+  if not dtypes or any(dtype not in DTYPES for dtype in dtypes):
+    parser.error(f'--dtypes must name some of {DTYPES}, got {args.dtypes!r}')
   env = common.environment()
   common.print_environment(env)
-  print(f'{"model":<12} {"batch":>5} {"forward ms":>11} {"interval ms":>12} '
-        f'{"ratio":>6}')
-  interval_results = {}
+  print(f'{"model":<12} {"batch":>5} {"dtype":>8} {"forward ms":>11} {"interval ms":>12} '
+        f'{"ratio":>6}   (forward pass in float32)')
+  results = {}
   for name in names:
     image_shape, eps = IMAGE_SETTINGS[name]
     batch_size = (args.resnet_batch_size or DEFAULT_BATCH_SIZES[name]
@@ -123,30 +158,36 @@ def main(argv=None) -> dict:
                                       (1,) + image_shape)
     images = jnp.asarray(np.random.default_rng(0).uniform(
         size=(batch_size,) + image_shape), jnp.float32)
-    timing = time_interval_over_forward(
-        lambda variables, x, model=model: model.apply(variables, x),
-        variables, images, eps, repeats=args.repeats)
-    interval_results[name] = {'batch_size': batch_size, **timing}
-    print(f'{name:<12} {batch_size:>5} {1e3 * timing["forward_s"]:>11.2f} '
-          f'{1e3 * timing["interval_s"]:>12.2f} {timing["ratio"]:>6.2f}',
-          flush=True)
-  verification_results = {}
+    for dtype in dtypes:
+      timing = time_interval_over_forward(
+          lambda variables, x, model=model: model.apply(variables, x),
+          variables, images, eps, repeats=args.repeats, dtype=dtype)
+      results.setdefault(_key('interval', dtype), {})[name] = {'batch_size': batch_size, **timing}
+      print(f'{name:<12} {batch_size:>5} {dtype:>8} {1e3 * timing["forward_s"]:>11.2f} '
+            f'{1e3 * timing["interval_s"]:>12.2f} {timing["ratio"]:>6.2f}',
+            flush=True)
   grids = [cell for cell in args.grid.split(',') if cell]
   if grids:
     print(f'\nQA + CA verification, K = {args.k}, d = {args.embedding_dim}, blocks '
           f'{args.block_size} x {args.candidate_block_size}')
-    print(f'{"grid":<12} {"distances ms":>13} {"verify ms":>10} {"ratio":>7}')
+    print(f'{"grid":<12} {"dtype":>8} {"distances ms":>13} {"verify ms":>10} {"ratio":>7}   '
+          '(distances in float32)')
   for cell in grids:
     num_queries, num_candidates = (int(n) for n in cell.lower().split('x'))
-    timing = time_verification_over_distances(
-        num_queries, num_candidates, k=args.k, dim=args.embedding_dim,
-        block_size=args.block_size, candidate_block_size=args.candidate_block_size,
-        repeats=args.repeats)
-    verification_results[cell] = timing
-    print(f'{cell:<12} {1e3 * timing["distances_s"]:>13.2f} {1e3 * timing["verify_s"]:>10.2f} '
-          f'{timing["ratio"]:>7.1f}', flush=True)
-  return {'environment': env, 'interval': interval_results,
-          'verification': verification_results}
+    for dtype in dtypes:
+      timing = time_verification_over_distances(
+          num_queries, num_candidates, k=args.k, dim=args.embedding_dim,
+          block_size=args.block_size, candidate_block_size=args.candidate_block_size,
+          repeats=args.repeats, dtype=dtype)
+      results.setdefault(_key('verification', dtype), {})[cell] = timing
+      print(f'{cell:<12} {dtype:>8} {1e3 * timing["distances_s"]:>13.2f} '
+            f'{1e3 * timing["verify_s"]:>10.2f} {timing["ratio"]:>7.1f}', flush=True)
+  return {'environment': env, 'interval': {}, 'verification': {}, **results}
+
+
+def _key(what: str, dtype: str) -> str:
+  """'interval' / 'verification' for float32 (the keys bench/run.py reads), else '<what>_<dtype>'."""
+  return what if dtype == 'float32' else f'{what}_{dtype}'
 
 
 if __name__ == '__main__':

@@ -87,18 +87,21 @@ def _train_step_rows(result, common):
 
 
 def _ibp_rows(result, common):
-  # bench/ibp.py returns {'interval': ..., 'verification': {'QxN': ...}}; before its verification
-  # grid it returned {'results': ...}.
-  rows = [common.summary_row('IBP bounds', name, f'batch {r["batch_size"]}', 'image',
-                             r['interval_s'] / r['batch_size'], r['forward_s'] / r['batch_size'])
-          for name, r in result.get('interval', result.get('results', {})).items()]
-  for cell, r in result.get('verification', {}).items():
-    num_queries = int(cell.lower().split('x')[0])
-    batch = min(num_queries, 1000)
-    forward = common.forward_baseline('small_cnn', batch, IMAGE_SHAPE, repeats=3) / batch
-    rows.append(common.summary_row('QA/CA verification', 'small_cnn (baseline)',
-                                   f'{cell}, k = 40 (rank_bounds)', 'query',
-                                   r['verify_s'] / num_queries, forward))
+  # bench/ibp.py returns {'interval': ..., 'verification': {'QxN': ...}} in float32 and
+  # 'interval_float64', 'verification_float64' in float64.
+  rows = []
+  for suffix, dtype in (('', ''), ('_float64', ', float64')):
+    rows += [common.summary_row('IBP bounds', name, f'batch {r["batch_size"]}{dtype}', 'image',
+                                r['interval_s'] / r['batch_size'], r['forward_s'] / r['batch_size'])
+             for name, r in result.get('interval' + suffix, {}).items()]
+  for suffix, dtype in (('', ''), ('_float64', ', float64')):
+    for cell, r in result.get('verification' + suffix, {}).items():
+      num_queries = int(cell.lower().split('x')[0])
+      batch = min(num_queries, 1000)
+      forward = common.forward_baseline('small_cnn', batch, IMAGE_SHAPE, repeats=3) / batch
+      rows.append(common.summary_row('QA/CA verification', 'small_cnn (baseline)',
+                                     f'{cell}, k = {r["k"]} (rank_bounds{dtype})', 'query',
+                                     r['verify_s'] / num_queries, forward))
   return rows
 
 
