@@ -172,6 +172,9 @@ _W = jnp.asarray(_RNG.normal(size=(5, 8)), jnp.float32)
 _C = jnp.asarray(_RNG.normal(size=(8,)), jnp.float32)
 _KERNEL = jnp.asarray(_RNG.normal(size=(3, 3, 2, 3)), jnp.float32)
 _MASK = jnp.asarray(_RNG.random(8) < 0.5)
+# Float exponents of `pow`: integer-valued ones are defined on negative bases too.
+_EXPONENTS = jnp.asarray([2., 3., -1., -2., 0.5, 1.5, 0., -0.5], jnp.float32)
+_GEM_P = jnp.float32(3.)  # GeM pooling's exponent, an array so that it lowers to `pow`
 
 
 def _conv(x):
@@ -268,6 +271,14 @@ RULE_CASES = [
     ('integer_pow_-1', lambda x: x**-1, (8,), 'nonzero', True),
     ('integer_pow_-2', lambda x: x**-2, (8,), 'nonzero', True),
     ('square', jnp.square, (8,), 'any', True),
+    ('pow', lambda x: x**jnp.float32(1.5), (8,), 'positive', True),
+    ('pow_negative_exponent', lambda x: x**jnp.float32(-0.5), (8,), 'positive', True),
+    ('pow_mixed_exponents', lambda x: x**_EXPONENTS, (8,), 'any', False),
+    ('gem_pooling', lambda x: jnp.mean(jnp.maximum(x.reshape(2, 4), 1e-6)**_GEM_P, 1)**(1 / _GEM_P),
+     (8,), 'any', False),
+    ('sort', lambda x: jnp.sort(x.reshape(2, 4), axis=1), (8,), 'any', True),
+    ('logsumexp', lambda x: jax.nn.logsumexp(x.reshape(2, 4), axis=1), (8,), 'any', False),
+    ('is_finite', lambda x: jnp.isfinite(x).astype(jnp.float32) * x, (8,), 'any', True),
     ('abs', jnp.abs, (8,), 'any', True),
     ('sign', jnp.sign, (8,), 'any', True),
     ('softplus', jax.nn.softplus, (8,), 'any', False),
@@ -610,6 +621,14 @@ def test_unknown_primitive_error_names_primitive_and_line():
   # the enclosing call.
   with pytest.raises(NotImplementedError, match=r'`sort`.*test_interval\.py'):
     interval(lambda x: jnp.sort(x + 1.))(jnp.zeros(3), jnp.ones(3))
+
+
+def test_input_dependent_permutations_and_exponents_are_rejected():
+  lower, upper = -jnp.ones(4), jnp.ones(4)
+  with pytest.raises(NotImplementedError, match='payload operands'):
+    interval(jnp.argsort)(lower, upper)
+  with pytest.raises(NotImplementedError, match='exponent that does not depend'):
+    interval(lambda x: jnp.float32(2.)**x)(lower, upper)
 
 
 def test_concrete_subexpressions_stay_exact():

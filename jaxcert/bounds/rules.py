@@ -17,7 +17,8 @@ lists:
 * `BILINEAR_PRIMITIVES` (`dot_general`, `conv_general_dilated`): the
   centre/radius form of seed 001 Eqs. 15-16;
 * specific rules for `sub`, `neg`, `mul`, `div`, `abs`, `square`,
-  `integer_pow`, `rsqrt`, comparisons and `select_n`.
+  `integer_pow`, `pow` (constant exponent), `rsqrt`, `sort` (values only),
+  comparisons, `is_finite` and `select_n`.
 
 Derivations: docs/bounds.md (sections are given in each docstring).
 """
@@ -245,6 +246,55 @@ def _integer_pow_rule(operand, *, y: int):
   else:
     lower, upper = _abs_bounds(operand)
   return IntervalBound(lax.integer_pow(lower, y), lax.integer_pow(upper, y))
+
+
+def _pow_rule(base, exponent, **params):
+  """`x**y` for a float exponent `y` that does not depend on the input (docs/bounds.md §6).
+
+  On `x >= 0`, `x**y` is non-decreasing for `y >= 0` and non-increasing for `y < 0`; for
+  `x < 0` it is defined only at integer `y`, where `|x**y| = |x|**y` gives a symmetric hull
+  (`[-inf, inf]` for `y < 0` when the interval reaches 0). Non-integer `y` on negative `x`
+  is NaN, so there the bounds cover the interval's part in `[0, inf)`. GeM pooling
+  (`mean(x**p)**(1/p)` on clamped `x > 0`) is the retrieval use.
+  """
+  if _is_bound(exponent):
+    raise NotImplementedError(
+        '`pow` is bounded only for an exponent that does not depend on the perturbed input.')
+  lower, upper = _ends(base)
+  power = functools.partial(_P.pow_p.bind, **params)
+  clipped_lower, clipped_upper = jnp.maximum(lower, 0), jnp.maximum(upper, 0)
+  increasing = exponent >= 0
+  nonnegative = IntervalBound(
+      jnp.where(increasing, power(clipped_lower, exponent), power(clipped_upper, exponent)),
+      jnp.where(increasing, power(clipped_upper, exponent), power(clipped_lower, exponent)))
+  largest_magnitude = power(jnp.maximum(-lower, upper), exponent)  # y > 0: max |x|**y
+  smallest_magnitude = power(jnp.maximum(-upper, 0), exponent)  # y < 0 and u < 0: max |x|**y
+  magnitude = jnp.where(increasing, largest_magnitude,
+                        jnp.where(upper < 0, smallest_magnitude, jnp.inf))
+  signed = (lower < 0) & (jnp.round(exponent) == exponent) & (exponent != 0)
+  return IntervalBound(jnp.where(signed, -magnitude, nonnegative.lower),
+                       jnp.where(signed, magnitude, nonnegative.upper))
+
+
+def _sort_rule(*operands, **params):
+  """`sort` of one operand (values, not `argsort`): order statistics are monotone.
+
+  If `x <= y` elementwise, the k-th smallest entry of `x` is at most that of `y`, so sorting
+  the two ends bounds the sorted values (docs/bounds.md §2). With payload operands (`argsort`,
+  `sort` by key) the permutation itself depends on the input: rejected.
+  """
+  if len(operands) != 1:
+    raise NotImplementedError(
+        '`sort` with payload operands (argsort, sorting by a key) has no interval rule: the '
+        'permutation depends on the perturbed input.')
+  return _monotone_rule(_P.sort_p)(*operands, **params)
+
+
+def _is_finite_rule(operand):
+  """`is_finite`: surely true when both ends are finite, false for a point at +-inf."""
+  lower, upper = _ends(operand)
+  return IntervalBound(jnp.isfinite(lower) & jnp.isfinite(upper),
+                       ~((lower == upper) & jnp.isinf(lower)))
 
 
 def _rsqrt_rule(operand, **params):
@@ -527,6 +577,9 @@ RULES.update({
     _P.square_p: _square_rule,
     _P.integer_pow_p: _integer_pow_rule,
     _P.rsqrt_p: _rsqrt_rule,
+    _P.pow_p: _pow_rule,
+    _P.sort_p: _sort_rule,
+    _P.is_finite_p: _is_finite_rule,
     _P.gt_p: _comparison_rule(_P.gt_p, increasing_in_lhs=True),
     _P.ge_p: _comparison_rule(_P.ge_p, increasing_in_lhs=True),
     _P.lt_p: _comparison_rule(_P.lt_p, increasing_in_lhs=False),
