@@ -768,6 +768,14 @@ def test_input_box_contains_the_real_box_despite_rounding():
   zero_lower, zero_upper = input_box(x, 0.)
   np.testing.assert_array_equal(zero_lower, x)
   np.testing.assert_array_equal(zero_upper, x)
+  # Differentiable as x -+ eps (nextafter itself has no derivative), also at eps = 0.
+  for radius in (0., 0.1):
+    d_lower_dx, d_upper_dx = jax.jacfwd(lambda v, r=radius: input_box(v, r, clip=None))(x[:3])
+    np.testing.assert_array_equal(d_lower_dx, np.eye(3))
+    np.testing.assert_array_equal(d_upper_dx, np.eye(3))
+    d_lower_deps, d_upper_deps = jax.jacfwd(lambda r: input_box(x[:3], r, clip=None))(radius)
+    np.testing.assert_array_equal(d_lower_deps, -np.ones(3))
+    np.testing.assert_array_equal(d_upper_deps, np.ones(3))
 
 
 # --- Encoders of jaxcert.models. ----------------------------------------------

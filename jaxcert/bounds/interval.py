@@ -38,6 +38,7 @@ import jax
 import jax.extend.core as jex_core
 import jax.extend.source_info_util as source_info_util
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 
@@ -341,6 +342,12 @@ def interval(fn: Callable[[jax.Array], Any]) -> Callable[..., tuple[Any, Any]]:
   return bounded
 
 
+def _one_ulp_towards(value, direction):
+  """`nextafter(value, direction)`, differentiable as the identity (nextafter has no JVP)."""
+  constant = lax.stop_gradient(value)
+  return value + (jnp.nextafter(constant, jnp.asarray(direction, value.dtype)) - constant)
+
+
 def input_box(x, eps, *, clip: tuple[float, float] | None = (0., 1.)):
   """The L-infinity box of radius `eps` around `x`, clipped to the pixel range.
 
@@ -371,9 +378,8 @@ def input_box(x, eps, *, clip: tuple[float, float] | None = (0., 1.)):
   if is_concrete(eps) and not np.all(np.asarray(eps) >= 0):
     raise ValueError(
         f'eps must be >= 0 (and not NaN), got {np.asarray(eps).min()}.')
-  perturbed = eps > 0
-  lower = jnp.where(perturbed, jnp.nextafter(x - eps, jnp.asarray(-jnp.inf, x.dtype)), x)
-  upper = jnp.where(perturbed, jnp.nextafter(x + eps, jnp.asarray(jnp.inf, x.dtype)), x)
+  lower = jnp.where(eps > 0, _one_ulp_towards(x - eps, -jnp.inf), x - eps)  # x - 0 is exact
+  upper = jnp.where(eps > 0, _one_ulp_towards(x + eps, jnp.inf), x + eps)
   if clip is None:
     return lower, upper
   clip_min, clip_max = clip
