@@ -50,7 +50,7 @@ def _sample_box(seed, lower, upper, num_samples):
   uniform = lower + rng.random(shape) * (upper - lower)
   special = np.stack(
       [lower, upper, (lower + upper) / 2, np.clip(0., lower, upper)])
-  return jnp.asarray(np.concatenate([special, corners, uniform]), jnp.float32)
+  return jnp.asarray(np.concatenate([special, corners, uniform]), lower.dtype)
 
 
 def _uniform(seed, shape, minval=0., maxval=1.):
@@ -58,15 +58,15 @@ def _uniform(seed, shape, minval=0., maxval=1.):
   return jnp.asarray(rng.uniform(minval, maxval, shape), jnp.float32)
 
 
-def _tolerance(values):
-  return RTOL * jnp.maximum(1., jnp.abs(values))
+def _tolerance(values, rtol=RTOL):
+  return rtol * jnp.maximum(1., jnp.abs(values))
 
 
-def _assert_within(values, out_lower, out_upper, what=''):
-  """values[..., :] within [out_lower, out_upper] up to RTOL."""
+def _assert_within(values, out_lower, out_upper, what='', rtol=RTOL):
+  """values[..., :] within [out_lower, out_upper] up to `rtol`."""
   values, out_lower, out_upper = map(np.asarray,
                                      (values, out_lower, out_upper))
-  tolerance = np.asarray(_tolerance(values))
+  tolerance = np.asarray(_tolerance(values, rtol))
   below = values < out_lower - tolerance
   above = values > out_upper + tolerance
   assert not below.any(), (
@@ -77,8 +77,8 @@ def _assert_within(values, out_lower, out_upper, what=''):
       f'{np.max(values - out_upper)}')
 
 
-def _check_sampled(fn, lower, upper, *, seed, num_samples=2000, exact=False):
-  """Asserts soundness of interval(fn) on samples (and tightness if exact).
+def _check_sampled(fn, lower, upper, *, seed, num_samples=2000, exact=False, rtol=RTOL):
+  """Asserts soundness of interval(fn) on samples (and tightness if exact), up to `rtol`.
 
   Returns:
     The bounds `(out_lower, out_upper)`.
@@ -87,10 +87,10 @@ def _check_sampled(fn, lower, upper, *, seed, num_samples=2000, exact=False):
   assert np.all(np.asarray(out_lower) <= np.asarray(out_upper))
   samples = _sample_box(seed, lower, upper, num_samples)
   values = jax.jit(jax.vmap(fn))(samples)
-  _assert_within(values, out_lower, out_upper, 'sampled')
+  _assert_within(values, out_lower, out_upper, 'sampled', rtol)
   if exact:  # The bounds are attained by sampled points (ends, corners, 0).
-    np.testing.assert_allclose(values.min(0), out_lower, rtol=RTOL, atol=RTOL)
-    np.testing.assert_allclose(values.max(0), out_upper, rtol=RTOL, atol=RTOL)
+    np.testing.assert_allclose(values.min(0), out_lower, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(values.max(0), out_upper, rtol=rtol, atol=rtol)
   return out_lower, out_upper
 
 
@@ -179,7 +179,7 @@ _GEM_P = jnp.float32(3.)  # GeM pooling's exponent, an array so that it lowers t
 
 def _conv(x):
   return lax.conv_general_dilated(
-      x[None], _KERNEL, (1, 1), 'SAME',
+      x[None], _KERNEL.astype(x.dtype), (1, 1), 'SAME',
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))[0]
 
 
@@ -239,12 +239,12 @@ RULE_CASES = [
      (8,), 'any', True),
     ('gather', lambda x: x[jnp.array([0, 3, 3, 7])], (8,), 'any', True),
     ('dynamic_update_slice',
-     lambda x: lax.dynamic_update_slice(_C, x[:3], (jnp.array(4),)), (8,),
+     lambda x: lax.dynamic_update_slice(_C.astype(x.dtype), x[:3], (jnp.array(4),)), (8,),
      'any', True),
-    ('scatter_add', lambda x: _C.at[jnp.array([1, 1, 5])].add(x[:3]), (8,),
+    ('scatter_add', lambda x: _C.astype(x.dtype).at[jnp.array([1, 1, 5])].add(x[:3]), (8,),
      'any', True),
     ('scatter_unique',
-     lambda x: _C.at[jnp.array([1, 5])].set(x[:2], unique_indices=True), (8,),
+     lambda x: _C.astype(x.dtype).at[jnp.array([1, 5])].set(x[:2], unique_indices=True), (8,),
      'any', True),
     ('select_n_const', lambda x: jnp.where(_MASK, x, -x), (8,), 'any', True),
     ('select_n_bounded', lambda x: jnp.where(x > 0.5, x, -2 * x), (8,), 'any',
@@ -307,6 +307,20 @@ def _check_rule(fn, shape, kind, exact, *, seed, num_boxes, num_samples):
 def test_rule_sound_on_samples(name, fn, shape, kind, exact):
   del name
   _check_rule(fn, shape, kind, exact, seed=0, num_boxes=3, num_samples=2000)
+
+
+@pytest.mark.parametrize('name, fn, shape, kind, exact', RULE_CASES,
+                         ids=[case[0] for case in RULE_CASES])
+def test_rule_sound_in_float64(name, fn, shape, kind, exact):
+  """The same cases in float64 to a tolerance of 1e-12 (certify.py's default dtype): a rule off by
+  more than float64 rounding fails here, where float32's tolerance of 1e-5 could hide it."""
+  del name
+  with jax.enable_x64(True):
+    lower, upper = (np.asarray(end, np.float64) for end in _random_box(0, (3,) + shape, kind))
+    if kind == 'any':  # Ends that float32 cannot represent.
+      lower, upper = lower - 1e-9, upper + 1e-9
+    _check_sampled(jax.vmap(fn), jnp.asarray(lower), jnp.asarray(upper), seed=1,
+                   num_samples=2000, exact=exact, rtol=1e-12)
 
 
 @pytest.mark.slow
@@ -781,14 +795,15 @@ def test_input_box_contains_the_real_box_despite_rounding():
 # --- Encoders of jaxcert.models. ----------------------------------------------
 
 
-def _encoder(name, image_shape, l2_normalize, **options):
-  """`embed(x)` of the jaxcert.models encoder `name`, statistics perturbed."""
+def _encoder(name, image_shape, l2_normalize, dtype=jnp.float32, **options):
+  """`embed(x)` of the jaxcert.models encoder `name`, statistics perturbed, variables in `dtype`."""
   from jaxcert import models  # pylint: disable=g-import-not-at-top
   model = models.get_model(name, embedding_dim=16, l2_normalize=l2_normalize,
                            input_mean=0.4, input_std=0.3, **options)
   # Random variables of the structure `models.init_variables` returns, drawn
   # with numpy: compiling the models' initialisers takes 4-15 s per model.
   variables = _perturb_statistics(_init(model, jnp.zeros(image_shape)))
+  variables = jax.tree.map(lambda leaf: leaf.astype(dtype), variables)
   return lambda x: model.apply(variables, x)
 
 
@@ -811,6 +826,21 @@ def test_encoder_sound(name, image_shape, options, l2_normalize):
   out_bounds = _check_sampled(fn, lower, upper, seed=2, num_samples=256)
   if name != 'resnet18':  # Compiling PGD through it takes long: slow test.
     _check_pgd(fn, lower, upper, out_bounds, num_coordinates=2)
+
+
+@pytest.mark.parametrize('name, image_shape, options', [
+    ('small_cnn', (1, 12, 12, 1), {}),
+    ('resnet18', (1, 8, 8, 3), {'num_filters': 8}),
+], ids=['small_cnn-l2', 'resnet18_narrow-l2'])
+def test_encoder_sound_in_float64(name, image_shape, options):
+  """Encoders in float64 (certify.py's default, weights cast exactly), BatchNorm and L2 head
+  included: sampled outputs within the bounds to 1e-10 of the magnitudes, 1e5 times tighter than
+  the float32 tests allow."""
+  with jax.enable_x64(True):
+    fn = _encoder(name, image_shape, True, dtype=jnp.float64, **options)
+    lower, upper = input_box(jnp.asarray(_uniform(1, image_shape), jnp.float64), 0.02)
+    out_lower, _ = _check_sampled(fn, lower, upper, seed=2, num_samples=256, rtol=1e-10)
+    assert out_lower.dtype == jnp.float64
 
 
 @pytest.mark.slow
