@@ -127,7 +127,9 @@ def tables(runs: list) -> str:
         for attack, papers in (('qa', PAPER_CR_QA), ('ca', PAPER_CR_CA))
         for k, paper in zip(KS, papers[dataset, method])}})
     budget_rows.append({**name, 'run': os.path.basename(os.path.normpath(run_dir)),
-                        'training': _budget(run_dir, config, results), 'eps': results['eps']})
+                        'training': _budget(run_dir, config, results), 'eps': results['eps'],
+                        # certify.py certified in float32 until it recorded the dtype (2026-12-04).
+                        'certified in': results.get('rounding', {}).get('dtype', 'float32')})
   return ('Recall@K, ours (seed 001 Table 1, Large CNN, in parentheses):\n\n'
           + report.markdown_table(recall_rows)
           + '\n\nCR-Recall@K at eps = 0.2, ours (seed 001 Table 2, Large CNN, in parentheses), '

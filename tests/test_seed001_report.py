@@ -12,7 +12,8 @@ sys.path.insert(0, os.path.join(REPO, 'scripts'))
 import seed001_report  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def _fake_run(path, model, method, value, checkpoint_step=None, mining='batch_all_mean', resume_from=None):
+def _fake_run(path, model, method, value, checkpoint_step=None, mining='batch_all_mean', resume_from=None,
+              rounding=None):
   os.makedirs(path / 'certify_ibp')
   os.makedirs(path / 'checkpoints' / '300')
   config = {'num_steps': 300, 'num_epochs': 100, 'method': method, 'model': {'name': model},
@@ -23,7 +24,7 @@ def _fake_run(path, model, method, value, checkpoint_step=None, mining='batch_al
   (path / 'config.json').write_text(json.dumps(config))
   results = {'eps': 0.2, **{f'recall@{k}': value for k in seed001_report.KS},
              **{f'cr_recall_{a}@{k}': value / 2 for a in ('qa', 'ca') for k in seed001_report.KS},
-             'checkpoint_step': checkpoint_step}
+             'checkpoint_step': checkpoint_step, **({'rounding': rounding} if rounding else {})}
   (path / 'certify_ibp' / 'results.json').write_text(json.dumps(results))
   return str(path)
 
@@ -32,7 +33,7 @@ def test_tables_show_paper_values_for_large_only(tmp_path):
   large = _fake_run(tmp_path / 'large', 'large_cnn', 'tbt', 0.5, checkpoint_step=200)
   small = _fake_run(tmp_path / 'small', 'small_cnn', 'tbt', 0.4, mining='batch_all')
   branch = _fake_run(tmp_path / 'branch', 'large_cnn', 'tbt', 0.3, checkpoint_step=300,
-                     resume_from='/runs/tbt@5700')
+                     resume_from='/runs/tbt@5700', rounding={'dtype': 'float64'})
   text = seed001_report.main([f'fmnist:tbt={large}', f'fmnist:tbt={small}', f'fmnist:tbt={branch}',
                               '--out', str(tmp_path / 'tables.md')])
   assert text == (tmp_path / 'tables.md').read_text()
@@ -45,7 +46,9 @@ def test_tables_show_paper_values_for_large_only(tmp_path):
           'gradient norm clipped at 10, from triplet_step1500') in text
   assert "T mined 'batch_all' (not Eq. 20's balance)" in text  # Runs from before the change.
   # A branch names the run and step it continued, not the encoder that run started from.
-  assert 'gradient norm clipped at 10, branched from tbt@5700 |' in text
+  assert 'gradient norm clipped at 10, branched from tbt@5700 | 0.2000 | float64 |' in text
+  # Results without a recorded dtype were certified in float32, before float64 was the default.
+  assert text.count('| float32 |') == 2
   # Results from before certify.py recorded the step fall back to the newest checkpoint, saying so.
   assert 'checkpoint of step 300 (newest saved; results.json predates checkpoint_step)' in text
 
