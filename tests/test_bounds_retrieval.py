@@ -446,6 +446,15 @@ def test_ibp_mode_writes_tables_tsv_plots(tmp_path):
     ibp.check_ibp_config(bad, 40)
 
 
+def test_float64_certification_on_tpu_says_to_use_float32(monkeypatch):
+  config = default.get_config()
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'tpu')
+  with pytest.raises(ValueError, match='--config.ibp.dtype=float32'):
+    ibp.check_ibp_config(config.ibp, 1000)
+  config.ibp.dtype = 'float32'
+  assert ibp.check_ibp_config(config.ibp, 1000)[0] == config.ibp.eps
+
+
 class _CancellingEncoder(nn.Module):
   """(pixel 0 + b) - b and pixel 1, b = 1e8: float32 (ulp 8 at 1e8) rounds pixel 0 away, float64 not."""
 
