@@ -50,7 +50,8 @@ def _sample_box(seed, lower, upper, num_samples):
   uniform = lower + rng.random(shape) * (upper - lower)
   special = np.stack(
       [lower, upper, (lower + upper) / 2, np.clip(0., lower, upper)])
-  return jnp.asarray(np.concatenate([special, corners, uniform]), lower.dtype)
+  return jnp.asarray(np.concatenate([special, corners, uniform]),
+                     jax.dtypes.canonicalize_dtype(lower.dtype))  # float64 only under x64
 
 
 def _uniform(seed, shape, minval=0., maxval=1.):
