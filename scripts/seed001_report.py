@@ -97,6 +97,8 @@ def _budget(run_dir: str, config: dict, results: dict) -> str:
              else f', T mined {config["loss"]["mining"]!r} (not Eq. 20\'s balance)')
   if config.get('grad_clip_norm'):
     text += f', gradient norm clipped at {config["grad_clip_norm"]:g}'
+  if config.get('seed'):
+    text += f', seed {config["seed"]}'
   if config.get('resume_from'):
     text += f', branched from {os.path.basename(os.path.normpath(config["resume_from"]))}'
   elif config.get('init_from'):

@@ -90,6 +90,17 @@ for run in fmnist_small_tbt_full_rerun fmnist_small_tbt_100ep; do
   python certify.py --config configs/fmnist_small_tbt.py --config.checkpoint=$RUNS/$run $FM
 done
 python certify.py --config configs/mnist_small_tbt.py --config.checkpoint=$RUNS/mnist_small_tbt_full_seed1 $MN
+# Two more seeds (2026-12-04), certified in float64 (the default) and in float32 beside it.
+python train.py --config configs/fmnist_small_tbt.py --workdir $RUNS/fmnist_small_tbt_full_seed1 $FM \
+    --config.seed=1 --config.num_steps=30000 --config.checkpoint_keep_every_steps=5000 --config.progress_bar=False
+python train.py --config configs/mnist_small_tbt.py --workdir $RUNS/mnist_small_tbt_full_seed2 $MN \
+    --config.seed=2 --config.num_steps=30000 --config.checkpoint_keep_every_steps=5000 --config.progress_bar=False
+for dtype in float64 float32; do
+  python certify.py --config configs/fmnist_small_tbt.py --config.checkpoint=$RUNS/fmnist_small_tbt_full_seed1 $FM \
+      --config.ibp.dtype=$dtype --workdir $RUNS/fmnist_small_tbt_full_seed1/certify_ibp_$dtype
+  python certify.py --config configs/mnist_small_tbt.py --config.checkpoint=$RUNS/mnist_small_tbt_full_seed2 $MN \
+      --config.ibp.dtype=$dtype --workdir $RUNS/mnist_small_tbt_full_seed2/certify_ibp_$dtype
+done
 # Eq. 20's balance (T and Reg averaged over the same triplets, the configs' default): each Large
 # TBT run goes on from its last checkpoint at eps 0.2 with lr 1e-3 again for 800 steps, then x0.1
 # twice, 300 steps apart (FMNIST 5700 -> 7000, MNIST 3000 -> 4300).

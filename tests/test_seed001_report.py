@@ -13,14 +13,14 @@ import seed001_report  # pylint: disable=g-import-not-at-top,wrong-import-positi
 
 
 def _fake_run(path, model, method, value, checkpoint_step=None, mining='batch_all_mean', resume_from=None,
-              rounding=None):
+              rounding=None, seed=0):
   os.makedirs(path / 'certify_ibp')
   os.makedirs(path / 'checkpoints' / '300')
   config = {'num_steps': 300, 'num_epochs': 100, 'method': method, 'model': {'name': model},
             'certified': {'ramp_start_steps': 0, 'ramp_end_steps': 200, 'kappa': 0.5},
             'grad_clip_norm': 10.0, 'init_from': '/runs/triplet_step1500', 'learning_rate': 0.001,
             'lr_decay_epochs': [5.667, 8.5], 'lr_decay_factor': 0.1, 'loss': {'mining': mining},
-            'resume_from': resume_from}
+            'resume_from': resume_from, 'seed': seed}
   (path / 'config.json').write_text(json.dumps(config))
   results = {'eps': 0.2, **{f'recall@{k}': value for k in seed001_report.KS},
              **{f'cr_recall_{a}@{k}': value / 2 for a in ('qa', 'ca') for k in seed001_report.KS},
@@ -31,7 +31,7 @@ def _fake_run(path, model, method, value, checkpoint_step=None, mining='batch_al
 
 def test_tables_show_paper_values_for_large_only(tmp_path):
   large = _fake_run(tmp_path / 'large', 'large_cnn', 'tbt', 0.5, checkpoint_step=200)
-  small = _fake_run(tmp_path / 'small', 'small_cnn', 'tbt', 0.4, mining='batch_all')
+  small = _fake_run(tmp_path / 'small', 'small_cnn', 'tbt', 0.4, mining='batch_all', seed=2)
   branch = _fake_run(tmp_path / 'branch', 'large_cnn', 'tbt', 0.3, checkpoint_step=300,
                      resume_from='/runs/tbt@5700', rounding={'dtype': 'float64'})
   text = seed001_report.main([f'fmnist:tbt={large}', f'fmnist:tbt={small}', f'fmnist:tbt={branch}',
@@ -47,6 +47,7 @@ def test_tables_show_paper_values_for_large_only(tmp_path):
   assert "T mined 'batch_all' (not Eq. 20's balance)" in text  # Runs from before the change.
   # A branch names the run and step it continued, not the encoder that run started from.
   assert 'gradient norm clipped at 10, branched from tbt@5700 | 0.2000 | float64 |' in text
+  assert text.count(', seed ') == 1 and 'clipped at 10, seed 2, from triplet_step1500 |' in text  # 0 unsaid
   # Results without a recorded dtype were certified in float32, before float64 was the default.
   assert text.count('| float32 |') == 2
   # Results from before certify.py recorded the step fall back to the newest checkpoint, saying so.
