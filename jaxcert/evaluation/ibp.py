@@ -239,6 +239,7 @@ def run(inputs, workdir: str) -> dict:
                        f'--config.ibp.dtype={query_emb.dtype}.')
     sweep = {radius: certify_at(certified_inputs, query_emb, candidate_emb, radius, ks)
              for radius in radii}
+  with certification_precision('float32'):  # the float32 encoder (x64 off), against float64
     rounding = rounding_check(inputs, eps)
   indices = np.asarray(sweep[eps]['rank_bounds'].indices)
   recall = metrics.recall_at_k(inputs.queries.labels, inputs.candidates.labels[indices], ks)
