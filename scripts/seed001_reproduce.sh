@@ -95,6 +95,13 @@ python train.py --config configs/fmnist_small_tbt.py --workdir $RUNS/fmnist_smal
     --config.seed=1 --config.num_steps=30000 --config.checkpoint_keep_every_steps=5000 --config.progress_bar=False
 python train.py --config configs/mnist_small_tbt.py --workdir $RUNS/mnist_small_tbt_full_seed2 $MN \
     --config.seed=2 --config.num_steps=30000 --config.checkpoint_keep_every_steps=5000 --config.progress_bar=False
+# TBT+FCTB from each of them.
+python train.py --config configs/mnist_small_fctb.py --workdir $RUNS/mnist_small_fctb_from_seed2 $MN \
+    --config.init_from=$RUNS/mnist_small_tbt_full_seed2 --config.progress_bar=False
+python certify.py --config configs/mnist_small_fctb.py --config.checkpoint=$RUNS/mnist_small_fctb_from_seed2 $MN
+python train.py --config configs/fmnist_small_fctb.py --workdir $RUNS/fmnist_small_fctb_from_seed1 $FM \
+    --config.init_from=$RUNS/fmnist_small_tbt_full_seed1 --config.progress_bar=False
+python certify.py --config configs/fmnist_small_fctb.py --config.checkpoint=$RUNS/fmnist_small_fctb_from_seed1 $FM
 for dtype in float64 float32; do
   python certify.py --config configs/fmnist_small_tbt.py --config.checkpoint=$RUNS/fmnist_small_tbt_full_seed1 $FM \
       --config.ibp.dtype=$dtype --workdir $RUNS/fmnist_small_tbt_full_seed1/certify_ibp_$dtype
