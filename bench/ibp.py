@@ -34,6 +34,7 @@ from jaxcert import retrieval  # pylint: disable=wrong-import-position
 from jaxcert.bounds import input_box  # pylint: disable=wrong-import-position
 from jaxcert.bounds import interval  # pylint: disable=wrong-import-position
 from jaxcert.bounds import rank_bounds  # pylint: disable=wrong-import-position
+from jaxcert.bounds.retrieval import cast_floating  # pylint: disable=wrong-import-position
 
 # Encoder name -> (image shape (H, W, C), perturbation radius eps).
 IMAGE_SETTINGS = {
@@ -57,13 +58,6 @@ def computing_in(dtype: str):
     yield
 
 
-def _cast(tree, dtype: str):
-  """Every floating-point leaf of `tree` as `dtype` (call inside `computing_in(dtype)`)."""
-  return jax.tree.map(
-      lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a,
-      tree)
-
-
 def time_interval_over_forward(apply_fn, variables, images, eps, *,
                                repeats: int = 10, dtype: str = 'float32') -> dict:
   """Times jit(interval(embed)) in `dtype` and jit(embed) in float32 on one batch.
@@ -84,8 +78,8 @@ def time_interval_over_forward(apply_fn, variables, images, eps, *,
   with computing_in(dtype):
     bounded = jax.jit(lambda variables, lower, upper: interval(
         lambda x: apply_fn(variables, x))(lower, upper))
-    bound_variables = _cast(variables, dtype)
-    lower, upper = input_box(_cast(images, dtype), eps)
+    bound_variables = cast_floating(variables, dtype)
+    lower, upper = input_box(cast_floating(images, dtype), eps)
     interval_s = common.median_seconds(lambda: bounded(bound_variables, lower, upper),
                                        repeats=repeats)
   return {'forward_s': forward_s, 'interval_s': interval_s,
@@ -112,7 +106,7 @@ def time_verification_over_distances(num_queries: int, num_candidates: int, *, k
   distances_s = common.median_seconds(lambda: distances(query[0], candidate[0]),
                                       repeats=repeats)
   with computing_in(dtype):
-    query, candidate = _cast(query, dtype), _cast(candidate, dtype)
+    query, candidate = cast_floating(query, dtype), cast_floating(candidate, dtype)
     verify_s = common.median_seconds(
         lambda: rank_bounds(*query, *candidate, k, block_size=block_size,
                             candidate_block_size=candidate_block_size), repeats=repeats)

@@ -89,12 +89,13 @@ def _train_step_rows(result, common):
 def _ibp_rows(result, common):
   # bench/ibp.py returns {'interval': ..., 'verification': {'QxN': ...}} in float32 and
   # 'interval_float64', 'verification_float64' in float64.
+  suffixes = (('', ''), ('_float64', ', float64'))  # (key suffix, setting suffix) per dtype
   rows = []
-  for suffix, dtype in (('', ''), ('_float64', ', float64')):
+  for suffix, dtype in suffixes:
     rows += [common.summary_row('IBP bounds', name, f'batch {r["batch_size"]}{dtype}', 'image',
                                 r['interval_s'] / r['batch_size'], r['forward_s'] / r['batch_size'])
              for name, r in result.get('interval' + suffix, {}).items()]
-  for suffix, dtype in (('', ''), ('_float64', ', float64')):
+  for suffix, dtype in suffixes:
     for cell, r in result.get('verification' + suffix, {}).items():
       num_queries = int(cell.lower().split('x')[0])
       batch = min(num_queries, 1000)

@@ -107,6 +107,19 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
   return both[:, :dim], both[:, dim:]
 
 
+def cast_floating(tree, dtype):
+  """Every floating-point leaf of `tree` as `dtype`, the others as they are.
+
+  float32 -> float64 is exact, so float64 bounds the same encoder; call under `jax.enable_x64`
+  for float64 (certify.py's default, docs/bounds.md §10).
+  """
+  def cast(leaf):
+    leaf = jnp.asarray(leaf)
+    return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+  return jax.tree.map(cast, tree)
+
+
 def float32_rounding_error(apply_fn: Callable, variables, images, eps) -> dict[str, float]:
   """How far float32 embeddings and IBP boxes are from the same computation in float64.
 
@@ -139,8 +152,8 @@ def float32_rounding_error(apply_fn: Callable, variables, images, eps) -> dict[s
 
   outputs32 = jax.jit(embed_and_box)(variables, jnp.asarray(images), jnp.float32(eps))
   with jax.enable_x64(True):
-    as_float64 = functools.partial(jax.tree.map, lambda a: np.asarray(a, np.float64))
-    outputs64 = jax.jit(embed_and_box)(as_float64(variables), as_float64(images), np.float64(eps))
+    outputs64 = jax.jit(embed_and_box)(*cast_floating((variables, images), jnp.float64),
+                                       np.float64(eps))
   if any(a.dtype != np.float64 for a in outputs64):
     raise ValueError('The encoder computes in float32 even with float64 inputs and parameters (a '
                      'fixed dtype in the model?), so its float32 rounding cannot be measured.')

@@ -39,7 +39,6 @@ import time
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxcert import data
@@ -96,10 +95,7 @@ def in_dtype(inputs, dtype: str):
 
   Call inside `certification_precision(dtype)`; `embed` is rebuilt from `inputs.model.apply`.
   """
-  def cast(leaf):
-    return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
-
-  variables = jax.tree.map(cast, inputs.variables)
+  variables = certified_retrieval.cast_floating(inputs.variables, dtype)
   return inputs._replace(variables=variables,
                          embed=jax.tree_util.Partial(inputs.model.apply, variables))
 
