@@ -239,19 +239,20 @@ def certify_retrieval(embed: Callable, queries, query_labels, candidates, candid
   eps = _check_radius('eps', eps)
   if dtype not in DTYPES:
     raise ValueError(f'Unknown dtype {dtype!r}; valid: {list(DTYPES)}.')
+  # Queries and candidates go through the encoder as one set: one compiled batch shape.
+  images = np.concatenate([queries, candidates])
+  num_queries = len(queries)
   with _precision(dtype):
     embed = bounds_retrieval.cast_floating(retrieval.as_pytree_function(embed), dtype)
-    query_emb = retrieval.embed_in_batches(embed, queries.astype(dtype), batch_size)
-    candidate_emb = retrieval.embed_in_batches(embed, candidates.astype(dtype), batch_size)
-    if query_emb.dtype != np.dtype(dtype):
-      raise ValueError(f'embed computes in {query_emb.dtype} on {dtype} images (a fixed dtype in '
-                       f'the model?); pass dtype={str(query_emb.dtype)!r}.')
-    query_box = bounds_retrieval.embedding_bounds(embed, queries, eps, batch_size=batch_size,
-                                                  dtype=dtype)
-    candidate_box = bounds_retrieval.embedding_bounds(embed, candidates, eps,
-                                                      batch_size=batch_size, dtype=dtype)
+    embeddings = retrieval.embed_in_batches(embed, images.astype(dtype), batch_size)
+    if embeddings.dtype != np.dtype(dtype):
+      raise ValueError(f'embed computes in {embeddings.dtype} on {dtype} images (a fixed dtype in '
+                       f'the model?); pass dtype={str(embeddings.dtype)!r}.')
+    lower, upper = bounds_retrieval.embedding_bounds(embed, images, eps, batch_size=batch_size,
+                                                     dtype=dtype)
     rank_bounds = jax.device_get(bounds_retrieval.rank_bounds(
-        query_emb, *query_box, candidate_emb, *candidate_box, max(ks),
+        embeddings[:num_queries], lower[:num_queries], upper[:num_queries],
+        embeddings[num_queries:], lower[num_queries:], upper[num_queries:], max(ks),
         distance_slack=distance_slack))
   certified = bounds_retrieval.certified_retrieval(rank_bounds, query_labels, candidate_labels, ks)
   cr_recall = bounds_retrieval.cr_recall_at_k(certified, ks)
