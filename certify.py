@@ -8,15 +8,17 @@
 encoder); `--config.certify.mode` picks ibp, smoothing or attack, and each mode reads its own block
 (`--config.ibp.*`, `--config.smoothing.*`, `--config.attack.*`). Results (tables in markdown, TSV
 and JSON, PNG plots) go to --workdir, by default <checkpoint>/certify_<mode>. All logic lives in
-jaxcert.certification.
+jaxcert.certification. A mistake on the command line or in the config (an unknown name, missing data
+or checkpoint, a bad value) prints its message alone and exits with status 2; `--traceback` shows
+the full trace.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
 from jaxcert import certification
+from jaxcert import cli
 from jaxcert import parallel
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
@@ -27,8 +29,7 @@ flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  del argv  # cli.run rejects positional arguments
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   parallel.initialize_from_config(_CONFIG.value.parallel)  # multi-host: docs/scaling.md
@@ -36,4 +37,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

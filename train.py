@@ -5,14 +5,16 @@
 
 Any config field can be overridden with --config.<field>=<value>. The workdir receives checkpoints
 (a rerun with the same workdir resumes), metrics.jsonl, config.json, results.json and results.md.
+A mistake on the command line or in the config (an unknown name, missing data, a bad value)
+prints its message alone and exits with status 2; `--traceback` shows the full trace.
 All logic lives in jaxcert.training.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from jaxcert import cli
 from jaxcert import parallel
 from jaxcert import training
 
@@ -23,8 +25,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  del argv  # cli.run rejects positional arguments
   if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO; -v 0 brings it back.
     logging.set_verbosity(logging.WARNING)
   parallel.initialize_from_config(_CONFIG.value.parallel)  # multi-host: docs/scaling.md
@@ -32,4 +33,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)
