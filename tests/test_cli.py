@@ -1,8 +1,8 @@
 """The drivers' answer to a user's mistake: its message alone on stderr and exit status 2.
 
 Each case runs train.py or certify.py in a subprocess and fails before any training or
-certification starts; each costs the imports of a driver (a few seconds), so the cases that fail
-while the flags are parsed run with `-m slow`. `--traceback` brings the full trace back.
+certification starts; each costs the imports of a driver (a few seconds), so only one case runs by
+default and the others with `-m slow`. `--traceback` brings the full trace back.
 """
 
 import os
@@ -26,8 +26,10 @@ def _run_driver(*args, cwd):
       '--config.model.name=vit'),
      "train.py: error: Unknown model 'vit'; valid models: ['linear', 'mlp', 'small_cnn', "
      "'large_cnn', 'resnet18', 'resnet50']."),
-    (('certify.py', '--config', 'configs/quickstart.py', '--config.checkpoint=runs/missing'),
-     "certify.py: error: No checkpoint directory 'runs/missing/checkpoints'."),
+    pytest.param(('certify.py', '--config', 'configs/quickstart.py',
+                  '--config.checkpoint=runs/missing'),
+                 "certify.py: error: No checkpoint directory 'runs/missing/checkpoints'.",
+                 marks=pytest.mark.slow),
     pytest.param(('train.py', '--config', 'configs/missing.py', '--workdir', 'runs/x'),
                  "train.py: error: Config file 'configs/missing.py' does not exist",
                  marks=pytest.mark.slow),
