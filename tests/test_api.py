@@ -213,6 +213,8 @@ def test_smoothed_certificate_holds_for_queries_moved_towards_a_wrong_answer():
     (dict(embed=lambda x: x.reshape(-1)), 'maps \\(2, 2, 2, 1\\) to \\(8,\\)'),
     (dict(embed=lambda x: x @ jnp.ones((3, 3))), 'embed failed on a batch of shape'),
     (dict(embed='model'), 'embed must be a function'),
+    (dict(embed=lambda x: _linear_embed(x).astype(jnp.float32)),
+     "embed computes in float32 on float64 images .*pass dtype='float32'"),
 ])
 def test_certify_retrieval_rejects_bad_input_with_a_clear_message(change, message):
   arguments = dict(embed=_linear_embed, queries=QUERIES, query_labels=QUERY_LABELS,
