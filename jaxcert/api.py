@@ -354,7 +354,7 @@ def attack_retrieval(embed: Callable, queries, query_labels, candidates, candida
     step_size: PGD step (default eps / 10, the paper's).
     num_sources: candidates attacked per query in the candidate attack (the paper: 100); at most
       the number of candidates of another class than any query's.
-    batch_size: images per attack call.
+    batch_size: images per attack call (at most the number of queries).
 
   Returns:
     An `AttackedRetrieval`.
@@ -371,9 +371,12 @@ def attack_retrieval(embed: Callable, queries, query_labels, candidates, candida
   if int(num_sources) != num_sources or not 1 <= num_sources <= other_class:
     raise ValueError(f'num_sources must be an integer in [1, {other_class}] (the fewest candidates '
                      f'of another class than a query\'s), got {num_sources!r}.')
+  if int(batch_size) != batch_size or batch_size < 1:
+    raise ValueError(f'batch_size must be a positive integer, got {batch_size!r}.')
   query_key, candidate_key = jax.random.split(key)
+  # Fewer queries than a batch: one batch of their number, not a padded one of batch_size.
   settings = dict(eps=eps, ks=ks, step_size=step_size, num_steps=int(num_steps),
-                  batch_size=batch_size)
+                  batch_size=min(int(batch_size), len(queries)))
   query_attack = attacks.evaluate_query_attack(embed, queries, query_labels, candidates,
                                                candidate_labels, key=query_key, **settings)
   candidate_attack = attacks.evaluate_candidate_attack(
