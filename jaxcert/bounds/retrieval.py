@@ -65,21 +65,27 @@ def _check_pixel_range(images) -> np.ndarray:
   return images
 
 
-def _embedding_bounds_of_batch(embed, eps, images):
-  """`[lower | upper]` (B, 2d) of embed over the boxes of `images` (a jit-friendly pytree call).
+def _embedding_bounds_of_batch(bound, embed, eps, images):
+  """`[lower | upper]` (B, 2d) of embed over the boxes of `images` by the transform `bound`.
 
   The input box is built in the dtype of `eps` (float32 pixels are exact in float64)."""
-  lower, upper = interval(embed)(*input_box(images.astype(eps.dtype), eps))
+  lower, upper = bound(embed)(*input_box(images.astype(eps.dtype), eps))
   return jnp.concatenate([lower, upper], axis=-1)
 
 
+@functools.cache
+def _batch_bounds(bound: Callable) -> Callable:
+  """One function object per bound transform, so that jit's cache (keyed by it) is reused."""
+  return functools.partial(_embedding_bounds_of_batch, bound)
+
+
 def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
-                     sharding: jax.sharding.Sharding | None = None, dtype=jnp.float32
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     sharding: jax.sharding.Sharding | None = None, dtype=jnp.float32,
+                     bound: Callable = interval) -> tuple[np.ndarray, np.ndarray]:
   """Interval bounds of f(x + delta), ||delta||_inf <= eps, x + delta in [0, 1], for each image.
 
-  Interval bound propagation through the whole encoder (seed 001 Eqs. 15-16, `interval`), in
-  batches of one static shape (`retrieval.embed_in_batches`): with `embed` a
+  By default interval bound propagation through the whole encoder (seed 001 Eqs. 15-16,
+  `interval`), in batches of one static shape (`retrieval.embed_in_batches`): with `embed` a
   `jax.tree_util.Partial(model.apply, variables)`, one compilation serves every eps and checkpoint.
 
   Args:
@@ -90,6 +96,9 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
     sharding: data-parallel placement of each batch (`retrieval.embed_in_batches`).
     dtype: the dtype of the input box; float64 (under `jax.enable_x64`, with float64 variables in
       `embed`) bounds the encoder with rounding ~1e-16 of the magnitudes (docs/bounds.md §10).
+    bound: a sound bound transform `fn -> ((lower, upper) -> (out_lower, out_upper))` with the
+      calling convention of `interval` (the default), e.g. a linear-relaxation (CROWN-family)
+      transform; pass one function object per method (jit's cache is keyed by it).
 
   Returns:
     `(lower, upper)`, each (N, d) numpy arrays (the encoder's output dtype) with
@@ -100,7 +109,7 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
   """
   eps = _check_eps(eps)
   images = _check_pixel_range(images)
-  bounded = jax.tree_util.Partial(_embedding_bounds_of_batch, retrieval.as_pytree_function(embed),
+  bounded = jax.tree_util.Partial(_batch_bounds(bound), retrieval.as_pytree_function(embed),
                                   jnp.asarray(eps, dtype))
   both = retrieval.embed_in_batches(bounded, images, batch_size, sharding=sharding)
   dim = both.shape[1] // 2
@@ -472,7 +481,7 @@ def _as_box(emb, lower, upper, name: str, distance_slack: float):
   outside = jnp.linalg.norm(jnp.maximum(jnp.maximum(lower - emb, emb - upper), 0), axis=-1)
   allowed = distance_slack * (_box_magnitude(lower, upper) + jnp.linalg.norm(emb, axis=-1))
   if not bool(jnp.all(outside <= allowed)):
-    row = int(jnp.argmax(outside - allowed))
+    row = int(jnp.argmax(outside > allowed))  # the first
     raise ValueError(
         f'{name}_emb[{row}] lies outside its own box [{name}_lower, {name}_upper] (by '
         f'{float(outside[row]):.3g} in L2 norm, more than the rounding allowance distance_slack * '
