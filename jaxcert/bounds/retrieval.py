@@ -10,13 +10,15 @@ pixel box [0, 1]:
 * `distance_bounds`: lower and upper bounds of ||z - y|| over z in an embedding box (Theorems 5
   and 6, Eqs. 17-18);
 * `rank_bounds`: for every query and each of its k nearest candidates c^ = IR_f(q, C)_j, bounds of
-  the rank of c^ under QA (Theorem 1, Eqs. 9-10) and under CA (Theorem 2, Eqs. 11-12, Eq. 11 read
+  the rank of c^ under QA (by default from the linear specification ||z - c||^2 - ||z - c^||^2,
+  exact over the query's embedding box and never looser than Theorem 1, `linear_query_attack_order`,
+  docs/bounds.md §13; or Theorem 1, Eqs. 9-10) and under CA (Theorem 2, Eqs. 11-12, Eq. 11 read
   with the query-side lower bound d_q(c) in place of d_c(c)), blocked over the query x candidate
   grid;
 * `verify`: the sufficient conditions of Theorems 3 and 4 (Eqs. 13-14), i.e. Verify (Eq. 19);
 * `certified_retrieval` and `cr_recall_at_k`: CR-Recall@K (Eq. 25) with alpha = K - rank.
 
-Derivations, including why Eq. 11 must use d_q(c), are in docs/bounds.md §10-12.
+Derivations, including why Eq. 11 must use d_q(c), are in docs/bounds.md §10-13.
 
 Floating point. Interval bounds are computed with round-to-nearest like the forward pass (sound up
 to rounding, docs/bounds.md §1), in the dtype of the encoder: certify.py casts the float32 weights
@@ -28,7 +30,8 @@ so the slack scales with them (multiplying the encoder by any c > 0 leaves every
 unchanged). It is meant to exceed rounding, which in float32 `float32_rounding_error` measures
 (2e-7 to 5e-6 of those magnitudes on our CNNs, docs/bounds.md §10; certify.py warns under a 10x
 margin), and to stay far below the bound widths that decide a certificate, so that a near-tie is
-not certified on rounding noise.
+not certified on rounding noise. The linear QA specification widens its pairwise comparison by the
+same total slack and also bounds its own arithmetic's rounding explicitly (docs/bounds.md §13).
 """
 
 from __future__ import annotations
@@ -282,8 +285,9 @@ def _enclosing_centre_radius(lower, upper):
 
 
 def _rounding_factor(dtype, dim: int):
-  """(d + 8) machine epsilons: covers the rounding of the linear specification's sums
-  (docs/bounds.md §13: relative error at most gamma_{d+5} = (d + 5) u / (1 - (d + 5) u), u = eps/2)."""
+  """(d + 8) machine epsilons: covers the rounding of the linear specification's margin
+  (docs/bounds.md §13: at most gamma_{d+8} = (d + 8) u / (1 - (d + 8) u) of the sum of its terms'
+  magnitudes, u = eps / 2), also after the rounding of that sum."""
   return (dim + 8) * jnp.finfo(dtype).eps
 
 
