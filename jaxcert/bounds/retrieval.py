@@ -354,7 +354,8 @@ def _linear_query_attack_counts(q_lower, q_upper, top_emb, top_norm, candidate_b
 
   Per query (`lax.map`) and candidate block, one scan over the d coordinates accumulates
   r . |c - c^| for the (k, block) pairs with ||m - c||^2 and max_z ||z - c||; on a 2-core CPU this
-  ran 40x faster than a scan over the candidates reducing (d, B, k) arrays.
+  ran 50x faster than a scan over the candidates reducing (d, B, k) arrays (0.3 s against 17 s
+  for 250 queries x 250 candidates, k = 40, d = 128, float64).
   """
   centre, radius = _enclosing_centre_radius(q_lower, q_upper)
   q_magnitude = _box_magnitude(q_lower, q_upper)
