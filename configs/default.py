@@ -111,6 +111,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Widening of every distance bound against rounding, relative to the magnitudes
   # (docs/bounds.md §10); ibp.md reports it beside the float32 rounding it measures.
   config.ibp.distance_slack = 1e-5
+  # The QA certificate: 'linear' (the pairwise linear specification, exact over the query's
+  # embedding box, docs/bounds.md §13) or 'kakizaki' (Kakizaki et al. Theorem 1, as in the paper).
+  config.ibp.qa_bound = 'linear'
+  # How the embedding boxes are computed: 'ibp' (interval bound propagation), 'crown_ibp' or
+  # 'crown' (linear relaxation bounds of jaxcert.bounds.linear, intersected with IBP).
+  config.ibp.method = 'ibp'
   # Certified training (methods 'tbt', 'fctb', 'cibp'; seed 001 Sec. 5.1.4): eps rises 0 -> eps and
   # kappa falls 1 -> kappa linearly between the ramp steps (equal steps: fixed from that step).
   config.certified = ml_collections.ConfigDict()

@@ -1,5 +1,11 @@
 """Tests of certified retrieval `jaxcert.bounds.retrieval` and the 'ibp' mode (seed 001).
 
+The query attack's linear specification (docs/bounds.md §13, the default QA certificate) is checked
+against a pairwise brute force for several block shapes, against exact rational arithmetic in
+float64, against sampled and sign-gradient-attacked query embeddings inside their boxes, on float32
+embeddings far from the origin where the naive form of the same bound is false, and against
+Kakizaki et al.'s Theorem 1, which it must never be looser than.
+
 Distance bounds (Theorems 5-6) are checked by hand, against dense samples and attained points of
 embedding boxes, and through an encoder against sampled and PGD-attacked perturbations. Rank
 bounds (Theorems 1-2) are checked against a brute-force count, for several block shapes, and
@@ -8,12 +14,17 @@ attacks that push it down and up (QA: the query perturbed; CA: every candidate p
 independently) stays inside its bounds, so a certified rank is never beaten.
 """
 
+from fractions import Fraction
 import json
 import os
+import re
+import sys
+import types
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 import pytest
 
@@ -24,6 +35,7 @@ from jaxcert import data
 from jaxcert import models
 from jaxcert import training
 from jaxcert.bounds import retrieval as br
+from jaxcert.bounds.interval import interval
 from jaxcert.evaluation import ibp
 import test_interval
 
@@ -143,7 +155,7 @@ def test_rank_bounds_match_brute_force_for_any_blocks(block_size, candidate_bloc
   candidate_emb, *candidate_box = _random_boxes(1, 53, 5, 0.3)
   bounds = br.rank_bounds(query_emb, *query_box, candidate_emb, *candidate_box, 10,
                           block_size=block_size, candidate_block_size=candidate_block_size,
-                          distance_slack=0.)
+                          distance_slack=0., qa_bound='kakizaki')
   indices, expected = _brute_force_rank_bounds(query_emb, query_box, candidate_emb, candidate_box,
                                                10)
   np.testing.assert_array_equal(bounds.indices, indices)
@@ -351,6 +363,251 @@ def test_candidate_attack_never_beats_rank_bounds(certified_grid):
   assert num_certified > 0
 
 
+# --- The query attack's linear specification (docs/bounds.md §13). -------------------------------
+
+
+def _exact_spec_range(lower, upper, candidate, target):
+  """min and max of ||z - c||^2 - ||z - c^||^2 over the real box [lower, upper], in exact rationals.
+
+  The function is a sum over coordinates of (c^_i - c_i)(2 z_i - c_i - c^_i), linear in each z_i,
+  so its extremes take each coordinate at an end."""
+  low = high = Fraction(0)
+  for l, u, c, t in zip(*(map(Fraction, map(float, a)) for a in (lower, upper, candidate, target))):
+    ends = [(t - c) * (2 * z - c - t) for z in (l, u)]
+    low, high = low + min(ends), high + max(ends)
+  return low, high
+
+
+def _linear_brute_force(query_box, candidate_emb, indices, slack):
+  """Rank bounds under QA from `linear_query_attack_order` over the whole (Nq, k, N) grid."""
+  targets = candidate_emb[np.asarray(indices)][:, :, None]
+  farther, closer = br.linear_query_attack_order(
+      query_box[0][:, None, None], query_box[1][:, None, None], candidate_emb[None, None], targets,
+      distance_slack=slack)
+  return 1 + np.sum(closer, -1), candidate_emb.shape[0] - np.sum(farther, -1)
+
+
+@pytest.mark.parametrize('block_size, candidate_block_size', [(7, 16), (64, 64)])
+def test_linear_rank_bounds_match_pairwise_brute_force_for_any_blocks(block_size,
+                                                                       candidate_block_size):
+  query_emb, *query_box = _random_boxes(0, 37, 5, 0.3)
+  candidate_emb, *candidate_box = _random_boxes(1, 53, 5, 0.3)
+  for slack in (0., br.DEFAULT_DISTANCE_SLACK):
+    bounds = br.rank_bounds(query_emb, *query_box, candidate_emb, *candidate_box, 10,
+                            block_size=block_size, candidate_block_size=candidate_block_size,
+                            distance_slack=slack)
+    lower, upper = _linear_brute_force(query_box, candidate_emb, bounds.indices, slack)
+    np.testing.assert_array_equal(bounds.query_attack_lower, lower)
+    np.testing.assert_array_equal(bounds.query_attack_upper, upper)
+    kakizaki = br.rank_bounds(query_emb, *query_box, candidate_emb, *candidate_box, 10,
+                              block_size=block_size, candidate_block_size=candidate_block_size,
+                              distance_slack=slack, qa_bound='kakizaki')
+    for field in ('indices', 'candidate_attack_lower', 'candidate_attack_upper'):  # CA unchanged.
+      np.testing.assert_array_equal(getattr(bounds, field), getattr(kakizaki, field))
+
+
+def test_linear_specification_is_exact_in_float64_against_rationals():
+  """Every decision agrees with exact rational arithmetic on the float64 inputs: none is false
+  (sound), and none is missed unless within 1e-12 of a tie (exact), also on cases built to lie
+  within rounding of a tie, where the rounding guard must refuse rather than guess."""
+  rng = np.random.default_rng(7)
+  cases = []
+  for _ in range(300):  # Random boxes and pairs, 3 coordinates.
+    centre, candidate, target = rng.normal(size=(3, 3))
+    radius = rng.uniform(0, 0.8, 3)
+    cases.append((centre - radius, centre + radius, candidate, target))
+  for step in range(-40, 41):  # Ties: radius chosen so that min over the box is 0, +- a few ulps.
+    centre, candidate, target = rng.normal(size=(3, 3))
+    gap = np.sum((centre - candidate) ** 2) - np.sum((centre - target) ** 2)
+    radius = abs(gap) / (2 * np.sum(np.abs(candidate - target))) * (1 + step * 2.0 ** -52)
+    cases.append((centre - radius, centre + radius, candidate, target))
+  cases.append((np.array([0.]), np.array([1.]), np.array([2.]), np.array([0.])))  # min exactly 0.
+  with jax.enable_x64(True):
+    lower, upper, candidate, target = (np.stack(a) for a in zip(*[
+        tuple(np.broadcast_to(np.asarray(x, np.float64), (3,)) for x in case)
+        for case in cases[:-1]]))
+    farther, closer = map(np.asarray, br.linear_query_attack_order(lower, upper, candidate,
+                                                                   target, distance_slack=0.))
+    tie = br.linear_query_attack_order(*(jnp.asarray(a) for a in cases[-1]), distance_slack=0.)
+  assert not bool(tie[0]) and not bool(tie[1])
+  num_decided = 0
+  for i in range(len(lower)):
+    low, high = _exact_spec_range(lower[i], upper[i], candidate[i], target[i])
+    assert not farther[i] or low > 0, f'case {i}: certified farther, exact min {float(low)}'
+    assert not closer[i] or high < 0, f'case {i}: certified closer, exact max {float(high)}'
+    scale = float(np.sum((lower[i] - candidate[i]) ** 2 + (upper[i] - target[i]) ** 2) + 1)
+    if low > 1e-12 * scale:
+      assert farther[i], f'case {i}: exact min {float(low)} > 0 not certified'
+    if high < -1e-12 * scale:
+      assert closer[i], f'case {i}: exact max {float(high)} < 0 not certified'
+    num_decided += farther[i] + closer[i]
+  assert 100 < num_decided < len(lower)
+
+
+def _spec(z, candidate, target):
+  return jnp.sum(jnp.square(z - candidate), -1) - jnp.sum(jnp.square(z - target), -1)
+
+
+def test_linear_specification_attained_by_sign_gradient_descent_on_the_query_embedding():
+  """Sign-gradient steps on z inside its box push ||z - c||^2 - ||z - c^||^2 toward its bound: they
+  never cross it where a pair is certified, and reach it (make the order flip or tie) wherever the
+  pair is not certified: the specification is exact over the box."""
+  rng = np.random.default_rng(8)
+  with jax.enable_x64(True):
+    centre = rng.normal(size=(400, 6))
+    radius = rng.uniform(0, 0.5, (400, 6))
+    lower, upper = jnp.asarray(centre - radius), jnp.asarray(centre + radius)
+    candidate, target = (jnp.asarray(rng.normal(size=(400, 6))) for _ in range(2))
+    farther, closer = map(np.asarray, br.linear_query_attack_order(lower, upper, candidate, target,
+                                                                   distance_slack=0.))
+    @jax.jit
+    def descend(z, direction):
+      def step(z, size):
+        push = jnp.sign(jax.grad(lambda z: jnp.sum(_spec(z, candidate, target)))(z))
+        return jnp.clip(z + direction * size * push * (upper - lower), lower, upper), None
+      return lax.scan(step, z, 0.3 * 0.8 ** jnp.arange(20))[0]
+
+    for direction, certified, what in ((-1., farther, 'farther'), (1., closer, 'closer')):
+      z = descend(jnp.asarray(rng.uniform(lower, upper)), direction)  # From a random box point.
+      value = direction * np.asarray(_spec(z, candidate, target))
+      assert np.all(value[certified] < 0), what  # Never beyond a certified bound.
+      assert np.all(value[~certified] >= -1e-12), what  # The bound is reached elsewhere.
+      assert 50 < certified.sum() < 350
+
+
+def _soft_rank_of_target(z, candidate_emb, target, direction, temperature):
+  distances = jnp.sum(jnp.square(z[:, None] - candidate_emb[None]), -1)
+  target_distance = jnp.take_along_axis(distances, target[:, None], 1)
+  return direction * jnp.sum(jax.nn.sigmoid((target_distance - distances) / temperature))
+
+
+def test_linear_query_attack_rank_bounds_hold_for_sampled_and_attacked_query_embeddings():
+  """The true rank of every top-k candidate, for query embeddings sampled in their boxes (corners,
+  uniform) and pushed by sign-gradient steps on a soft rank, lies within the linear QA bounds."""
+  k, num_queries = 10, 37  # The shapes of the brute-force test above: one compilation.
+  query_emb, *query_box = _random_boxes(10, num_queries, 5, 0.4)
+  candidate_emb, *candidate_box = _random_boxes(11, 53, 5, 0.4)
+  bounds = br.rank_bounds(query_emb, *query_box, candidate_emb, *candidate_box, k, block_size=7,
+                          candidate_block_size=16)
+  lower, upper = np.asarray(bounds.query_attack_lower), np.asarray(bounds.query_attack_upper)
+  indices = np.asarray(bounds.indices)
+  ranks = []
+  samples = np.asarray(test_interval._sample_box(12, query_box[0], query_box[1], 400))  # pylint: disable=protected-access
+  for z in samples:
+    distances = np.sum((z[:, None] - candidate_emb[None]) ** 2, -1)
+    ranks.append(np.stack([_ranks(distances, indices[:, j]) for j in range(k)], 1))
+  box_lower, box_upper = map(jnp.asarray, query_box)
+
+  @jax.jit
+  def attack(target, direction):
+    def step(z, size):
+      push = jnp.sign(jax.grad(_soft_rank_of_target)(z, candidate_emb, target, direction, 0.05))
+      return jnp.clip(z + size * push * (box_upper - box_lower), box_lower, box_upper), None
+    return lax.scan(step, jnp.asarray(query_emb), 0.5 * 0.8 ** jnp.arange(15))[0]
+
+  for direction in (1., -1.):
+    for j in range(k):
+      z = attack(jnp.asarray(indices[:, j]), direction)
+      distances = np.sum((np.asarray(z)[:, None] - candidate_emb[None]) ** 2, -1)
+      ranks.append(np.full((num_queries, k), -1))
+      ranks[-1][:, j] = _ranks(distances, indices[:, j])
+  for attacked in ranks:
+    mask = attacked >= 0
+    assert np.all(lower[mask] <= attacked[mask]) and np.all(attacked[mask] <= upper[mask])
+  moved = np.stack([r != np.arange(1, k + 1) for r in ranks]) & np.stack([r >= 0 for r in ranks])
+  assert moved.any()  # The attacks and samples change ranks.
+  assert np.any(upper == lower)  # and some ranks are pinned, so the check is not vacuous.
+
+
+def test_float32_far_from_origin_naive_form_is_unsound_cancellation_free_form_is_not():
+  """Embeddings at norm ~30 in a cluster of spread 1e-3 (as TBT's: far from the origin, close
+  together). The naive ||c||^2 - ||c^||^2 - 2 m.(c - c^) - 2 r.|c - c^| in float32 cancels
+  catastrophically and certifies orders that a point of the box reverses; `linear_query_attack_order`
+  certifies only true ones, at slack 0 and at the default slack."""
+  rng = np.random.default_rng(9)
+  offset = rng.normal(size=(1, 16)) * 30 / 4
+  points = (offset + 1e-3 * rng.normal(size=(60, 16))).astype(np.float32)
+  query, candidate, target = points[:20, None], points[None, 20:40], points[None, 40:]
+  radius = (1e-5 * rng.uniform(size=(20, 1, 16))).astype(np.float32)
+  lower, upper = query - radius, query + radius
+  target = np.broadcast_to(target, (20, 20, 16))
+  candidate = np.broadcast_to(candidate, (20, 20, 16))
+  lower, upper = (np.broadcast_to(a, (20, 20, 16)) for a in (lower, upper))
+
+  def naive_farther(slack):
+    centre, half = (lower + upper) / 2, (upper - lower) / 2
+    value = (np.sum(candidate * candidate, -1) - np.sum(target * target, -1)
+             - 2 * np.sum(centre * (candidate - target), -1)
+             - 2 * np.sum(half * np.abs(candidate - target), -1))
+    width = slack * (2 * np.linalg.norm(np.maximum(abs(lower), abs(upper)), axis=-1)
+                     + np.linalg.norm(candidate, axis=-1) + np.linalg.norm(target, axis=-1))
+    far = np.sqrt(np.sum((np.abs(centre - target) + half) ** 2, -1))
+    return value > width * (2 * far + width)
+
+  exact_min = np.array([[float(_exact_spec_range(lower[i, j], upper[i, j], candidate[i, j],
+                                                  target[i, j])[0]) for j in range(20)]
+                        for i in range(20)])
+  for slack in (0., br.DEFAULT_DISTANCE_SLACK):
+    naive = naive_farther(np.float32(slack))
+    assert naive.dtype == bool and np.sum(naive & (exact_min <= 0)) > 10  # False certificates.
+    farther, _ = map(np.asarray, br.linear_query_attack_order(
+        jnp.asarray(lower), jnp.asarray(upper), jnp.asarray(candidate), jnp.asarray(target),
+        distance_slack=slack))
+    assert not np.any(farther & (exact_min <= 0))
+    assert np.sum(farther) > 20  # Still certifies most clear orders.
+
+
+@pytest.mark.parametrize('dtype', ['float32', pytest.param('float64', marks=pytest.mark.slow)])
+def test_linear_query_attack_is_never_looser_than_kakizaki(dtype):
+  """Rank bounds at least as tight as Theorem 1's on random boxes of several widths, also
+  clustered far from the origin, at slack 0 and the default (docs/bounds.md §13)."""
+  rng = np.random.default_rng(12)
+  with jax.enable_x64(dtype == 'float64'):
+    tighter = 0
+    for offset, spread, width in ((0., 1., 0.3), (0., 1., 0.03), (5., 1e-2, 1e-3), (0., 1., 2.)):
+      def boxes(num):  # The shapes of the brute-force test above: one compilation in float32.
+        emb = (offset + spread * rng.normal(size=(num, 5))).astype(dtype)
+        return (emb, emb - rng.uniform(0, width, (num, 5)).astype(dtype),
+                emb + rng.uniform(0, width, (num, 5)).astype(dtype))
+      query, candidate = boxes(37), boxes(53)
+      for slack in (0., br.DEFAULT_DISTANCE_SLACK):
+        linear, kakizaki = (br.rank_bounds(*query, *candidate, 10, block_size=7,
+                                           candidate_block_size=16, distance_slack=slack,
+                                           qa_bound=name) for name in ('linear', 'kakizaki'))
+        assert np.all(np.asarray(linear.query_attack_lower) >= kakizaki.query_attack_lower)
+        assert np.all(np.asarray(linear.query_attack_upper) <= kakizaki.query_attack_upper)
+        tighter += int(np.sum(np.asarray(kakizaki.query_attack_upper) - linear.query_attack_upper)
+                       + np.sum(np.asarray(linear.query_attack_lower) - kakizaki.query_attack_lower))
+    assert tighter > 0
+
+
+def test_rank_bounds_and_certified_retrieval_reject_mismatched_inputs():
+  """Issue 21 case 9: clean embeddings outside their own boxes, labels of the wrong length (which
+  numpy would broadcast), and unknown QA bounds raise clear errors."""
+  emb, lower, upper = _random_boxes(0, 6, 3, 0.1)
+  shifted = emb + 1.  # Not the embeddings these boxes were computed around.
+  with pytest.raises(ValueError, match=r'query_emb\[0\] lies outside its own box'):
+    br.rank_bounds(shifted, lower, upper, emb, lower, upper, 2)
+  with pytest.raises(ValueError, match=r'candidate_emb\[\d\] lies outside its own box'):
+    br.rank_bounds(emb, lower, upper, shifted, lower, upper, 2, distance_slack=0.)
+  # Within the slack's rounding allowance is accepted; zero-width boxes are the embeddings.
+  nudged = upper + 1e-7 * np.abs(upper)
+  br.rank_bounds(emb, lower, upper, np.maximum(emb, nudged), lower, np.maximum(upper, nudged), 2)
+  br.rank_bounds(emb, emb, emb, emb, emb, emb, 2, distance_slack=0.)
+  with pytest.raises(ValueError, match=r"Unknown qa_bound 'theorem1'; valid: \['linear', 'kakizaki'\]"):
+    br.rank_bounds(emb, lower, upper, emb, lower, upper, 2, qa_bound='theorem1')
+  bounds = br.rank_bounds(emb, emb, emb, emb, emb, emb, 2)
+  labels = np.arange(6) % 2
+  assert br.cr_recall_at_k(br.certified_retrieval(bounds, labels, labels, (1,)), (1,)) == {
+      'qa': {1: 1.}, 'ca': {1: 1.}}
+  with pytest.raises(ValueError, match=r'query_labels must have shape \(6,\)'):
+    br.certified_retrieval(bounds, labels[:1], labels, (1,))
+  with pytest.raises(ValueError, match=r'query_labels must have shape \(6,\)'):
+    br.certified_retrieval(bounds, labels[:, None], labels, (1,))
+  with pytest.raises(ValueError, match='candidate_labels must be one label per candidate'):
+    br.certified_retrieval(bounds, labels, labels[:2], (1,))
+
+
 # --- Embedding bounds, errors, and the 'ibp' mode end to end. -------------------------------------
 
 
@@ -358,7 +615,7 @@ def test_embedding_bounds_match_interval_and_reject_bad_input():
   _, _, embed = _small_encoder()
   images = _images(0, 7)
   lower, upper = br.embedding_bounds(embed, images, 0.05, batch_size=3)
-  from jaxcert.bounds import input_box, interval  # pylint: disable=g-import-not-at-top
+  from jaxcert.bounds import input_box  # pylint: disable=g-import-not-at-top
   expected = interval(embed)(*input_box(images, 0.05))
   np.testing.assert_allclose(lower, expected[0], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(upper, expected[1], rtol=1e-5, atol=1e-6)
@@ -412,6 +669,10 @@ def test_ibp_mode_writes_tables_tsv_plots(tmp_path):
     p50, p90, p99 = (radii['0.05'][side][p] for p in ibp.BOX_RADIUS_PERCENTILES)
     assert 0 < radii['0.02'][side][50] < p50 <= p90 <= p99
   assert results['nearest_distance_median'] > 0 and 'Box radius' in open(tmp_path / 'ibp.md').read()
+  # What certified it: IBP boxes and the linear QA specification by default, named in both files.
+  assert results['certified_by'] == {'method': 'ibp', 'qa_bound': 'linear'}
+  assert "config.ibp.method = 'ibp'" in open(tmp_path / 'ibp.md').read()
+  assert "config.ibp.qa_bound = 'linear'" in open(tmp_path / 'ibp.md').read()
   # Certified in float64 (the default); the rounding check: the float32 encoder within ~1e-6 of
   # float64, its boxes containing the float64 ones but for ~1e-6, far inside the slack: no warning.
   rounding = results['rounding']
@@ -444,6 +705,69 @@ def test_ibp_mode_writes_tables_tsv_plots(tmp_path):
   bad.distance_slack, bad.dtype = 1e-5, 'float16'
   with pytest.raises(ValueError, match=r"valid: \['float64', 'float32'\]"):
     ibp.check_ibp_config(bad, 40)
+
+
+def _ibp_inputs(config):
+  """CertifyInputs of the Small CNN of `_small_encoder` on 60 random images, 3 classes."""
+  model, variables, embed = _small_encoder()
+  labels = (np.arange(60) % 3).astype(np.int32)
+  split = data.Split(np.asarray(_images(20, 60)), labels)
+  dataset = data.Dataset('test', split, split, 3)
+  (query_images, query_labels), (candidate_images, candidate_labels) = (
+      training.query_candidate_sets(config, dataset))
+  return certification.CertifyInputs(
+      config, model, variables, embed, dataset,
+      certification.LabelledImages(query_images, query_labels),
+      certification.LabelledImages(candidate_images, candidate_labels))
+
+
+def test_ibp_mode_method_and_qa_bound_choices(monkeypatch):
+  """config.ibp.qa_bound reaches rank_bounds; config.ibp.method picks the embedding-bound transform,
+  importing jaxcert.bounds.linear only for the linear methods, with a clear error without it."""
+  config = default.get_config()
+  config.eval.num_queries, config.eval.num_candidates = 12, 40
+  # A radius at which the random Small CNN has some certified and some uncertified ranks.
+  config.ibp.eps, config.ibp.eps_sweep, config.ibp.ks = 3e-5, (), (1, 5, 10)
+  config.ibp.batch_size = config.ibp.query_block_size = config.ibp.candidate_block_size = 16
+  inputs = _ibp_inputs(config)
+  for field, value, valid in (('method', 'alpha_crown', "['ibp', 'crown_ibp', 'crown']"),
+                              ('qa_bound', 'theorem1', "['linear', 'kakizaki']")):
+    bad = config.ibp.copy_and_resolve_references()
+    bad[field] = value
+    with pytest.raises(ValueError, match=rf'config.ibp.{field} .*valid: {re.escape(valid)}'):
+      ibp.check_ibp_config(bad, 40)
+  assert ibp.embedding_bound_transform('ibp') is interval
+  query_emb, candidate_emb = (np.asarray(inputs.embed(x)) for x in (inputs.queries.images,
+                                                                  inputs.candidates.images))
+  linear_qa = ibp.certify_at(inputs, query_emb, candidate_emb, 3e-5, (1, 5, 10))
+  config.ibp.qa_bound = 'kakizaki'
+  kakizaki_qa = ibp.certify_at(inputs, query_emb, candidate_emb, 3e-5, (1, 5, 10))
+  assert (np.asarray(linear_qa['rank_bounds'].query_attack_upper)
+          <= kakizaki_qa['rank_bounds'].query_attack_upper).all()
+  assert np.any(np.asarray(linear_qa['rank_bounds'].query_attack_upper)
+                < kakizaki_qa['rank_bounds'].query_attack_upper)
+  # Without jaxcert.bounds.linear (None in sys.modules: its import fails) a linear method says so.
+  ibp.embedding_bound_transform.cache_clear()
+  monkeypatch.setitem(sys.modules, 'jaxcert.bounds.linear', None)
+  with pytest.raises(ImportError, match="needs jaxcert.bounds.linear.*--config.ibp.method=ibp"):
+    ibp.embedding_bound_transform('crown')
+  # With a module of that name, its linear_bounds(fn, method=...) bounds the embeddings.
+  calls = []
+
+  def linear_bounds(fn, method):
+    calls.append(method)
+    return interval(fn)
+
+  monkeypatch.setitem(sys.modules, 'jaxcert.bounds.linear',
+                      types.SimpleNamespace(linear_bounds=linear_bounds))
+  config.ibp.method, config.ibp.qa_bound = 'crown_ibp', 'linear'
+  crown_ibp = ibp.certify_at(inputs, query_emb, candidate_emb, 3e-5, (1, 5, 10))
+  ibp.embedding_bound_transform.cache_clear()
+  assert set(calls) == {'crown_ibp'}
+  assert crown_ibp['cr_recall'] == linear_qa['cr_recall']  # (its stand-in returns IBP's boxes)
+  certified_by = ibp.certified_by(config.ibp)
+  assert (certified_by['method'], certified_by['qa_bound']) == ('crown_ibp', 'linear')
+  assert 'CROWN-IBP' in certified_by['text']
 
 
 def test_float64_certification_on_tpu_says_to_use_float32(monkeypatch):

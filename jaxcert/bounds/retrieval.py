@@ -10,13 +10,15 @@ pixel box [0, 1]:
 * `distance_bounds`: lower and upper bounds of ||z - y|| over z in an embedding box (Theorems 5
   and 6, Eqs. 17-18);
 * `rank_bounds`: for every query and each of its k nearest candidates c^ = IR_f(q, C)_j, bounds of
-  the rank of c^ under QA (Theorem 1, Eqs. 9-10) and under CA (Theorem 2, Eqs. 11-12, Eq. 11 read
+  the rank of c^ under QA (by default from the linear specification ||z - c||^2 - ||z - c^||^2,
+  exact over the query's embedding box and never looser than Theorem 1, `linear_query_attack_order`,
+  docs/bounds.md §13; or Theorem 1, Eqs. 9-10) and under CA (Theorem 2, Eqs. 11-12, Eq. 11 read
   with the query-side lower bound d_q(c) in place of d_c(c)), blocked over the query x candidate
   grid;
 * `verify`: the sufficient conditions of Theorems 3 and 4 (Eqs. 13-14), i.e. Verify (Eq. 19);
 * `certified_retrieval` and `cr_recall_at_k`: CR-Recall@K (Eq. 25) with alpha = K - rank.
 
-Derivations, including why Eq. 11 must use d_q(c), are in docs/bounds.md §10-12.
+Derivations, including why Eq. 11 must use d_q(c), are in docs/bounds.md §10-13.
 
 Floating point. Interval bounds are computed with round-to-nearest like the forward pass (sound up
 to rounding, docs/bounds.md §1), in the dtype of the encoder: certify.py casts the float32 weights
@@ -28,7 +30,8 @@ so the slack scales with them (multiplying the encoder by any c > 0 leaves every
 unchanged). It is meant to exceed rounding, which in float32 `float32_rounding_error` measures
 (2e-7 to 5e-6 of those magnitudes on our CNNs, docs/bounds.md §10; certify.py warns under a 10x
 margin), and to stay far below the bound widths that decide a certificate, so that a near-tie is
-not certified on rounding noise.
+not certified on rounding noise. The linear QA specification widens its pairwise comparison by the
+same total slack and also bounds its own arithmetic's rounding explicitly (docs/bounds.md §13).
 """
 
 from __future__ import annotations
@@ -65,21 +68,27 @@ def _check_pixel_range(images) -> np.ndarray:
   return images
 
 
-def _embedding_bounds_of_batch(embed, eps, images):
-  """`[lower | upper]` (B, 2d) of embed over the boxes of `images` (a jit-friendly pytree call).
+def _embedding_bounds_of_batch(bound, embed, eps, images):
+  """`[lower | upper]` (B, 2d) of embed over the boxes of `images` by the transform `bound`.
 
   The input box is built in the dtype of `eps` (float32 pixels are exact in float64)."""
-  lower, upper = interval(embed)(*input_box(images.astype(eps.dtype), eps))
+  lower, upper = bound(embed)(*input_box(images.astype(eps.dtype), eps))
   return jnp.concatenate([lower, upper], axis=-1)
 
 
+@functools.cache
+def _batch_bounds(bound: Callable) -> Callable:
+  """One function object per bound transform, so that jit's cache (keyed by it) is reused."""
+  return functools.partial(_embedding_bounds_of_batch, bound)
+
+
 def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
-                     sharding: jax.sharding.Sharding | None = None, dtype=jnp.float32
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     sharding: jax.sharding.Sharding | None = None, dtype=jnp.float32,
+                     bound: Callable = interval) -> tuple[np.ndarray, np.ndarray]:
   """Interval bounds of f(x + delta), ||delta||_inf <= eps, x + delta in [0, 1], for each image.
 
-  Interval bound propagation through the whole encoder (seed 001 Eqs. 15-16, `interval`), in
-  batches of one static shape (`retrieval.embed_in_batches`): with `embed` a
+  By default interval bound propagation through the whole encoder (seed 001 Eqs. 15-16,
+  `interval`), in batches of one static shape (`retrieval.embed_in_batches`): with `embed` a
   `jax.tree_util.Partial(model.apply, variables)`, one compilation serves every eps and checkpoint.
 
   Args:
@@ -90,6 +99,9 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
     sharding: data-parallel placement of each batch (`retrieval.embed_in_batches`).
     dtype: the dtype of the input box; float64 (under `jax.enable_x64`, with float64 variables in
       `embed`) bounds the encoder with rounding ~1e-16 of the magnitudes (docs/bounds.md §10).
+    bound: a sound bound transform `fn -> ((lower, upper) -> (out_lower, out_upper))` with the
+      calling convention of `interval` (the default), e.g. a linear-relaxation (CROWN-family)
+      transform; pass one function object per method (jit's cache is keyed by it).
 
   Returns:
     `(lower, upper)`, each (N, d) numpy arrays (the encoder's output dtype) with
@@ -100,7 +112,7 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
   """
   eps = _check_eps(eps)
   images = _check_pixel_range(images)
-  bounded = jax.tree_util.Partial(_embedding_bounds_of_batch, retrieval.as_pytree_function(embed),
+  bounded = jax.tree_util.Partial(_batch_bounds(bound), retrieval.as_pytree_function(embed),
                                   jnp.asarray(eps, dtype))
   both = retrieval.embed_in_batches(bounded, images, batch_size, sharding=sharding)
   dim = both.shape[1] // 2
@@ -227,15 +239,22 @@ def _widened_distance_bounds(lower, upper, points, box_magnitude, point_norm, sl
   return jnp.maximum(min_distance - widening, 0.), max_distance + widening
 
 
-class RankBounds(NamedTuple):
-  """Rank bounds of each query's k nearest candidates c^ = IR_f(q, C)_j, j = 1..k (seed 001).
+QUERY_ATTACK_BOUNDS = ('linear', 'kakizaki')  # rank_bounds(qa_bound=...), docs/bounds.md §13
 
-  All arrays are (Nq, k); column j - 1 belongs to the clean rank j. Ranks are 1-based.
+
+class RankBounds(NamedTuple):
+  """Rank bounds of each query's k nearest candidates c^ = IR_f(q, C)_j, j = 1..k.
+
+  All arrays are (Nq, k); column j - 1 belongs to the clean rank j. Ranks are 1-based. Under QA
+  "surely closer / farther" is decided by `rank_bounds`'s `qa_bound`: the linear specification
+  (docs/bounds.md §13, the default) or Kakizaki et al.'s Theorem 1 (the distance bounds below).
 
   Attributes:
     indices: int32 candidate indices of IR_f(q, C)_j (ties by candidate index).
-    query_attack_lower: Eq. 10, 1 + #{c : d-bar_c(q) < d-underbar_c^(q)} <= Rank(q + delta, c^).
-    query_attack_upper: Eq. 9, N - #{c : d-bar_c^(q) < d-underbar_c(q)} >= Rank(q + delta, c^).
+    query_attack_lower: 1 + #{c surely closer to q + delta than c^} <= Rank(q + delta, c^)
+      (Kakizaki et al. Eq. 10: #{c : d-bar_c(q) < d-underbar_c^(q)}).
+    query_attack_upper: N - #{c surely farther} >= Rank(q + delta, c^)
+      (Eq. 9: #{c : d-bar_c^(q) < d-underbar_c(q)}).
     candidate_attack_lower: Eq. 12, 1 + #{c : d-bar_q(c) < d-underbar_q(c^)}.
     candidate_attack_upper: Eq. 11 (with d-underbar_q(c)), N - #{c : d-bar_q(c^) < d-underbar_q(c)}.
   """
@@ -254,15 +273,146 @@ def _cut_into_blocks(arrays, block_size: int):
   return blocks, starts
 
 
-@functools.partial(jax.jit, static_argnames=('k', 'block_size', 'candidate_block_size'))
+def _enclosing_centre_radius(lower, upper):
+  """Float centre m and radius r with [m - r, m + r] containing [lower, upper] in real numbers.
+
+  m = (lower + upper) / 2 rounds; r = max(upper - m, m - lower) rounded to nearest, then one ulp
+  up (`nextafter`), is at least the real max(upper - m, m - lower) (docs/bounds.md §13).
+  """
+  centre = (lower + upper) / 2
+  radius = jnp.nextafter(jnp.maximum(upper - centre, centre - lower), jnp.asarray(jnp.inf, lower.dtype))
+  return centre, radius
+
+
+def _rounding_factor(dtype, dim: int):
+  """(d + 8) machine epsilons: covers the rounding of the linear specification's margin
+  (docs/bounds.md §13: at most gamma_{d+8} = (d + 8) u / (1 - (d + 8) u) of the sum of its terms'
+  magnitudes, u = eps / 2), also after the rounding of that sum."""
+  return (dim + 8) * jnp.finfo(dtype).eps
+
+
+def _linear_order_from_sums(candidate_sq, target_sq, cross_radius, candidate_far, target_far,
+                            width, rounding):
+  """(c surely farther than c^, c surely closer) for every query z in the box [m - r, m + r].
+
+  The linear specification of docs/bounds.md §13, from sums computed in floating point:
+  candidate_sq = ||m - c||^2, target_sq = ||m - c^||^2, cross_radius = r . |c - c^|,
+  candidate_far = max_z ||z - c||, target_far = max_z ||z - c^|| (Kakizaki et al. Eq. 17), width =
+  the slack w of the inputs' rounding, rounding = `_rounding_factor`. Over the box,
+  ||z - c||^2 - ||z - c^||^2 ranges over candidate_sq - target_sq -+ 2 cross_radius (exactly);
+  c is surely farther where its minimum exceeds w (2 target_far + w), closer where minus its
+  maximum exceeds w (2 candidate_far + w), each by more than the rounding of the whole sum.
+  """
+  centre_gap = candidate_sq - target_sq
+  magnitude = candidate_sq + target_sq + 2 * cross_radius
+  farther_margin = width * (2 * target_far + width)
+  closer_margin = width * (2 * candidate_far + width)
+  farther = centre_gap - 2 * cross_radius - farther_margin > rounding * (magnitude + farther_margin)
+  closer = -centre_gap - 2 * cross_radius - closer_margin > rounding * (magnitude + closer_margin)
+  return farther, closer
+
+
+def linear_query_attack_order(query_lower, query_upper, candidates, targets, *,
+                              distance_slack: float = DEFAULT_DISTANCE_SLACK
+                              ) -> tuple[jax.Array, jax.Array]:
+  """Whether candidate c is surely farther from / closer to the attacked query than target c^.
+
+  The query attack's linear specification (docs/bounds.md §13), pair by pair: for every query
+  embedding z in the box [query_lower, query_upper], is ||z - c|| > ||z - c^|| (farther) or
+  ||z - c|| < ||z - c^|| (closer)? ||z - c||^2 - ||z - c^||^2 is linear in z, so its range over
+  the box is exact; the decision is guarded against the inputs' rounding by `distance_slack` (as
+  Kakizaki et al.'s Theorem 1 is in `rank_bounds`) and against its own rounding by a bound of it.
+  `rank_bounds` evaluates the same decision blocked over the query x top-k x candidate grid; this
+  per-pair form is for checks and small grids.
+
+  Args:
+    query_lower, query_upper: (..., d) query embedding box.
+    candidates, targets: (..., d) candidate embeddings c and c^, broadcast against the box.
+    distance_slack: relative rounding of the inputs (module docstring), >= 0.
+
+  Returns:
+    `(farther, closer)` boolean arrays of the broadcast leading shape.
+  """
+  centre, radius = _enclosing_centre_radius(query_lower, query_upper)
+  dtype = jnp.result_type(centre, candidates, targets)
+  candidate_offset, target_offset = centre - candidates, centre - targets
+  candidate_sq = jnp.sum(jnp.square(candidate_offset), axis=-1)
+  target_sq = jnp.sum(jnp.square(target_offset), axis=-1)
+  cross_radius = jnp.sum(radius * jnp.abs(candidates - targets), axis=-1)
+  candidate_far = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(candidate_offset) + radius), axis=-1))
+  target_far = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(target_offset) + radius), axis=-1))
+  width = distance_slack * (2 * _box_magnitude(query_lower, query_upper)
+                            + jnp.linalg.norm(candidates, axis=-1)
+                            + jnp.linalg.norm(targets, axis=-1))
+  return _linear_order_from_sums(candidate_sq, target_sq, cross_radius, candidate_far, target_far,
+                                 width, _rounding_factor(dtype, centre.shape[-1]))
+
+
+def _linear_query_attack_counts(q_lower, q_upper, top_emb, top_norm, candidate_blocks,
+                                num_candidates: int, slack):
+  """#{c surely closer than c^} and #{c surely farther}, (B, k) each, by the linear specification.
+
+  Per query (`lax.map`) and candidate block, one scan over the d coordinates accumulates
+  r . |c - c^| for the (k, block) pairs with ||m - c||^2 and max_z ||z - c||; on a 2-core CPU this
+  ran 50x faster than a scan over the candidates reducing (d, B, k) arrays (0.3 s against 17 s
+  for 250 queries x 250 candidates, k = 40, d = 128, float64).
+  """
+  centre, radius = _enclosing_centre_radius(q_lower, q_upper)
+  q_magnitude = _box_magnitude(q_lower, q_upper)
+  top_offset = centre[:, None] - top_emb
+  top_sq = jnp.sum(jnp.square(top_offset), axis=-1)
+  top_far = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(top_offset) + radius[:, None]), axis=-1))
+  rounding = _rounding_factor(centre.dtype, centre.shape[-1])
+  (candidate_emb, candidate_norm), starts = candidate_blocks
+  block_size = candidate_emb.shape[1]
+  num_top = top_emb.shape[1]
+
+  def count_candidate_block(counts, block):
+    c_emb, c_norm, start = block
+    valid = start + jnp.arange(block_size) < num_candidates
+
+    def per_query(args):
+      q_centre, q_radius, q_top, q_top_sq, q_top_far, q_top_norm, magnitude = args
+
+      def add_coordinate(sums, coordinate):
+        centre_i, radius_i, top_i, c_i = coordinate
+        cross_radius, c_sq, c_far_sq = sums
+        offset = centre_i - c_i
+        return (cross_radius + radius_i * jnp.abs(top_i[:, None] - c_i[None, :]),
+                c_sq + jnp.square(offset), c_far_sq + jnp.square(jnp.abs(offset) + radius_i)), None
+
+      zeros = jnp.zeros((block_size,), q_centre.dtype)
+      (cross_radius, c_sq, c_far_sq), _ = lax.scan(
+          add_coordinate, (jnp.zeros((num_top, block_size), q_centre.dtype), zeros, zeros),
+          (q_centre, q_radius, q_top.T, c_emb.T), unroll=8)
+      width = slack * (2 * magnitude + q_top_norm[:, None] + c_norm[None, :])
+      farther, closer = _linear_order_from_sums(c_sq[None], q_top_sq[:, None], cross_radius,
+                                                jnp.sqrt(c_far_sq)[None], q_top_far[:, None],
+                                                width, rounding)
+      return (jnp.sum(closer & valid, axis=-1, dtype=jnp.int32),
+              jnp.sum(farther & valid, axis=-1, dtype=jnp.int32))
+
+    closer, farther = lax.map(per_query, (centre, radius, top_emb, top_sq, top_far, top_norm,
+                                          q_magnitude))
+    return (counts[0] + closer, counts[1] + farther), None
+
+  zeros = jnp.zeros(top_emb.shape[:2], jnp.int32)
+  return lax.scan(count_candidate_block, (zeros, zeros),
+                  (candidate_emb, candidate_norm, starts))[0]
+
+
+@functools.partial(jax.jit,
+                   static_argnames=('k', 'block_size', 'candidate_block_size', 'qa_bound'))
 def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
-                 candidate_upper, slack, *, k: int, block_size: int, candidate_block_size: int):
+                 candidate_upper, slack, *, k: int, block_size: int, candidate_block_size: int,
+                 qa_bound: str):
   num_candidates = candidate_emb.shape[0]
   candidate_block_size = min(candidate_block_size, num_candidates)
   candidate_norm = jnp.linalg.norm(candidate_emb, axis=-1)
   candidate_magnitude = _box_magnitude(candidate_lower, candidate_upper)
   candidate_blocks = _cut_into_blocks((candidate_emb, candidate_lower, candidate_upper,
                                        candidate_norm, candidate_magnitude), candidate_block_size)
+  kakizaki_qa = qa_bound == 'kakizaki'
 
   def per_query_block(sq, index, q_emb, q_lower, q_upper):
     del sq  # The clean ranking is `index`.
@@ -270,9 +420,10 @@ def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_l
     q_magnitude = _box_magnitude(q_lower, q_upper)[:, None]
     # Distance bounds between each query and its top-k c^: QA boxes the query (d_c^(q)), CA boxes
     # the candidate (d_q(c^)).
-    qa_top_min, qa_top_max = _widened_distance_bounds(
-        q_lower[:, None], q_upper[:, None], candidate_emb[index], q_magnitude,
-        candidate_norm[index], slack)
+    if kakizaki_qa:
+      qa_top_min, qa_top_max = _widened_distance_bounds(
+          q_lower[:, None], q_upper[:, None], candidate_emb[index], q_magnitude,
+          candidate_norm[index], slack)
     ca_top_min, ca_top_max = _widened_distance_bounds(
         candidate_lower[index], candidate_upper[index], q_emb[:, None],
         candidate_magnitude[index], q_norm, slack)
@@ -280,27 +431,39 @@ def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_l
     def count_candidate_block(counts, block):
       (c_emb, c_lower, c_upper, c_norm, c_magnitude), start = block
       valid = start + jnp.arange(candidate_block_size) < num_candidates
-      qa_min, qa_max = _widened_distance_bounds(q_lower[:, None], q_upper[:, None], c_emb[None],
-                                                q_magnitude, c_norm[None], slack)
       ca_min, ca_max = _widened_distance_bounds(c_lower[None], c_upper[None], q_emb[:, None],
                                                 c_magnitude[None], q_norm, slack)
+      columns = (valid, ca_min.T, ca_max.T)
+      if kakizaki_qa:
+        qa_min, qa_max = _widened_distance_bounds(q_lower[:, None], q_upper[:, None], c_emb[None],
+                                                  q_magnitude, c_norm[None], slack)
+        columns += (qa_min.T, qa_max.T)
 
-      # One candidate c (a column of the block) at a time, the four counts as separate carries:
-      # on CPU this ran 70x faster than reducing a (B, k, block) broadcast over its last axis.
+      # One candidate c (a column of the block) at a time, the counts as separate carries: on CPU
+      # this ran 70x faster than reducing a (B, k, block) broadcast over its last axis.
       def count_candidate(counts, column):
-        c_qa_min, c_qa_max, c_ca_min, c_ca_max, c_valid = column
-        qa_closer, qa_farther, ca_closer, ca_farther = counts
-        return (qa_closer + (c_valid & (c_qa_max[:, None] < qa_top_min)),
-                qa_farther + (c_valid & (qa_top_max < c_qa_min[:, None])),
-                ca_closer + (c_valid & (c_ca_max[:, None] < ca_top_min)),
-                ca_farther + (c_valid & (ca_top_max < c_ca_min[:, None]))), None
+        c_valid, c_ca_min, c_ca_max, *c_qa = column
+        ca_closer, ca_farther, *qa_counts = counts
+        counts = (ca_closer + (c_valid & (c_ca_max[:, None] < ca_top_min)),
+                  ca_farther + (c_valid & (ca_top_max < c_ca_min[:, None])))
+        if kakizaki_qa:
+          (c_qa_min, c_qa_max), (qa_closer, qa_farther) = c_qa, qa_counts
+          counts += (qa_closer + (c_valid & (c_qa_max[:, None] < qa_top_min)),
+                     qa_farther + (c_valid & (qa_top_max < c_qa_min[:, None])))
+        return counts, None
 
-      return lax.scan(count_candidate, counts, (qa_min.T, qa_max.T, ca_min.T, ca_max.T, valid),
-                      unroll=8)[0], None
+      return lax.scan(count_candidate, counts, columns, unroll=8)[0], None
 
     zeros = jnp.zeros(index.shape, jnp.int32)
-    (qa_closer, qa_farther, ca_closer, ca_farther), _ = lax.scan(
-        count_candidate_block, (zeros,) * 4, candidate_blocks)
+    counts, _ = lax.scan(count_candidate_block, (zeros,) * (4 if kakizaki_qa else 2),
+                         candidate_blocks)
+    ca_closer, ca_farther, *qa_counts = counts
+    if not kakizaki_qa:
+      (blocks, starts) = candidate_blocks
+      qa_counts = _linear_query_attack_counts(
+          q_lower, q_upper, candidate_emb[index], candidate_norm[index],
+          ((blocks[0], blocks[3]), starts), num_candidates, slack)
+    qa_closer, qa_farther = qa_counts
     return RankBounds(index, qa_closer + 1, num_candidates - qa_farther, ca_closer + 1,
                       num_candidates - ca_farther)
 
@@ -309,7 +472,9 @@ def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_l
       block_size=block_size, gallery_block_size=candidate_block_size, exclude_self=False)
 
 
-def _as_box(emb, lower, upper, name: str):
+def _as_box(emb, lower, upper, name: str, distance_slack: float):
+  """(emb, lower, upper) as (N, d) arrays of one dtype; ValueError unless lower <= upper and each
+  embedding lies in its box up to the slack's widening slack * (||B|| + ||emb||)."""
   emb = retrieval.as_embeddings(emb, f'{name}_emb')
   lower = retrieval.as_embeddings(lower, f'{name}_lower').astype(emb.dtype)
   upper = retrieval.as_embeddings(upper, f'{name}_upper').astype(emb.dtype)
@@ -318,26 +483,44 @@ def _as_box(emb, lower, upper, name: str):
                      'have the same shape; compute the bounds with embedding_bounds.')
   if not bool(jnp.all(lower <= upper)):
     raise ValueError(f'{name}_lower > {name}_upper somewhere; pass (lower, upper) in that order.')
+  outside = jnp.linalg.norm(jnp.maximum(jnp.maximum(lower - emb, emb - upper), 0), axis=-1)
+  allowed = distance_slack * (_box_magnitude(lower, upper) + jnp.linalg.norm(emb, axis=-1))
+  if not bool(jnp.all(outside <= allowed)):
+    row = int(jnp.argmax(outside > allowed))  # the first
+    raise ValueError(
+        f'{name}_emb[{row}] lies outside its own box [{name}_lower, {name}_upper] (by '
+        f'{float(outside[row]):.3g} in L2 norm, more than the rounding allowance distance_slack * '
+        f'(||box|| + ||emb||) = {float(allowed[row]):.3g}): the box of f(x + delta) must contain '
+        f'f(x). Pass the clean embeddings and the embedding_bounds of the same images and encoder.')
   return emb, lower, upper
 
 
 def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
                 candidate_upper, k: int, *, block_size: int = 256, candidate_block_size: int = 256,
-                distance_slack: float = DEFAULT_DISTANCE_SLACK) -> RankBounds:
-  """Rank bounds under QA and CA of every query's k nearest candidates (seed 001 Theorems 1-2).
+                distance_slack: float = DEFAULT_DISTANCE_SLACK,
+                qa_bound: str = 'linear') -> RankBounds:
+  """Rank bounds under QA and CA of every query's k nearest candidates.
 
   For query q and c^ = IR_f(q, C)_j, every c in C (c^ included; it never counts) is compared
-  with c^ through distance bounds (`distance_bounds`): under QA, Rank(q + delta, c^, C) lies in
-  [1 + #{c : d-bar_c(q) < d-underbar_c^(q)}, N - #{c : d-bar_c^(q) < d-underbar_c(q)}] for every
-  ||delta||_inf <= eps (Theorem 1); under CA, with every candidate perturbed independently,
-  Rank(q, c^ + delta_j, C~) lies in [1 + #{c : d-bar_q(c) < d-underbar_q(c^)},
-  N - #{c : d-bar_q(c^) < d-underbar_q(c)}] (Theorem 2; docs/bounds.md §11 proves both, and why
-  Eq. 11's d-underbar_c(c) must read d-underbar_q(c)).
+  with c^. Under QA, Rank(q + delta, c^, C) lies in [1 + #{c surely closer},
+  N - #{c surely farther}] for every ||delta||_inf <= eps, where "surely" is decided over the query
+  box, by `qa_bound`:
+    'linear' (default): the linear specification, ||z - c||^2 - ||z - c^||^2 bounded exactly over
+      the query embedding box (`linear_query_attack_order`, docs/bounds.md §13); never looser
+      than Theorem 1;
+    'kakizaki': Kakizaki et al.'s Theorem 1, d-bar_c(q) < d-underbar_c^(q) (closer) and
+      d-bar_c^(q) < d-underbar_c(q) (farther) from distance bounds (`distance_bounds`), as in the
+      paper.
+  Under CA, with every candidate perturbed independently, Rank(q, c^ + delta_j, C~) lies in
+  [1 + #{c : d-bar_q(c) < d-underbar_q(c^)}, N - #{c : d-bar_q(c^) < d-underbar_q(c)}]
+  (Kakizaki et al. Theorem 2; docs/bounds.md §11 proves both theorems, and why Eq. 11's
+  d-underbar_c(c) must read d-underbar_q(c)).
 
   Blocked: queries `block_size` at a time (`retrieval.map_over_query_blocks`, which also gives the
   clean top-k), and inside, candidates `candidate_block_size` at a time; memory holds
   O(block_size x candidate_block_size x (d + k)) values, never the (Nq, N) grid, and one compiled
-  shape serves the whole grid.
+  shape serves the whole grid. The linear QA specification costs O(Nq x k x N x d) (Theorem 1:
+  O(Nq x N x d)).
 
   Args:
     query_emb: (Nq, d) clean query embeddings f(q).
@@ -347,24 +530,30 @@ def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lo
     k: how many nearest candidates per query, 1 <= k <= N.
     block_size: query rows per block.
     candidate_block_size: candidates per block.
-    distance_slack: widening of every distance bound against rounding (module docstring), >= 0.
+    distance_slack: widening of every comparison against rounding (module docstring), >= 0.
+    qa_bound: the QA certificate, one of QUERY_ATTACK_BOUNDS.
 
   Returns:
     A `RankBounds` of (Nq, k) int32 arrays.
 
   Raises:
-    ValueError: malformed or non-finite inputs, lower > upper, or k out of range.
+    ValueError: malformed or non-finite inputs, lower > upper, a clean embedding outside its box,
+      k out of range, or an unknown qa_bound.
   """
-  query_emb, query_lower, query_upper = _as_box(query_emb, query_lower, query_upper, 'query')
-  candidate_emb, candidate_lower, candidate_upper = _as_box(candidate_emb, candidate_lower,
-                                                            candidate_upper, 'candidate')
-  candidate_block_size = retrieval.check_topk_arguments(
-      query_emb, candidate_emb, k, block_size, candidate_block_size, exclude_self=False)
+  if qa_bound not in QUERY_ATTACK_BOUNDS:
+    raise ValueError(f'Unknown qa_bound {qa_bound!r}; valid: {list(QUERY_ATTACK_BOUNDS)}.')
   if not distance_slack >= 0:
     raise ValueError(f'distance_slack must be >= 0, got {distance_slack}.')
+  query_emb, query_lower, query_upper = _as_box(query_emb, query_lower, query_upper, 'query',
+                                                distance_slack)
+  candidate_emb, candidate_lower, candidate_upper = _as_box(
+      candidate_emb, candidate_lower, candidate_upper, 'candidate', distance_slack)
+  candidate_block_size = retrieval.check_topk_arguments(
+      query_emb, candidate_emb, k, block_size, candidate_block_size, exclude_self=False)
   return _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
                       candidate_upper, jnp.asarray(distance_slack, query_emb.dtype), k=int(k),
-                      block_size=int(block_size), candidate_block_size=candidate_block_size)
+                      block_size=int(block_size), candidate_block_size=candidate_block_size,
+                      qa_bound=qa_bound)
 
 
 def verify(rank_lower, rank_upper, rank, alpha):
@@ -404,13 +593,25 @@ def certified_retrieval(bounds: RankBounds, query_labels, candidate_labels,
 
   Returns:
     {'qa': (Nq, len(ks)) bool, 'ca': (Nq, len(ks)) bool}.
+
+  Raises:
+    ValueError: labels whose shapes do not match the rank bounds (never broadcast), or ks out of
+      range.
   """
   query_labels = np.asarray(query_labels)
+  candidate_labels = np.asarray(candidate_labels)
   indices = np.asarray(bounds.indices)
-  max_k = indices.shape[1]
+  num_queries, max_k = indices.shape
+  if query_labels.shape != (num_queries,):
+    raise ValueError(f'query_labels must have shape ({num_queries},) (one label per query of the '
+                     f'rank bounds), got {query_labels.shape}.')
+  if candidate_labels.ndim != 1 or (indices.size and indices.max() >= len(candidate_labels)):
+    raise ValueError(f'candidate_labels must be one label per candidate, a (N,) array covering '
+                     f'the candidate indices of the rank bounds (up to {indices.max()}), got shape '
+                     f'{candidate_labels.shape}.')
   if not ks or any(int(k) != k or not 1 <= k <= max_k for k in ks):
     raise ValueError(f'ks must be integers in [1, {max_k}] (the k of rank_bounds), got {tuple(ks)}.')
-  same_class = np.asarray(candidate_labels)[indices] == query_labels[:, None]
+  same_class = candidate_labels[indices] == query_labels[:, None]
   rank = np.arange(1, max_k + 1)[None, :]
   ends = {'qa': (bounds.query_attack_lower, bounds.query_attack_upper),
           'ca': (bounds.candidate_attack_lower, bounds.candidate_attack_upper)}

@@ -1,12 +1,20 @@
-"""certify.py mode 'ibp': Recall@K and CR-Recall@K under QA and CA by interval bound propagation.
+"""certify.py mode 'ibp': Recall@K and CR-Recall@K under QA and CA from embedding bounds.
 
 Seed 001 (Kakizaki et al.) Sec. 5.1.2: for the query set Q and the candidate set C of
 `config.eval`, Recall@K (Eq. 22) and CR-Recall@K (Eq. 25, alpha = K - rank) against the query
 attack (QA, Theorem 3) and the candidate attack (CA, Theorem 4) at `config.ibp.eps`, and
 CR-Recall@K over the radii `config.ibp.eps_sweep`. The certificates are those of
-`jaxcert.bounds.retrieval` (docs/bounds.md §10-12), computed in `config.ibp.dtype` (float64 by
+`jaxcert.bounds.retrieval` (docs/bounds.md §10-13), computed in `config.ibp.dtype` (float64 by
 default: the encoder's float32 weights cast exactly, under `jax.enable_x64`) at full matmul
-precision.
+precision. Two choices, named in ibp.md and results.json ('certified_by'):
+  config.ibp.method    how the embedding boxes are bounded: 'ibp' (interval bound propagation,
+                       Eqs. 15-16), 'crown_ibp' or 'crown' (linear relaxations of
+                       `jaxcert.bounds.linear`, intersected with IBP; imported only when chosen);
+  config.ibp.qa_bound  the QA certificate: 'linear' (the exact linear specification over the
+                       query's embedding box, docs/bounds.md §13) or 'kakizaki' (Theorem 1).
+
+`compute(inputs)` certifies and returns every number; `write_report(inputs, computed, workdir)`
+writes them; `run` (the mode's entry point) does both.
 
 Writes into the workdir (`jaxcert.certification.run` adds results.json, the returned dict: every
 number of the tables, and timings):
@@ -34,6 +42,8 @@ be certified; under CA every candidate's box counts against every query (results
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import os
 import time
 
@@ -46,16 +56,34 @@ from jaxcert import metrics
 from jaxcert import report
 from jaxcert import retrieval
 from jaxcert.bounds import retrieval as certified_retrieval
+from jaxcert.bounds.interval import interval
 
 
 ROUNDING_MARGIN = 10  # the distance slack should exceed the measured float32 rounding this many times
 DTYPES = ('float64', 'float32')  # config.ibp.dtype: what the certificates are computed in
+# config.ibp.method: how the embedding boxes are computed -> what ibp.md says about it.
+METHODS = {
+    'ibp': 'interval bound propagation (Kakizaki et al. Eqs. 15-16)',
+    'crown_ibp': 'CROWN-IBP linear bounds intersected with IBP (jaxcert.bounds.linear)',
+    'crown': 'CROWN linear bounds intersected with IBP (jaxcert.bounds.linear)',
+}
+# config.ibp.qa_bound: the query-attack certificate (`rank_bounds`'s qa_bound) -> its description.
+QA_BOUNDS = {
+    'linear': 'the linear specification, exact over the query embedding box (docs/bounds.md §13)',
+    'kakizaki': 'Kakizaki et al. Theorem 1 (distance bounds, Eqs. 9-10)',
+}
+CA_BOUND = 'Kakizaki et al. Theorem 2 (distance bounds, Eqs. 11-12)'
 
 
 def check_ibp_config(ibp_config, num_candidates: int) -> tuple[float, tuple[int, ...], list[float]]:
   """`(eps, ks, sorted radii to certify at)` from `config.ibp`; ValueError if invalid."""
   if ibp_config.dtype not in DTYPES:
     raise ValueError(f'Unknown config.ibp.dtype {ibp_config.dtype!r}; valid: {list(DTYPES)}.')
+  if ibp_config.method not in METHODS:
+    raise ValueError(f'Unknown config.ibp.method {ibp_config.method!r}; valid: {list(METHODS)}.')
+  if ibp_config.qa_bound not in QA_BOUNDS:
+    raise ValueError(f'Unknown config.ibp.qa_bound {ibp_config.qa_bound!r}; valid: '
+                     f'{list(QA_BOUNDS)}.')
   if ibp_config.dtype == 'float64' and jax.default_backend() == 'tpu':
     raise ValueError('TPUs do not compute in float64: certify with --config.ibp.dtype=float32 '
                      '(ibp.md then compares float32 rounding with the distance slack, '
@@ -100,10 +128,40 @@ def in_dtype(inputs, dtype: str):
                          embed=jax.tree_util.Partial(inputs.model.apply, variables))
 
 
+@functools.cache
+def embedding_bound_transform(method: str):
+  """The bound transform of `config.ibp.method` for `certified_retrieval.embedding_bounds`.
+
+  'ibp': `interval`. 'crown_ibp', 'crown': `jaxcert.bounds.linear.linear_bounds(fn, method=...)`
+  (same calling convention as `interval(fn)`, already intersected with the IBP bounds), imported
+  here, only for those methods. Cached: one function object per method, so jit reuses its
+  compilations.
+
+  Raises:
+    ValueError: an unknown method.
+    ImportError: a linear method in an installation without `jaxcert.bounds.linear`.
+  """
+  if method not in METHODS:
+    raise ValueError(f'Unknown config.ibp.method {method!r}; valid: {list(METHODS)}.')
+  if method == 'ibp':
+    return interval
+  module_name = 'jaxcert.bounds.linear'
+  try:
+    linear = importlib.import_module(module_name)
+  except ModuleNotFoundError as error:
+    if error.name != module_name:
+      raise
+    raise ImportError(f'config.ibp.method={method!r} needs {module_name} (CROWN-family linear '
+                      f'bounds), which this installation of jaxcert does not have; certify with '
+                      f"--config.ibp.method=ibp.") from error
+  return functools.partial(linear.linear_bounds, method=method)
+
+
 def certify_at(inputs, query_emb, candidate_emb, eps: float, ks) -> dict:
   """Rank bounds and per-query certificates of the inputs' encoder at radius `eps`.
 
-  The input boxes are built in the dtype of `query_emb` (that of `inputs.embed`).
+  The input boxes are built in the dtype of `query_emb` (that of `inputs.embed`), by
+  `config.ibp.method`; QA is certified by `config.ibp.qa_bound`.
 
   Returns:
     {'rank_bounds': RankBounds, 'certified': {'qa', 'ca'} -> (Nq, len(ks)) bool,
@@ -111,21 +169,21 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks) -> dict:
      {percentile: float} (`box_radius_percentiles`), 'bounds_s', 'verify_s'}.
   """
   ibp_config = inputs.config.ibp
+  bound = embedding_bound_transform(ibp_config.method)
   start = time.perf_counter()
-  query_box = certified_retrieval.embedding_bounds(inputs.embed, inputs.queries.images, eps,
-                                                   batch_size=ibp_config.batch_size,
-                                                   sharding=inputs.batch_sharding,
-                                                   dtype=query_emb.dtype)
-  candidate_box = certified_retrieval.embedding_bounds(
-      inputs.embed, inputs.candidates.images, eps, batch_size=ibp_config.batch_size,
-      sharding=inputs.batch_sharding, dtype=query_emb.dtype)
+  query_box, candidate_box = (
+      certified_retrieval.embedding_bounds(inputs.embed, images, eps,
+                                           batch_size=ibp_config.batch_size,
+                                           sharding=inputs.batch_sharding, dtype=query_emb.dtype,
+                                           bound=bound)
+      for images in (inputs.queries.images, inputs.candidates.images))
   bounds_s = time.perf_counter() - start
   start = time.perf_counter()
   rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
       query_emb, *query_box, candidate_emb, *candidate_box, max(ks),
       block_size=ibp_config.query_block_size,
       candidate_block_size=ibp_config.candidate_block_size,
-      distance_slack=ibp_config.distance_slack))
+      distance_slack=ibp_config.distance_slack, qa_bound=ibp_config.qa_bound))
   verify_s = time.perf_counter() - start
   certified = certified_retrieval.certified_retrieval(
       rank_bounds, inputs.queries.labels, inputs.candidates.labels, ks)
@@ -188,7 +246,16 @@ def box_radius_percentiles(lower, upper) -> dict[int, float]:
   return {p: float(np.percentile(radii, p)) for p in BOX_RADIUS_PERCENTILES}
 
 
-def _tables(eps, ks, recall, sweep, nearest_distance: float) -> str:
+def certified_by(ibp_config) -> dict[str, str]:
+  """What the certificates rest on: {'method', 'qa_bound', 'text'} ('text' is ibp.md's line)."""
+  return {'method': ibp_config.method, 'qa_bound': ibp_config.qa_bound,
+          'text': (f'Certified by: embedding boxes from {METHODS[ibp_config.method]} '
+                   f'(config.ibp.method = {ibp_config.method!r}); QA by '
+                   f'{QA_BOUNDS[ibp_config.qa_bound]} (config.ibp.qa_bound = '
+                   f'{ibp_config.qa_bound!r}); CA by {CA_BOUND}.')}
+
+
+def _tables(eps, ks, recall, sweep, nearest_distance: float, certified_by_text: str) -> str:
   """The markdown of ibp.md: recall and CR-Recall at eps, CR-Recall and box radii over the sweep."""
   at_eps = sweep[eps]['cr_recall']
   rows = [{'metric': 'Recall@K', **{f'K={k}': recall[k] for k in ks}}]
@@ -201,22 +268,23 @@ def _tables(eps, ks, recall, sweep, nearest_distance: float) -> str:
   box_rows = [{'eps': radius, **{f'{side} p{p}': result['box_radius'][side][p]
                                   for side in ('query', 'candidate') for p in BOX_RADIUS_PERCENTILES}}
               for radius, result in sorted(sweep.items())]
-  return (f'Certified retrieval by interval bound propagation (seed 001), eps = {eps:g}:\n\n'
+  return (f'Certified retrieval (Kakizaki et al.), eps = {eps:g}.\n{certified_by_text}\n\n'
           f'{report.markdown_table(rows)}\n\nCR-Recall@K over eps:\n\n'
           f'{report.markdown_table(sweep_rows)}\n\nBox radius ||(upper - lower) / 2|| of the '
           f'embeddings, percentiles (median distance from a query to its nearest candidate: '
           f'{nearest_distance:.4g}):\n\n{report.markdown_table(box_rows)}\n')
 
 
-def run(inputs, workdir: str) -> dict:
-  """Certifies the encoder of `inputs` under QA and CA; writes the files of the module docstring.
+def compute(inputs) -> dict:
+  """Certifies the encoder of `inputs` under QA and CA at every radius; writes nothing.
 
   Args:
     inputs: a `jaxcert.certification.CertifyInputs`.
-    workdir: output directory.
 
   Returns:
-    {'eps', 'ks', 'recall@K', 'cr_recall_qa@K', 'cr_recall_ca@K', 'sweep', 'timing_s'}.
+    {'eps', 'ks', 'radii', 'sweep': {radius: `certify_at`'s dict}, 'recall': {K: Recall@K},
+     'nearest_distance' (median distance from a query to its nearest candidate), 'rounding'
+     (`rounding_check`), 'certified_by' (`certified_by`), 'embed_s'}.
   """
   config = inputs.config
   eps, ks, radii = check_ibp_config(config.ibp, len(inputs.candidates.labels))
@@ -241,8 +309,29 @@ def run(inputs, workdir: str) -> dict:
   recall = metrics.recall_at_k(inputs.queries.labels, inputs.candidates.labels[indices], ks)
   nearest_distance = float(np.median(np.linalg.norm(
       np.asarray(query_emb) - np.asarray(candidate_emb)[indices[:, 0]], axis=1)))
+  return {'eps': eps, 'ks': ks, 'radii': radii, 'sweep': sweep, 'recall': recall,
+          'nearest_distance': nearest_distance, 'rounding': rounding,
+          'certified_by': certified_by(config.ibp), 'embed_s': embed_s}
 
-  table = _tables(eps, ks, recall, sweep, nearest_distance) + rounding['text']
+
+def write_report(inputs, computed: dict, workdir: str) -> dict:
+  """Writes `compute`'s results as the files of the module docstring; returns results.json's dict.
+
+  Args:
+    inputs: the `CertifyInputs` that `computed` was computed from.
+    computed: `compute(inputs)`.
+    workdir: output directory.
+
+  Returns:
+    {'eps', 'ks', 'recall@K', 'cr_recall_qa@K', 'cr_recall_ca@K', 'sweep', 'box_radius',
+     'nearest_distance_median', 'rounding', 'certified_by', 'timing_s'}.
+  """
+  config = inputs.config
+  eps, ks, radii, sweep, recall = (computed[key] for key in ('eps', 'ks', 'radii', 'sweep',
+                                                              'recall'))
+  nearest_distance, rounding = computed['nearest_distance'], computed['rounding']
+  table = (_tables(eps, ks, recall, sweep, nearest_distance, computed['certified_by']['text'])
+           + rounding['text'])
   print(table)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'ibp.md'), 'w', encoding='utf-8') as f:
@@ -267,8 +356,7 @@ def run(inputs, workdir: str) -> dict:
       {f'{attack.upper()}, K={k}': (radii, [sweep[r]['cr_recall'][attack][k] for r in radii])
        for attack in certified_retrieval.ATTACKS for k in ks},
       xlabel='eps (L-inf, pixels in [0, 1])', ylabel='CR-Recall@K')
-
-  results = {
+  return {
       'eps': eps, 'ks': list(ks),
       **{f'recall@{k}': recall[k] for k in ks},
       **{f'cr_recall_{attack}@{k}': sweep[eps]['cr_recall'][attack][k]
@@ -278,8 +366,22 @@ def run(inputs, workdir: str) -> dict:
       'nearest_distance_median': nearest_distance,
       'rounding': {key: rounding[key]
                    for key in ('dtype', 'distance_slack', 'images', 'embedding', 'box')},
-      'timing_s': {'embed': embed_s,
+      'certified_by': {key: computed['certified_by'][key] for key in ('method', 'qa_bound')},
+      'timing_s': {'embed': computed['embed_s'],
                    'bounds': {str(r): result['bounds_s'] for r, result in sweep.items()},
                    'verify': {str(r): result['verify_s'] for r, result in sweep.items()}},
   }
-  return results
+
+
+def run(inputs, workdir: str) -> dict:
+  """Certifies the encoder of `inputs` under QA and CA (`compute`) and writes the files
+  (`write_report`).
+
+  Args:
+    inputs: a `jaxcert.certification.CertifyInputs`.
+    workdir: output directory.
+
+  Returns:
+    `write_report`'s dict (certification.run writes it as results.json).
+  """
+  return write_report(inputs, compute(inputs), workdir)
