@@ -241,7 +241,10 @@ def _nan_aware_outputs(eqn: jex_core.JaxprEqn, key, invals: list, in_nan: list,
     rule's arithmetic can meet `inf - inf` or `0 * inf`), or if `NAN_SOURCES[key]` says the
     equation leaves its domain on this box (`sqrt` of negatives, `0 / 0`).
   * A NaN end of a rule's output (from that same arithmetic on infinite ends) becomes `-inf`
-    (lower) or `+inf` (upper): a valid, vacuous end.
+    (lower) or `+inf` (upper): a valid, vacuous end. A lower end of `+inf` (a finite real end
+    that overflowed when rounded, e.g. `square` of 1e20 in float32) becomes the largest finite
+    float, and an upper end of `-inf` its negative: round-to-nearest would otherwise put the
+    end infinitely far on the wrong side of a finite value.
   * Where an input may be NaN, an integer or bool output (a comparison, `isnan`, `is_finite`,
     a cast) can take any value of its dtype, and a floating output of a NaN-absorbing primitive
     (`sort` moves NaN to the end) any value: their bounds are widened to the dtype's range.
@@ -259,8 +262,12 @@ def _nan_aware_outputs(eqn: jex_core.JaxprEqn, key, invals: list, in_nan: list,
         (floating and may_be_nan is not False) or (not floating and incoming is not False)):
       outval = IntervalBound(jnp.asarray(outval, dtype), jnp.asarray(outval, dtype))
     if isinstance(outval, IntervalBound) and floating:
-      outval = IntervalBound(jnp.where(jnp.isnan(outval.lower), -jnp.inf, outval.lower),
-                             jnp.where(jnp.isnan(outval.upper), jnp.inf, outval.upper))
+      largest = np.asarray(jnp.finfo(dtype).max, dtype)
+      outval = IntervalBound(
+          jnp.where(jnp.isnan(outval.lower), -jnp.inf,
+                    jnp.where(outval.lower == jnp.inf, largest, outval.lower)),
+          jnp.where(jnp.isnan(outval.upper), jnp.inf,
+                    jnp.where(outval.upper == -jnp.inf, -largest, outval.upper)))
       if incoming is not False and eqn.primitive in NAN_ABSORBING_PRIMITIVES:
         outval = _widen_where(incoming, outval, -jnp.inf, jnp.inf)
     elif isinstance(outval, IntervalBound) and incoming is not False:
@@ -496,7 +503,8 @@ def _eps_rounded_up(eps, dtype):
   gradient-transparent step as the box's ends. Either way `eps_in_dtype >= eps` exactly.
   """
   if isinstance(eps, jax.Array):
-    if jnp.finfo(eps.dtype).bits <= jnp.finfo(dtype).bits:
+    if (not jnp.issubdtype(eps.dtype, jnp.floating)
+        or jnp.finfo(eps.dtype).bits <= jnp.finfo(dtype).bits):
       return eps.astype(dtype)
     rounded = eps.astype(dtype)
     return jnp.where(rounded.astype(eps.dtype) < eps, _one_ulp_towards(rounded, jnp.inf), rounded)
