@@ -536,6 +536,14 @@ def l2_normalize_bounds(lower, upper, *, axis: int = -1,
   if not epsilon >= 0:
     raise ValueError(f'epsilon must be >= 0, got {epsilon}.')
   lower, upper = jnp.asarray(lower), jnp.asarray(upper)
+  return _l2_normalize_bounds(lower, upper, axis=int(axis) % max(lower.ndim, 1),
+                              epsilon=float(epsilon))
+
+
+@functools.partial(jax.jit, static_argnames=('axis', 'epsilon'))
+def _l2_normalize_bounds(lower, upper, *, axis: int, epsilon: float):
+  """`l2_normalize_bounds` for a nonnegative axis and a Python-float epsilon (jitted: the scans
+  are many small operations)."""
   min_abs, max_abs = _abs_bounds(IntervalBound(lower, upper))
   others_min = _sum_of_other_squares(min_abs, axis, epsilon)
   others_max = _sum_of_other_squares(max_abs, axis, epsilon)
