@@ -859,3 +859,199 @@ def test_encoder_sound_full_size(name, image_shape, eps, l2_normalize):
   lower, upper = input_box(_uniform(1, image_shape), eps)
   out_bounds = _check_sampled(fn, lower, upper, seed=2, num_samples=2000)
   _check_pgd(fn, lower, upper, out_bounds, num_coordinates=16)
+
+
+# --- Soundness regressions: NaN, infinities, overflow, casts, vmap, dtypes. ----
+
+
+def _assert_contains(fn, lower, upper, points, rtol=0.):
+  """`interval(fn)` over [lower, upper] contains fn at each point whose value is not NaN (up to
+  `rtol` of its magnitude)."""
+  out_lower, out_upper = interval(fn)(jnp.asarray(lower), jnp.asarray(upper))
+  out_lower, out_upper = np.asarray(out_lower), np.asarray(out_upper)
+  assert not np.isnan(out_lower).any() and not np.isnan(out_upper).any(), (out_lower, out_upper)
+  assert np.all(out_lower <= out_upper), (out_lower, out_upper)
+  for point in points:
+    value = np.asarray(fn(jnp.asarray(point, jnp.asarray(lower).dtype)))
+    defined = ~np.isnan(value)
+    slack = rtol * np.abs(np.where(np.isfinite(value), value, 0))
+    assert np.all((out_lower <= value + slack)[defined] & (value <= out_upper + slack)[defined]), (
+        point, value, out_lower, out_upper)
+  return out_lower, out_upper
+
+
+@pytest.mark.parametrize('fn', [
+    lambda x: jnp.where(jnp.isnan(jnp.sqrt(x)), 100., jnp.sqrt(x)),
+    lambda x: jnp.nan_to_num(jnp.sqrt(x), nan=7.),
+    lambda x: jnp.where(jnp.isfinite(jnp.sqrt(x)), 1., 0.),
+    lambda x: jnp.where(jnp.sqrt(x) >= 0, 1., 0.),
+    lambda x: jnp.where(jnp.log(x) < 5., 1., 0.),
+    lambda x: jnp.where(x**jnp.float32(0.5) == x**jnp.float32(0.5), 1., 0.),
+    lambda x: jnp.sort(jnp.concatenate([jnp.sqrt(x), jnp.array([5., 6.])])),
+], ids=['isnan', 'nan_to_num', 'isfinite', 'ge', 'log', 'pow_eq_self', 'sort'])
+def test_values_that_may_be_nan_make_comparisons_unknown(fn):
+  """Outside sqrt's/log's/pow's domain the value is NaN: comparisons, isnan and isfinite of it
+  are then undecided, and where/sort see both possibilities (issue case 1)."""
+  _assert_contains(fn, [-1.], [4.], [[-1.], [-0.5], [0.], [1.], [4.]])
+
+
+@pytest.mark.parametrize('fn, lower, upper, points', [
+    (lambda x: jnp.log(x) @ jnp.ones((1, 1)), [0.], [1.], [[0.], [0.5], [1.]]),
+    (lambda x: jnp.where(jnp.log(x) @ jnp.ones((1, 1)) > -1., 1., 0.), [0.], [1.],
+     [[0.], [0.5], [1.]]),
+    (lambda x: x * lax.rsqrt(x), [0.], [1.], [[0.], [0.25], [1.]]),
+    (lambda x: jnp.where(x * lax.rsqrt(x) > 0.3, 1., 0.), [0.], [1.], [[0.], [0.25], [1.]]),
+    (lambda x: jnp.log(x) - jnp.log(x[::-1]), [0., 0.], [1., 1.], [[0., 0.5], [1., 0.]]),
+    (lambda x: jnp.where(jnp.log(x) - jnp.log(x) < 1., 0., 1.), [0.], [1.], [[0.], [1.]]),
+    (lambda x: jnp.sum(jnp.log(x) * jnp.array([1., -1.])), [0., 0.], [1., 1.],
+     [[0., 0.5], [0.5, 0.]]),
+], ids=['dot_inf', 'compare_dot_inf', 'zero_times_inf', 'compare_zero_times_inf',
+        'inf_minus_inf', 'same_operand_inf_minus_inf', 'sum_of_opposite_infinities'])
+def test_infinite_ends_never_become_nan_bounds(fn, lower, upper, points):
+  """inf - inf and 0 * inf inside a rule give infinite ends, never NaN ends, and the NaN values
+  they can produce keep later comparisons undecided (issue case 2)."""
+  _assert_contains(fn, lower, upper, points)
+
+
+def test_centre_radius_form_does_not_overflow_for_finite_boxes():
+  """`x @ 1` over [2e38, 3e38] and `exp(x) @ 1` over [88, 88.5] are finite (issue case 3)."""
+  # Round-to-nearest centre and radius: ends within an ulp or two of the real ones.
+  out_lower, out_upper = _assert_contains(lambda x: x @ jnp.ones((1, 1)), [2e38], [3e38],
+                                          [[2e38], [3e38]], rtol=3e-7)
+  np.testing.assert_allclose([out_lower[0], out_upper[0]], [2e38, 3e38], rtol=1e-6)
+  out_lower, out_upper = _assert_contains(lambda x: jnp.exp(x) @ jnp.ones((1, 1)), [88.], [88.5],
+                                          [[88.], [88.5]], rtol=3e-7)
+  assert np.isfinite(out_lower).all() and np.isfinite(out_upper).all()
+  # Both operands bounded.
+  out_lower, out_upper = _assert_contains(
+      lambda x: x[:1].reshape(1, 1) @ x[1:].reshape(1, 1), [2e38, 0.5], [3e38, 1.],
+      [[2e38, 0.5], [3e38, 1.]], rtol=3e-7)
+  assert np.isfinite(out_upper).all()
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+def test_l2_normalize_bounds_at_extreme_magnitudes(dtype):
+  """Squares of 1e20 overflow and of 1e-30 underflow in float32: the tight rule scales first
+  (issue case 4). The reference is the exact value of x / ||x||."""
+  cases = [  # (lower, upper, epsilon, points)
+      ([1e18, 0.], [1e20, 0.], 1e-12, [[1e18, 0.], [1e20, 0.]]),
+      ([1e-30, -1e-30], [1e-30, 1e-30], 0., [[1e-30, 0.], [1e-30, 1e-30], [1e-30, -1e-30]]),
+      ([1e-30, -1e10], [1e-30, 1e10], 0., [[1e-30, 0.], [1e-30, 1e10]]),
+      ([1e-30, 1e-30, -3e30], [1e30, 1e-29, 3e30], 1e-12,
+       [[1e-30, 1e-30, 0.], [1e30, 1e-29, 3e30], [1e-30, 1e-29, -3e30]]),
+      ([-1e38, 1e-38], [1e38, 2e-38], 0., [[0., 1e-38], [1e38, 2e-38], [-1e38, 1e-38]]),
+  ]
+  with jax.enable_x64(dtype == 'float64'):
+    for lower, upper, epsilon, points in cases:
+      out_lower, out_upper = (np.asarray(end, np.float64) for end in bounds.l2_normalize_bounds(
+          jnp.asarray(lower, dtype), jnp.asarray(upper, dtype), epsilon=epsilon))
+      assert np.all(out_lower <= out_upper), (lower, upper, out_lower, out_upper)
+      for point in points:
+        exact = np.asarray([float(Fraction(v) / Fraction(math.sqrt(
+            float(sum(Fraction(w)**2 for w in point) + Fraction(epsilon))))) for v in point])
+        slack = 1e-6 if dtype == 'float32' else 1e-14
+        assert np.all(out_lower <= exact + slack) and np.all(exact <= out_upper + slack), (
+            lower, upper, point, exact, out_lower, out_upper)
+
+
+def test_l2_normalize_under_vmap_normalises_the_right_axis():
+  """Under `jax.vmap` the named call's body reduces over a shifted axis: the tight rule must not
+  reuse the unbatched axis (issue case 5)."""
+  fn = jax.vmap(lambda v: bounds.l2_normalize(v, axis=0))
+  x = jnp.asarray([[1., 2., 3.], [4., 5., 6.]])
+  out_lower, out_upper = interval(fn)(x, x)
+  np.testing.assert_allclose(out_lower, fn(x), rtol=1e-6)
+  np.testing.assert_allclose(out_upper, fn(x), rtol=1e-6)
+  lower, upper = _random_box(5, (3, 4))
+  _check_sampled(jax.vmap(lambda v: bounds.l2_normalize(v, axis=0, epsilon=0.1)), lower, upper,
+                 seed=6)
+
+
+@pytest.mark.parametrize('fn, lower, upper, points', [
+    (lambda x: x.astype(jnp.int32).astype(jnp.int8).astype(jnp.float32), [100.], [200.],
+     [[100.], [120.], [127.], [128.], [200.]]),
+    (lambda x: x.astype(jnp.uint8).astype(jnp.float32), [-1.], [1.], [[-1.], [-0.5], [0.], [1.]]),
+    (lambda x: x.astype(jnp.uint8).astype(jnp.float32), [250.], [300.], [[250.], [255.], [300.]]),
+    (lambda x: x.astype(jnp.int32).astype(jnp.uint32).astype(jnp.float32), [-2.], [2.],
+     [[-2.], [0.], [2.]]),
+    (lambda x: (x.astype(jnp.int32) + jnp.int32(2**31 - 10)).astype(jnp.float32), [0.], [20.],
+     [[0.], [9.], [10.], [20.]]),
+    (lambda x: (x.astype(jnp.int32) * jnp.int32(2**20)).astype(jnp.float32), [0.], [4096.],
+     [[0.], [2047.], [2048.], [4096.]]),
+    (lambda x: jnp.sum(x.astype(jnp.int8)).astype(jnp.float32), [0., 0., 0.], [100., 100., 100.],
+     [[0., 0., 0.], [100., 100., 100.], [50., 50., 50.]]),
+    (lambda x: (jnp.uint8(3) - x.astype(jnp.uint8)).astype(jnp.float32), [0.], [10.],
+     [[0.], [3.], [4.], [10.]]),
+    (lambda x: jnp.where(jnp.sqrt(x).astype(jnp.int32) > 0, 1., 0.), [-1.], [4.], [[-1.], [4.]]),
+], ids=['int32_to_int8', 'float_to_uint8_negative', 'float_to_uint8_overflow',
+        'int32_to_uint32', 'int32_add_overflow', 'int32_mul_overflow', 'int8_sum_overflow',
+        'uint8_sub_wraps', 'nan_to_int'])
+def test_integer_casts_and_overflow_are_sound(fn, lower, upper, points):
+  """Narrowing casts wrap and integer arithmetic overflows: bounds must cover the wrapped values
+  (issue case 6)."""
+  _assert_contains(fn, lower, upper, points)
+
+
+def test_integer_operations_without_a_sound_rule_are_rejected():
+  with pytest.raises(NotImplementedError, match='integer.*`div`.*cast'):
+    interval(lambda x: x.astype(jnp.int32) // 3)(jnp.zeros(2), jnp.ones(2))
+  with pytest.raises(NotImplementedError, match='integer.*`dot_general`'):
+    interval(lambda x: x.astype(jnp.int32) @ jnp.ones((2, 2), jnp.int32))(jnp.zeros(2), jnp.ones(2))
+
+
+def test_inverted_rule_output_is_an_error():
+  """`interval` checks every rule's output: lower <= upper, no NaN (issue case 6)."""
+  from jaxcert.bounds.interval import RULES  # pylint: disable=g-import-not-at-top
+  broken = jax.extend.core.Primitive('broken_for_test')
+  broken.def_impl(lambda x: x)
+  broken.def_abstract_eval(lambda x: x)
+  RULES[broken] = lambda x: IntervalBound(x.upper, x.lower)
+  try:
+    with pytest.raises(RuntimeError, match='broken_for_test.*lower > upper.*bug in the rule'):
+      interval(broken.bind)(jnp.zeros(2), jnp.ones(2))
+  finally:
+    del RULES[broken]
+
+
+def test_float64_encoder_is_the_real_function_of_its_parameters():
+  """In float64 the input normalisation stays in float64: a linear encoder's output over a
+  zero-width box equals the exact rational value to float64 rounding (issue case 7), and
+  float32 evaluation still works as before."""
+  from jaxcert import models  # pylint: disable=g-import-not-at-top
+  model = models.get_model('linear', embedding_dim=4, input_mean=0.4, input_std=0.3)
+  image = np.random.default_rng(0).uniform(size=(1, 2, 2, 1)).astype(np.float32)
+  variables = _init(model, jnp.asarray(image))
+  kernel = np.asarray(variables['params']['embedding']['kernel'], np.float64)
+  normalized = [(Fraction(float(v)) - Fraction(0.4)) / Fraction(0.3) for v in image.ravel()]
+  exact = [sum(n * Fraction(float(kernel[i, j])) for i, n in enumerate(normalized))
+           for j in range(4)]  # The linear encoder has no bias.
+  with jax.enable_x64(True):
+    variables64 = jax.tree.map(lambda leaf: jnp.asarray(leaf, jnp.float64), variables)
+    x = jnp.asarray(image, jnp.float64)
+    out_lower, out_upper = interval(lambda v: model.apply(variables64, v))(x, x)
+    assert out_lower.dtype == jnp.float64
+  for end in (out_lower, out_upper):
+    error = max(abs(Fraction(float(v)) - e) for v, e in zip(np.asarray(end).ravel(), exact))
+    assert error < 1e-13, float(error)
+  float32_output = model.apply(variables, jnp.asarray(image))
+  assert float32_output.dtype == jnp.float32
+  np.testing.assert_allclose(float32_output.ravel(), [float(e) for e in exact], rtol=1e-5,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize('x, eps', [(3 / 255, 0.01), (0.5, 0.1), (0.7, 1 / 3), (0.25, 0.3)])
+def test_input_box_contains_the_real_box_for_python_float_eps(x, eps):
+  """A Python-float eps is not rounded to float32 before the outward step (issue case 8)."""
+  x32 = np.float32(x)
+  lower, upper = (np.asarray(end) for end in input_box(jnp.asarray([x32]), eps))
+  assert lower.dtype == np.float32
+  exact_lower = max(Fraction(float(x32)) - Fraction(eps), Fraction(0))
+  exact_upper = min(Fraction(float(x32)) + Fraction(eps), Fraction(1))
+  assert Fraction(float(lower[0])) <= exact_lower
+  assert Fraction(float(upper[0])) >= exact_upper
+  # Still within a few ulps of the real ends.
+  assert float(exact_lower - Fraction(float(lower[0]))) <= 4 * np.spacing(np.float32(1))
+  with jax.enable_x64(True):  # float64 boxes too.
+    lower64, upper64 = input_box(jnp.asarray([float(x32)], jnp.float64), eps)
+    assert Fraction(float(lower64[0])) <= exact_lower
+    assert Fraction(float(upper64[0])) >= exact_upper

@@ -64,11 +64,16 @@ class IntervalBound:
 
   @property
   def center(self) -> jax.Array:
-    return (self.upper + self.lower) / 2
+    """`(lower + upper) / 2`, finite for every finite interval (`l/2 + u/2` where the sum overflows)."""
+    total = self.upper + self.lower
+    return jnp.where(jnp.isfinite(total), total / 2, self.lower / 2 + self.upper / 2)
 
   @property
   def radius(self) -> jax.Array:
-    return (self.upper - self.lower) / 2
+    """`(upper - lower) / 2`, finite for every finite interval (`u/2 - l/2` where the difference
+    overflows)."""
+    difference = self.upper - self.lower
+    return jnp.where(jnp.isfinite(difference), difference / 2, self.upper / 2 - self.lower / 2)
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -93,8 +98,21 @@ RULES: dict[jex_core.Primitive, Rule] = {}
 SAME_OPERAND_RULES: dict[jex_core.Primitive, Rule] = {}
 
 # Name of a `jax.jit`-wrapped function -> rule over the call's inputs. Used for
-# functions with a tighter bound than the composition of their primitives.
+# functions with a tighter bound than the composition of their primitives. A
+# rule returns None to decline (e.g. when `vmap` has batched the call and its
+# parameters no longer describe the body): the body is then interpreted.
 NAMED_CALL_RULES: dict[str, Rule] = {}
+
+# Primitive or named call -> `may_create_nan(*invals, **params)`, a boolean
+# scalar: whether the equation can output NaN at a point of its input bounds
+# where no input is NaN or infinite (`sqrt` of a negative, `0 / 0`). Filled by
+# `jaxcert.bounds.rules`. NaN from infinite inputs (`inf - inf`, `0 * inf`) is
+# assumed possible for every equation (see `_nan_aware_outputs`).
+NAN_SOURCES: dict[jex_core.Primitive | str, Callable[..., Any]] = {}
+
+# Primitives whose floating-point output can be a number where an input is NaN
+# (`sort` moves NaN to the end, shifting the other entries).
+NAN_ABSORBING_PRIMITIVES = frozenset({jex_core.primitives.sort_p})
 
 _CALL_PRIMITIVES = (
     jex_core.primitives.jit_p,
@@ -171,24 +189,121 @@ def _call_jaxpr(eqn: jex_core.JaxprEqn) -> tuple[jex_core.Jaxpr, Sequence]:
   return inner, ()
 
 
-def _apply_rule(eqn: jex_core.JaxprEqn, invals: list,
-                enclosing_calls: tuple[jex_core.JaxprEqn, ...]) -> list:
-  """Bounds of the outputs of `eqn` given at least one bounded input."""
+def _any(flags: Sequence) -> Any:
+  """Logical or of boolean scalars, `False` (a Python bool, no work) when every flag is `False`."""
+  flags = [flag for flag in flags if flag is not False]
+  if not flags:
+    return False
+  result = flags[0]
+  for flag in flags[1:]:
+    result = result | flag
+  return result
+
+
+def _is_floating(value) -> bool:
+  return jnp.issubdtype(jnp.result_type(value), jnp.floating)
+
+
+def _may_be_infinite(value) -> Any:
+  """Whether an input (bound or concrete) has an infinite entry or end: `inf - inf`, `0 * inf`
+  and `inf / inf` are NaN, so every rule may output NaN from such an input."""
+  lower, upper = ((value.lower, value.upper) if isinstance(value, IntervalBound)
+                  else (value, value))
+  if not _is_floating(lower):
+    return False
+  if is_concrete(lower) and is_concrete(upper):
+    return bool(np.isinf(np.asarray(lower)).any() or np.isinf(np.asarray(upper)).any())
+  return jnp.any(jnp.isinf(lower)) | jnp.any(jnp.isinf(upper))
+
+
+def _may_be_nan(atom, value, nan_flags: dict) -> Any:
+  """Whether the value of `atom` may be NaN somewhere in the box (see `_interpret`)."""
+  if isinstance(value, IntervalBound):
+    return nan_flags.get(atom, False)
+  if not _is_floating(value):
+    return False
+  if is_concrete(value):
+    return bool(np.isnan(np.asarray(value)).any())
+  return jnp.any(jnp.isnan(value))
+
+
+def _widen_where(flag, outval: IntervalBound, lowest, highest) -> IntervalBound:
+  dtype = outval.lower.dtype
+  return IntervalBound(jnp.where(flag, np.asarray(lowest, dtype), outval.lower),
+                       jnp.where(flag, np.asarray(highest, dtype), outval.upper))
+
+
+def _nan_aware_outputs(eqn: jex_core.JaxprEqn, key, invals: list, in_nan: list,
+                       outvals: list) -> tuple[list, list]:
+  """The rule's outputs made safe for NaN, and whether each may be NaN.
+
+  * A floating output may be NaN if an input may be, if an input is infinite somewhere (the
+    rule's arithmetic can meet `inf - inf` or `0 * inf`), or if `NAN_SOURCES[key]` says the
+    equation leaves its domain on this box (`sqrt` of negatives, `0 / 0`).
+  * A NaN end of a rule's output (from that same arithmetic on infinite ends) becomes `-inf`
+    (lower) or `+inf` (upper): a valid, vacuous end. A lower end of `+inf` (a finite real end
+    that overflowed when rounded, e.g. `square` of 1e20 in float32) becomes the largest finite
+    float, and an upper end of `-inf` its negative: round-to-nearest would otherwise put the
+    end infinitely far on the wrong side of a finite value.
+  * Where an input may be NaN, an integer or bool output (a comparison, `isnan`, `is_finite`,
+    a cast) can take any value of its dtype, and a floating output of a NaN-absorbing primitive
+    (`sort` moves NaN to the end) any value: their bounds are widened to the dtype's range.
+  """
+  source = NAN_SOURCES.get(key)
+  created = _any([_may_be_infinite(value) for value in invals]
+                 + [source(*invals, **eqn.params) if source is not None else False])
+  incoming = _any(in_nan)
+  may_be_nan = _any([incoming, created])
+  results, flags = [], []
+  for outvar, outval in zip(eqn.outvars, outvals):
+    dtype = outvar.aval.dtype
+    floating = jnp.issubdtype(dtype, jnp.floating)
+    if not isinstance(outval, IntervalBound) and (
+        (floating and may_be_nan is not False) or (not floating and incoming is not False)):
+      outval = IntervalBound(jnp.asarray(outval, dtype), jnp.asarray(outval, dtype))
+    if isinstance(outval, IntervalBound) and floating:
+      largest = np.asarray(jnp.finfo(dtype).max, dtype)
+      outval = IntervalBound(
+          jnp.where(jnp.isnan(outval.lower), -jnp.inf,
+                    jnp.where(outval.lower == jnp.inf, largest, outval.lower)),
+          jnp.where(jnp.isnan(outval.upper), jnp.inf,
+                    jnp.where(outval.upper == -jnp.inf, -largest, outval.upper)))
+      if incoming is not False and eqn.primitive in NAN_ABSORBING_PRIMITIVES:
+        outval = _widen_where(incoming, outval, -jnp.inf, jnp.inf)
+    elif isinstance(outval, IntervalBound) and incoming is not False:
+      info = jnp.iinfo(dtype) if jnp.issubdtype(dtype, jnp.integer) else None
+      outval = _widen_where(incoming, outval, info.min if info else False,
+                            info.max if info else True)
+    results.append(outval)
+    flags.append(may_be_nan if floating else False)
+  return results, flags
+
+
+def _apply_rule(eqn: jex_core.JaxprEqn, invals: list, in_nan: list,
+                enclosing_calls: tuple[jex_core.JaxprEqn, ...]) -> tuple[list, list]:
+  """Bounds of the outputs of `eqn` given at least one bounded input.
+
+  Returns:
+    The outputs' values, and for each whether it may be NaN somewhere in the box.
+  """
   primitive = eqn.primitive
   if primitive in _CALL_PRIMITIVES:
     name = eqn.params.get('name')
     if primitive is jex_core.primitives.jit_p and name in NAMED_CALL_RULES:
       outvals = NAMED_CALL_RULES[name](*invals)
-      return [outvals] if len(eqn.outvars) == 1 else list(outvals)
+      if outvals is not None:  # None: the rule declines (a vmapped body), interpret the body.
+        outvals = [outvals] if len(eqn.outvars) == 1 else list(outvals)
+        return _nan_aware_outputs(eqn, name, invals, in_nan, outvals)
     inner_jaxpr, inner_consts = _call_jaxpr(eqn)
     return _interpret(inner_jaxpr, inner_consts, invals,
-                      (*enclosing_calls, eqn))
+                      (*enclosing_calls, eqn), in_nan)
   rule = RULES.get(primitive)
   if (primitive in SAME_OPERAND_RULES and len(eqn.invars) == 2
       and isinstance(eqn.invars[0], jex_core.Var)
       and eqn.invars[0] is eqn.invars[1]):
     rule = SAME_OPERAND_RULES[primitive]
     invals = invals[:1]
+    in_nan = in_nan[:1]
   if rule is None:
     raise NotImplementedError(
         f'No interval rule for primitive `{primitive.name}` (applied to a '
@@ -203,22 +318,43 @@ def _apply_rule(eqn: jex_core.JaxprEqn, invals: list,
     raise type(error)(
         f'{error} (primitive `{primitive.name}` '
         f'{source_location(eqn, enclosing_calls)})') from error
-  return list(outvals) if primitive.multiple_results else [outvals]
+  outvals = list(outvals) if primitive.multiple_results else [outvals]
+  return _nan_aware_outputs(eqn, primitive, invals, in_nan, outvals)
 
 
-def _check_output(eqn: jex_core.JaxprEqn, outvar, outval) -> None:
-  """Shape check of a rule's output against the traced output (rule bugs)."""
-  if isinstance(outval, IntervalBound):
-    expected = tuple(outvar.aval.shape)
-    if outval.lower.shape != expected or outval.upper.shape != expected:
-      raise AssertionError(
-          f'Interval rule for `{eqn.primitive.name}` returned shapes '
-          f'{outval.lower.shape}/{outval.upper.shape}, expected {expected}.')
+def _check_output(eqn: jex_core.JaxprEqn, outvar, outval,
+                  enclosing_calls: tuple[jex_core.JaxprEqn, ...]) -> None:
+  """Checks a rule's output against the traced shape, and (when concrete) lower <= upper.
+
+  A failure is a bug in a rule, reported as such rather than returned as a bound.
+  """
+  if not isinstance(outval, IntervalBound):
+    return
+  expected = tuple(outvar.aval.shape)
+  if outval.lower.shape != expected or outval.upper.shape != expected:
+    raise AssertionError(
+        f'Interval rule for `{eqn.primitive.name}` returned shapes '
+        f'{outval.lower.shape}/{outval.upper.shape}, expected {expected}.')
+  if is_concrete(outval.lower) and is_concrete(outval.upper):
+    lower, upper = np.asarray(outval.lower), np.asarray(outval.upper)
+    bad = (lower > upper) | np.isnan(lower) | np.isnan(upper)
+    if bad.any():
+      index = tuple(int(i) for i in np.argwhere(bad)[0])
+      raise RuntimeError(
+          f'Interval rule for `{eqn.primitive.name}` returned lower > upper (or NaN) at '
+          f'{int(bad.sum())} position(s), first at index {index}: [{lower[index]}, '
+          f'{upper[index]}] {source_location(eqn, enclosing_calls)}. This is a bug in the rule '
+          '(jaxcert.bounds.rules); the bound is not returned.')
 
 
 def _interpret(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence,
-               enclosing_calls: tuple[jex_core.JaxprEqn, ...] = ()) -> list:
+               enclosing_calls: tuple[jex_core.JaxprEqn, ...] = (),
+               args_may_be_nan: Sequence | None = None) -> tuple[list, list]:
   """Evaluates `jaxpr` on concrete values and `IntervalBound`s.
+
+  Invariant (docs/bounds.md, "What is guaranteed"): for every point of the box, every entry of
+  a bounded variable's value is NaN or lies in its bound; and where `may_be_nan[var]` is
+  False, no entry is NaN. The flag is a boolean scalar (traced under `jit`).
 
   Args:
     jaxpr: the jaxpr.
@@ -226,13 +362,17 @@ def _interpret(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence,
     args: values of its invars (arrays or IntervalBounds).
     enclosing_calls: call equations holding `jaxpr`, outermost first (for
       error messages).
+    args_may_be_nan: for each invar, whether it may be NaN (default: none may).
 
   Returns:
-    The values of its outvars.
+    The values of its outvars, and for each whether it may be NaN.
   """
   env: dict = {}
+  may_be_nan: dict = {}
   env.update(zip(jaxpr.constvars, consts))
   env.update(zip(jaxpr.invars, args))
+  if args_may_be_nan is not None:
+    may_be_nan.update(zip(jaxpr.invars, args_may_be_nan))
   for eqn in jaxpr.eqns:
     invals = [_read(env, atom) for atom in eqn.invars]
     # Operations emitted while interpreting `eqn` (under an enclosing jit)
@@ -241,18 +381,25 @@ def _interpret(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence,
                                         name_stack=eqn.source_info.name_stack),
           eqn.ctx.manager):
       if any(isinstance(value, IntervalBound) for value in invals):
-        outvals = _apply_rule(eqn, invals, enclosing_calls)
+        in_nan = [_may_be_nan(atom, value, may_be_nan)
+                  for atom, value in zip(eqn.invars, invals)]
+        outvals, out_nan = _apply_rule(eqn, invals, in_nan, enclosing_calls)
         for outvar, outval in zip(eqn.outvars, outvals):
-          _check_output(eqn, outvar, outval)
+          _check_output(eqn, outvar, outval, enclosing_calls)
       else:
         outvals = eqn.primitive.bind(
             *invals, **eqn.primitive.get_bind_params(eqn.params))
         if not eqn.primitive.multiple_results:
           outvals = [outvals]
-    for outvar, outval in zip(eqn.outvars, outvals):
+        out_nan = [False] * len(outvals)
+    for outvar, outval, flag in zip(eqn.outvars, outvals, out_nan):
       if not isinstance(outvar, jex_core.DropVar):
         env[outvar] = outval
-  return [_read(env, atom) for atom in jaxpr.outvars]
+        if flag is not False:
+          may_be_nan[outvar] = flag
+  outvals = [_read(env, atom) for atom in jaxpr.outvars]
+  return outvals, [_may_be_nan(atom, value, may_be_nan) if isinstance(value, IntervalBound)
+                   else False for atom, value in zip(jaxpr.outvars, outvals)]
 
 
 def _validate_box(lower, upper) -> tuple[jax.Array, jax.Array]:
@@ -329,8 +476,8 @@ def interval(fn: Callable[[jax.Array], Any]) -> Callable[..., tuple[Any, Any]]:
     placeholder = jax.ShapeDtypeStruct(lower.shape, lower.dtype)
     closed_jaxpr, out_shape = jax.make_jaxpr(fn, return_shape=True)(
         placeholder)
-    outvals = _interpret(closed_jaxpr.jaxpr, closed_jaxpr.consts,
-                         [IntervalBound(lower, upper)])
+    outvals, _ = _interpret(closed_jaxpr.jaxpr, closed_jaxpr.consts,
+                            [IntervalBound(lower, upper)])
     out_lower = [v.lower if isinstance(v, IntervalBound) else jnp.asarray(v)
                  for v in outvals]
     out_upper = [v.upper if isinstance(v, IntervalBound) else jnp.asarray(v)
@@ -348,14 +495,36 @@ def _one_ulp_towards(value, direction):
   return value + (jnp.nextafter(constant, jnp.asarray(direction, value.dtype)) - constant)
 
 
+def _eps_rounded_up(eps, dtype):
+  """`eps` in `dtype`, rounded up where the conversion rounds it down.
+
+  A Python float or NumPy eps is converted in NumPy from its own (float64) value; a JAX array
+  of a wider type than `dtype` (float64 eps, float32 images) is stepped up with the same
+  gradient-transparent step as the box's ends. Either way `eps_in_dtype >= eps` exactly.
+  """
+  if isinstance(eps, jax.Array):
+    if (not jnp.issubdtype(eps.dtype, jnp.floating)
+        or jnp.finfo(eps.dtype).bits <= jnp.finfo(dtype).bits):
+      return eps.astype(dtype)
+    rounded = eps.astype(dtype)
+    return jnp.where(rounded.astype(eps.dtype) < eps, _one_ulp_towards(rounded, jnp.inf), rounded)
+  exact = np.asarray(eps, np.float64)
+  rounded = exact.astype(dtype)
+  rounded = np.where(rounded.astype(np.float64) < exact,
+                     np.nextafter(rounded, np.asarray(np.inf, dtype)), rounded)
+  return jnp.asarray(rounded, dtype)
+
+
 def input_box(x, eps, *, clip: tuple[float, float] | None = (0., 1.)):
   """The L-infinity box of radius `eps` around `x`, clipped to the pixel range.
 
   Returns `(max(x - eps, clip[0]), min(x + eps, clip[1]))`: the set
-  `{x + delta : ||delta||_inf <= eps, x + delta in X}` of seed 001 Sec. 3.2.1
-  with `X = [0, 1]^d`. Where `eps > 0` the ends are rounded outwards (one ulp
-  past the round-to-nearest `x - eps` and `x + eps`, which may land inside
-  the real box), so the box contains the real one; `eps = 0` gives `[x, x]`.
+  `{x + delta : ||delta||_inf <= eps, x + delta in X}` of Kakizaki et al. Sec. 3.2.1
+  with `X = [0, 1]^d`. The box is in `x`'s floating dtype (float32 for integer images) and
+  contains the real box around `x`'s value for the real `eps` as given: a Python-float eps is
+  rounded up to that dtype (never down), and where `eps > 0` the ends are rounded outwards (one
+  ulp past the round-to-nearest `x - eps` and `x + eps`, which may land inside the real box);
+  `eps = 0` gives `[x, x]`.
 
   Args:
     x: images (any shape), values in `[clip[0], clip[1]]`.
@@ -364,7 +533,7 @@ def input_box(x, eps, *, clip: tuple[float, float] | None = (0., 1.)):
     clip: valid input range, or None for no clipping and no range check.
 
   Returns:
-    `(lower, upper)` arrays of the shape of `x`.
+    `(lower, upper)` arrays of the shape of `x`, differentiable in `x` and `eps` (as `x -+ eps`).
 
   Raises:
     ValueError: if `eps < 0` or `x` lies outside `clip`. These checks need
@@ -374,10 +543,10 @@ def input_box(x, eps, *, clip: tuple[float, float] | None = (0., 1.)):
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     x = x.astype(jnp.float32)
-  eps = jnp.asarray(eps, x.dtype)
   if is_concrete(eps) and not np.all(np.asarray(eps) >= 0):
     raise ValueError(
         f'eps must be >= 0 (and not NaN), got {np.asarray(eps).min()}.')
+  eps = _eps_rounded_up(eps, x.dtype)
   lower = jnp.where(eps > 0, _one_ulp_towards(x - eps, -jnp.inf), x - eps)  # x - 0 is exact
   upper = jnp.where(eps > 0, _one_ulp_towards(x + eps, jnp.inf), x + eps)
   if clip is None:
@@ -391,4 +560,3 @@ def input_box(x, eps, *, clip: tuple[float, float] | None = (0., 1.)):
           f'[{x_np.min()}, {x_np.max()}]. Scale images to [0, 1] (the models '
           'normalise internally), or pass clip=None for an unclipped box.')
   return jnp.maximum(lower, clip_min), jnp.minimum(upper, clip_max)
-

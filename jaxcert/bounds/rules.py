@@ -34,6 +34,7 @@ import numpy as np
 from jaxcert.bounds.interval import IntervalBound
 from jaxcert.bounds.interval import is_concrete
 from jaxcert.bounds.interval import NAMED_CALL_RULES
+from jaxcert.bounds.interval import NAN_SOURCES
 from jaxcert.bounds.interval import RULES
 from jaxcert.bounds.interval import SAME_OPERAND_RULES
 
@@ -132,12 +133,44 @@ def _domain_monotone_rule(primitive: jex_core.Primitive, domain_min: float):
   return rule
 
 
+def _integer_range_of(dtype) -> tuple[int, int]:
+  info = jnp.iinfo(dtype)
+  return int(info.min), int(info.max)
+
+
 def _convert_element_type_rule(operand, **params):
-  """Casts are monotone, except to bool (`x != 0`)."""
-  if params['new_dtype'] == jnp.bool_:
+  """Casts are monotone where no value leaves the target's range (docs/bounds.md §2).
+
+  Float -> float and int -> float casts round monotonically (overflow goes to +-inf). A cast to
+  an integer type truncates monotonically inside the target's range, but out-of-range values
+  wrap (int -> narrower int) or saturate (float -> int, backend-defined), so where an interval
+  is not inside the range its bound is the whole range of the target type. Casts to bool
+  (`x != 0`) are not monotone and are rejected.
+  """
+  new_dtype = params['new_dtype']
+  if new_dtype == jnp.bool_:
     raise NotImplementedError(
-        'Casting a bounded value to bool is not monotone.')
-  return _monotone_rule(_P.convert_element_type_p)(operand, **params)
+        'Casting a bounded value to bool is not monotone; compare instead (x != 0).')
+  out = _monotone_rule(_P.convert_element_type_p)(operand, **params)
+  if not jnp.issubdtype(new_dtype, jnp.integer):
+    return out
+  lower, upper = _ends(operand)
+  target_min, target_max = _integer_range_of(new_dtype)
+  source_dtype = jnp.result_type(lower)
+  if jnp.issubdtype(source_dtype, jnp.floating):
+    # Truncation maps (target_min - 1, target_max + 1) into the range; both ends are powers of
+    # two (or 0 - 1) for every integer type, hence exact in any float type that can hold them.
+    in_range = (lower > float(target_min - 1)) & (upper < float(target_max + 1))
+  elif source_dtype == jnp.bool_:
+    return out
+  else:
+    source_min, source_max = _integer_range_of(source_dtype)
+    if target_min <= source_min and source_max <= target_max:
+      return out
+    in_range = ((lower >= max(target_min, source_min))
+                & (upper <= min(target_max, source_max)))
+  return IntervalBound(jnp.where(in_range, out.lower, np.asarray(target_min, new_dtype)),
+                       jnp.where(in_range, out.upper, np.asarray(target_max, new_dtype)))
 
 
 # --- Elementwise arithmetic. -------------------------------------------------
@@ -157,11 +190,17 @@ def _neg_rule(operand, **params):
                        _P.neg_p.bind(lower, **params))
 
 
-def _corner_hull(fn, lhs, rhs) -> IntervalBound:
-  """Min and max of `fn` over the corners of `lhs` x `rhs` (elementwise)."""
+def _corner_hull(fn, lhs, rhs, *, nan_corner=None) -> IntervalBound:
+  """Min and max of `fn` over the corners of `lhs` x `rhs` (elementwise).
+
+  A corner that is NaN (`0 * inf`) is replaced by `nan_corner` if given; otherwise it makes
+  the hull's ends NaN, which the interpreter turns into infinite ends.
+  """
   lhs_ends = _ends(lhs) if _is_bound(lhs) else (lhs,)
   rhs_ends = _ends(rhs) if _is_bound(rhs) else (rhs,)
   corners = [fn(a, b) for a in lhs_ends for b in rhs_ends]
+  if nan_corner is not None:
+    corners = [jnp.where(jnp.isnan(corner), nan_corner, corner) for corner in corners]
   return IntervalBound(
       functools.reduce(jnp.minimum, corners),
       functools.reduce(jnp.maximum, corners))
@@ -172,9 +211,11 @@ def _mul_rule(lhs, rhs, **params):
 
   `x * y` is bilinear, so on a box its extremes are at corners
   (docs/bounds.md §4). `x * x` of one variable goes to the square rule
-  instead (see the interpreter).
+  instead (see the interpreter). A `0 * inf` corner counts as 0: near it the product takes
+  values between 0 and the signed infinity of an adjacent corner (or is 0 on the edge), so the
+  other corners and 0 bound it.
   """
-  return _corner_hull(functools.partial(_P.mul_p.bind, **params), lhs, rhs)
+  return _corner_hull(functools.partial(_P.mul_p.bind, **params), lhs, rhs, nan_corner=0)
 
 
 def _div_rule(lhs, rhs, **params):
@@ -413,26 +454,57 @@ def _bilinear_rule(primitive: jex_core.Primitive):
 # --- L2 normalisation: a tight bound for x / ||x||. --------------------------
 
 
-def _sum_of_others(values, axis: int):
-  """`sum_{j != i} values_j` along `axis` for every i, without cancellation.
+def _combine_scaled_squares(first, second):
+  """Adds two sums of squares held as `(scale, ssq)` with value `scale**2 * ssq`.
 
-  Sums of the entries before and after i (shifted cumulative sums), rather
-  than `total - values_i`, which loses all precision when `values_i`
-  dominates.
+  The larger scale is kept and the other sum rescaled by a ratio <= 1, as LAPACK's `nrm2` does,
+  so nothing overflows or underflows before it is negligible (`scale > 0` implies `ssq >= 1`).
   """
-  values = jnp.moveaxis(values, axis, -1)
-  zeros = jnp.zeros_like(values[..., :1])
-  before = jnp.concatenate([zeros, jnp.cumsum(values, -1)[..., :-1]], -1)
-  after = jnp.concatenate(
-      [jnp.cumsum(values[..., ::-1], -1)[..., ::-1][..., 1:], zeros], -1)
-  return jnp.moveaxis(before + after, -1, axis)
+  first_scale, first_ssq = first
+  second_scale, second_ssq = second
+  scale = jnp.maximum(first_scale, second_scale)
+  safe_scale = jnp.where(scale > 0, scale, 1)
+  return scale, (first_ssq * jnp.square(first_scale / safe_scale)
+                 + second_ssq * jnp.square(second_scale / safe_scale))
 
 
-def _safe_ratio(numerator, squared_denominator):
-  """`numerator / sqrt(squared_denominator)`, 0 where the denominator is 0."""
-  positive = squared_denominator > 0
-  safe = jnp.where(positive, squared_denominator, 1)
-  return jnp.where(positive, numerator * lax.rsqrt(safe), 0)
+def _sum_of_other_squares(magnitudes, axis: int, epsilon: float):
+  """`sum_{j != i} magnitudes_j**2 + epsilon` for every i along `axis`, as `(scale, ssq)`.
+
+  Combines the prefix and the suffix of scaled sums of squares (associative scans), rather than
+  `total - magnitudes_i**2`, which loses all precision when entry i dominates, and rather than
+  plain squares, which overflow above 1.8e19 and underflow below 1e-23 in float32.
+  """
+  magnitudes = jnp.moveaxis(magnitudes, axis, -1)
+  ones = jnp.ones_like(magnitudes)
+  last = magnitudes.ndim - 1
+  prefix = lax.associative_scan(_combine_scaled_squares, (magnitudes, ones), axis=last)
+  suffix = lax.associative_scan(_combine_scaled_squares, (magnitudes, ones), axis=last,
+                                reverse=True)
+  zeros = jnp.zeros_like(magnitudes[..., :1])
+  before = tuple(jnp.concatenate([zeros, part[..., :-1]], -1) for part in prefix)
+  after = tuple(jnp.concatenate([part[..., 1:], zeros], -1) for part in suffix)
+  root_epsilon = jnp.full_like(magnitudes, np.sqrt(epsilon))
+  scale, ssq = _combine_scaled_squares(_combine_scaled_squares(before, after),
+                                       (root_epsilon, ones))
+  return jnp.moveaxis(scale, -1, axis), jnp.moveaxis(ssq, -1, axis)
+
+
+def _ratio_to_norm(value, scale, ssq):
+  """`value / sqrt(value**2 + scale**2 * ssq)` without overflow or underflow.
+
+  With `r = value / scale`: `r / sqrt(r**2 + ssq)` for `|r| <= 1` (`ssq >= 1` dominates an
+  underflowing `r**2`) and `sign(r) / sqrt(1 + ssq / r**2)` otherwise. Where `scale = 0` (the
+  other coordinates and epsilon are 0) the value is `sign(value)`, 0 at `value = 0`.
+  """
+  positive_scale = scale > 0
+  ratio = value / jnp.where(positive_scale, scale, 1)
+  small = jnp.abs(ratio) <= 1
+  small_ratio = jnp.where(small, ratio, 0)
+  large_ratio = jnp.where(small, 1, ratio)
+  inside = small_ratio * lax.rsqrt(jnp.square(small_ratio) + ssq)
+  outside = jnp.sign(large_ratio) * lax.rsqrt(1 + ssq / jnp.square(large_ratio))
+  return jnp.where(positive_scale, jnp.where(small, inside, outside), jnp.sign(value))
 
 
 def l2_normalize_bounds(lower, upper, *, axis: int = -1,
@@ -448,8 +520,9 @@ def l2_normalize_bounds(lower, upper, *, axis: int = -1,
       upper_i = u_i / sqrt(u_i**2 + (S_min if u_i > 0 else S_max)),
       lower_i = l_i / sqrt(l_i**2 + (S_min if l_i < 0 else S_max)),
 
-  each attained at a point of the box. With `epsilon = 0` the function is
-  undefined at `x = 0`; the bounds hold everywhere else.
+  each attained at a point of the box. The sums of squares are kept scaled (no overflow or
+  underflow at any finite magnitude). With `epsilon = 0` the function is undefined at `x = 0`;
+  the bounds hold everywhere else. Rows with an infinite end get `[-1, 1]`.
 
   Args:
     lower: lower ends of the box.
@@ -463,32 +536,63 @@ def l2_normalize_bounds(lower, upper, *, axis: int = -1,
   if not epsilon >= 0:
     raise ValueError(f'epsilon must be >= 0, got {epsilon}.')
   lower, upper = jnp.asarray(lower), jnp.asarray(upper)
+  return _l2_normalize_bounds(lower, upper, axis=int(axis) % max(lower.ndim, 1),
+                              epsilon=float(epsilon))
+
+
+@functools.partial(jax.jit, static_argnames=('axis', 'epsilon'))
+def _l2_normalize_bounds(lower, upper, *, axis: int, epsilon: float):
+  """`l2_normalize_bounds` for a nonnegative axis and a Python-float epsilon (jitted: the scans
+  are many small operations)."""
   min_abs, max_abs = _abs_bounds(IntervalBound(lower, upper))
-  others_min = _sum_of_others(jnp.square(min_abs), axis) + epsilon
-  others_max = _sum_of_others(jnp.square(max_abs), axis) + epsilon
-  out_upper = _safe_ratio(
-      upper, jnp.square(upper) + jnp.where(upper > 0, others_min, others_max))
-  out_lower = _safe_ratio(
-      lower, jnp.square(lower) + jnp.where(lower < 0, others_min, others_max))
-  return out_lower, out_upper
+  others_min = _sum_of_other_squares(min_abs, axis, epsilon)
+  others_max = _sum_of_other_squares(max_abs, axis, epsilon)
+
+  def bound(end, use_min):
+    scale, ssq = (jnp.where(use_min, at_min, at_max)
+                  for at_min, at_max in zip(others_min, others_max))
+    return _ratio_to_norm(end, scale, ssq)
+
+  finite = jnp.all(jnp.isfinite(lower) & jnp.isfinite(upper), axis=axis, keepdims=True)
+  out_upper = jnp.where(finite, bound(upper, upper > 0), 1)
+  out_lower = jnp.where(finite, bound(lower, lower < 0), -1)
+  return out_lower.astype(lower.dtype), out_upper.astype(upper.dtype)
+
+
+def _l2_normalize_may_create_nan(operand, *, axis: int, epsilon: float):
+  """With `epsilon = 0`, `x / ||x||` is `0 / 0` where the box holds the zero vector."""
+  if epsilon > 0:
+    return False
+  lower, upper = _ends(operand)
+  return jnp.any(jnp.all((lower <= 0) & (upper >= 0), axis=axis))
 
 
 @functools.cache
-def _l2_normalize_function(axis: int, epsilon: float):
-  """A jitted `x / sqrt(||x||**2 + epsilon)` the interpreter recognises."""
+def _l2_normalize_function(axis: int, epsilon: float, ndim: int):
+  """A jitted `x / sqrt(||x||**2 + epsilon)` for `ndim`-dimensional `x` the interpreter recognises.
+
+  Under `jax.vmap` the call's body gains batch axes, so its input has more than `ndim`
+  dimensions and `axis` no longer names the normalised axis: the rule then declines and the
+  interpreter bounds the body's primitives instead (sound, looser).
+  """
 
   def normalize(x):
     squared_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
     return x * lax.rsqrt(squared_norm + epsilon)
 
-  name = f'jaxcert_l2_normalize(axis={axis}, epsilon={epsilon!r})'
+  name = f'jaxcert_l2_normalize(axis={axis}, epsilon={epsilon!r}, ndim={ndim})'
   normalize.__name__ = normalize.__qualname__ = name
 
   def rule(operand):
+    if operand.lower.ndim != ndim:
+      return None
     return IntervalBound(*l2_normalize_bounds(
         operand.lower, operand.upper, axis=axis, epsilon=epsilon))
 
   NAMED_CALL_RULES[name] = rule
+  NAN_SOURCES[name] = lambda operand, **params: (
+      _l2_normalize_may_create_nan(operand, axis=axis, epsilon=epsilon)
+      if operand.lower.ndim == ndim else True)
   return jax.jit(normalize)
 
 
@@ -512,7 +616,87 @@ def l2_normalize(x, *, axis: int = -1, epsilon: float = 1e-12):
   epsilon = float(epsilon)
   if not epsilon >= 0:
     raise ValueError(f'epsilon must be >= 0, got {epsilon}.')
-  return _l2_normalize_function(int(axis), epsilon)(x)
+  ndim = jnp.ndim(x)
+  if not -ndim <= axis < max(ndim, 1):
+    raise ValueError(f'axis {axis} is out of range for an array of {ndim} dimension(s).')
+  return _l2_normalize_function(int(axis) % max(ndim, 1), epsilon, ndim)(x)
+
+
+# --- Integer arithmetic: wrap-around. -----------------------------------------
+
+
+def _integer_overflow_guard(primitive: jex_core.Primitive, rule):
+  """`rule` for integer operands, with its ends replaced by the type's range where it can wrap.
+
+  Integer `add`, `sub`, `mul`, ... wrap around on overflow, so the rule's ends are valid only
+  where no value of the box overflows. The same rule is evaluated on the ends cast to floating
+  point (float64 under x64, else float32), which does not wrap; where that result leaves the
+  integer range (with a margin for the float rounding), the bound is the whole range.
+  """
+
+  def guarded(*invals, **params):
+    out = rule(*invals, **params)
+    dtype = jnp.result_type(out.lower if _is_bound(out) else out)
+    if not jnp.issubdtype(dtype, jnp.integer):
+      return out
+    float_dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    as_float = lambda value: (IntervalBound(value.lower.astype(float_dtype),
+                                            value.upper.astype(float_dtype))
+                              if _is_bound(value) else jnp.asarray(value).astype(float_dtype))
+    reference = rule(*map(as_float, invals), **params)
+    reference_lower, reference_upper = _ends(reference)
+    margin = 1e-3 if float_dtype == jnp.float32 else 1e-9
+    type_min, type_max = _integer_range_of(dtype)
+    in_range = ((reference_lower >= type_min - margin * abs(type_min))
+                & (reference_upper <= type_max * (1 - margin)))
+    out_lower, out_upper = _ends(out)
+    return IntervalBound(jnp.where(in_range, out_lower, np.asarray(type_min, dtype)),
+                         jnp.where(in_range, out_upper, np.asarray(type_max, dtype)))
+
+  guarded.__doc__ = f'{rule.__doc__}\n\nFor integers: see `_integer_overflow_guard`.'
+  return guarded
+
+
+def _reject_integers(primitive: jex_core.Primitive, rule):
+  """`rule`, refusing integer operands (integer division, products summed in a contraction)."""
+
+  def checked(*invals, **params):
+    if any(_is_bound(value) and jnp.issubdtype(value.lower.dtype, jnp.integer)
+           for value in invals):
+      raise NotImplementedError(
+          f'No interval rule for integer `{primitive.name}` of a value that depends on the '
+          'perturbed input (integer arithmetic rounds and wraps around); cast to a floating '
+          'type first.')
+    return rule(*invals, **params)
+
+  return checked
+
+
+# --- Where a rule's input leaves the primitive's domain (NaN). ----------------
+
+
+def _below(bound_min: float):
+  """`may_create_nan` of a function defined on `[bound_min, inf)`: NaN below it."""
+
+  def may_create_nan(operand, **params):
+    del params
+    return jnp.any(_ends(operand)[0] < bound_min)
+
+  return may_create_nan
+
+
+def _pow_may_create_nan(base, exponent, **params):
+  """`x**y` is NaN for `x < 0` and a non-integer `y`."""
+  del params
+  lower, _ = _ends(base)
+  return jnp.any((lower < 0) & (jnp.round(exponent) != exponent))
+
+
+def _div_may_create_nan(lhs, rhs, **params):
+  """`0 / 0`: the divisor's interval holds 0 (the dividend's may too)."""
+  del params
+  lower, upper = _ends(rhs)
+  return jnp.any((lower <= 0) & (upper >= 0))
 
 
 # --- The table. ---------------------------------------------------------------
@@ -588,8 +772,30 @@ RULES.update({
     _P.ne_p: _not_equal_rule,
     _P.select_n_p: _select_n_rule,
 })
+# Integer versions of these can wrap around: guarded (`_integer_overflow_guard`).
+INTEGER_GUARDED_PRIMITIVES = (
+    _P.add_p, _P.add_jaxvals_p, _P.sub_p, _P.neg_p, _P.mul_p, _P.abs_p, _P.square_p,
+    _P.integer_pow_p, _P.reduce_sum_p, _P.cumsum_p, _P.reduce_window_sum_p)
+# Integer versions of these have no rule (truncating division, contractions, scatter-add).
+INTEGER_REJECTED_PRIMITIVES = (_P.div_p, _P.dot_general_p, _P.conv_general_dilated_p, _P.pow_p,
+                               _P.scatter_add_p)
+RULES.update({primitive: _integer_overflow_guard(primitive, RULES[primitive])
+              for primitive in INTEGER_GUARDED_PRIMITIVES})
+RULES.update({primitive: _reject_integers(primitive, RULES[primitive])
+              for primitive in INTEGER_REJECTED_PRIMITIVES})
+
+NAN_SOURCES.update({
+    primitive: _below(domain_min)
+    for primitive, domain_min in DOMAIN_MONOTONE_PRIMITIVES.items()
+})
+NAN_SOURCES.update({
+    _P.rsqrt_p: _below(0.),
+    _P.pow_p: _pow_may_create_nan,
+    _P.div_p: _div_may_create_nan,
+})
+
 SAME_OPERAND_RULES.update({
-    _P.mul_p: _mul_same_operand_rule,
+    _P.mul_p: _integer_overflow_guard(_P.mul_p, _mul_same_operand_rule),
     _P.sub_p: _sub_same_operand_rule,
     _P.eq_p: _constant_comparison_rule(True),
     _P.ge_p: _constant_comparison_rule(True),

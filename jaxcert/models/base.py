@@ -75,10 +75,17 @@ def check_images(x: jax.Array, *, model_name: str, num_channels: int | None,
 
 def normalize_images(x: jax.Array, input_mean: ChannelStatistic,
                      input_std: ChannelStatistic) -> jax.Array:
-  """`(x - input_mean) / input_std`, broadcast over the channel (last) axis."""
-  mean = jnp.asarray(input_mean, jnp.float32)
-  std = jnp.asarray(input_std, jnp.float32)
-  return (x.astype(jnp.float32) - mean) / std
+  """`(x - input_mean) / input_std`, broadcast over the channel (last) axis.
+
+  Computed in float32, or in `x`'s dtype if that is wider (float64 certification, where the
+  interval bounds then describe the encoder with the statistics as given, not rounded to
+  float32; docs/bounds.md §10). Integer and half-precision images are promoted to float32.
+  """
+  dtype = jnp.promote_types(x.dtype, jnp.float32) if jnp.issubdtype(
+      x.dtype, jnp.floating) else jnp.float32
+  mean = jnp.asarray(input_mean, dtype)
+  std = jnp.asarray(input_std, dtype)
+  return (x.astype(dtype) - mean) / std
 
 
 def l2_normalize(embeddings: jax.Array) -> jax.Array:
