@@ -365,6 +365,9 @@ def interval(fn: Callable[[jax.Array], Any], *,
 
   def bounded(lower, upper):
     lower, upper = _validate_box(lower, upper)
+    if rounding == 'outward':
+      from jaxcert.bounds import rounding as outward_rounding  # pylint: disable=import-outside-toplevel
+      lower, upper = outward_rounding.flush_outwards(lower, upper)
     placeholder = jax.ShapeDtypeStruct(lower.shape, lower.dtype)
     closed_jaxpr, out_shape = jax.make_jaxpr(fn, return_shape=True)(
         placeholder)
