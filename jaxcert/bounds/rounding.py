@@ -212,27 +212,124 @@ def _accumulation_dtype(*dtypes):
 
 
 def _matmul_error_terms(n: int, dtype, terms: int):
-  """Constants `(gamma', kappa, nu)` of `bilinear_rule` for products of length `n`.
+  """Constants `(kappa, nu)` of `bilinear_rule` for products of length `n`.
 
-  `gamma' >= gamma_n` (rounded up, with room for the rounding of `gamma' |c| + tiny`); the
-  radius bound is `fl(fl(S kappa) + nu)` for `S` the float sum of `terms` computed magnitudes:
-  `kappa = (1 + (2 + 2 terms) u) / (1 - gamma_n)` and `nu = (6 n + 4) terms tiny` cover their
-  rounding, the `gamma_n` of the magnitudes' own products and `2 n tiny` of flushed products per
-  matmul (docs/rigorous_float32.md §4).
+  The radius bound is `fl(fl(S kappa) + nu)` for `S` the float sum of `terms` computed
+  magnitudes: `kappa = (1 + (2 + 2 terms) u) / (1 - gamma_n)` and `nu = (6 n + 4) terms tiny`
+  cover their rounding, the `gamma_n` of the magnitudes' own products and `2 n tiny` of flushed
+  products per matmul (docs/rigorous_float32.md §4).
   """
   eps, tiny, _ = _format(dtype)
   unit_roundoff = eps / 2
   gamma_n = gamma(n, dtype)
-  gamma_prime = _constant_above(gamma_n * (1 + 4 * unit_roundoff), dtype)
   kappa = _constant_above((1 + (2 + 2 * terms) * unit_roundoff) / (1 - gamma_n), dtype)
   nu = _constant_above((6 * n + 4) * terms * tiny * (1 + 4 * unit_roundoff), dtype)
-  return gamma_prime, kappa, nu
+  return kappa, nu
+
+
+# Centre products of more terms than this are summed in blocks (`_centre_product`).
+BLOCKING_THRESHOLD = 64
+
+
+def _block_count(length: int, n: int) -> int:
+  """Blocks for a contracted axis of `length` in a product of `n` terms: the divisor of
+  `length` nearest to sqrt(n) (blocks of about sqrt(n) terms), 1 for `n <= BLOCKING_THRESHOLD`."""
+  if n <= BLOCKING_THRESHOLD:
+    return 1
+  divisors = [d for d in range(1, length + 1) if length % d == 0]
+  return min(divisors, key=lambda d: abs(d - math.sqrt(n)))
+
+
+def _blocked_gamma(n: int, blocks: int, dtype) -> float:
+  """Error factor of `n` products summed as `blocks` float sums of `n / blocks`, then added up.
+
+  Each block is within `gamma_b` of its real sum (relative to its sum of magnitudes), and the
+  sum of the `blocks` computed partials within `gamma_blocks (1 + gamma_b)` of theirs:
+  `gamma_b + gamma_blocks (1 + gamma_b)` times `sum |a_i b_i|` in all (Higham Sec. 3.1 twice).
+  """
+  block_gamma = gamma(n // blocks, dtype)
+  return block_gamma + gamma(blocks, dtype) * (1 + block_gamma)
+
+
+def _blocked_dot_general(lhs, rhs, n: int, params):
+  """`dot_general(lhs, rhs)` with the longest contracted axis cut into blocks summed apart.
+
+  The blocks become one more batch axis (the same products and FLOPs), then summed. Returns
+  the product and the number of blocks.
+  """
+  (lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch) = params['dimension_numbers']
+  if not lhs_contracting:
+    return _P.dot_general_p.bind(lhs, rhs, **params), 1
+  axis = max(range(len(lhs_contracting)), key=lambda i: lhs.shape[lhs_contracting[i]])
+  length = lhs.shape[lhs_contracting[axis]]
+  blocks = _block_count(length, n)
+  if blocks == 1:
+    return _P.dot_general_p.bind(lhs, rhs, **params), 1
+
+  def split(operand, contracting, batch):
+    moved = contracting[axis]
+    operand = jnp.moveaxis(operand, moved, -1)
+    operand = operand.reshape(operand.shape[:-1] + (blocks, length // blocks))
+
+    def renumber(d):
+      return d if d < moved else d - 1
+
+    block_axis, within_axis = operand.ndim - 2, operand.ndim - 1
+    new_contracting = tuple(renumber(d) for i, d in enumerate(contracting) if i != axis)
+    new_batch = tuple(renumber(d) for d in batch)
+    return operand, new_contracting + (within_axis,), new_batch + (block_axis,)
+
+  lhs, lhs_contracting, lhs_batch = split(lhs, lhs_contracting, lhs_batch)
+  rhs, rhs_contracting, rhs_batch = split(rhs, rhs_contracting, rhs_batch)
+  partial = _P.dot_general_p.bind(
+      lhs, rhs, **dict(params, dimension_numbers=((lhs_contracting, rhs_contracting),
+                                                  (lhs_batch, rhs_batch))))
+  return jnp.sum(partial, axis=len(lhs_batch) - 1), blocks
+
+
+def _blocked_conv(lhs, rhs, n: int, params):
+  """`conv_general_dilated(lhs, rhs)` with the input channels cut into blocks summed apart.
+
+  Block g of the input channels feeds output channels `g Cout ... (g + 1) Cout - 1` of one
+  grouped convolution (`feature_group_count = blocks`: the same products and FLOPs, `blocks`
+  times the output channels), whose blocks are then summed. Returns the product and the blocks.
+  """
+  if params['feature_group_count'] != 1 or params['batch_group_count'] != 1:
+    return _P.conv_general_dilated_p.bind(lhs, rhs, **params), 1
+  numbers = params['dimension_numbers']
+  in_channels = rhs.shape[numbers.rhs_spec[1]]
+  blocks = _block_count(in_channels, n)
+  if blocks == 1:
+    return _P.conv_general_dilated_p.bind(lhs, rhs, **params), 1
+  kernel = jnp.transpose(rhs, numbers.rhs_spec)  # (out, in, spatial...)
+  out_channels = kernel.shape[0]
+  kernel = kernel.reshape((out_channels, blocks, in_channels // blocks) + kernel.shape[2:])
+  kernel = jnp.swapaxes(kernel, 0, 1).reshape(
+      (blocks * out_channels, in_channels // blocks) + kernel.shape[3:])
+  canonical = tuple(range(kernel.ndim))
+  partial = _P.conv_general_dilated_p.bind(
+      lhs, kernel, **dict(params, feature_group_count=blocks,
+                          dimension_numbers=numbers._replace(rhs_spec=canonical)))
+  feature_axis = numbers.out_spec[1]
+  partial = jnp.moveaxis(partial, feature_axis, -1)
+  partial = partial.reshape(partial.shape[:-1] + (blocks, out_channels)).sum(axis=-2)
+  return jnp.moveaxis(partial, -1, feature_axis), blocks
+
+
+def _centre_product(primitive, lhs, rhs, n: int, dtype, params):
+  """`primitive(lhs, rhs)` summed in blocks where that tightens the bound, and its error factor
+  `gamma'` (>= the blocked gamma, with room for the rounding of `gamma' |c| + tiny`)."""
+  blocked = _blocked_dot_general if primitive is _P.dot_general_p else _blocked_conv
+  product, blocks = blocked(lhs, rhs, n, params)
+  error = gamma(n, dtype) if blocks == 1 else _blocked_gamma(n, blocks, dtype)
+  unit_roundoff = _format(dtype)[0] / 2
+  return product, _constant_above(error * (1 + 4 * unit_roundoff), dtype)
 
 
 def _inflate(radius, center, gamma_prime):
-  """`round_up(r + fl(gamma' |c| + tiny))` >= `r + gamma_n |c|` (the tiny covers a flushed product)."""
+  """`round_up(r + fl(gamma' |c| + tiny))` >= `r + gamma |c|` (the tiny covers a flushed product)."""
   tiny = jnp.asarray(jnp.finfo(radius.dtype).tiny, radius.dtype)
-  return round_up(radius + (jnp.abs(center) * gamma_prime + tiny))
+  return round_up(radius + (jnp.abs(center) * gamma_prime.astype(radius.dtype) + tiny))
 
 
 def bilinear_rule(primitive: jex_core.Primitive):
@@ -240,11 +337,13 @@ def bilinear_rule(primitive: jex_core.Primitive):
 
   One bounded operand `x` in `[c - r, c + r]` and a concrete `W` (either side), `n` products per
   output: the real `W x` lies in `[W c - |W| r, W c + |W| r]`, the computed `m = fl(W c)` is
-  within `gamma_n |W| |c| + 2 n tiny` of `W c`, and `fl(|W| rho)` with `rho >= r + gamma_n |c|`
+  within `gamma |W| |c| + 2 n tiny` of `W c`, and `fl(|W| rho)` with `rho >= r + gamma |c|`
   is at least `(1 - gamma_n) |W| rho - 2 n tiny`. So with `R = fl(fl(fl(|W| rho) kappa) + nu)`
   (`_matmul_error_terms`) the interval `[m - R, m + R]`, rounded outwards, contains `W x`: two
-  matmuls, like round-to-nearest IBP. Two bounded operands: `R` bounds
-  `|c1| (r2 + gamma_n |c2|) + r1 (|c2| + r2)` from two more matmuls (docs/rigorous_float32.md §4).
+  matmuls, like round-to-nearest IBP. `gamma` is `gamma_n`, or, where the centre product is
+  summed in about sqrt(n) blocks of about sqrt(n) terms (`_centre_product`), about
+  `2 sqrt(n) u`. Two bounded operands: `R` bounds `|c1| (r2 + gamma |c2|) + r1 (|c2| + r2)` from
+  two more matmuls (docs/rigorous_float32.md §4).
   """
 
   def rule(lhs, rhs, **params):
@@ -259,24 +358,23 @@ def bilinear_rule(primitive: jex_core.Primitive):
     out_dtype = params.get('preferred_element_type') or jnp.result_type(*operand_dtypes)
     dtype = _accumulation_dtype(out_dtype, *operand_dtypes)
     terms = 2 if lhs_bounded and rhs_bounded else 1
-    gamma_prime, kappa, nu = _matmul_error_terms(n, dtype, terms)
+    kappa, nu = _matmul_error_terms(n, dtype, terms)
     if lhs_bounded and rhs_bounded:
       lhs_center, lhs_radius = center_radius(lhs)
       rhs_center, rhs_radius = center_radius(rhs)
-      gamma_rhs = gamma_prime.astype(rhs_center.dtype)
-      magnitude = (bind(jnp.abs(lhs_center), _inflate(rhs_radius, rhs_center, gamma_rhs))
+      center, gamma_prime = _centre_product(primitive, lhs_center, rhs_center, n, dtype, params)
+      magnitude = (bind(jnp.abs(lhs_center), _inflate(rhs_radius, rhs_center, gamma_prime))
                    + bind(lhs_radius, round_up(jnp.abs(rhs_center) + rhs_radius)))
-      center = bind(lhs_center, rhs_center)
     elif lhs_bounded:
       lhs_center, lhs_radius = center_radius(lhs)
-      gamma_lhs = gamma_prime.astype(lhs_center.dtype)
-      center = bind(lhs_center, rhs)
-      magnitude = bind(_inflate(lhs_radius, lhs_center, gamma_lhs), jnp.abs(rhs))
+      center, gamma_prime = _centre_product(primitive, lhs_center, jnp.asarray(rhs), n, dtype,
+                                            params)
+      magnitude = bind(_inflate(lhs_radius, lhs_center, gamma_prime), jnp.abs(rhs))
     else:
       rhs_center, rhs_radius = center_radius(rhs)
-      gamma_rhs = gamma_prime.astype(rhs_center.dtype)
-      center = bind(lhs, rhs_center)
-      magnitude = bind(jnp.abs(lhs), _inflate(rhs_radius, rhs_center, gamma_rhs))
+      center, gamma_prime = _centre_product(primitive, jnp.asarray(lhs), rhs_center, n, dtype,
+                                            params)
+      magnitude = bind(jnp.abs(lhs), _inflate(rhs_radius, rhs_center, gamma_prime))
     radius_bound = magnitude * kappa.astype(magnitude.dtype) + nu.astype(magnitude.dtype)
     return _with_radius(center, radius_bound)
 
