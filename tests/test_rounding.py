@@ -67,12 +67,14 @@ def _exact_dot(a, b):
 
 
 def test_dot_general_contains_exact_products_under_cancellation():
-  """Weights of mixed magnitudes (1e8 against 1): float32 sums lose everything but the bound."""
+  """Weights of mixed magnitudes (1e8 against 1): float32 sums lose everything but the bound.
+
+  n = 200 > `rounding.BLOCKING_THRESHOLD`: the centre product is summed in blocks."""
   rng = np.random.default_rng(1)
-  weights = np.concatenate([rng.normal(size=(8, 4)) * 1e8, rng.normal(size=(40, 4))]).astype(
+  weights = np.concatenate([rng.normal(size=(8, 4)) * 1e8, rng.normal(size=(192, 4))]).astype(
       np.float32)
   weights[8:16] = -weights[:8] * (1 + 2.**-20)  # near-cancelling pairs
-  center = rng.uniform(0, 1, (3, 48)).astype(np.float32)
+  center = rng.uniform(0, 1, (3, 200)).astype(np.float32)  # n = 200: summed in blocks
   lower = center - np.float32(1e-6)
   upper = center + np.float32(3e-6)
   fn = lambda x: x @ weights  # pylint: disable=unnecessary-lambda-assignment
@@ -110,9 +112,9 @@ def _exact_conv(image, kernel, stride):
 
 def test_conv_contains_exact_convolution():
   rng = np.random.default_rng(2)
-  kernel = rng.normal(size=(3, 3, 2, 3)).astype(np.float32)
+  kernel = rng.normal(size=(3, 3, 16, 3)).astype(np.float32)  # n = 144: a grouped convolution
   kernel[0, 0, 0] *= np.float32(1e6)
-  image = rng.uniform(size=(1, 5, 5, 2)).astype(np.float32)
+  image = rng.uniform(size=(1, 5, 5, 16)).astype(np.float32)
   lower, upper = image, np.nextafter(image, np.float32(2))  # one-ulp boxes
 
   def conv(x):
@@ -120,7 +122,7 @@ def test_conv_contains_exact_convolution():
                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
   out_lower, out_upper = interval(conv, rounding='outward')(lower, upper)
-  for point in _corners_and_samples(lower, upper, 6):
+  for point in _corners_and_samples(lower, upper, 4):
     _assert_contains(out_lower, out_upper, _exact_conv(point.astype(np.float32), kernel, 2))
 
 

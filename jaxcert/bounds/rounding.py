@@ -20,10 +20,11 @@ widenings follow:
   computed function is monotone, only that the real one is).
 * Sums and dot products: for any summation order, `|fl(sum_i a_i b_i) - sum_i a_i b_i| <=
   gamma_n sum_i |a_i b_i| + 2 n tiny` with `gamma_n = n u / (1 - n u)` (Higham, Accuracy and
-  Stability of Numerical Algorithms, 2nd ed., Sec. 3.1, Lemma 3.1 and Eq. 3.4; the `tiny` term for
-  underflow as in his Sec. 2.1). `bilinear_rule` folds `gamma_n |c|` into the radius of the
-  centre/radius form (Kakizaki et al., Eqs. 15-16), so one rigorous matmul layer costs two
-  matmuls, as in round-to-nearest IBP.
+  Stability of Numerical Algorithms, 2nd ed., Sec. 3.1: Lemma 3.1 and the inner-product bound;
+  the `tiny` term for underflow, his Sec. 2.1). `bilinear_rule` folds `gamma |c|` into the
+  radius of the centre/radius form (Kakizaki et al., Eqs. 15-16), so one rigorous matmul layer
+  costs two matmuls, as in round-to-nearest IBP, and sums long centre products in ~sqrt(n)
+  blocks (`gamma` ~ 2 sqrt(n) u instead of n u).
 
 Assumptions (docs/rigorous_float32.md §5): IEEE round-to-nearest; subnormal results either exact
 or flushed to zero; no subnormal numbers among the concrete operands (weights; `check_no_subnormals`);
@@ -394,8 +395,8 @@ def sum_rule(primitive: jex_core.Primitive):
   """Outward rule for `reduce_sum`, `reduce_window_sum` and `cumsum` (monotone sums).
 
   The round-to-nearest rule sums the lower ends and the upper ends; a float sum of `n` terms is
-  within `gamma_{n-1} sum |a_i| + n tiny` of the real one in any order (Higham Sec. 3.1 and
-  Eq. 4.4), and `sum |a_i| <= (fl(sum |a_i|) + n tiny) / (1 - gamma_n)`. One more sum, of
+  within `gamma_{n-1} sum |a_i| + n tiny` of the real one in any order (Higham Secs. 3.1, 4.2,
+  flushed additions), and `sum |a_i| <= (fl(sum |a_i|) + n tiny) / (1 - gamma_n)`. One more sum, of
   `max(|lower|, |upper|)`, bounds both ends' errors (docs/rigorous_float32.md §4).
   """
   nearest = RULES[primitive]
