@@ -23,8 +23,8 @@ widenings follow:
   Stability of Numerical Algorithms, 2nd ed., Sec. 3.1: Lemma 3.1 and the inner-product bound;
   the `tiny` term for underflow, his Sec. 2.1). `bilinear_rule` folds `gamma |c|` into the
   radius of the centre/radius form (Kakizaki et al., Eqs. 15-16), so one rigorous matmul layer
-  costs two matmuls, as in round-to-nearest IBP, and sums long centre products in ~sqrt(n)
-  blocks (`gamma` ~ 2 sqrt(n) u instead of n u).
+  costs two matmuls, as in round-to-nearest IBP, and sums long `dot_general` centre products in
+  ~sqrt(n) blocks (`gamma` ~ 2 sqrt(n) u instead of n u).
 
 Assumptions (docs/rigorous_float32.md §5): IEEE round-to-nearest; subnormal results either exact
 or flushed to zero; no subnormal numbers among the concrete operands (weights; `check_no_subnormals`);
@@ -288,40 +288,19 @@ def _blocked_dot_general(lhs, rhs, n: int, params):
   return jnp.sum(partial, axis=len(lhs_batch) - 1), blocks
 
 
-def _blocked_conv(lhs, rhs, n: int, params):
-  """`conv_general_dilated(lhs, rhs)` with the input channels cut into blocks summed apart.
-
-  Block g of the input channels feeds output channels `g Cout ... (g + 1) Cout - 1` of one
-  grouped convolution (`feature_group_count = blocks`: the same products and FLOPs, `blocks`
-  times the output channels), whose blocks are then summed. Returns the product and the blocks.
-  """
-  if params['feature_group_count'] != 1 or params['batch_group_count'] != 1:
-    return _P.conv_general_dilated_p.bind(lhs, rhs, **params), 1
-  numbers = params['dimension_numbers']
-  in_channels = rhs.shape[numbers.rhs_spec[1]]
-  blocks = _block_count(in_channels, n)
-  if blocks == 1:
-    return _P.conv_general_dilated_p.bind(lhs, rhs, **params), 1
-  kernel = jnp.transpose(rhs, numbers.rhs_spec)  # (out, in, spatial...)
-  out_channels = kernel.shape[0]
-  kernel = kernel.reshape((out_channels, blocks, in_channels // blocks) + kernel.shape[2:])
-  kernel = jnp.swapaxes(kernel, 0, 1).reshape(
-      (blocks * out_channels, in_channels // blocks) + kernel.shape[3:])
-  canonical = tuple(range(kernel.ndim))
-  partial = _P.conv_general_dilated_p.bind(
-      lhs, kernel, **dict(params, feature_group_count=blocks,
-                          dimension_numbers=numbers._replace(rhs_spec=canonical)))
-  feature_axis = numbers.out_spec[1]
-  partial = jnp.moveaxis(partial, feature_axis, -1)
-  partial = partial.reshape(partial.shape[:-1] + (blocks, out_channels)).sum(axis=-2)
-  return jnp.moveaxis(partial, -1, feature_axis), blocks
-
-
 def _centre_product(primitive, lhs, rhs, n: int, dtype, params):
-  """`primitive(lhs, rhs)` summed in blocks where that tightens the bound, and its error factor
-  `gamma'` (>= the blocked gamma, with room for the rounding of `gamma' |c| + tiny`)."""
-  blocked = _blocked_dot_general if primitive is _P.dot_general_p else _blocked_conv
-  product, blocks = blocked(lhs, rhs, n, params)
+  """`primitive(lhs, rhs)`, a `dot_general` summed in blocks (`_blocked_dot_general`), and its
+  error factor `gamma'` (>= gamma_n or the blocked gamma, with room for the rounding of
+  `gamma' |c| + tiny`).
+
+  Convolutions are not blocked: as a grouped convolution (`feature_group_count` = blocks, the
+  same FLOPs) it made the Large CNN's rigorous bounds 7.1 forward passes instead of 3.0 on
+  XLA:CPU (docs/rigorous_float32.md §4).
+  """
+  if primitive is _P.dot_general_p:
+    product, blocks = _blocked_dot_general(lhs, rhs, n, params)
+  else:
+    product, blocks = primitive.bind(lhs, rhs, **params), 1
   error = gamma(n, dtype) if blocks == 1 else _blocked_gamma(n, blocks, dtype)
   unit_roundoff = _format(dtype)[0] / 2
   return product, _constant_above(error * (1 + 4 * unit_roundoff), dtype)
@@ -341,8 +320,8 @@ def bilinear_rule(primitive: jex_core.Primitive):
   within `gamma |W| |c| + 2 n tiny` of `W c`, and `fl(|W| rho)` with `rho >= r + gamma |c|`
   is at least `(1 - gamma_n) |W| rho - 2 n tiny`. So with `R = fl(fl(fl(|W| rho) kappa) + nu)`
   (`_matmul_error_terms`) the interval `[m - R, m + R]`, rounded outwards, contains `W x`: two
-  matmuls, like round-to-nearest IBP. `gamma` is `gamma_n`, or, where the centre product is
-  summed in about sqrt(n) blocks of about sqrt(n) terms (`_centre_product`), about
+  matmuls, like round-to-nearest IBP. `gamma` is `gamma_n`, or, where a `dot_general` centre
+  product is summed in about sqrt(n) blocks of about sqrt(n) terms (`_centre_product`), about
   `2 sqrt(n) u`. Two bounded operands: `R` bounds `|c1| (r2 + gamma |c2|) + r1 (|c2| + r2)` from
   two more matmuls (docs/rigorous_float32.md §4).
   """
