@@ -288,19 +288,44 @@ def _blocked_dot_general(lhs, rhs, n: int, params):
   return jnp.sum(partial, axis=len(lhs_batch) - 1), blocks
 
 
-def _centre_product(primitive, lhs, rhs, n: int, dtype, params):
-  """`primitive(lhs, rhs)`, a `dot_general` summed in blocks (`_blocked_dot_general`), and its
-  error factor `gamma'` (>= gamma_n or the blocked gamma, with room for the rounding of
-  `gamma' |c| + tiny`).
+# Convolutions are cut into at most this many blocks of input channels (`_blocked_conv`).
+MAX_CONVOLUTION_BLOCKS = 4
 
-  Convolutions are not blocked: as a grouped convolution (`feature_group_count` = blocks, the
-  same FLOPs) it made the Large CNN's rigorous bounds 7.1 forward passes instead of 3.0 on
-  XLA:CPU (docs/rigorous_float32.md §4).
+
+def _blocked_conv(lhs, rhs, n: int, params):
+  """`conv_general_dilated(lhs, rhs)` as a sum of convolutions over blocks of input channels.
+
+  At most `MAX_CONVOLUTION_BLOCKS` separate (ungrouped) convolutions of the same FLOPs in all:
+  as one grouped convolution (`feature_group_count` = blocks) the Large CNN's rigorous bounds
+  cost 7.1 forward passes on XLA:CPU (docs/rigorous_float32.md §4). Returns the product and the
+  number of blocks.
   """
-  if primitive is _P.dot_general_p:
-    product, blocks = _blocked_dot_general(lhs, rhs, n, params)
-  else:
-    product, blocks = primitive.bind(lhs, rhs, **params), 1
+  if params['feature_group_count'] != 1 or params['batch_group_count'] != 1:
+    return _P.conv_general_dilated_p.bind(lhs, rhs, **params), 1
+  numbers = params['dimension_numbers']
+  in_channels = rhs.shape[numbers.rhs_spec[1]]
+  if n <= BLOCKING_THRESHOLD:
+    return _P.conv_general_dilated_p.bind(lhs, rhs, **params), 1
+  blocks = max(d for d in range(1, MAX_CONVOLUTION_BLOCKS + 1) if in_channels % d == 0)
+  width = in_channels // blocks
+  lhs_axis, rhs_axis = numbers.lhs_spec[1], numbers.rhs_spec[1]
+  partials = [
+      _P.conv_general_dilated_p.bind(
+          lax.slice_in_dim(lhs, block * width, (block + 1) * width, axis=lhs_axis),
+          lax.slice_in_dim(rhs, block * width, (block + 1) * width, axis=rhs_axis), **params)
+      for block in range(blocks)]
+  return functools.reduce(jnp.add, partials), blocks
+
+
+def _centre_product(primitive, lhs, rhs, n: int, dtype, params):
+  """`primitive(lhs, rhs)` summed in blocks (`_blocked_dot_general`, `_blocked_conv`), and its
+  error factor `gamma'` (>= the blocked gamma, with room for the rounding of `gamma' |c| + tiny`).
+
+  The blocks of a convolution are added one after the other, `blocks - 1` additions: `gamma_b`
+  covers them as it covers any order of a sum of `b` terms.
+  """
+  blocked = _blocked_dot_general if primitive is _P.dot_general_p else _blocked_conv
+  product, blocks = blocked(lhs, rhs, n, params)
   error = gamma(n, dtype) if blocks == 1 else _blocked_gamma(n, blocks, dtype)
   unit_roundoff = _format(dtype)[0] / 2
   return product, _constant_above(error * (1 + 4 * unit_roundoff), dtype)
