@@ -45,6 +45,8 @@ import numpy as np
 from jaxcert import retrieval
 from jaxcert.bounds.interval import input_box
 from jaxcert.bounds.interval import interval
+from jaxcert.bounds.interval import ROUNDING_MODES
+from jaxcert.bounds.rounding import outward_distance_bounds
 from jaxcert.losses import _safe_sqrt
 
 DEFAULT_DISTANCE_SLACK = 1e-5
@@ -65,17 +67,23 @@ def _check_pixel_range(images) -> np.ndarray:
   return images
 
 
-def _embedding_bounds_of_batch(embed, eps, images):
+def _embedding_bounds_of_batch(embed, eps, images, rounding='nearest'):
   """`[lower | upper]` (B, 2d) of embed over the boxes of `images` (a jit-friendly pytree call).
 
   The input box is built in the dtype of `eps` (float32 pixels are exact in float64)."""
-  lower, upper = interval(embed)(*input_box(images.astype(eps.dtype), eps))
+  lower, upper = interval(embed, rounding=rounding)(*input_box(images.astype(eps.dtype), eps))
   return jnp.concatenate([lower, upper], axis=-1)
 
 
+# One function per rounding mode, so that one compilation serves every eps and checkpoint.
+_EMBEDDING_BOUNDS_OF_BATCH = {rounding: functools.partial(_embedding_bounds_of_batch,
+                                                          rounding=rounding)
+                              for rounding in ROUNDING_MODES}
+
+
 def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
-                     sharding: jax.sharding.Sharding | None = None, dtype=jnp.float32
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     sharding: jax.sharding.Sharding | None = None, dtype=jnp.float32,
+                     rounding: str = 'nearest') -> tuple[np.ndarray, np.ndarray]:
   """Interval bounds of f(x + delta), ||delta||_inf <= eps, x + delta in [0, 1], for each image.
 
   Interval bound propagation through the whole encoder (seed 001 Eqs. 15-16, `interval`), in
@@ -90,6 +98,8 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
     sharding: data-parallel placement of each batch (`retrieval.embed_in_batches`).
     dtype: the dtype of the input box; float64 (under `jax.enable_x64`, with float64 variables in
       `embed`) bounds the encoder with rounding ~1e-16 of the magnitudes (docs/bounds.md §10).
+    rounding: 'nearest', or 'outward' for bounds of the real-valued encoder in any dtype
+      (`interval`, docs/rigorous_float32.md).
 
   Returns:
     `(lower, upper)`, each (N, d) numpy arrays (the encoder's output dtype) with
@@ -100,8 +110,10 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
   """
   eps = _check_eps(eps)
   images = _check_pixel_range(images)
-  bounded = jax.tree_util.Partial(_embedding_bounds_of_batch, retrieval.as_pytree_function(embed),
-                                  jnp.asarray(eps, dtype))
+  if rounding not in ROUNDING_MODES:
+    raise ValueError(f'Unknown rounding {rounding!r}; valid: {list(ROUNDING_MODES)}.')
+  bounded = jax.tree_util.Partial(_EMBEDDING_BOUNDS_OF_BATCH[rounding],
+                                  retrieval.as_pytree_function(embed), jnp.asarray(eps, dtype))
   both = retrieval.embed_in_batches(bounded, images, batch_size, sharding=sharding)
   dim = both.shape[1] // 2
   return both[:, :dim], both[:, dim:]
@@ -216,13 +228,16 @@ def _box_magnitude(lower, upper):
   return jnp.linalg.norm(jnp.maximum(jnp.abs(lower), jnp.abs(upper)), axis=-1)
 
 
-def _widened_distance_bounds(lower, upper, points, box_magnitude, point_norm, slack):
+def _widened_distance_bounds(lower, upper, points, box_magnitude, point_norm, slack,
+                             outward=False):
   """`distance_bounds`, each side widened by `slack * (||B|| + ||y||)` (module docstring).
 
   Every distance between a point of the box B and y is at most ||B|| + ||y||, so the widening
-  is at least `slack` times the distances themselves.
+  is at least `slack` times the distances themselves. `outward`: the rigorous
+  `outward_distance_bounds` instead (docs/rigorous_float32.md §6).
   """
-  min_distance, max_distance = distance_bounds(lower, upper, points)
+  bounds_fn = outward_distance_bounds if outward else distance_bounds
+  min_distance, max_distance = bounds_fn(lower, upper, points)
   widening = slack * (box_magnitude + point_norm)
   return jnp.maximum(min_distance - widening, 0.), max_distance + widening
 
@@ -254,9 +269,10 @@ def _cut_into_blocks(arrays, block_size: int):
   return blocks, starts
 
 
-@functools.partial(jax.jit, static_argnames=('k', 'block_size', 'candidate_block_size'))
+@functools.partial(jax.jit, static_argnames=('k', 'block_size', 'candidate_block_size', 'outward'))
 def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
-                 candidate_upper, slack, *, k: int, block_size: int, candidate_block_size: int):
+                 candidate_upper, slack, *, k: int, block_size: int, candidate_block_size: int,
+                 outward: bool = False):
   num_candidates = candidate_emb.shape[0]
   candidate_block_size = min(candidate_block_size, num_candidates)
   candidate_norm = jnp.linalg.norm(candidate_emb, axis=-1)
@@ -272,18 +288,18 @@ def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_l
     # the candidate (d_q(c^)).
     qa_top_min, qa_top_max = _widened_distance_bounds(
         q_lower[:, None], q_upper[:, None], candidate_emb[index], q_magnitude,
-        candidate_norm[index], slack)
+        candidate_norm[index], slack, outward)
     ca_top_min, ca_top_max = _widened_distance_bounds(
         candidate_lower[index], candidate_upper[index], q_emb[:, None],
-        candidate_magnitude[index], q_norm, slack)
+        candidate_magnitude[index], q_norm, slack, outward)
 
     def count_candidate_block(counts, block):
       (c_emb, c_lower, c_upper, c_norm, c_magnitude), start = block
       valid = start + jnp.arange(candidate_block_size) < num_candidates
       qa_min, qa_max = _widened_distance_bounds(q_lower[:, None], q_upper[:, None], c_emb[None],
-                                                q_magnitude, c_norm[None], slack)
+                                                q_magnitude, c_norm[None], slack, outward)
       ca_min, ca_max = _widened_distance_bounds(c_lower[None], c_upper[None], q_emb[:, None],
-                                                c_magnitude[None], q_norm, slack)
+                                                c_magnitude[None], q_norm, slack, outward)
 
       # One candidate c (a column of the block) at a time, the four counts as separate carries:
       # on CPU this ran 70x faster than reducing a (B, k, block) broadcast over its last axis.
@@ -323,7 +339,8 @@ def _as_box(emb, lower, upper, name: str):
 
 def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
                 candidate_upper, k: int, *, block_size: int = 256, candidate_block_size: int = 256,
-                distance_slack: float = DEFAULT_DISTANCE_SLACK) -> RankBounds:
+                distance_slack: float = DEFAULT_DISTANCE_SLACK,
+                rounding: str = 'nearest') -> RankBounds:
   """Rank bounds under QA and CA of every query's k nearest candidates (seed 001 Theorems 1-2).
 
   For query q and c^ = IR_f(q, C)_j, every c in C (c^ included; it never counts) is compared
@@ -348,6 +365,11 @@ def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lo
     block_size: query rows per block.
     candidate_block_size: candidates per block.
     distance_slack: widening of every distance bound against rounding (module docstring), >= 0.
+    rounding: 'outward' computes every distance bound rounded outwards
+      (`jaxcert.bounds.rounding.outward_distance_bounds`): with boxes from
+      `embedding_bounds(..., rounding='outward')` widened by
+      `jaxcert.bounds.rounding.widen_for_points`, the rank bounds hold for the real-valued encoder
+      with `distance_slack = 0` (docs/rigorous_float32.md §6).
 
   Returns:
     A `RankBounds` of (Nq, k) int32 arrays.
@@ -362,9 +384,12 @@ def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lo
       query_emb, candidate_emb, k, block_size, candidate_block_size, exclude_self=False)
   if not distance_slack >= 0:
     raise ValueError(f'distance_slack must be >= 0, got {distance_slack}.')
+  if rounding not in ROUNDING_MODES:
+    raise ValueError(f'Unknown rounding {rounding!r}; valid: {list(ROUNDING_MODES)}.')
   return _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
                       candidate_upper, jnp.asarray(distance_slack, query_emb.dtype), k=int(k),
-                      block_size=int(block_size), candidate_block_size=candidate_block_size)
+                      block_size=int(block_size), candidate_block_size=candidate_block_size,
+                      outward=rounding == 'outward')
 
 
 def verify(rank_lower, rank_upper, rank, alpha):

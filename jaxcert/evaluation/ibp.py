@@ -4,9 +4,11 @@ Seed 001 (Kakizaki et al.) Sec. 5.1.2: for the query set Q and the candidate set
 `config.eval`, Recall@K (Eq. 22) and CR-Recall@K (Eq. 25, alpha = K - rank) against the query
 attack (QA, Theorem 3) and the candidate attack (CA, Theorem 4) at `config.ibp.eps`, and
 CR-Recall@K over the radii `config.ibp.eps_sweep`. The certificates are those of
-`jaxcert.bounds.retrieval` (docs/bounds.md §10-12), computed in `config.ibp.dtype` (float64 by
-default: the encoder's float32 weights cast exactly, under `jax.enable_x64`) at full matmul
-precision.
+`jaxcert.bounds.retrieval` (docs/bounds.md §10-12), computed in `config.ibp.dtype` at full matmul
+precision: 'float64' (the encoder's float32 weights cast exactly, under `jax.enable_x64`; bounds
+rounded to nearest and guarded by a distance slack) or 'float32' (rigorous: every bound rounded
+outwards, so it holds for the real-valued encoder with no slack, docs/rigorous_float32.md);
+'auto' (the default) is float64 on CPU and float32 on GPU and TPU.
 
 Writes into the workdir (`jaxcert.certification.run` adds results.json, the returned dict: every
 number of the tables, and timings):
@@ -17,7 +19,8 @@ number of the tables, and timings):
   cr_recall_vs_eps.png   CR-Recall@K (QA, CA) against eps, one curve per K and attack
 
 Rounding: every distance bound is widened by `config.ibp.distance_slack` times the magnitudes of
-its box and point before comparison (docs/bounds.md §10). In float64 the bounds' own rounding is
+its box and point before comparison (docs/bounds.md §10; by default 1e-5 in float64 and 0 in the
+rigorous float32). In float64 the bounds' own rounding is
 ~1e-16 of the magnitudes, ten orders below the default slack; in float32 it is ~1e-7 to 1e-5 and
 the slack is the only guard. ibp.md and results.json give the slack beside the float32 rounding
 error measured on the first `config.ibp.batch_size` queries and candidates against the same
@@ -46,10 +49,28 @@ from jaxcert import metrics
 from jaxcert import report
 from jaxcert import retrieval
 from jaxcert.bounds import retrieval as certified_retrieval
+from jaxcert.bounds import rounding as outward_rounding
 
 
 ROUNDING_MARGIN = 10  # the distance slack should exceed the measured float32 rounding this many times
-DTYPES = ('float64', 'float32')  # config.ibp.dtype: what the certificates are computed in
+# config.ibp.dtype: what the certificates are computed in ('float32' is rigorous, outward-rounded).
+DTYPES = ('auto', 'float64', 'float32')
+
+
+def certification_dtype(ibp_config) -> str:
+  """`config.ibp.dtype`, with 'auto' resolved: 'float64' on CPU, 'float32' on GPU and TPU."""
+  if ibp_config.dtype != 'auto':
+    return ibp_config.dtype
+  return 'float64' if jax.default_backend() == 'cpu' else 'float32'
+
+
+def distance_slack(ibp_config) -> float:
+  """`config.ibp.distance_slack`; unset (None): 1e-5 in float64, 0 in the rigorous float32."""
+  if ibp_config.distance_slack is not None:
+    return float(ibp_config.distance_slack)
+  if certification_dtype(ibp_config) == 'float32':
+    return 0.
+  return certified_retrieval.DEFAULT_DISTANCE_SLACK
 
 
 def check_ibp_config(ibp_config, num_candidates: int) -> tuple[float, tuple[int, ...], list[float]]:
@@ -58,9 +79,8 @@ def check_ibp_config(ibp_config, num_candidates: int) -> tuple[float, tuple[int,
     raise ValueError(f'Unknown config.ibp.dtype {ibp_config.dtype!r}; valid: {list(DTYPES)}.')
   if ibp_config.dtype == 'float64' and jax.default_backend() == 'tpu':
     raise ValueError('TPUs do not compute in float64: certify with --config.ibp.dtype=float32 '
-                     '(ibp.md then compares float32 rounding with the distance slack, '
-                     'docs/bounds.md §10).')
-  if not ibp_config.distance_slack >= 0:
+                     '(rigorous: outward-rounded bounds, docs/rigorous_float32.md).')
+  if not distance_slack(ibp_config) >= 0:
     raise ValueError(f'config.ibp.distance_slack must be >= 0 (default '
                      f'{certified_retrieval.DEFAULT_DISTANCE_SLACK}), got {ibp_config.distance_slack}.')
   eps = float(ibp_config.eps)
@@ -100,10 +120,34 @@ def in_dtype(inputs, dtype: str):
                          embed=jax.tree_util.Partial(inputs.model.apply, variables))
 
 
-def certify_at(inputs, query_emb, candidate_emb, eps: float, ks) -> dict:
+def point_margins(inputs, query_emb, candidate_emb) -> dict:
+  """How far the real-valued encoder's embeddings are from the computed ones (rigorous float32).
+
+  Outward-rounded boxes at eps = 0 of the queries and candidates, reduced to per-coordinate
+  margins (`rounding.point_margins`): `certify_at` widens the boxes compared with candidate
+  embeddings by the candidates' margins and those compared with query embeddings by the queries'
+  (`rounding.widen_for_points`, docs/rigorous_float32.md §6).
+
+  Returns:
+    {'query': (below, above), 'candidate': (below, above)}, each (d,) arrays.
+  """
+  ibp_config = inputs.config.ibp
+  margins = {}
+  for side, emb, images in (('query', query_emb, inputs.queries.images),
+                            ('candidate', candidate_emb, inputs.candidates.images)):
+    point_box = certified_retrieval.embedding_bounds(
+        inputs.embed, images, 0., batch_size=ibp_config.batch_size, sharding=inputs.batch_sharding,
+        dtype=emb.dtype, rounding='outward')
+    margins[side] = outward_rounding.point_margins(emb, *point_box)
+  return margins
+
+
+def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None) -> dict:
   """Rank bounds and per-query certificates of the inputs' encoder at radius `eps`.
 
-  The input boxes are built in the dtype of `query_emb` (that of `inputs.embed`).
+  The input boxes are built in the dtype of `query_emb` (that of `inputs.embed`). In the rigorous
+  float32 (`config.ibp.dtype`), every bound is rounded outwards, with the embeddings' own
+  `margins` (`point_margins`, computed here if not given).
 
   Returns:
     {'rank_bounds': RankBounds, 'certified': {'qa', 'ca'} -> (Nq, len(ks)) bool,
@@ -111,21 +155,28 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks) -> dict:
      {percentile: float} (`box_radius_percentiles`), 'bounds_s', 'verify_s'}.
   """
   ibp_config = inputs.config.ibp
+  outward = certification_dtype(ibp_config) == 'float32'
+  rounding_mode = 'outward' if outward else 'nearest'
   start = time.perf_counter()
   query_box = certified_retrieval.embedding_bounds(inputs.embed, inputs.queries.images, eps,
                                                    batch_size=ibp_config.batch_size,
                                                    sharding=inputs.batch_sharding,
-                                                   dtype=query_emb.dtype)
+                                                   dtype=query_emb.dtype, rounding=rounding_mode)
   candidate_box = certified_retrieval.embedding_bounds(
       inputs.embed, inputs.candidates.images, eps, batch_size=ibp_config.batch_size,
-      sharding=inputs.batch_sharding, dtype=query_emb.dtype)
+      sharding=inputs.batch_sharding, dtype=query_emb.dtype, rounding=rounding_mode)
+  compared_query_box, compared_candidate_box = query_box, candidate_box
+  if outward:
+    margins = margins if margins is not None else point_margins(inputs, query_emb, candidate_emb)
+    compared_query_box = outward_rounding.widen_for_points(*query_box, margins['candidate'])
+    compared_candidate_box = outward_rounding.widen_for_points(*candidate_box, margins['query'])
   bounds_s = time.perf_counter() - start
   start = time.perf_counter()
   rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
-      query_emb, *query_box, candidate_emb, *candidate_box, max(ks),
+      query_emb, *compared_query_box, candidate_emb, *compared_candidate_box, max(ks),
       block_size=ibp_config.query_block_size,
       candidate_block_size=ibp_config.candidate_block_size,
-      distance_slack=ibp_config.distance_slack))
+      distance_slack=distance_slack(ibp_config), rounding=rounding_mode))
   verify_s = time.perf_counter() - start
   certified = certified_retrieval.certified_retrieval(
       rank_bounds, inputs.queries.labels, inputs.candidates.labels, ks)
@@ -140,43 +191,44 @@ def rounding_check(inputs, eps: float) -> dict:
   """float32 rounding of the embeddings and boxes at `eps` against the distance slack.
 
   Measured on the first `config.ibp.batch_size` queries and as many candidates
-  (`certified_retrieval.float32_rounding_error`; `inputs` holds the float32 encoder). Logs a
-  warning, and says so in the returned text, when `distance_slack` exceeds the larger relative
-  error by less than `ROUNDING_MARGIN` times. Certified in float32 (`config.ibp.dtype`), the
-  certificates then rest on a thinner guard against rounding than docs/bounds.md §10 assumes; in
-  float64 they do not, but the float32 encoder as deployed may order near-ties otherwise.
+  (`certified_retrieval.float32_rounding_error`; `inputs` holds the float32 encoder). Certified
+  in float64, logs a warning, and says so in the returned text, when `distance_slack` exceeds the
+  larger relative error by less than `ROUNDING_MARGIN` times: the certificates hold, but the
+  float32 encoder as deployed may order near-ties otherwise. Certified in the rigorous float32
+  (`config.ibp.dtype`), nothing rests on the slack; the text says which arithmetic certified.
 
   Returns:
     {'dtype', 'distance_slack', 'images', 'embedding', 'box', 'text'} (the errors relative to the
     magnitudes; 'text' is the paragraph for ibp.md).
   """
   ibp_config = inputs.config.ibp
+  dtype = certification_dtype(ibp_config)
   count = int(ibp_config.batch_size)
   images = np.concatenate([np.asarray(inputs.queries.images[:count]),
                            np.asarray(inputs.candidates.images[:count])])
   error = certified_retrieval.float32_rounding_error(inputs.model.apply, inputs.variables, images, eps)
-  slack = float(ibp_config.distance_slack)
+  slack = distance_slack(ibp_config)
   largest = max(error.values())
   margin = slack / largest if largest > 0 else float('inf')
   measured = (f'measured on {len(images)} images, float32 against float64, the embeddings are '
               f'within {error["embedding"]:.2g} of theirs and the boxes at eps = {eps:g} fall short '
-              f'of theirs by at most {error["box"]:.2g}: the slack is {margin:.3g}x that')
-  if ibp_config.dtype == 'float64':
-    text = (f'\nRounding: certified in float64 (config.ibp.dtype), whose rounding is ~1e-16 of the '
-            f'magnitudes; distance bounds widened by distance_slack = {slack:g} of the magnitudes '
-            f'(docs/bounds.md §10). The float32 encoder as deployed: {measured}.\n')
-    risk = 'the float32 encoder may order near-ties otherwise than the certified one'
-  else:
-    text = (f'\nRounding: certified in float32 (config.ibp.dtype); distance bounds widened by '
-            f'distance_slack = {slack:g} of the magnitudes (docs/bounds.md §10); {measured}.\n')
-    risk = 'certificates may rest on rounding (certify with --config.ibp.dtype=float64)'
+              f'of theirs by at most {error["box"]:.2g}')
+  if dtype == 'float32':
+    text = (f'\nRounding: certified in float32 with outward rounding (config.ibp.dtype): every '
+            f'bound contains that of the real-valued encoder, with distance_slack = {slack:g} '
+            f'(docs/rigorous_float32.md). The float32 encoder as deployed: {measured}.\n')
+    return {'dtype': dtype, 'distance_slack': slack, 'images': len(images), **error, 'text': text}
+  text = (f'\nRounding: certified in float64 (config.ibp.dtype), whose rounding is ~1e-16 of the '
+          f'magnitudes; distance bounds widened by distance_slack = {slack:g} of the magnitudes '
+          f'(docs/bounds.md §10). The float32 encoder as deployed: {measured}: the slack is '
+          f'{margin:.3g}x that.\n')
   if margin < ROUNDING_MARGIN:
     warning = (f'distance_slack {slack:g} is only {margin:.3g}x the measured float32 rounding '
-               f'{largest:.2g} (fewer than {ROUNDING_MARGIN}x): {risk}.')
+               f'{largest:.2g} (fewer than {ROUNDING_MARGIN}x): the float32 encoder may order '
+               'near-ties otherwise than the certified one.')
     logging.warning(warning)
     text += f'\n**Warning**: {warning}\n'
-  return {'dtype': ibp_config.dtype, 'distance_slack': slack, 'images': len(images), **error,
-          'text': text}
+  return {'dtype': dtype, 'distance_slack': slack, 'images': len(images), **error, 'text': text}
 
 
 BOX_RADIUS_PERCENTILES = (50, 90, 99)
@@ -220,8 +272,11 @@ def run(inputs, workdir: str) -> dict:
   """
   config = inputs.config
   eps, ks, radii = check_ibp_config(config.ibp, len(inputs.candidates.labels))
-  with certification_precision(config.ibp.dtype):
-    certified_inputs = in_dtype(inputs, config.ibp.dtype)
+  dtype = certification_dtype(config.ibp)
+  if dtype == 'float32':
+    outward_rounding.check_no_subnormals(inputs.variables)
+  with certification_precision(dtype):
+    certified_inputs = in_dtype(inputs, dtype)
     start = time.perf_counter()
     query_emb = retrieval.embed_in_batches(certified_inputs.embed, inputs.queries.images,
                                            config.ibp.batch_size, sharding=inputs.batch_sharding)
@@ -229,11 +284,14 @@ def run(inputs, workdir: str) -> dict:
                                                config.ibp.batch_size,
                                                sharding=inputs.batch_sharding)
     embed_s = time.perf_counter() - start
-    if query_emb.dtype != np.dtype(config.ibp.dtype):
-      raise ValueError(f'The encoder computes in {query_emb.dtype} with {config.ibp.dtype} '
+    if query_emb.dtype != np.dtype(dtype):
+      raise ValueError(f'The encoder computes in {query_emb.dtype} with {dtype} '
                        f'variables (a fixed dtype in the model?); certify with '
                        f'--config.ibp.dtype={query_emb.dtype}.')
-    sweep = {radius: certify_at(certified_inputs, query_emb, candidate_emb, radius, ks)
+    margins = (point_margins(certified_inputs, query_emb, candidate_emb) if dtype == 'float32'
+               else None)
+    sweep = {radius: certify_at(certified_inputs, query_emb, candidate_emb, radius, ks,
+                                margins=margins)
              for radius in radii}
   with certification_precision('float32'):  # the float32 encoder (x64 off), against float64
     rounding = rounding_check(inputs, eps)
