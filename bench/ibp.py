@@ -8,10 +8,12 @@
    query's top K, Theorems 1-2) over the time of the grid's distance matrix
    (`jaxcert.retrieval.pairwise_distances`), both jitted, on random embeddings and boxes.
 
-Both in each dtype of `--dtypes`: float32, and float64 (under `jax.enable_x64`, weights and
-embeddings cast), which certify.py uses by default (docs/bounds.md §10). The baselines (forward
-pass, distance matrix) stay float32, so the float64 rows say what certifying in float64 costs
-against the model as deployed.
+Both in each dtype of `--dtypes`: float32 (rounded to nearest), float32_rigorous (outward-rounded
+bounds of the real-valued encoder, `rounding='outward'`, docs/rigorous_float32.md; certify.py's
+float32 and its default on GPU/TPU) and float64 (under `jax.enable_x64`, weights and embeddings
+cast; certify.py's default on CPU, docs/bounds.md §10). The baselines (forward pass, distance
+matrix) stay float32, so the other rows say what certifying in them costs against the model as
+deployed.
 
   python bench/ibp.py
   python bench/ibp.py --models small_cnn --batch_size 64 --repeats 5 --grid 1000x1000 --dtypes float32
@@ -48,14 +50,23 @@ IMAGE_SETTINGS = {
 DEFAULT_BATCH_SIZES = {'resnet18': 64, 'resnet50': 64}
 
 
-DTYPES = ('float32', 'float64')
+DTYPES = ('float32', 'float32_rigorous', 'float64')
 
 
 @contextlib.contextmanager
 def computing_in(dtype: str):
-  """float64 enabled (`jax.enable_x64`) inside for 'float64'; nothing changes for 'float32'."""
+  """float64 enabled (`jax.enable_x64`) inside for 'float64'; nothing changes for the others."""
   with jax.enable_x64(True) if dtype == 'float64' else contextlib.nullcontext():
     yield
+
+
+def _array_dtype(dtype: str) -> str:
+  """The array dtype of a bench dtype ('float32_rigorous' computes in float32)."""
+  return 'float64' if dtype == 'float64' else 'float32'
+
+
+def _rounding(dtype: str) -> str:
+  return 'outward' if dtype == 'float32_rigorous' else 'nearest'
 
 
 def time_interval_over_forward(apply_fn, variables, images, eps, *,
@@ -77,9 +88,9 @@ def time_interval_over_forward(apply_fn, variables, images, eps, *,
   forward_s = common.median_seconds(lambda: forward(variables, images), repeats=repeats)
   with computing_in(dtype):
     bounded = jax.jit(lambda variables, lower, upper: interval(
-        lambda x: apply_fn(variables, x))(lower, upper))
-    bound_variables = cast_floating(variables, dtype)
-    lower, upper = input_box(cast_floating(images, dtype), eps)
+        lambda x: apply_fn(variables, x), rounding=_rounding(dtype))(lower, upper))
+    bound_variables = cast_floating(variables, _array_dtype(dtype))
+    lower, upper = input_box(cast_floating(images, _array_dtype(dtype)), eps)
     interval_s = common.median_seconds(lambda: bounded(bound_variables, lower, upper),
                                        repeats=repeats)
   return {'forward_s': forward_s, 'interval_s': interval_s,
@@ -106,16 +117,18 @@ def time_verification_over_distances(num_queries: int, num_candidates: int, *, k
   distances_s = common.median_seconds(lambda: distances(query[0], candidate[0]),
                                       repeats=repeats)
   with computing_in(dtype):
-    query, candidate = cast_floating(query, dtype), cast_floating(candidate, dtype)
+    query = cast_floating(query, _array_dtype(dtype))
+    candidate = cast_floating(candidate, _array_dtype(dtype))
     verify_s = common.median_seconds(
         lambda: rank_bounds(*query, *candidate, k, block_size=block_size,
-                            candidate_block_size=candidate_block_size), repeats=repeats)
+                            candidate_block_size=candidate_block_size,
+                            rounding=_rounding(dtype)), repeats=repeats)
   return {'k': k, 'distances_s': distances_s, 'verify_s': verify_s, 'ratio': verify_s / distances_s}
 
 
 def main(argv=None) -> dict:
-  """Runs the benchmark; returns {'environment', 'interval', 'verification'} (float32) and, with
-  float64 in `--dtypes`, {'interval_float64', 'verification_float64'}."""
+  """Runs the benchmark; returns {'environment', 'interval', 'verification'} (float32) and, per
+  other dtype in `--dtypes`, {'interval_<dtype>', 'verification_<dtype>'}."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default='small_cnn,large_cnn,resnet18',
                       help=f'comma-separated names from {models.MODEL_NAMES}')
@@ -140,7 +153,7 @@ def main(argv=None) -> dict:
     parser.error(f'--dtypes must name some of {DTYPES}, got {args.dtypes!r}')
   env = common.environment()
   common.print_environment(env)
-  print(f'{"model":<12} {"batch":>5} {"dtype":>8} {"forward ms":>11} {"interval ms":>12} '
+  print(f'{"model":<12} {"batch":>5} {"dtype":>16} {"forward ms":>11} {"interval ms":>12} '
         f'{"ratio":>6}   (forward pass in float32)')
   results = {}
   for name in names:
@@ -157,14 +170,14 @@ def main(argv=None) -> dict:
           lambda variables, x, model=model: model.apply(variables, x),
           variables, images, eps, repeats=args.repeats, dtype=dtype)
       results.setdefault(_key('interval', dtype), {})[name] = {'batch_size': batch_size, **timing}
-      print(f'{name:<12} {batch_size:>5} {dtype:>8} {1e3 * timing["forward_s"]:>11.2f} '
+      print(f'{name:<12} {batch_size:>5} {dtype:>16} {1e3 * timing["forward_s"]:>11.2f} '
             f'{1e3 * timing["interval_s"]:>12.2f} {timing["ratio"]:>6.2f}',
             flush=True)
   grids = [cell for cell in args.grid.split(',') if cell]
   if grids:
     print(f'\nQA + CA verification, K = {args.k}, d = {args.embedding_dim}, blocks '
           f'{args.block_size} x {args.candidate_block_size}')
-    print(f'{"grid":<12} {"dtype":>8} {"distances ms":>13} {"verify ms":>10} {"ratio":>7}   '
+    print(f'{"grid":<12} {"dtype":>16} {"distances ms":>13} {"verify ms":>10} {"ratio":>7}   '
           '(distances in float32)')
   for cell in grids:
     num_queries, num_candidates = (int(n) for n in cell.lower().split('x'))
@@ -174,7 +187,7 @@ def main(argv=None) -> dict:
           block_size=args.block_size, candidate_block_size=args.candidate_block_size,
           repeats=args.repeats, dtype=dtype)
       results.setdefault(_key('verification', dtype), {})[cell] = timing
-      print(f'{cell:<12} {dtype:>8} {1e3 * timing["distances_s"]:>13.2f} '
+      print(f'{cell:<12} {dtype:>16} {1e3 * timing["distances_s"]:>13.2f} '
             f'{1e3 * timing["verify_s"]:>10.2f} {timing["ratio"]:>7.1f}', flush=True)
   return {'environment': env, 'interval': {}, 'verification': {}, **results}
 

@@ -88,8 +88,9 @@ def _train_step_rows(result, common):
 
 def _ibp_rows(result, common):
   # bench/ibp.py returns {'interval': ..., 'verification': {'QxN': ...}} in float32 and
-  # 'interval_float64', 'verification_float64' in float64.
-  suffixes = (('', ''), ('_float64', ', float64'))  # (key suffix, setting suffix) per dtype
+  # 'interval_<dtype>', 'verification_<dtype>' in float32_rigorous and float64.
+  suffixes = (('', ''), ('_float32_rigorous', ', rigorous float32'),
+              ('_float64', ', float64'))  # (key suffix, setting suffix) per dtype
   rows = []
   for suffix, dtype in suffixes:
     rows += [common.summary_row('IBP bounds', name, f'batch {r["batch_size"]}{dtype}', 'image',

@@ -106,11 +106,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.ibp.query_block_size = 250  # verification grid blocks (memory ~ blocks x (d + K) values)
   config.ibp.candidate_block_size = 250
   # What the certificates are computed in: 'float64' (the float32 weights cast exactly; rounding
-  # ~1e-16 of the magnitudes) or 'float32' (faster, the only choice on TPU; rounding up to ~1e-5).
-  config.ibp.dtype = 'float64'
+  # ~1e-16 of the magnitudes, guarded by the slack) or 'float32' (rigorous: outward-rounded bounds
+  # of the real-valued encoder, docs/rigorous_float32.md); 'auto': float64 on CPU, float32 on
+  # GPU and TPU.
+  config.ibp.dtype = 'auto'
   # Widening of every distance bound against rounding, relative to the magnitudes
-  # (docs/bounds.md §10); ibp.md reports it beside the float32 rounding it measures.
-  config.ibp.distance_slack = 1e-5
+  # (docs/bounds.md §10); unset: 1e-5 in float64, 0 in the rigorous float32.
+  config.ibp.distance_slack = ml_collections.config_dict.placeholder(float)
   # The QA certificate: 'linear' (the pairwise linear specification, exact over the query's
   # embedding box, docs/bounds.md §13) or 'kakizaki' (Kakizaki et al. Theorem 1, as in the paper).
   config.ibp.qa_bound = 'linear'

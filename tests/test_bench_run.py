@@ -53,12 +53,13 @@ def test_ibp_bench_times_both_dtypes_and_the_runner_reads_them():
   from bench import ibp  # pylint: disable=import-outside-toplevel
   result = ibp.main(['--models', 'linear', '--batch_size', '4', '--repeats', '1', '--grid', '20x30',
                      '--k', '3', '--block_size', '10', '--candidate_block_size', '10'])
-  for key in ('interval', 'interval_float64'):
+  for key in ('interval', 'interval_float32_rigorous', 'interval_float64'):
     assert set(result[key]) == {'linear'} and result[key]['linear']['interval_s'] > 0
-  for key in ('verification', 'verification_float64'):
+  for key in ('verification', 'verification_float32_rigorous', 'verification_float64'):
     assert set(result[key]) == {'20x30'} and result[key]['20x30']['verify_s'] > 0
   settings = [row['setting'] for row in run.ADAPTERS['ibp'](result, common)]
-  assert settings == ['batch 4', 'batch 4, float64', '20x30, k = 3 (rank_bounds)',
+  assert settings == ['batch 4', 'batch 4, rigorous float32', 'batch 4, float64',
+                      '20x30, k = 3 (rank_bounds)', '20x30, k = 3 (rank_bounds, rigorous float32)',
                       '20x30, k = 3 (rank_bounds, float64)']
   with pytest.raises(SystemExit):
     ibp.main(['--dtypes', 'float16'])

@@ -676,8 +676,8 @@ def test_ibp_mode_writes_tables_tsv_plots(tmp_path):
   # Certified in float64 (the default); the rounding check: the float32 encoder within ~1e-6 of
   # float64, its boxes containing the float64 ones but for ~1e-6, far inside the slack: no warning.
   rounding = results['rounding']
-  assert rounding['dtype'] == config.ibp.dtype == 'float64'
-  assert rounding['distance_slack'] == config.ibp.distance_slack == br.DEFAULT_DISTANCE_SLACK
+  assert rounding['dtype'] == ibp.certification_dtype(config.ibp) == 'float64'  # 'auto' on CPU
+  assert rounding['distance_slack'] == ibp.distance_slack(config.ibp) == br.DEFAULT_DISTANCE_SLACK
   assert rounding['images'] == 12 + 16 and 0 < rounding['embedding'] < 1e-6 and 0 <= rounding['box'] < 1e-6
   ibp_md = open(tmp_path / 'ibp.md').read()
   assert 'Rounding: certified in float64' in ibp_md
@@ -703,7 +703,7 @@ def test_ibp_mode_writes_tables_tsv_plots(tmp_path):
   with pytest.raises(ValueError, match='distance_slack must be >= 0'):
     ibp.check_ibp_config(bad, 40)
   bad.distance_slack, bad.dtype = 1e-5, 'float16'
-  with pytest.raises(ValueError, match=r"valid: \['float64', 'float32'\]"):
+  with pytest.raises(ValueError, match=r"valid: \['auto', 'float64', 'float32'\]"):
     ibp.check_ibp_config(bad, 40)
 
 
@@ -773,6 +773,9 @@ def test_ibp_mode_method_and_qa_bound_choices(monkeypatch):
 def test_float64_certification_on_tpu_says_to_use_float32(monkeypatch):
   config = default.get_config()
   monkeypatch.setattr(jax, 'default_backend', lambda: 'tpu')
+  assert ibp.certification_dtype(config.ibp) == 'float32'  # 'auto': rigorous float32 on TPU
+  assert ibp.distance_slack(config.ibp) == 0
+  config.ibp.dtype = 'float64'
   with pytest.raises(ValueError, match='--config.ibp.dtype=float32'):
     ibp.check_ibp_config(config.ibp, 1000)
   config.ibp.dtype = 'float32'
@@ -790,13 +793,15 @@ class _CancellingEncoder(nn.Module):
 
 
 def test_float64_certification_survives_what_float32_rounding_gets_wrong(tmp_path):
-  """A certificate computed in float32 can be false for the encoder; the float64 default is not.
+  """A certificate computed in float32 to nearest can be false; float64 and rigorous float32 not.
 
   Query (0, 0.5) with label 0; candidates (1, 0.51) with label 0 and (0, 0.53) with label 1. In
   exact arithmetic the encoder is the identity, so the nearest candidate is the second (distance
   0.03 against 1.00005) and Recall@1 is 0. float32 rounds the first coordinate to 0 everywhere,
-  ranks the first candidate nearest and certifies that retrieval at eps = 0.005: a false
-  certificate, which the rounding check flags. In float64 the same run certifies nothing.
+  ranks the first candidate nearest, and its round-to-nearest interval bounds certify that
+  retrieval at eps = 0.005: a false certificate. In float64, and in the rigorous float32
+  (outward-rounded bounds: the real embeddings are only known to within ~8 in the first
+  coordinate), the same run certifies nothing.
   """
   model = _CancellingEncoder()
   variables = model.init(jax.random.key(0), jnp.zeros((1, 1, 2, 1)))
@@ -811,11 +816,17 @@ def test_float64_certification_survives_what_float32_rounding_gets_wrong(tmp_pat
       config, model, variables, jax.tree_util.Partial(model.apply, variables), dataset,
       certification.LabelledImages(images[:1], labels[:1]),
       certification.LabelledImages(images[1:], labels[1:]))
+  query, candidates = jnp.asarray(images[:1]), jnp.asarray(images[1:])
+  embed = inputs.embed
+  nearest_bounds = [br.embedding_bounds(embed, x, 0.005) for x in (query, candidates)]
+  nearest = br.rank_bounds(embed(query), *nearest_bounds[0], embed(candidates),
+                           *nearest_bounds[1], 1, distance_slack=0.)
+  assert int(nearest.indices[0, 0]) == 0 and int(nearest.query_attack_upper[0, 0]) == 1  # false
   config.ibp.dtype = 'float32'
   float32 = ibp.run(inputs, str(tmp_path / 'float32'))
-  assert float32['recall@1'] == float32['cr_recall_qa@1'] == float32['cr_recall_ca@1'] == 1
+  assert float32['recall@1'] == 1 and float32['cr_recall_qa@1'] == float32['cr_recall_ca@1'] == 0
   assert float32['rounding']['embedding'] > 0.1 and float32['rounding']['box'] > 0.1
-  assert 'certificates may rest on rounding' in open(tmp_path / 'float32' / 'ibp.md').read()
+  assert 'certified in float32 with outward rounding' in open(tmp_path / 'float32' / 'ibp.md').read()
   config.ibp.dtype = 'float64'
   float64 = ibp.run(inputs, str(tmp_path / 'float64'))
   assert float64['recall@1'] == float64['cr_recall_qa@1'] == float64['cr_recall_ca@1'] == 0

@@ -13,6 +13,7 @@ from jaxcert.bounds.interval import IntervalBound
 from jaxcert.bounds.rules import l2_normalize
 from jaxcert.bounds.rules import l2_normalize_bounds
 from jaxcert.bounds.rules import RULES
+from jaxcert.bounds import rounding  # fills the outward (rigorous) rule tables
 from jaxcert.bounds.retrieval import cr_recall_at_k
 from jaxcert.bounds.retrieval import distance_bounds
 from jaxcert.bounds.retrieval import embedding_bounds

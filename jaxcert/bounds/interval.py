@@ -114,6 +114,17 @@ NAN_SOURCES: dict[jex_core.Primitive | str, Callable[..., Any]] = {}
 # (`sort` moves NaN to the end, shifting the other entries).
 NAN_ABSORBING_PRIMITIVES = frozenset({jex_core.primitives.sort_p})
 
+# --- Rigorous mode (`interval(fn, rounding='outward')`). ---------------------
+# The same three tables for rules whose bounds contain the real-valued result
+# although computed with round-to-nearest (outward rounding). Filled by
+# `jaxcert.bounds.rounding` (docs/rigorous_float32.md). A primitive absent from
+# `OUTWARD_RULES` is an error in that mode; a named call absent from
+# `OUTWARD_NAMED_CALL_RULES` is interpreted primitive by primitive.
+OUTWARD_RULES: dict[jex_core.Primitive, Rule] = {}
+OUTWARD_SAME_OPERAND_RULES: dict[jex_core.Primitive, Rule] = {}
+OUTWARD_NAMED_CALL_RULES: dict[str, Rule] = {}
+ROUNDING_MODES = ('nearest', 'outward')
+
 _CALL_PRIMITIVES = (
     jex_core.primitives.jit_p,
     jex_core.primitives.closed_call_p,
@@ -280,30 +291,42 @@ def _nan_aware_outputs(eqn: jex_core.JaxprEqn, key, invals: list, in_nan: list,
 
 
 def _apply_rule(eqn: jex_core.JaxprEqn, invals: list, in_nan: list,
-                enclosing_calls: tuple[jex_core.JaxprEqn, ...]) -> tuple[list, list]:
+                enclosing_calls: tuple[jex_core.JaxprEqn, ...],
+                rounding: str = 'nearest') -> tuple[list, list]:
   """Bounds of the outputs of `eqn` given at least one bounded input.
 
   Returns:
     The outputs' values, and for each whether it may be NaN somewhere in the box.
   """
   primitive = eqn.primitive
+  outward = rounding == 'outward'
+  rules, same_operand_rules, named_call_rules = (
+      (OUTWARD_RULES, OUTWARD_SAME_OPERAND_RULES, OUTWARD_NAMED_CALL_RULES)
+      if outward else (RULES, SAME_OPERAND_RULES, NAMED_CALL_RULES))
   if primitive in _CALL_PRIMITIVES:
     name = eqn.params.get('name')
-    if primitive is jex_core.primitives.jit_p and name in NAMED_CALL_RULES:
-      outvals = NAMED_CALL_RULES[name](*invals)
+    if primitive is jex_core.primitives.jit_p and name in named_call_rules:
+      outvals = named_call_rules[name](*invals)
       if outvals is not None:  # None: the rule declines (a vmapped body), interpret the body.
         outvals = [outvals] if len(eqn.outvars) == 1 else list(outvals)
         return _nan_aware_outputs(eqn, name, invals, in_nan, outvals)
     inner_jaxpr, inner_consts = _call_jaxpr(eqn)
     return _interpret(inner_jaxpr, inner_consts, invals,
-                      (*enclosing_calls, eqn), in_nan)
-  rule = RULES.get(primitive)
-  if (primitive in SAME_OPERAND_RULES and len(eqn.invars) == 2
+                      (*enclosing_calls, eqn), in_nan, rounding)
+  rule = rules.get(primitive)
+  if (primitive in same_operand_rules and len(eqn.invars) == 2
       and isinstance(eqn.invars[0], jex_core.Var)
       and eqn.invars[0] is eqn.invars[1]):
-    rule = SAME_OPERAND_RULES[primitive]
+    rule = same_operand_rules[primitive]
     invals = invals[:1]
     in_nan = in_nan[:1]
+  if rule is None and outward and primitive in RULES:
+    raise NotImplementedError(
+        f'No outward-rounding error bound for primitive `{primitive.name}` '
+        f'{source_location(eqn, enclosing_calls)}: rounding=\'outward\' would '
+        'not be sound for it. Add its error bound to jaxcert.bounds.rounding, '
+        "or use rounding='nearest' (in float64). Supported in outward mode: "
+        f'{", ".join(sorted(p.name for p in OUTWARD_RULES))}.')
   if rule is None:
     raise NotImplementedError(
         f'No interval rule for primitive `{primitive.name}` (applied to a '
@@ -349,7 +372,8 @@ def _check_output(eqn: jex_core.JaxprEqn, outvar, outval,
 
 def _interpret(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence,
                enclosing_calls: tuple[jex_core.JaxprEqn, ...] = (),
-               args_may_be_nan: Sequence | None = None) -> tuple[list, list]:
+               args_may_be_nan: Sequence | None = None,
+               rounding: str = 'nearest') -> tuple[list, list]:
   """Evaluates `jaxpr` on concrete values and `IntervalBound`s.
 
   Invariant (docs/bounds.md, "What is guaranteed"): for every point of the box, every entry of
@@ -363,6 +387,7 @@ def _interpret(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence,
     enclosing_calls: call equations holding `jaxpr`, outermost first (for
       error messages).
     args_may_be_nan: for each invar, whether it may be NaN (default: none may).
+    rounding: 'nearest' or 'outward' (which rule tables to use).
 
   Returns:
     The values of its outvars, and for each whether it may be NaN.
@@ -383,7 +408,7 @@ def _interpret(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence,
       if any(isinstance(value, IntervalBound) for value in invals):
         in_nan = [_may_be_nan(atom, value, may_be_nan)
                   for atom, value in zip(eqn.invars, invals)]
-        outvals, out_nan = _apply_rule(eqn, invals, in_nan, enclosing_calls)
+        outvals, out_nan = _apply_rule(eqn, invals, in_nan, enclosing_calls, rounding)
         for outvar, outval in zip(eqn.outvars, outvals):
           _check_output(eqn, outvar, outval, enclosing_calls)
       else:
@@ -430,7 +455,8 @@ def _validate_box(lower, upper) -> tuple[jax.Array, jax.Array]:
   return lower, upper
 
 
-def interval(fn: Callable[[jax.Array], Any]) -> Callable[..., tuple[Any, Any]]:
+def interval(fn: Callable[[jax.Array], Any], *,
+             rounding: str = 'nearest') -> Callable[..., tuple[Any, Any]]:
   """Transforms `fn` into a function computing sound interval bounds of it.
 
   Implements interval bound propagation (seed 001 Sec. 3.2.1, Eqs. 15-16) for
@@ -448,8 +474,16 @@ def interval(fn: Callable[[jax.Array], Any]) -> Callable[..., tuple[Any, Any]]:
   precision (TF32/bf16 passes) is too coarse for certificates, so certify
   under `jax.default_matmul_precision('highest')` (docs/bounds.md §1).
 
+  With `rounding='outward'` every rule's bounds contain the real-valued
+  result of its operation (each bound rounded outwards by the operation's
+  error bound, `jaxcert.bounds.rounding`, docs/rigorous_float32.md), so float32
+  bounds hold for the real-valued `fn` on any backend; matmuls and
+  convolutions then run at `Precision.HIGHEST`, and a primitive without an
+  error bound is an error.
+
   Args:
     fn: function of one floating-point array, returning a pytree of arrays.
+    rounding: 'nearest' (bounds up to rounding) or 'outward' (rigorous).
 
   Returns:
     `bounded(lower, upper) -> (out_lower, out_upper)`: two pytrees with the
@@ -471,13 +505,21 @@ def interval(fn: Callable[[jax.Array], Any]) -> Callable[..., tuple[Any, Any]]:
     ([0.0, 0.0], [1.0, 0.0])
   """
 
+  if rounding not in ROUNDING_MODES:
+    raise ValueError(f'Unknown rounding {rounding!r}; valid: {list(ROUNDING_MODES)}.')
+  if rounding == 'outward' and not OUTWARD_RULES:
+    raise RuntimeError('No outward rules registered: import jaxcert.bounds.')
+
   def bounded(lower, upper):
     lower, upper = _validate_box(lower, upper)
+    if rounding == 'outward':
+      from jaxcert.bounds import rounding as outward_rounding  # pylint: disable=import-outside-toplevel
+      lower, upper = outward_rounding.flush_outwards(lower, upper)
     placeholder = jax.ShapeDtypeStruct(lower.shape, lower.dtype)
     closed_jaxpr, out_shape = jax.make_jaxpr(fn, return_shape=True)(
         placeholder)
     outvals, _ = _interpret(closed_jaxpr.jaxpr, closed_jaxpr.consts,
-                            [IntervalBound(lower, upper)])
+                            [IntervalBound(lower, upper)], rounding=rounding)
     out_lower = [v.lower if isinstance(v, IntervalBound) else jnp.asarray(v)
                  for v in outvals]
     out_upper = [v.upper if isinstance(v, IntervalBound) else jnp.asarray(v)

@@ -48,6 +48,8 @@ import numpy as np
 from jaxcert import retrieval
 from jaxcert.bounds.interval import input_box
 from jaxcert.bounds.interval import interval
+from jaxcert.bounds.interval import ROUNDING_MODES
+from jaxcert.bounds.rounding import outward_distance_bounds
 from jaxcert.losses import _safe_sqrt
 
 DEFAULT_DISTANCE_SLACK = 1e-5
@@ -82,6 +84,10 @@ def _batch_bounds(bound: Callable) -> Callable:
   return functools.partial(_embedding_bounds_of_batch, bound)
 
 
+# Interval bound propagation with every rule rounded outwards (docs/rigorous_float32.md).
+outward_interval = functools.partial(interval, rounding='outward')
+
+
 def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
                      sharding: jax.sharding.Sharding | None = None, dtype=jnp.float32,
                      bound: Callable = interval) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +108,7 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
     bound: a sound bound transform `fn -> ((lower, upper) -> (out_lower, out_upper))` with the
       calling convention of `interval` (the default), e.g. a linear-relaxation (CROWN-family)
       transform; pass one function object per method (jit's cache is keyed by it).
+      `outward_interval` bounds the real-valued encoder in any dtype (docs/rigorous_float32.md).
 
   Returns:
     `(lower, upper)`, each (N, d) numpy arrays (the encoder's output dtype) with
@@ -228,13 +235,16 @@ def _box_magnitude(lower, upper):
   return jnp.linalg.norm(jnp.maximum(jnp.abs(lower), jnp.abs(upper)), axis=-1)
 
 
-def _widened_distance_bounds(lower, upper, points, box_magnitude, point_norm, slack):
+def _widened_distance_bounds(lower, upper, points, box_magnitude, point_norm, slack,
+                             outward=False):
   """`distance_bounds`, each side widened by `slack * (||B|| + ||y||)` (module docstring).
 
   Every distance between a point of the box B and y is at most ||B|| + ||y||, so the widening
-  is at least `slack` times the distances themselves.
+  is at least `slack` times the distances themselves. `outward`: the rigorous
+  `outward_distance_bounds` instead (docs/rigorous_float32.md §6).
   """
-  min_distance, max_distance = distance_bounds(lower, upper, points)
+  bounds_fn = outward_distance_bounds if outward else distance_bounds
+  min_distance, max_distance = bounds_fn(lower, upper, points)
   widening = slack * (box_magnitude + point_norm)
   return jnp.maximum(min_distance - widening, 0.), max_distance + widening
 
@@ -349,7 +359,7 @@ def linear_query_attack_order(query_lower, query_upper, candidates, targets, *,
 
 
 def _linear_query_attack_counts(q_lower, q_upper, top_emb, top_norm, candidate_blocks,
-                                num_candidates: int, slack):
+                                num_candidates: int, slack, point_margin):
   """#{c surely closer than c^} and #{c surely farther}, (B, k) each, by the linear specification.
 
   Per query (`lax.map`) and candidate block, one scan over the d coordinates accumulates
@@ -385,7 +395,8 @@ def _linear_query_attack_counts(q_lower, q_upper, top_emb, top_norm, candidate_b
       (cross_radius, c_sq, c_far_sq), _ = lax.scan(
           add_coordinate, (jnp.zeros((num_top, block_size), q_centre.dtype), zeros, zeros),
           (q_centre, q_radius, q_top.T, c_emb.T), unroll=8)
-      width = slack * (2 * magnitude + q_top_norm[:, None] + c_norm[None, :])
+      width = (slack * (2 * magnitude + q_top_norm[:, None] + c_norm[None, :])
+               + 2 * point_margin)
       farther, closer = _linear_order_from_sums(c_sq[None], q_top_sq[:, None], cross_radius,
                                                 jnp.sqrt(c_far_sq)[None], q_top_far[:, None],
                                                 width, rounding)
@@ -402,10 +413,11 @@ def _linear_query_attack_counts(q_lower, q_upper, top_emb, top_norm, candidate_b
 
 
 @functools.partial(jax.jit,
-                   static_argnames=('k', 'block_size', 'candidate_block_size', 'qa_bound'))
+                   static_argnames=('k', 'block_size', 'candidate_block_size', 'qa_bound',
+                                    'outward'))
 def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
-                 candidate_upper, slack, *, k: int, block_size: int, candidate_block_size: int,
-                 qa_bound: str):
+                 candidate_upper, slack, point_margin, *, k: int, block_size: int,
+                 candidate_block_size: int, qa_bound: str, outward: bool):
   num_candidates = candidate_emb.shape[0]
   candidate_block_size = min(candidate_block_size, num_candidates)
   candidate_norm = jnp.linalg.norm(candidate_emb, axis=-1)
@@ -423,20 +435,20 @@ def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_l
     if kakizaki_qa:
       qa_top_min, qa_top_max = _widened_distance_bounds(
           q_lower[:, None], q_upper[:, None], candidate_emb[index], q_magnitude,
-          candidate_norm[index], slack)
+          candidate_norm[index], slack, outward)
     ca_top_min, ca_top_max = _widened_distance_bounds(
         candidate_lower[index], candidate_upper[index], q_emb[:, None],
-        candidate_magnitude[index], q_norm, slack)
+        candidate_magnitude[index], q_norm, slack, outward)
 
     def count_candidate_block(counts, block):
       (c_emb, c_lower, c_upper, c_norm, c_magnitude), start = block
       valid = start + jnp.arange(candidate_block_size) < num_candidates
       ca_min, ca_max = _widened_distance_bounds(c_lower[None], c_upper[None], q_emb[:, None],
-                                                c_magnitude[None], q_norm, slack)
+                                                c_magnitude[None], q_norm, slack, outward)
       columns = (valid, ca_min.T, ca_max.T)
       if kakizaki_qa:
         qa_min, qa_max = _widened_distance_bounds(q_lower[:, None], q_upper[:, None], c_emb[None],
-                                                  q_magnitude, c_norm[None], slack)
+                                                  q_magnitude, c_norm[None], slack, outward)
         columns += (qa_min.T, qa_max.T)
 
       # One candidate c (a column of the block) at a time, the counts as separate carries: on CPU
@@ -462,7 +474,7 @@ def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_l
       (blocks, starts) = candidate_blocks
       qa_counts = _linear_query_attack_counts(
           q_lower, q_upper, candidate_emb[index], candidate_norm[index],
-          ((blocks[0], blocks[3]), starts), num_candidates, slack)
+          ((blocks[0], blocks[3]), starts), num_candidates, slack, point_margin)
     qa_closer, qa_farther = qa_counts
     return RankBounds(index, qa_closer + 1, num_candidates - qa_farther, ca_closer + 1,
                       num_candidates - ca_farther)
@@ -484,12 +496,14 @@ def _as_box(emb, lower, upper, name: str, distance_slack: float):
   if not bool(jnp.all(lower <= upper)):
     raise ValueError(f'{name}_lower > {name}_upper somewhere; pass (lower, upper) in that order.')
   outside = jnp.linalg.norm(jnp.maximum(jnp.maximum(lower - emb, emb - upper), 0), axis=-1)
-  allowed = distance_slack * (_box_magnitude(lower, upper) + jnp.linalg.norm(emb, axis=-1))
+  # A validation of the inputs, not part of the certificate: a few ulps pass also at slack 0.
+  tolerance = max(distance_slack, 64 * float(jnp.finfo(emb.dtype).eps))
+  allowed = tolerance * (_box_magnitude(lower, upper) + jnp.linalg.norm(emb, axis=-1))
   if not bool(jnp.all(outside <= allowed)):
     row = int(jnp.argmax(outside > allowed))  # the first
     raise ValueError(
         f'{name}_emb[{row}] lies outside its own box [{name}_lower, {name}_upper] (by '
-        f'{float(outside[row]):.3g} in L2 norm, more than the rounding allowance distance_slack * '
+        f'{float(outside[row]):.3g} in L2 norm, more than the rounding allowance max(distance_slack, 64 ulps) * '
         f'(||box|| + ||emb||) = {float(allowed[row]):.3g}): the box of f(x + delta) must contain '
         f'f(x). Pass the clean embeddings and the embedding_bounds of the same images and encoder.')
   return emb, lower, upper
@@ -498,7 +512,8 @@ def _as_box(emb, lower, upper, name: str, distance_slack: float):
 def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
                 candidate_upper, k: int, *, block_size: int = 256, candidate_block_size: int = 256,
                 distance_slack: float = DEFAULT_DISTANCE_SLACK,
-                qa_bound: str = 'linear') -> RankBounds:
+                qa_bound: str = 'linear', rounding: str = 'nearest',
+                point_margin: float = 0.) -> RankBounds:
   """Rank bounds under QA and CA of every query's k nearest candidates.
 
   For query q and c^ = IR_f(q, C)_j, every c in C (c^ included; it never counts) is compared
@@ -532,6 +547,15 @@ def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lo
     candidate_block_size: candidates per block.
     distance_slack: widening of every comparison against rounding (module docstring), >= 0.
     qa_bound: the QA certificate, one of QUERY_ATTACK_BOUNDS.
+    rounding: 'outward' computes every distance bound rounded outwards
+      (`jaxcert.bounds.rounding.outward_distance_bounds`): with boxes from
+      `embedding_bounds(..., bound=outward_interval)` widened by
+      `jaxcert.bounds.rounding.widen_for_points`, and `point_margin` bounding how far the real
+      candidate embeddings lie from `candidate_emb`, the rank bounds hold for the real-valued
+      encoder with `distance_slack = 0` (docs/rigorous_float32.md §6).
+    point_margin: an upper bound of ||y - candidate_emb[i]||_2 over the candidates, y the real
+      embedding (rigorous mode); the linear QA specification widens its decisions by it
+      (docs/bounds.md §13), the distance bounds of Theorems 1-2 take it through the widened boxes.
 
   Returns:
     A `RankBounds` of (Nq, k) int32 arrays.
@@ -544,6 +568,10 @@ def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lo
     raise ValueError(f'Unknown qa_bound {qa_bound!r}; valid: {list(QUERY_ATTACK_BOUNDS)}.')
   if not distance_slack >= 0:
     raise ValueError(f'distance_slack must be >= 0, got {distance_slack}.')
+  if rounding not in ROUNDING_MODES:
+    raise ValueError(f'Unknown rounding {rounding!r}; valid: {list(ROUNDING_MODES)}.')
+  if not point_margin >= 0:
+    raise ValueError(f'point_margin must be >= 0, got {point_margin}.')
   query_emb, query_lower, query_upper = _as_box(query_emb, query_lower, query_upper, 'query',
                                                 distance_slack)
   candidate_emb, candidate_lower, candidate_upper = _as_box(
@@ -551,9 +579,10 @@ def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lo
   candidate_block_size = retrieval.check_topk_arguments(
       query_emb, candidate_emb, k, block_size, candidate_block_size, exclude_self=False)
   return _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
-                      candidate_upper, jnp.asarray(distance_slack, query_emb.dtype), k=int(k),
+                      candidate_upper, jnp.asarray(distance_slack, query_emb.dtype),
+                      jnp.asarray(point_margin, query_emb.dtype), k=int(k),
                       block_size=int(block_size), candidate_block_size=candidate_block_size,
-                      qa_bound=qa_bound)
+                      qa_bound=qa_bound, outward=rounding == 'outward')
 
 
 def verify(rank_lower, rank_upper, rank, alpha):

@@ -4,12 +4,16 @@ Seed 001 (Kakizaki et al.) Sec. 5.1.2: for the query set Q and the candidate set
 `config.eval`, Recall@K (Eq. 22) and CR-Recall@K (Eq. 25, alpha = K - rank) against the query
 attack (QA, Theorem 3) and the candidate attack (CA, Theorem 4) at `config.ibp.eps`, and
 CR-Recall@K over the radii `config.ibp.eps_sweep`. The certificates are those of
-`jaxcert.bounds.retrieval` (docs/bounds.md §10-13), computed in `config.ibp.dtype` (float64 by
-default: the encoder's float32 weights cast exactly, under `jax.enable_x64`) at full matmul
-precision. Two choices, named in ibp.md and results.json ('certified_by'):
+`jaxcert.bounds.retrieval` (docs/bounds.md §10-13), computed in `config.ibp.dtype` at full matmul
+precision: 'float64' (the encoder's float32 weights cast exactly, under `jax.enable_x64`; bounds
+rounded to nearest and guarded by a distance slack) or 'float32' (rigorous: every bound rounded
+outwards, so it holds for the real-valued encoder with no slack, docs/rigorous_float32.md);
+'auto' (the default) is float64 on CPU and float32 on GPU and TPU. Two more choices, named in
+ibp.md and results.json ('certified_by'):
   config.ibp.method    how the embedding boxes are bounded: 'ibp' (interval bound propagation,
                        Eqs. 15-16), 'crown_ibp' or 'crown' (linear relaxations of
-                       `jaxcert.bounds.linear`, intersected with IBP; imported only when chosen);
+                       `jaxcert.bounds.linear`, intersected with IBP; imported only when chosen;
+                       float64 only);
   config.ibp.qa_bound  the QA certificate: 'linear' (the exact linear specification over the
                        query's embedding box, docs/bounds.md §13) or 'kakizaki' (Theorem 1).
 
@@ -25,7 +29,8 @@ number of the tables, and timings):
   cr_recall_vs_eps.png   CR-Recall@K (QA, CA) against eps, one curve per K and attack
 
 Rounding: every distance bound is widened by `config.ibp.distance_slack` times the magnitudes of
-its box and point before comparison (docs/bounds.md §10). In float64 the bounds' own rounding is
+its box and point before comparison (docs/bounds.md §10; by default 1e-5 in float64 and 0 in the
+rigorous float32). In float64 the bounds' own rounding is
 ~1e-16 of the magnitudes, ten orders below the default slack; in float32 it is ~1e-7 to 1e-5 and
 the slack is the only guard. ibp.md and results.json give the slack beside the float32 rounding
 error measured on the first `config.ibp.batch_size` queries and candidates against the same
@@ -57,10 +62,12 @@ from jaxcert import report
 from jaxcert import retrieval
 from jaxcert.bounds import retrieval as certified_retrieval
 from jaxcert.bounds.interval import interval
+from jaxcert.bounds import rounding as outward_rounding
 
 
 ROUNDING_MARGIN = 10  # the distance slack should exceed the measured float32 rounding this many times
-DTYPES = ('float64', 'float32')  # config.ibp.dtype: what the certificates are computed in
+# config.ibp.dtype: what the certificates are computed in ('float32' is rigorous, outward-rounded).
+DTYPES = ('auto', 'float64', 'float32')
 # config.ibp.method: how the embedding boxes are computed -> what ibp.md says about it.
 METHODS = {
     'ibp': 'interval bound propagation (Kakizaki et al. Eqs. 15-16)',
@@ -75,6 +82,22 @@ QA_BOUNDS = {
 CA_BOUND = 'Kakizaki et al. Theorem 2 (distance bounds, Eqs. 11-12)'
 
 
+def certification_dtype(ibp_config) -> str:
+  """`config.ibp.dtype`, with 'auto' resolved: 'float64' on CPU, 'float32' on GPU and TPU."""
+  if ibp_config.dtype != 'auto':
+    return ibp_config.dtype
+  return 'float64' if jax.default_backend() == 'cpu' else 'float32'
+
+
+def distance_slack(ibp_config) -> float:
+  """`config.ibp.distance_slack`; unset (None): 1e-5 in float64, 0 in the rigorous float32."""
+  if ibp_config.distance_slack is not None:
+    return float(ibp_config.distance_slack)
+  if certification_dtype(ibp_config) == 'float32':
+    return 0.
+  return certified_retrieval.DEFAULT_DISTANCE_SLACK
+
+
 def check_ibp_config(ibp_config, num_candidates: int) -> tuple[float, tuple[int, ...], list[float]]:
   """`(eps, ks, sorted radii to certify at)` from `config.ibp`; ValueError if invalid."""
   if ibp_config.dtype not in DTYPES:
@@ -86,9 +109,8 @@ def check_ibp_config(ibp_config, num_candidates: int) -> tuple[float, tuple[int,
                      f'{list(QA_BOUNDS)}.')
   if ibp_config.dtype == 'float64' and jax.default_backend() == 'tpu':
     raise ValueError('TPUs do not compute in float64: certify with --config.ibp.dtype=float32 '
-                     '(ibp.md then compares float32 rounding with the distance slack, '
-                     'docs/bounds.md §10).')
-  if not ibp_config.distance_slack >= 0:
+                     '(rigorous: outward-rounded bounds, docs/rigorous_float32.md).')
+  if not distance_slack(ibp_config) >= 0:
     raise ValueError(f'config.ibp.distance_slack must be >= 0 (default '
                      f'{certified_retrieval.DEFAULT_DISTANCE_SLACK}), got {ibp_config.distance_slack}.')
   eps = float(ibp_config.eps)
@@ -129,22 +151,26 @@ def in_dtype(inputs, dtype: str):
 
 
 @functools.cache
-def embedding_bound_transform(method: str):
+def embedding_bound_transform(method: str, outward: bool = False):
   """The bound transform of `config.ibp.method` for `certified_retrieval.embedding_bounds`.
 
-  'ibp': `interval`. 'crown_ibp', 'crown': `jaxcert.bounds.linear.linear_bounds(fn, method=...)`
+  'ibp': `interval` (`outward_interval` if `outward`, the rigorous float32). 'crown_ibp', 'crown': `jaxcert.bounds.linear.linear_bounds(fn, method=...)`
   (same calling convention as `interval(fn)`, already intersected with the IBP bounds), imported
   here, only for those methods. Cached: one function object per method, so jit reuses its
   compilations.
 
   Raises:
-    ValueError: an unknown method.
+    ValueError: an unknown method, or a linear method with `outward` (the linear bounds round to
+      nearest: certify them in float64).
     ImportError: a linear method in an installation without `jaxcert.bounds.linear`.
   """
   if method not in METHODS:
     raise ValueError(f'Unknown config.ibp.method {method!r}; valid: {list(METHODS)}.')
   if method == 'ibp':
-    return interval
+    return certified_retrieval.outward_interval if outward else interval
+  if outward:
+    raise ValueError(f'config.ibp.method={method!r} rounds to nearest and cannot certify in the '
+                     "rigorous float32; pass --config.ibp.dtype=float64 (or method 'ibp').")
   module_name = 'jaxcert.bounds.linear'
   try:
     linear = importlib.import_module(module_name)
@@ -157,11 +183,35 @@ def embedding_bound_transform(method: str):
   return functools.partial(linear.linear_bounds, method=method)
 
 
-def certify_at(inputs, query_emb, candidate_emb, eps: float, ks) -> dict:
+def point_margins(inputs, query_emb, candidate_emb) -> dict:
+  """How far the real-valued encoder's embeddings are from the computed ones (rigorous float32).
+
+  Outward-rounded boxes at eps = 0 of the queries and candidates, reduced to per-coordinate
+  margins (`rounding.point_margins`): `certify_at` widens the boxes compared with candidate
+  embeddings by the candidates' margins and those compared with query embeddings by the queries'
+  (`rounding.widen_for_points`, docs/rigorous_float32.md §6).
+
+  Returns:
+    {'query': (below, above), 'candidate': (below, above)}, each (d,) arrays.
+  """
+  ibp_config = inputs.config.ibp
+  margins = {}
+  for side, emb, images in (('query', query_emb, inputs.queries.images),
+                            ('candidate', candidate_emb, inputs.candidates.images)):
+    point_box = certified_retrieval.embedding_bounds(
+        inputs.embed, images, 0., batch_size=ibp_config.batch_size, sharding=inputs.batch_sharding,
+        dtype=emb.dtype, bound=certified_retrieval.outward_interval)
+    margins[side] = outward_rounding.point_margins(emb, *point_box)
+  return margins
+
+
+def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None) -> dict:
   """Rank bounds and per-query certificates of the inputs' encoder at radius `eps`.
 
   The input boxes are built in the dtype of `query_emb` (that of `inputs.embed`), by
-  `config.ibp.method`; QA is certified by `config.ibp.qa_bound`.
+  `config.ibp.method`; QA is certified by `config.ibp.qa_bound`. In the rigorous float32
+  (`config.ibp.dtype`), every bound is rounded outwards, with the embeddings' own `margins`
+  (`point_margins`, computed here if not given).
 
   Returns:
     {'rank_bounds': RankBounds, 'certified': {'qa', 'ca'} -> (Nq, len(ks)) bool,
@@ -169,7 +219,8 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks) -> dict:
      {percentile: float} (`box_radius_percentiles`), 'bounds_s', 'verify_s'}.
   """
   ibp_config = inputs.config.ibp
-  bound = embedding_bound_transform(ibp_config.method)
+  outward = certification_dtype(ibp_config) == 'float32'
+  bound = embedding_bound_transform(ibp_config.method, outward)
   start = time.perf_counter()
   query_box, candidate_box = (
       certified_retrieval.embedding_bounds(inputs.embed, images, eps,
@@ -177,13 +228,24 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks) -> dict:
                                            sharding=inputs.batch_sharding, dtype=query_emb.dtype,
                                            bound=bound)
       for images in (inputs.queries.images, inputs.candidates.images))
+  compared_query_box, compared_candidate_box = query_box, candidate_box
+  point_margin = 0.
+  if outward:
+    margins = margins if margins is not None else point_margins(inputs, query_emb, candidate_emb)
+    compared_query_box = outward_rounding.widen_for_points(*query_box, margins['candidate'])
+    compared_candidate_box = outward_rounding.widen_for_points(*candidate_box, margins['query'])
+    # ||y - y~||_2 of every candidate, for the linear QA specification; the norm in float64 and
+    # a relative 1e-6 above it (its rounding is ~1e-16).
+    point_margin = float(np.linalg.norm(np.maximum(*margins['candidate']).astype(np.float64)))
+    point_margin *= 1 + 1e-6
   bounds_s = time.perf_counter() - start
   start = time.perf_counter()
   rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
-      query_emb, *query_box, candidate_emb, *candidate_box, max(ks),
+      query_emb, *compared_query_box, candidate_emb, *compared_candidate_box, max(ks),
       block_size=ibp_config.query_block_size,
       candidate_block_size=ibp_config.candidate_block_size,
-      distance_slack=ibp_config.distance_slack, qa_bound=ibp_config.qa_bound))
+      distance_slack=distance_slack(ibp_config), qa_bound=ibp_config.qa_bound,
+      rounding='outward' if outward else 'nearest', point_margin=point_margin))
   verify_s = time.perf_counter() - start
   certified = certified_retrieval.certified_retrieval(
       rank_bounds, inputs.queries.labels, inputs.candidates.labels, ks)
@@ -198,43 +260,44 @@ def rounding_check(inputs, eps: float) -> dict:
   """float32 rounding of the embeddings and boxes at `eps` against the distance slack.
 
   Measured on the first `config.ibp.batch_size` queries and as many candidates
-  (`certified_retrieval.float32_rounding_error`; `inputs` holds the float32 encoder). Logs a
-  warning, and says so in the returned text, when `distance_slack` exceeds the larger relative
-  error by less than `ROUNDING_MARGIN` times. Certified in float32 (`config.ibp.dtype`), the
-  certificates then rest on a thinner guard against rounding than docs/bounds.md §10 assumes; in
-  float64 they do not, but the float32 encoder as deployed may order near-ties otherwise.
+  (`certified_retrieval.float32_rounding_error`; `inputs` holds the float32 encoder). Certified
+  in float64, logs a warning, and says so in the returned text, when `distance_slack` exceeds the
+  larger relative error by less than `ROUNDING_MARGIN` times: the certificates hold, but the
+  float32 encoder as deployed may order near-ties otherwise. Certified in the rigorous float32
+  (`config.ibp.dtype`), nothing rests on the slack; the text says which arithmetic certified.
 
   Returns:
     {'dtype', 'distance_slack', 'images', 'embedding', 'box', 'text'} (the errors relative to the
     magnitudes; 'text' is the paragraph for ibp.md).
   """
   ibp_config = inputs.config.ibp
+  dtype = certification_dtype(ibp_config)
   count = int(ibp_config.batch_size)
   images = np.concatenate([np.asarray(inputs.queries.images[:count]),
                            np.asarray(inputs.candidates.images[:count])])
   error = certified_retrieval.float32_rounding_error(inputs.model.apply, inputs.variables, images, eps)
-  slack = float(ibp_config.distance_slack)
+  slack = distance_slack(ibp_config)
   largest = max(error.values())
   margin = slack / largest if largest > 0 else float('inf')
   measured = (f'measured on {len(images)} images, float32 against float64, the embeddings are '
               f'within {error["embedding"]:.2g} of theirs and the boxes at eps = {eps:g} fall short '
-              f'of theirs by at most {error["box"]:.2g}: the slack is {margin:.3g}x that')
-  if ibp_config.dtype == 'float64':
-    text = (f'\nRounding: certified in float64 (config.ibp.dtype), whose rounding is ~1e-16 of the '
-            f'magnitudes; distance bounds widened by distance_slack = {slack:g} of the magnitudes '
-            f'(docs/bounds.md §10). The float32 encoder as deployed: {measured}.\n')
-    risk = 'the float32 encoder may order near-ties otherwise than the certified one'
-  else:
-    text = (f'\nRounding: certified in float32 (config.ibp.dtype); distance bounds widened by '
-            f'distance_slack = {slack:g} of the magnitudes (docs/bounds.md §10); {measured}.\n')
-    risk = 'certificates may rest on rounding (certify with --config.ibp.dtype=float64)'
+              f'of theirs by at most {error["box"]:.2g}')
+  if dtype == 'float32':
+    text = (f'\nRounding: certified in float32 with outward rounding (config.ibp.dtype): every '
+            f'bound contains that of the real-valued encoder, with distance_slack = {slack:g} '
+            f'(docs/rigorous_float32.md). The float32 encoder as deployed: {measured}.\n')
+    return {'dtype': dtype, 'distance_slack': slack, 'images': len(images), **error, 'text': text}
+  text = (f'\nRounding: certified in float64 (config.ibp.dtype), whose rounding is ~1e-16 of the '
+          f'magnitudes; distance bounds widened by distance_slack = {slack:g} of the magnitudes '
+          f'(docs/bounds.md §10). The float32 encoder as deployed: {measured}: the slack is '
+          f'{margin:.3g}x that.\n')
   if margin < ROUNDING_MARGIN:
     warning = (f'distance_slack {slack:g} is only {margin:.3g}x the measured float32 rounding '
-               f'{largest:.2g} (fewer than {ROUNDING_MARGIN}x): {risk}.')
+               f'{largest:.2g} (fewer than {ROUNDING_MARGIN}x): the float32 encoder may order '
+               'near-ties otherwise than the certified one.')
     logging.warning(warning)
     text += f'\n**Warning**: {warning}\n'
-  return {'dtype': ibp_config.dtype, 'distance_slack': slack, 'images': len(images), **error,
-          'text': text}
+  return {'dtype': dtype, 'distance_slack': slack, 'images': len(images), **error, 'text': text}
 
 
 BOX_RADIUS_PERCENTILES = (50, 90, 99)
@@ -288,8 +351,11 @@ def compute(inputs) -> dict:
   """
   config = inputs.config
   eps, ks, radii = check_ibp_config(config.ibp, len(inputs.candidates.labels))
-  with certification_precision(config.ibp.dtype):
-    certified_inputs = in_dtype(inputs, config.ibp.dtype)
+  dtype = certification_dtype(config.ibp)
+  if dtype == 'float32':
+    outward_rounding.check_no_subnormals(inputs.variables)
+  with certification_precision(dtype):
+    certified_inputs = in_dtype(inputs, dtype)
     start = time.perf_counter()
     query_emb = retrieval.embed_in_batches(certified_inputs.embed, inputs.queries.images,
                                            config.ibp.batch_size, sharding=inputs.batch_sharding)
@@ -297,11 +363,14 @@ def compute(inputs) -> dict:
                                                config.ibp.batch_size,
                                                sharding=inputs.batch_sharding)
     embed_s = time.perf_counter() - start
-    if query_emb.dtype != np.dtype(config.ibp.dtype):
-      raise ValueError(f'The encoder computes in {query_emb.dtype} with {config.ibp.dtype} '
+    if query_emb.dtype != np.dtype(dtype):
+      raise ValueError(f'The encoder computes in {query_emb.dtype} with {dtype} '
                        f'variables (a fixed dtype in the model?); certify with '
                        f'--config.ibp.dtype={query_emb.dtype}.')
-    sweep = {radius: certify_at(certified_inputs, query_emb, candidate_emb, radius, ks)
+    margins = (point_margins(certified_inputs, query_emb, candidate_emb) if dtype == 'float32'
+               else None)
+    sweep = {radius: certify_at(certified_inputs, query_emb, candidate_emb, radius, ks,
+                                margins=margins)
              for radius in radii}
   with certification_precision('float32'):  # the float32 encoder (x64 off), against float64
     rounding = rounding_check(inputs, eps)
