@@ -152,12 +152,6 @@ def make_train_step(model: nn.Module, config, tx: optax.GradientTransformation,
   return train_step
 
 
-def make_mesh(config):
-  """The device mesh of `config.parallel.num_devices` devices (-1: all devices; default 1)."""
-  num_devices = config.get('parallel', {}).get('num_devices', 1)
-  return parallel.make_mesh(None if num_devices == -1 else num_devices)
-
-
 def batch_indices(config, labels: np.ndarray, step: int) -> np.ndarray:
   """Indices of the training batch at `step`, a pure function of `(config.seed, step)`."""
   if config.sampler == 'm_per_class':
@@ -246,7 +240,7 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
   model = build_model(config)
   num_train = len(train_labels)
   tx = make_optimizer(config, num_train)
-  mesh = make_mesh(config)
+  mesh = parallel.make_mesh(config.get('parallel', {}).get('num_devices', 1))
   parallel.check_divisible(config.batch_size, mesh)
   state = parallel.replicate(create_train_state(config, model, image_shape, num_train, dataset.num_classes), mesh)
   num_steps = total_steps(config, num_train)

@@ -205,13 +205,13 @@ def test_sharded_topk_equals_blocked_topk(exclude_self):
     expected = retrieval.blocked_topk(queries, gallery, k, block_size=block_size,
                                       gallery_block_size=gallery_block_size,
                                       exclude_self=exclude_self)
-    got = parallel.sharded_blocked_topk(queries, gallery, k, mesh, block_size=block_size,
+    got = retrieval.sharded_blocked_topk(queries, gallery, k, mesh, block_size=block_size,
                                         gallery_block_size=gallery_block_size,
                                         exclude_self=exclude_self)
     np.testing.assert_array_equal(got[1], expected[1])
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match='k must be an integer'):
-    parallel.sharded_blocked_topk(queries, gallery, 51, mesh)
+    retrieval.sharded_blocked_topk(queries, gallery, 51, mesh)
 
 
 def _sign_embedding(x):
@@ -224,9 +224,9 @@ def test_sharded_smoother_does_not_depend_on_the_device_count():
   embed = _encoder('mlp', l2_normalize=True)
   smoother = smoothing.smooth(embed, sigma=0.25, num_samples=96, chunk_size=5)
   x, key = _images(3, seed=2), jax.random.key(5)
-  sharded = parallel.sharded_smoother(smoother, parallel.make_mesh())
+  sharded = smoothing.sharded_smoother(smoother, parallel.make_mesh())
   on_eight = sharded(key, x)
-  on_one = parallel.sharded_smoother(smoother, parallel.make_mesh(1), num_streams=8)(key, x)
+  on_one = smoothing.sharded_smoother(smoother, parallel.make_mesh(1), num_streams=8)(key, x)
   np.testing.assert_allclose(on_eight.mean, on_one.mean, rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(on_eight.max_norm, on_one.max_norm, rtol=1e-6)
   # The same n samples as a direct average of the 8 streams' own smoothers (n / 8 samples each).
@@ -242,7 +242,7 @@ def test_sharded_smoother_does_not_depend_on_the_device_count():
 @needs_eight
 def test_sharded_smoother_streams_are_independent_and_keep_coverage():
   num_samples, repeats, beta = 800, 2000, 0.01
-  smoother = parallel.sharded_smoother(
+  smoother = smoothing.sharded_smoother(
       smoothing.smooth(_sign_embedding, sigma=1.0, num_samples=num_samples, chunk_size=100),
       parallel.make_mesh())
   keys = jax.random.split(jax.random.key(0), repeats)
@@ -260,9 +260,9 @@ def test_bad_arguments_raise():
   mesh = parallel.make_mesh()
   smoother = smoothing.smooth(_sign_embedding, sigma=1.0, num_samples=100, chunk_size=10)
   with pytest.raises(ValueError, match='multiple of the 8 devices'):
-    parallel.sharded_smoother(smoother, mesh, num_streams=4)
+    smoothing.sharded_smoother(smoother, mesh, num_streams=4)
   with pytest.raises(ValueError, match='num_samples=100 does not divide into 8 streams; use a multiple'):
-    parallel.sharded_smoother(smoother, mesh)
+    smoothing.sharded_smoother(smoother, mesh)
   double = parallel.data_parallel(lambda x, y: x + y, mesh, batch_argnums=(0, 1))
   with pytest.raises(ValueError, match='one common leading'):
     double(jnp.zeros(4), jnp.zeros(5))
