@@ -113,6 +113,20 @@ def embed_in_batches(embed: Callable, images, batch_size: int = 256, *,
   return np.concatenate([np.asarray(out)[:count] for out, count in outputs])
 
 
+def padded_batches(num: int, batch_size: int):
+  """Yields (rows, count) covering range(num) in batches of one fixed size.
+
+  `rows` holds min(batch_size, num) indices, the last batch padded by repeating its last index;
+  its first `count` are real. One batch shape serves every batch, so a jitted function (an
+  attack) compiles once.
+  """
+  if int(batch_size) != batch_size or batch_size < 1:
+    raise ValueError(f'batch_size must be a positive integer, got {batch_size!r}.')
+  size = min(int(batch_size), num)
+  for start in range(0, num, size):
+    yield np.minimum(np.arange(start, start + size), num - 1), min(size, num - start)
+
+
 def pairwise_sq_distances(a, b) -> jax.Array:
   """Squared Euclidean distances sum_j (a_ij - b_lj)^2, (Na, Nb), exact to float32 rounding.
 

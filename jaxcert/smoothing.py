@@ -57,7 +57,6 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 from scipy import special
 
-from jaxcert import attacks
 from jaxcert import parallel
 from jaxcert import retrieval
 
@@ -680,7 +679,7 @@ def certified_recall_at_1(radius, correct, radii) -> np.ndarray:
   return certified.mean(axis=1)
 
 
-def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def float64_distances(a, b) -> np.ndarray:
   """||a_i - b_j||_2 in float64, (Na, k) x (Nb, k) -> (Na, Nb)."""
   squared = (np.sum(a * a, axis=1)[:, None] + np.sum(b * b, axis=1)[None, :] - 2.0 * a @ b.T)
   return np.sqrt(np.maximum(squared, 0.0))
@@ -691,8 +690,8 @@ def _certify_block(query_select, query_estimate, query_labels, query_gallery_ind
                    sigma, F, num_pairs) -> Certificate:
   """`certify` for one block of queries (docs/smoothing.md Secs. 2, 3, 5)."""
   rows = np.arange(query_estimate.shape[0])
-  distance_select = _distances(query_select, gallery_select)
-  distance_estimate = _distances(query_estimate, gallery_estimate)
+  distance_select = float64_distances(query_select, gallery_select)
+  distance_estimate = float64_distances(query_estimate, gallery_estimate)
   excluded = np.zeros_like(distance_estimate, bool)
   in_gallery = query_gallery_index >= 0
   excluded[rows[in_gallery], query_gallery_index[in_gallery]] = True
@@ -778,115 +777,6 @@ def _bisector_radius(query_estimate, distance_select, distance_estimate, negativ
   pair_radius = np.maximum(pair_paper_radius, pair_bisector_radius)
   pair_radius = np.where(pair_valid, pair_radius, np.inf)
   return np.minimum(outside_radius, pair_radius.min(axis=1))
-
-
-# ---------------------------------------------------------------------------
-# Empirical check: PGD on the smoothed model.
-# ---------------------------------------------------------------------------
-
-
-def common_noise_margin(x, embed, noise, gallery_mean, positive_mask, negative_mask) -> jax.Array:
-  """d(x; g_m) (Definition 3.1) with g_m(x) = (1/m) sum_j h(x + noise_j), a fixed-noise estimate.
-
-  With the noise fixed, g_m is a deterministic, differentiable stand-in for g = E h(x + z) (the
-  expectation over noise that PGD attacks, "EOT").
-
-  Args:
-    x: (B, ...) inputs.
-    embed: the bounded base embedding h.
-    noise: (m, ...) noise samples, shared by the batch.
-    gallery_mean: (N, k) smoothed gallery embeddings.
-    positive_mask: (B, N) bool, the gallery items with query b's label.
-    negative_mask: (B, N) bool, the other gallery items (leave-one-out: neither mask holds the
-      query's own item).
-
-  Returns:
-    (B,) nearest-negative distance minus nearest-positive distance.
-  """
-  batch, num_noise = x.shape[0], noise.shape[0]
-  noisy = (x[None] + noise[:, None]).reshape((num_noise * batch,) + x.shape[1:])
-  g = jnp.mean(embed(noisy).reshape(num_noise, batch, -1), axis=0)
-  squared = (jnp.sum(g * g, 1)[:, None] + jnp.sum(gallery_mean * gallery_mean, 1)[None, :]
-             - 2.0 * g @ gallery_mean.T)
-  distance = jnp.sqrt(jnp.maximum(squared, 0.0) + 1e-12)
-  nearest_positive = jnp.min(jnp.where(positive_mask, distance, jnp.inf), axis=1)
-  nearest_negative = jnp.min(jnp.where(negative_mask, distance, jnp.inf), axis=1)
-  return nearest_negative - nearest_positive
-
-
-def _negative_common_noise_margin(x, embed, noise, gallery_mean, positive_mask, negative_mask):
-  return -common_noise_margin(x, embed, noise, gallery_mean, positive_mask, negative_mask)
-
-
-def retrieval_masks(labels, gallery_labels, query_gallery_index=None) -> tuple[np.ndarray, ...]:
-  """(positive, negative) (B, N) masks; `query_gallery_index[b] >= 0` removes query b's own item."""
-  same = np.asarray(labels)[:, None] == np.asarray(gallery_labels)[None, :]
-  kept = np.ones_like(same)
-  if query_gallery_index is not None:
-    index = np.asarray(query_gallery_index)
-    rows = np.flatnonzero(index >= 0)
-    kept[rows, index[rows]] = False
-  return same & kept, ~same & kept
-
-
-def plug_in_margin(query_mean, gallery_mean, positive_mask, negative_mask) -> np.ndarray:
-  """d(x; g_hat) of Definition 3.1 on estimates (float64, host): no slack, not a bound."""
-  distance = _distances(np.asarray(query_mean, np.float64), np.asarray(gallery_mean, np.float64))
-  return (np.where(negative_mask, distance, np.inf).min(axis=1)
-          - np.where(positive_mask, distance, np.inf).min(axis=1))
-
-
-def attack_smoothed_retrieval(embed: Callable, key: jax.Array, x, labels, gallery_mean,
-                              gallery_labels, radius, *, sigma: float, num_noise: int = 256,
-                              num_steps: int = 100, num_restarts: int = 3,
-                              clip: tuple[float, float] = (0.0, 1.0),
-                              query_gallery_index=None) -> jax.Array:
-  """The strongest L2 PGD perturbation found against the smoothed 1-NN, per query.
-
-  Minimises d(x + delta; g_m) over ||delta||_2 <= radius[b] (and the `clip` box) with
-  `jaxcert.attacks.pgd` (step radius / 10, random starts), g_m a `common_noise_margin` estimate
-  with `num_noise` fresh noise samples per restart; keeps the restart with the lowest margin.
-  Used by the tests and scripts/seed000_pgd_check.py to try to break a certificate: re-estimate
-  g(x + delta) with many independent samples and compare its 1-NN with the certified one.
-
-  Args:
-    embed: the bounded base embedding h (as given to `smooth`).
-    key: a `jax.random.key`.
-    x: (B, ...) queries.
-    labels: (B,) query labels.
-    gallery_mean: (N, k) smoothed gallery embeddings (e.g. `SmoothedEmbeddings.mean`).
-    gallery_labels: (N,) labels.
-    radius: (B,) attack radii (use 0 for queries not to attack).
-    sigma: the smoothing noise.
-    num_noise: noise samples of g_m per restart.
-    num_steps: PGD steps per restart.
-    num_restarts: random restarts.
-    clip: the input box.
-    query_gallery_index: optional (B,) gallery item of each query, left out (-1: none).
-
-  Returns:
-    (B, ...) attacked inputs.
-  """
-  embed = _as_pytree_function(embed)
-  x = jnp.asarray(x, jnp.float32)
-  positive_mask, negative_mask = (jnp.asarray(mask) for mask in retrieval_masks(
-      labels, gallery_labels, query_gallery_index))
-  gallery_mean = jnp.asarray(gallery_mean, jnp.float32)
-  eps = jnp.asarray(radius, jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
-  attack = attacks.pgd(_negative_common_noise_margin, eps=eps, step_size=eps / 10,
-                       num_steps=num_steps, norm='l2', clip=clip)
-  best, best_margin = x, jnp.full((x.shape[0],), jnp.inf)
-  for restart in range(num_restarts):
-    restart_key = jax.random.fold_in(key, restart)
-    noise = sigma * jax.random.normal(jax.random.fold_in(restart_key, 1),
-                                      (num_noise,) + x.shape[1:])
-    masks = (positive_mask, negative_mask)
-    candidate = attack(jax.random.fold_in(restart_key, 0), x, embed, noise, gallery_mean, *masks)
-    margin = common_noise_margin(candidate, embed, noise, gallery_mean, *masks)
-    better = margin < best_margin
-    best = jnp.where(better.reshape(eps.shape), candidate, best)
-    best_margin = jnp.minimum(margin, best_margin)
-  return best
 
 
 # ---------------------------------------------------------------------------
