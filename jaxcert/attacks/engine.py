@@ -31,13 +31,15 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from jaxcert import common
 
 NORMS = ('linf', 'l2')
 LOOPS = ('auto', 'python', 'fori')
@@ -145,11 +147,6 @@ def _pgd_fori(x_start, x, eps, step_size, *loss_args, loss_fn, num_steps, norm,
   return lax.fori_loop(0, num_steps, body, x_start)
 
 
-def _check_choice(name: str, value, valid: Sequence[str]) -> None:
-  if value not in valid:
-    raise ValueError(f'{name}={value!r} is not one of {tuple(valid)}.')
-
-
 def check_nonnegative(name: str, value) -> None:
   """Raises ValueError for a concrete negative or NaN value; tracers pass."""
   if isinstance(value, jax.core.Tracer):
@@ -167,7 +164,7 @@ def check_clip(clip) -> tuple[float, float]:
 
 def resolve_loop(loop: str) -> str:
   """'auto' -> 'python' on the CPU backend, 'fori' on accelerators; others unchanged."""
-  _check_choice('loop', loop, LOOPS)
+  common.check_choice('loop', loop, LOOPS)
   if loop != 'auto':
     return loop
   return 'python' if jax.default_backend() == 'cpu' else 'fori'
@@ -205,7 +202,7 @@ def pgd(loss_fn: LossFn, *, eps, step_size, num_steps: int,
     `attack(key, x, *loss_args) -> x_adv`; `key` seeds the random start (it
     may be None when `random_start` is False).
   """
-  _check_choice('norm', norm, NORMS)
+  common.check_choice('norm', norm, NORMS)
   loop = resolve_loop(loop)
   check_nonnegative('eps', eps)
   check_nonnegative('step_size', step_size)
@@ -338,7 +335,7 @@ def get_attack(method: str, loss_fn: LossFn, *, eps, num_steps: int,
   every point of the ball is reachable from any start), is eps for 'fgsm',
   and is the Adam learning rate for 'cw_linf' (default 5e-3).
   """
-  _check_choice('method', method, ATTACK_METHODS)
+  common.check_choice('method', method, ATTACK_METHODS)
   if method == 'pgd':
     if step_size is None:
       step_size = 2 * eps / max(num_steps, 1)
@@ -370,6 +367,4 @@ def squared_embedding_distance(x, embed, target_emb) -> jax.Array:
 
 def paired_distances(a, b) -> jax.Array:
   """||a_b - b_b|| per row -> (B,), with gradient 0 (not NaN) where a row distance is 0."""
-  squared = jnp.sum(jnp.square(a - b), axis=-1)
-  positive = squared > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.)), 0.)
+  return common.safe_sqrt(jnp.sum(jnp.square(a - b), axis=-1))
