@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import conftest
 from jaxcert import attacks
 from jaxcert import retrieval
 from jaxcert.evaluation import attack as attack_mode
@@ -47,11 +48,7 @@ def encoder():
 
 def _images(seed, num, binary_share=0.3):
   """Images in [0, 1] with some pixels exactly 0 or 1 (exercises the box)."""
-  rng = np.random.default_rng(seed)
-  images = rng.uniform(size=(num,) + IMAGE_SHAPE)
-  ends = rng.uniform(size=images.shape) < binary_share
-  images = np.where(ends, np.round(images), images)
-  return jnp.asarray(images, jnp.float32)
+  return conftest.uniform_images(num, IMAGE_SHAPE, seed, binary_share)
 
 
 def _linear_loss(x, weight):
