@@ -150,7 +150,7 @@ def scaling_measurements(repeats: int = 3) -> dict:
   from bench import common  # pylint: disable=import-outside-toplevel
   from configs import default  # pylint: disable=import-outside-toplevel
   # pylint: disable-next=import-outside-toplevel
-  from jaxcert import attacks, models, objectives, parallel, smoothing, training
+  from jaxcert import attacks, models, objectives, parallel, retrieval, smoothing, training
   from jaxcert.bounds import input_box, interval  # pylint: disable=import-outside-toplevel
 
   mesh = parallel.make_mesh()
@@ -186,7 +186,7 @@ def scaling_measurements(repeats: int = 3) -> dict:
 
   unit = jax.tree_util.Partial(models.get_model('small_cnn', embedding_dim=128, l2_normalize=True).apply,
                                variables)
-  smoother = parallel.sharded_smoother(
+  smoother = smoothing.sharded_smoother(
       smoothing.smooth(unit, sigma=0.25, num_samples=512, chunk_size=32), mesh, num_streams=8)
   x4 = images[:4]
   seconds['smoothing'] = common.median_seconds(lambda: smoother(key, x4).mean,
@@ -204,7 +204,7 @@ def scaling_measurements(repeats: int = 3) -> dict:
   queries = rng.normal(size=(2048, 128)).astype(np.float32)
   gallery = rng.normal(size=(4096, 128)).astype(np.float32)
   seconds['blocked top-k'] = common.median_seconds(
-      lambda: parallel.sharded_blocked_topk(queries, gallery, 40, mesh), repeats=repeats) / 2048
+      lambda: retrieval.sharded_blocked_topk(queries, gallery, 40, mesh), repeats=repeats) / 2048
   return {'devices': mesh.devices.size, 'seconds_per_item': seconds,
           'settings': {'model': 'small_cnn', 'forward': 'batch 256', 'train step': 'batch 128',
                        'IBP bounds': 'batch 128', 'smoothing': '4 inputs, n = 512 in 8 streams',

@@ -8,5 +8,5 @@
 from configs import seed001
 
 
-def get_config():
-  return seed001.get_config('cifar10', 'large', 'fctb')
+def get_config(variant=''):
+  return seed001.get_config('cifar10', 'large', 'fctb', variant)

@@ -7,5 +7,5 @@
 from configs import seed001
 
 
-def get_config():
-  return seed001.get_config('cifar10', 'small', 'cibp')
+def get_config(variant=''):
+  return seed001.get_config('cifar10', 'small', 'cibp', variant)

@@ -1,9 +1,19 @@
 """Defaults every experiment config starts from: seed 001's triplet training on the embedded sample.
 
-Each experiment file imports this, overrides a few fields and documents its launch command.
+Each experiment file imports this, overrides a few fields and documents its launch command. The
+paper grids (configs/seed000.py, configs/seed001.py) build their rows from it and look their
+arguments up with `choice`.
 """
 
 import ml_collections
+
+
+def choice(name: str, value: str, valid):
+  """`valid[value]` for a dict (the library's name for a short one), `value` for a tuple; raises
+  ValueError listing the valid values when `value` is not among them."""
+  if value not in valid:
+    raise ValueError(f'Unknown {name} {value!r}; valid: {sorted(valid)}.')
+  return valid[value] if isinstance(valid, dict) else value
 
 
 def get_config() -> ml_collections.ConfigDict:

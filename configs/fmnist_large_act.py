@@ -14,13 +14,11 @@ Data: tfds 'fashion_mnist', or the IDX files: --config.data.name=idx
 overrides the epochs and the attack steps (its README has the exact command).
 """
 
-from configs import default
+from configs import seed001
 
 
 def get_config():
-  config = default.get_config()
-  config.data.name = 'fashion_mnist'
-  config.model.name = 'large_cnn'
+  config = seed001.get_config('fmnist', 'large', 'triplet')
   config.method = 'act'
   config.act.eps = 77 / 255
   config.act.step_size = 3 / 255

@@ -10,5 +10,5 @@
 from configs import seed001
 
 
-def get_config():
-  return seed001.get_config('fmnist', 'large', 'fctb')
+def get_config(variant=''):
+  return seed001.get_config('fmnist', 'large', 'fctb', variant)

@@ -9,5 +9,5 @@
 from configs import seed001
 
 
-def get_config():
-  return seed001.get_config('fmnist', 'small', 'tbt')
+def get_config(variant=''):
+  return seed001.get_config('fmnist', 'small', 'tbt', variant)

@@ -9,5 +9,5 @@
 from configs import seed001
 
 
-def get_config():
-  return seed001.get_config('mnist', 'large', 'cibp')
+def get_config(variant=''):
+  return seed001.get_config('mnist', 'large', 'cibp', variant)

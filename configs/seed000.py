@@ -27,12 +27,6 @@ PAPER_SIGMAS = (0.1, 0.25, 0.5, 1.0)  # Sec. 4.3
 SOP_TEST_CLASSES = 1_000  # Sec. 4.3: "another 1,000 classes as the test set"
 
 
-def _choice(name: str, value: str, valid):
-  if value not in valid:
-    raise ValueError(f'Unknown {name} {value!r}; valid: {sorted(valid)}.')
-  return valid[value] if isinstance(valid, dict) else value
-
-
 def sigma_from_arg(arg, default_sigma: float = 0.25) -> float:
   """The GDML config argument (`configs/x_gdml.py:0.5`) as sigma > 0."""
   sigma = float(arg) if arg else default_sigma
@@ -45,9 +39,9 @@ def sigma_from_arg(arg, default_sigma: float = 0.25) -> float:
 def get_config(dataset: str, model: str, method: str, sigma: float | None = None):
   """The config of seed 000's (dataset, model, method), e.g. ('fmnist', 'small', 'gdml', 0.5)."""
   config = default.get_config()
-  config.data.name = _choice('dataset', dataset, DATASETS)
-  config.model.name = _choice('model', model, MODELS)
-  _choice('method', method, METHODS)
+  config.data.name = default.choice('dataset', dataset, DATASETS)
+  config.model.name = default.choice('model', model, MODELS)
+  default.choice('method', method, METHODS)
   config.model.l2_normalize = True
   config.loss.name = 'margin'
   config.loss.margin = 0.2  # gamma

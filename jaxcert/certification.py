@@ -31,7 +31,6 @@ from jaxcert import checkpointing
 from jaxcert import data
 from jaxcert import parallel
 from jaxcert import report
-from jaxcert import training
 
 # mode -> module of jaxcert.evaluation that implements it (imported when the mode is asked for).
 MODES: dict[str, str] = {
@@ -82,8 +81,8 @@ def default_workdir(config) -> str:
 
 def load_inputs(config) -> CertifyInputs:
   """Restores `config.checkpoint`'s encoder and splits its test set into queries and candidates."""
-  model, variables, dataset, step = training.load_trained(config, config.checkpoint)
-  (query_images, query_labels), (candidate_images, candidate_labels) = training.query_candidate_sets(
+  model, variables, dataset, step = checkpointing.load_trained(config, config.checkpoint)
+  (query_images, query_labels), (candidate_images, candidate_labels) = data.query_candidate_sets(
       config, dataset)
   batch_sharding = parallel.local_batch_sharding(config.parallel.num_devices)
   if batch_sharding is not None:

@@ -1,7 +1,12 @@
-"""Checkpoints on orbax: save every N steps, restore the latest on start-up.
+"""Checkpoints on orbax: save every N steps, restore the latest on start-up, read a run's encoder.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a run killed in
 the middle of a save leaves the previous checkpoint intact; `restore_or_init` then resumes from it.
+
+A run is named by its workdir `'DIR'` (its newest checkpoint) or `'DIR@STEP'`. Its encoder is read
+from the raw checkpoint tree (`restore_encoder`, `load_trained`), whatever else its train state
+held, so certification and fine-tuning need neither the run's training settings nor
+`jaxcert.training`: this module imports only `jaxcert.data` and `jaxcert.models`.
 """
 
 from __future__ import annotations
@@ -10,7 +15,12 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxcert import data
+from jaxcert import models
 
 
 def manager(directory: str, *, max_to_keep: int = 2, keep_every_steps: int = 0) -> ocp.CheckpointManager:
@@ -138,3 +148,82 @@ def _check_directory(directory: str) -> None:
     raise FileNotFoundError(
         f'No checkpoint directory {directory!r}. Train first: '
         'python train.py --config configs/<name>.py --workdir <dir> (checkpoints go to <dir>/checkpoints).')
+
+
+# ---------------------------------------------------------------------------
+# A run's encoder.
+# ---------------------------------------------------------------------------
+
+
+def encoder_variables(restored: dict) -> dict:
+  """The encoder's Flax variables in a raw train-state tree (`restore_raw`): `{'params'}`, and
+  `{'batch_stats'}` for encoders with BatchNorm (a train state saves `params['model']` and
+  `batch_stats`)."""
+  variables = {'params': restored['params']['model']}
+  if restored.get('batch_stats'):
+    variables['batch_stats'] = restored['batch_stats']
+  return variables
+
+
+def restore_encoder(run: str, target: dict) -> tuple[dict, int]:
+  """The encoder variables of a run's checkpoint (`'DIR'`: the newest, `'DIR@STEP'`), and its step.
+
+  Only the encoder is read, whatever else the train state held (optimiser, gradient clipping, a
+  method's head or frozen reference encoder), so any run's encoder can be certified or fine-tuned
+  under any training settings.
+
+  Args:
+    run: the run's workdir, or 'DIR@STEP'.
+    target: the Flax variables the encoder must have (arrays or `jax.ShapeDtypeStruct`s, e.g.
+      `jax.eval_shape` of `models.init_variables`); the result has their shapes and dtypes.
+
+  Raises:
+    FileNotFoundError: `run` holds no checkpoint.
+    ValueError: its encoder has other shapes than `target`'s.
+  """
+  restored = restore_run_raw(run)
+  source = encoder_variables(restored)
+  if jax.tree.map(np.shape, source) != jax.tree.map(np.shape, target):
+    raise ValueError(f'The encoder in {run} does not match config.model (parameter shapes differ); '
+                     'it needs a checkpoint of the same architecture and embedding size.')
+  return jax.tree.map(lambda s, t: jnp.asarray(s, t.dtype), source, target), int(restored['step'])
+
+
+def initialize_from(state, run: str):
+  """`state` with the encoder (parameters and BatchNorm statistics) of `run` ('DIR' or 'DIR@STEP').
+
+  Fine-tuning (FCTB of Kakizaki et al., Eq. 21, starts from a TBT-trained encoder) starts from
+  another run's encoder, whatever method trained it; the step, the optimiser and the method's own
+  parameters start afresh.
+
+  Args:
+    state: a `jaxcert.training.TrainState` (its `variables()`, `params['model']` and
+      `batch_stats`).
+    run: as `restore_encoder`, which raises as documented there.
+  """
+  variables, _ = restore_encoder(run, state.variables())
+  return state.replace(params={**state.params, 'model': variables['params']},
+                       batch_stats=variables.get('batch_stats', {}))
+
+
+def load_trained(config, run: str, dataset: data.Dataset | None = None):
+  """The encoder of `config.model` with the variables of `run`'s checkpoint ('DIR' or 'DIR@STEP').
+
+  Reads only the encoder (`restore_encoder`; its shapes from `model.init` under `jax.eval_shape`):
+  the training settings of `config` (optimiser, gradient clipping, method) need not match the
+  run's.
+
+  Args:
+    config: the experiment config (`model`, and `data` when `dataset` is None).
+    run: the run's workdir, or 'DIR@STEP'.
+    dataset: the dataset (its image shape); default `data.load_dataset(config.data)`.
+
+  Returns:
+    `(model, variables, dataset, step)`, `step` the training step the checkpoint was saved at.
+  """
+  dataset = dataset if dataset is not None else data.load_dataset(config.data)
+  image_shape = tuple(dataset.train.images.shape[1:])
+  model = models.build_model(config.model)
+  target = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), image_shape))
+  variables, step = restore_encoder(run, target)
+  return model, variables, dataset, step

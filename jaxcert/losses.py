@@ -12,8 +12,8 @@ shapes, no Python loop over the batch) and returns a scalar:
   beta and distance-weighted negative sampling (`distance_weighted_negatives`), the base loss of
   seed 000 (Sec. 4.1).
 
-Distances d are Euclidean (not squared). Their square root is taken safely: d = 0 where the squared
-distance is 0, with gradient 0 there, so duplicate embeddings give finite gradients.
+Distances d are Euclidean (not squared). Their square root is taken safely (`common.safe_sqrt`):
+d = 0 where the squared distance is 0, with gradient 0 there, so duplicate embeddings give finite gradients.
 `get_loss(name)` looks a loss up by its name in LOSS_NAMES.
 """
 
@@ -25,13 +25,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcert import common
+
 MINING_STRATEGIES = ('batch_all', 'batch_all_mean', 'batch_hard', 'semi_hard')
 
 
-def _safe_sqrt(squared: jax.Array) -> jax.Array:
-  """sqrt(max(squared, 0)) with value and gradient 0 where squared <= 0 (no inf * 0 = NaN)."""
-  positive = squared > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+# The old private name, still imported by jaxcert/bounds/retrieval.py and
+# jaxcert/objectives/certified.py; remove once they call `common.safe_sqrt` (issue 25).
+_safe_sqrt = common.safe_sqrt
 
 
 def _pairwise_distances(embeddings: jax.Array) -> jax.Array:
@@ -48,7 +49,7 @@ def _pairwise_distances(embeddings: jax.Array) -> jax.Array:
   gram = jnp.matmul(embeddings, embeddings.T, precision=lax.Precision.HIGHEST)
   squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * gram
   squared = jnp.where(jnp.eye(embeddings.shape[0], dtype=bool), 0.0, jnp.maximum(squared, 0.0))
-  return _safe_sqrt(squared)
+  return common.safe_sqrt(squared)
 
 
 def _label_masks(labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -82,8 +83,8 @@ def triplet_loss_explicit(anchor: jax.Array, positive: jax.Array, negative: jax.
   Returns:
     (B,) hinge values.
   """
-  positive_distance = _safe_sqrt(jnp.sum(jnp.square(anchor - positive), axis=-1))
-  negative_distance = _safe_sqrt(jnp.sum(jnp.square(anchor - negative), axis=-1))
+  positive_distance = common.safe_sqrt(jnp.sum(jnp.square(anchor - positive), axis=-1))
+  negative_distance = common.safe_sqrt(jnp.sum(jnp.square(anchor - negative), axis=-1))
   return jax.nn.relu(positive_distance - negative_distance + margin)
 
 

@@ -9,7 +9,8 @@ pytorch-metric-learning's `AccuracyCalculator`. Both run on the blocked top-k of
 ties in distance are ordered by gallery index (see `jaxcert.retrieval`).
 
 `evaluate_retrieval` embeds the query and gallery images and returns both
-metrics; `raw_pixel_embed` is the encoder of the raw-pixel baseline.
+metrics; `raw_pixel_embed` is the encoder of the raw-pixel baseline; `evaluate` runs both on the
+query/candidate split of an experiment config (the evaluation at the end of training).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcert import data
 from jaxcert import retrieval
 
 DEFAULT_KS = (1, 10, 20, 40)
@@ -230,4 +232,23 @@ def evaluate_retrieval(embed: Callable, query_images, query_labels, gallery_imag
   results = {f'recall@{k}': value for k, value in recalls.items()}
   results['map@r'] = map_at_r(query_emb, query_labels, gallery_emb, gallery_labels,
                               exclude_self=exclude_self, block_size=block_size)
+  return results
+
+
+def evaluate(config, model, variables, dataset: data.Dataset) -> dict:
+  """Recall@K and mAP@R of the encoder `model` (Flax `variables`) and of raw pixels on the
+  query/candidate split of `config.eval` (`data.query_candidate_sets`).
+
+  Returns:
+    `{'model': {...metrics}, 'raw_pixels': {...metrics}}`, each as `evaluate_retrieval`.
+  """
+  (query_images, query_labels), (candidate_images, candidate_labels) = data.query_candidate_sets(
+      config, dataset)
+  ks = tuple(config.eval.ks)
+  embed = lambda x: model.apply(variables, x)
+  results = {}
+  for name, fn in (('model', embed), ('raw_pixels', raw_pixel_embed)):
+    results[name] = evaluate_retrieval(
+        fn, query_images, query_labels, candidate_images, candidate_labels, ks=ks,
+        batch_size=config.eval.batch_size)
   return results

@@ -12,10 +12,10 @@ the batch). `pmap` is in maintenance mode since JAX 0.8; this is its replacement
   across the mesh, padding the batch to a multiple of the device count and dropping the padding.
   Each example's result is the one computed unsharded (random starts too: threefry keys give the
   same numbers whatever the sharding).
-* Retrieval: `sharded_blocked_topk` splits the queries across devices (each device scans the whole
-  gallery with `jaxcert.retrieval`'s blocked top-k) and returns what `retrieval.blocked_topk` does.
-* Smoothing: `sharded_smoother` splits the Monte-Carlo samples into independent streams, spread over
-  the devices with `jax.shard_map`, and all-reduces their sums (`psum`).
+* The sharded computations built on these meshes live beside their unsharded versions:
+  `retrieval.sharded_blocked_topk` (queries split across devices) and `smoothing.sharded_smoother`
+  (Monte-Carlo samples split into independent streams). This module is infrastructure only and
+  imports no other module of jaxcert.
 
 Multi-host (TPU pod slices, GPU clusters, several processes on one machine): call
 `initialize_from_config(config.parallel)` first in every process (train.py and certify.py do);
@@ -26,26 +26,21 @@ checkpoints are written collectively by orbax, and files are written by process 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import tempfile
 from collections.abc import Callable, Sequence
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxcert import retrieval
-from jaxcert import smoothing
-
 DATA_AXIS = 'data'
 # `coordinator_address` value that lets JAX find the cluster itself (TPU pods, SLURM, Open MPI).
 AUTO_COORDINATOR = 'auto'
-# Unit roundoff of float32 (round to nearest).
-_FLOAT32_UNIT_ROUNDOFF = 2.0 ** -24
+# `config.parallel.num_devices` value that asks for every device.
+ALL_DEVICES = -1
 
 
 # ---------------------------------------------------------------------------
@@ -54,7 +49,9 @@ _FLOAT32_UNIT_ROUNDOFF = 2.0 ** -24
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D mesh (axis `DATA_AXIS`) over `num_devices` devices (all devices when None).
+  """A 1-D mesh (axis `DATA_AXIS`) over `num_devices` devices (all devices when None or -1).
+
+  `num_devices` is `config.parallel.num_devices` as the configs give it (-1: all; default 1).
 
   Devices are ordered by process, so process p owns a contiguous block of every batch-sharded array
   (the rows `process_slice` names). With several processes each contributes the same number of
@@ -66,7 +63,7 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
   """
   devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   processes = jax.process_count()
-  if num_devices is None:
+  if num_devices is None or (not isinstance(num_devices, bool) and num_devices == ALL_DEVICES):
     num_devices = len(devices)
   if isinstance(num_devices, bool) or int(num_devices) != num_devices or not 1 <= num_devices <= len(devices):
     raise ValueError(
@@ -106,7 +103,7 @@ def local_batch_sharding(num_devices: int) -> NamedSharding | None:
   """
   if num_devices == 1:
     return None
-  mesh = make_mesh(None if num_devices == -1 else num_devices)  # raises on a bad count
+  mesh = make_mesh(num_devices)  # raises on a bad count
   local = [device for device in mesh.devices.flat if device.process_index == jax.process_index()]
   if len(local) == 1:
     return None
@@ -147,7 +144,7 @@ def global_batch(local_array: np.ndarray, mesh: Mesh, global_size: int) -> jax.A
 
 
 # ---------------------------------------------------------------------------
-# Sharded certification, attacks and search.
+# Any batched function, data-parallel.
 # ---------------------------------------------------------------------------
 
 
@@ -226,176 +223,6 @@ def data_parallel(fn: Callable, mesh: Mesh, *, batch_argnums: Sequence[int] = (0
         lambda y: y[:count] if jnp.ndim(y) and jnp.shape(y)[0] == padded_size else y, out)
 
   return sharded
-
-
-@functools.partial(jax.jit, static_argnames=('mesh', 'k', 'block_size', 'gallery_block_size',
-                                             'exclude_self'))
-def _sharded_topk(query_emb, gallery_emb, *, mesh, k, block_size, gallery_block_size,
-                  exclude_self):
-  def local_topk(local_query, gallery):
-    # Without self-exclusion inside the scan (it needs global query indices): take one neighbour
-    # more and drop query i's own gallery item i, or the extra last neighbour where it is absent.
-    def distances_and_indices(sq, index):
-      return jnp.sqrt(sq), index
-    distances, index = retrieval.map_over_query_blocks(
-        distances_and_indices, local_query, gallery, k=k + int(exclude_self),
-        block_size=block_size, gallery_block_size=gallery_block_size, exclude_self=False)
-    if not exclude_self:
-      return distances, index
-    rows = local_query.shape[0]
-    query_index = lax.axis_index(DATA_AXIS) * rows + jnp.arange(rows)
-    is_self = index == query_index[:, None]
-    keep = jnp.argsort(is_self, axis=1, stable=True)[:, :k]  # self (at most one) sorts last
-    return (jnp.take_along_axis(distances, keep, axis=1),
-            jnp.take_along_axis(index, keep, axis=1))
-
-  # check_vma=False: the scans inside start from constants and carry per-device values.
-  return jax.shard_map(local_topk, mesh=mesh, in_specs=(P(DATA_AXIS), P()),
-                       out_specs=(P(DATA_AXIS), P(DATA_AXIS)), check_vma=False)(query_emb, gallery_emb)
-
-
-def sharded_blocked_topk(query_emb, gallery_emb, k: int, mesh: Mesh, *,
-                         block_size: int = retrieval.DEFAULT_BLOCK_SIZE,
-                         gallery_block_size: int | None = None,
-                         exclude_self: bool = False) -> tuple[jax.Array, jax.Array]:
-  """`retrieval.blocked_topk` with the queries split across the devices of `mesh`.
-
-  Each device takes Nq / devices queries (the set is padded with zero rows to a multiple of the
-  device count; their rows are dropped) and scans the whole, replicated gallery with the blocked
-  top-k of `jaxcert.retrieval`: the same distances (up to float rounding) and indices, ties ordered
-  by gallery index, and the same memory bound per device. `exclude_self` is computed as the
-  k + 1 nearest with query i's own item i removed (or the last one when item i is not among them),
-  which is the k nearest of the other items in the same order.
-
-  Args:
-    query_emb, gallery_emb, k, block_size, gallery_block_size, exclude_self: as in
-      `retrieval.blocked_topk`.
-    mesh: from `make_mesh` (one process).
-
-  Returns:
-    (distances, indices), each (Nq, k), as `retrieval.blocked_topk`.
-  """
-  query_emb = retrieval.as_embeddings(query_emb, 'query_emb')
-  gallery_emb = retrieval.as_embeddings(gallery_emb, 'gallery_emb')
-  gallery_block_size = retrieval.check_topk_arguments(query_emb, gallery_emb, k, block_size,
-                                                      gallery_block_size, exclude_self)
-  dtype = jnp.promote_types(query_emb.dtype, gallery_emb.dtype)
-  num_query = query_emb.shape[0]
-  devices = mesh.devices.size
-  padded = jnp.pad(query_emb.astype(dtype), [(0, -num_query % devices), (0, 0)])
-  distances, index = _sharded_topk(
-      jax.device_put(padded, batch_sharded(mesh)),
-      jax.device_put(gallery_emb.astype(dtype), replicated(mesh)), mesh=mesh, k=int(k),
-      block_size=int(block_size), gallery_block_size=gallery_block_size,
-      exclude_self=bool(exclude_self))
-  return distances[:num_query], index[:num_query]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ShardedSmoother:
-  """Monte-Carlo smoothing with the samples split into independent streams across devices.
-
-  Build it with `sharded_smoother`. It has the interface of `smoothing.Smoother`
-  (`(key, x) -> Smoothed`, `num_samples`, `sigma`, `F`, `chunk_size`, `rounding_allowance`), so
-  `smoothing.smooth_dataset` and the certificates take it unchanged.
-  """
-  stream: smoothing.Smoother  # the smoother of one stream (num_samples / num_streams samples)
-  mesh: Mesh
-  num_streams: int
-
-  @property
-  def num_samples(self) -> int:
-    return self.stream.num_samples * self.num_streams
-
-  @property
-  def sigma(self) -> float:
-    return self.stream.sigma
-
-  @property
-  def F(self) -> float:  # pylint: disable=invalid-name
-    return self.stream.F
-
-  @property
-  def chunk_size(self) -> int:
-    return self.stream.chunk_size
-
-  @property
-  def embed(self) -> jax.tree_util.Partial:
-    return self.stream.embed
-
-  @property
-  def rounding_allowance(self) -> float:
-    """Bound on ||computed g_hat - exact average of the float32 samples||_2.
-
-    Each stream's mean is within `stream.rounding_allowance` of its exact average; averaging S
-    means of norm <= F adds at most (S - 1) u F for the sum in any order (the all-reduce's included)
-    and u F for the division (Higham 2002, Eq. 4.4), and the n / S-weighted average of the
-    streams' exact averages is the exact average of all n samples. One more u F covers the
-    second-order terms: allowance = stream allowance + (S + 1) u F.
-    """
-    return self.stream.rounding_allowance + (self.num_streams + 1) * _FLOAT32_UNIT_ROUNDOFF * self.F
-
-  def __call__(self, key: jax.Array, x: jax.Array) -> smoothing.Smoothed:
-    """g_hat(x) over `num_samples` samples and the largest sample norm, for a batch x."""
-    return _sharded_smoothed_mean(self.stream, self.mesh, self.num_streams, key, jnp.asarray(x))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _sharded_smoothed_mean(stream, mesh, num_streams, key, x) -> smoothing.Smoothed:
-  def local_streams(stream_ids, embed, key, x):
-    def one_stream(stream_id):
-      result = dataclasses.replace(stream, embed=embed)(jax.random.fold_in(key, stream_id), x)
-      return result.mean, result.max_norm
-    means, max_norms = lax.map(one_stream, stream_ids)
-    return (lax.psum(jnp.sum(means, axis=0), DATA_AXIS) / num_streams,
-            lax.pmax(jnp.max(max_norms, axis=0), DATA_AXIS))
-
-  mean, max_norm = jax.shard_map(
-      local_streams, mesh=mesh, in_specs=(P(DATA_AXIS), P(), P(), P()), out_specs=(P(), P()),
-      check_vma=False,  # the smoother's scan starts from constants and carries per-device sums
-  )(jnp.arange(num_streams, dtype=jnp.int32), stream.embed, key, x)
-  return smoothing.Smoothed(mean, max_norm)
-
-
-def sharded_smoother(smoother: smoothing.Smoother, mesh: Mesh,
-                     num_streams: int | None = None) -> ShardedSmoother:
-  """`smoother` with its `num_samples` samples split into `num_streams` streams across `mesh`.
-
-  Stream s draws num_samples / num_streams samples with `smoother`'s chunking from the key
-  fold_in(key, s): the streams' noise is independent, so the n samples are i.i.d. N(0, sigma^2 I)
-  as in `smoothing.smooth` and the estimator g_hat(x) = (1/n) sum_i h(x + z_i) of seed 000
-  Sec. 3.3, with every concentration bound of `jaxcert.smoothing`, is unchanged. Each device runs
-  num_streams / devices streams (`jax.shard_map`); the sums are all-reduced (`psum`) and the sample
-  norms max-reduced. The result depends on `(key, x, num_streams)` only, not on the device count:
-  8 streams on 1, 2, 4 or 8 devices give the same g_hat up to float rounding. It differs from the
-  unsharded `smoother(key, x)` (other noise), as two keys do; both estimate the same g.
-
-  Args:
-    smoother: from `smoothing.smooth` (its embed, sigma, F, chunk_size and total num_samples).
-    mesh: from `make_mesh` (one process).
-    num_streams: a multiple of the device count dividing num_samples; default: the device count.
-
-  Returns:
-    A `ShardedSmoother`.
-
-  Raises:
-    ValueError: num_streams is not a positive multiple of the device count or does not divide
-      num_samples.
-  """
-  devices = mesh.devices.size
-  num_streams = devices if num_streams is None else num_streams
-  if isinstance(num_streams, bool) or int(num_streams) != num_streams or num_streams < 1 or num_streams % devices:
-    raise ValueError(f'num_streams must be a positive multiple of the {devices} devices, got '
-                     f'{num_streams!r}.')
-  num_streams = int(num_streams)
-  if smoother.num_samples % num_streams:
-    raise ValueError(f'num_samples={smoother.num_samples} does not divide into {num_streams} '
-                     f'streams; use a multiple of {num_streams} (e.g. '
-                     f'{-(-smoother.num_samples // num_streams) * num_streams}).')
-  stream = smoothing.smooth(smoother.embed, sigma=smoother.sigma,
-                            num_samples=smoother.num_samples // num_streams,
-                            chunk_size=smoother.chunk_size, F=smoother.F)
-  return ShardedSmoother(stream, mesh, num_streams)
 
 
 # ---------------------------------------------------------------------------

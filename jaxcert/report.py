@@ -151,3 +151,35 @@ def plot_training_curves(path: str, runs: Mapping[str, Sequence[Mapping]], *,
     axes.flat[0].legend(fontsize=7)
   _save_figure(plt, fig, path)
   return keys
+
+
+def format_results_table(results: dict) -> str:
+  """A markdown table: one row per embedding, one column per metric."""
+  columns = list(next(iter(results.values())))
+  lines = ['| embedding | ' + ' | '.join(columns) + ' |', '|---|' + '---|' * len(columns)]
+  for name, row in results.items():
+    lines.append(f'| {name} | ' + ' | '.join(f'{row[c]:.4f}' for c in columns) + ' |')
+  return '\n'.join(lines)
+
+
+class JsonLinesWriter:
+  """Appends one JSON object per line (metrics.jsonl in the workdir).
+
+  Records of steps at or after `start_step` are dropped first: they were logged after the
+  checkpoint a resumed run restarts from (or by an earlier run, when none is left), and this run
+  logs those steps again.
+  """
+
+  def __init__(self, path: str, start_step: int):
+    earlier = read_jsonl(path) if os.path.exists(path) else []
+    self._file = open(path, 'w', encoding='utf-8')
+    for record in earlier:
+      if record['step'] < start_step:
+        self.write(record)
+
+  def write(self, record: dict) -> None:
+    self._file.write(json.dumps(record) + '\n')
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()

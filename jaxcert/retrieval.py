@@ -11,7 +11,9 @@ bounded however large the query and gallery sets are:
   small sets (training batches, tests);
 * `blocked_topk` finds the k nearest gallery items of every query without ever
   building the (Nq, Ng) matrix: it loops over query blocks and, inside, over
-  gallery blocks, merging a running top-k with each block.
+  gallery blocks, merging a running top-k with each block;
+* `sharded_blocked_topk` is `blocked_topk` with the queries split across the
+  devices of a mesh (`jaxcert.parallel`).
 
 Ties. Equal distances are ordered by gallery index (lower index first), on every
 backend and for every block size, so rankings are reproducible; seed 001 leaves
@@ -36,6 +38,9 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+
+from jaxcert import parallel
 
 # The blocked top-k keeps (k + gallery block) candidates per query row; this many rows at a time.
 DEFAULT_BLOCK_SIZE = 1024
@@ -106,6 +111,20 @@ def embed_in_batches(embed: Callable, images, batch_size: int = 256, *,
     outputs.append((_apply(embed, batch), stop - start))
   # Converting after every batch is dispatched lets host indexing overlap device compute.
   return np.concatenate([np.asarray(out)[:count] for out, count in outputs])
+
+
+def padded_batches(num: int, batch_size: int):
+  """Yields (rows, count) covering range(num) in batches of one fixed size.
+
+  `rows` holds min(batch_size, num) indices, the last batch padded by repeating its last index;
+  its first `count` are real. One batch shape serves every batch, so a jitted function (an
+  attack) compiles once.
+  """
+  if int(batch_size) != batch_size or batch_size < 1:
+    raise ValueError(f'batch_size must be a positive integer, got {batch_size!r}.')
+  size = min(int(batch_size), num)
+  for start in range(0, num, size):
+    yield np.minimum(np.arange(start, start + size), num - 1), min(size, num - start)
 
 
 def pairwise_sq_distances(a, b) -> jax.Array:
@@ -314,3 +333,67 @@ def blocked_topk(query_emb, gallery_emb, k: int, *, block_size: int = DEFAULT_BL
   return _blocked_topk(query_emb.astype(dtype), gallery_emb.astype(dtype), k=int(k),
                        block_size=int(block_size), gallery_block_size=gallery_block_size,
                        exclude_self=bool(exclude_self))
+
+
+@functools.partial(jax.jit, static_argnames=('mesh', 'k', 'block_size', 'gallery_block_size',
+                                             'exclude_self'))
+def _sharded_topk(query_emb, gallery_emb, *, mesh, k, block_size, gallery_block_size,
+                  exclude_self):
+  def local_topk(local_query, gallery):
+    # Without self-exclusion inside the scan (it needs global query indices): take one neighbour
+    # more and drop query i's own gallery item i, or the extra last neighbour where it is absent.
+    def distances_and_indices(sq, index):
+      return jnp.sqrt(sq), index
+    distances, index = map_over_query_blocks(
+        distances_and_indices, local_query, gallery, k=k + int(exclude_self),
+        block_size=block_size, gallery_block_size=gallery_block_size, exclude_self=False)
+    if not exclude_self:
+      return distances, index
+    rows = local_query.shape[0]
+    query_index = lax.axis_index(parallel.DATA_AXIS) * rows + jnp.arange(rows)
+    is_self = index == query_index[:, None]
+    keep = jnp.argsort(is_self, axis=1, stable=True)[:, :k]  # self (at most one) sorts last
+    return (jnp.take_along_axis(distances, keep, axis=1),
+            jnp.take_along_axis(index, keep, axis=1))
+
+  # check_vma=False: the scans inside start from constants and carry per-device values.
+  batch = P(parallel.DATA_AXIS)
+  return jax.shard_map(local_topk, mesh=mesh, in_specs=(batch, P()), out_specs=(batch, batch),
+                       check_vma=False)(query_emb, gallery_emb)
+
+
+def sharded_blocked_topk(query_emb, gallery_emb, k: int, mesh: Mesh, *,
+                         block_size: int = DEFAULT_BLOCK_SIZE,
+                         gallery_block_size: int | None = None,
+                         exclude_self: bool = False) -> tuple[jax.Array, jax.Array]:
+  """`blocked_topk` with the queries split across the devices of `mesh`.
+
+  Each device takes Nq / devices queries (the set is padded with zero rows to a multiple of the
+  device count; their rows are dropped) and scans the whole, replicated gallery with the blocked
+  top-k above: the same distances (up to float rounding) and indices, ties ordered by gallery
+  index, and the same memory bound per device. `exclude_self` is computed as the
+  k + 1 nearest with query i's own item i removed (or the last one when item i is not among them),
+  which is the k nearest of the other items in the same order.
+
+  Args:
+    query_emb, gallery_emb, k, block_size, gallery_block_size, exclude_self: as in
+      `blocked_topk`.
+    mesh: from `parallel.make_mesh` (one process).
+
+  Returns:
+    (distances, indices), each (Nq, k), as `blocked_topk`.
+  """
+  query_emb = as_embeddings(query_emb, 'query_emb')
+  gallery_emb = as_embeddings(gallery_emb, 'gallery_emb')
+  gallery_block_size = check_topk_arguments(query_emb, gallery_emb, k, block_size,
+                                            gallery_block_size, exclude_self)
+  dtype = jnp.promote_types(query_emb.dtype, gallery_emb.dtype)
+  num_query = query_emb.shape[0]
+  devices = mesh.devices.size
+  padded = jnp.pad(query_emb.astype(dtype), [(0, -num_query % devices), (0, 0)])
+  distances, index = _sharded_topk(
+      jax.device_put(padded, parallel.batch_sharded(mesh)),
+      jax.device_put(gallery_emb.astype(dtype), parallel.replicated(mesh)), mesh=mesh, k=int(k),
+      block_size=int(block_size), gallery_block_size=gallery_block_size,
+      exclude_self=bool(exclude_self))
+  return distances[:num_query], index[:num_query]

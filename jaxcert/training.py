@@ -31,7 +31,7 @@ import tqdm
 
 from jaxcert import checkpointing
 from jaxcert import data
-from jaxcert import metrics as metrics_lib
+from jaxcert import metrics
 from jaxcert import models
 from jaxcert import objectives
 from jaxcert import parallel
@@ -115,13 +115,6 @@ def make_optimizer(config, num_train: int) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(clip_norm), adam)
 
 
-def build_model(config) -> nn.Module:
-  """The encoder named by `config.model` (its fields are `models.get_model` keyword arguments)."""
-  model_config = dict(config.model)
-  name = model_config.pop('name')
-  return models.get_model(name, **model_config)
-
-
 def create_train_state(config, model: nn.Module, image_shape, num_train: int, num_classes: int) -> TrainState:
   """The step-0 state: encoder initialised from `config.seed`, the method's parameters, Adam state."""
   key = jax.random.fold_in(jax.random.key(config.seed), 0)
@@ -152,12 +145,6 @@ def make_train_step(model: nn.Module, config, tx: optax.GradientTransformation,
   return train_step
 
 
-def make_mesh(config):
-  """The device mesh of `config.parallel.num_devices` devices (-1: all devices; default 1)."""
-  num_devices = config.get('parallel', {}).get('num_devices', 1)
-  return parallel.make_mesh(None if num_devices == -1 else num_devices)
-
-
 def batch_indices(config, labels: np.ndarray, step: int) -> np.ndarray:
   """Indices of the training batch at `step`, a pure function of `(config.seed, step)`."""
   if config.sampler == 'm_per_class':
@@ -166,29 +153,6 @@ def batch_indices(config, labels: np.ndarray, step: int) -> np.ndarray:
   if config.sampler == 'epoch':
     return data.epoch_batch(len(labels), batch_size=config.batch_size, seed=config.seed, step=step)
   raise ValueError(f"Unknown sampler {config.sampler!r}; valid samplers: ['epoch', 'm_per_class'].")
-
-
-class _JsonLinesWriter:
-  """Appends one JSON object per line (metrics.jsonl in the workdir).
-
-  Records of steps at or after `start_step` are dropped first: they were logged after the
-  checkpoint a resumed run restarts from (or by an earlier run, when none is left), and this run
-  logs those steps again.
-  """
-
-  def __init__(self, path: str, start_step: int):
-    earlier = report.read_jsonl(path) if os.path.exists(path) else []
-    self._file = open(path, 'w', encoding='utf-8')
-    for record in earlier:
-      if record['step'] < start_step:
-        self.write(record)
-
-  def write(self, record: dict) -> None:
-    self._file.write(json.dumps(record) + '\n')
-    self._file.flush()
-
-  def close(self) -> None:
-    self._file.close()
 
 
 def _check_finite(step: int, step_metrics: dict, checkpoint_dir: str) -> None:
@@ -230,57 +194,60 @@ class _CollapseDetector:
           '(config.certified.ramp_*_steps), config.grad_clip_norm, or a lower learning rate.')
 
 
-def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn.Module, TrainState]:
-  """Trains (or resumes training) the encoder of `config`; returns `(model, final state)`.
+def _training_set(config, dataset: data.Dataset) -> tuple[Any, np.ndarray]:
+  """The images and labels trained on: the train split, or the candidate set C for FCTB
+  (`config.train_split = 'candidates'`, Kakizaki et al. Eq. 21)."""
+  if config.get('train_split', 'train') == 'candidates':
+    _, (images, labels) = data.query_candidate_sets(config, dataset)
+    return images, labels
+  return dataset.train.images, np.asarray(dataset.train.labels)
 
-  Starts from `workdir`'s newest checkpoint if it has one; else from another run's train state
-  (`config.resume_from`, a branch: its metrics before the branch step are copied over, so the
-  curves show the whole history), else from a run's encoder (`config.init_from`), else afresh.
+
+def _start(config, state: TrainState, mngr, mesh, workdir: str, num_steps: int) -> TrainState:
+  """The state a run starts from, in this order of preference.
+
+  1. `workdir`'s newest checkpoint (a restarted run resumes);
+  2. another run's train state, `config.resume_from` ('DIR' or 'DIR@STEP'): a branch, whose
+     metrics before the branch step are copied over so the curves show the whole history;
+  3. another run's encoder, `config.init_from` (`checkpointing.initialize_from`);
+  4. `state`, the fresh step-0 state.
   """
-  os.makedirs(workdir, exist_ok=True)
-  dataset = dataset if dataset is not None else data.load_dataset(config.data)
-  train_images, train_labels = dataset.train.images, np.asarray(dataset.train.labels)
-  if config.get('train_split', 'train') == 'candidates':  # FCTB fine-tunes on C (seed 001 Eq. 21).
-    _, (train_images, train_labels) = query_candidate_sets(config, dataset)
-  image_shape = tuple(train_images.shape[1:])
-  model = build_model(config)
-  num_train = len(train_labels)
-  tx = make_optimizer(config, num_train)
-  mesh = make_mesh(config)
-  parallel.check_divisible(config.batch_size, mesh)
-  state = parallel.replicate(create_train_state(config, model, image_shape, num_train, dataset.num_classes), mesh)
-  num_steps = total_steps(config, num_train)
-
-  checkpoint_dir = checkpointing.checkpoint_directory(workdir)
-  mngr = checkpointing.manager(checkpoint_dir, keep_every_steps=config.get('checkpoint_keep_every_steps', 0))
   state, restored = checkpointing.restore_or_init(mngr, state)
-  start_step = int(state.step)
   if restored:
-    logging.info('Resuming from step %d of %d (%s).', start_step, num_steps, checkpoint_dir)
-    print(f'Resuming from checkpoint at step {start_step} of {num_steps}.')
-  elif config.get('resume_from'):
+    logging.info('Resuming from step %d of %d (%s).', int(state.step), num_steps,
+                 checkpointing.checkpoint_directory(workdir))
+    print(f'Resuming from checkpoint at step {int(state.step)} of {num_steps}.')
+    return state
+  if config.get('resume_from'):
     state, step = checkpointing.restore_run_step(config.resume_from, state)
     directory, _ = checkpointing.split_step(config.resume_from)
-    state = parallel.replicate(state, mesh)
-    start_step = int(state.step)
-    if parallel.is_primary() and os.path.exists(os.path.join(directory, 'metrics.jsonl')):
-      # The log writer below keeps the records before the branch step.
-      shutil.copyfile(os.path.join(directory, 'metrics.jsonl'), os.path.join(workdir, 'metrics.jsonl'))
-    print(f'Branching from step {step} of {directory}; {num_steps - start_step} steps to go.')
-  elif config.get('init_from'):
-    state = parallel.replicate(initialize_from(state, config.init_from), mesh)
+    source_log = os.path.join(directory, 'metrics.jsonl')
+    if parallel.is_primary() and os.path.exists(source_log):
+      # The log writer keeps the records before the branch step.
+      shutil.copyfile(source_log, os.path.join(workdir, 'metrics.jsonl'))
+    print(f'Branching from step {step} of {directory}; {num_steps - int(state.step)} steps to go.')
+    return parallel.replicate(state, mesh)
+  if config.get('init_from'):
     print(f'Starting from the encoder trained in {config.init_from}.')
+    return parallel.replicate(checkpointing.initialize_from(state, config.init_from), mesh)
+  return state
 
-  replicated = parallel.replicated(mesh)
-  objective = objectives.get_method(config.method).objective
-  train_step = jax.jit(make_train_step(model, config, tx, objective), donate_argnums=0,
-                       out_shardings=(replicated, replicated))
+
+def _loop(config, state: TrainState, train_step, train_images, train_labels, mesh, mngr,
+          workdir: str, num_steps: int) -> TrainState:
+  """Steps `state` from its step to `num_steps`, checking every step's metrics, logging them to
+  `workdir/metrics.jsonl` every `config.log_every_steps` steps and checkpointing every
+  `config.checkpoint_every_steps` steps and at the end."""
+  start_step = int(state.step)
+  checkpoint_dir = checkpointing.checkpoint_directory(workdir)
+  # Multi-host: process 0 writes the logs; the others compute the same metrics.
+  writer = report.JsonLinesWriter(
+      os.path.join(workdir, 'metrics.jsonl') if parallel.is_primary() else os.devnull, start_step)
   local_rows = parallel.process_slice(config.batch_size)
   base_key = jax.random.key(config.seed)
-  # Multi-host: process 0 writes the logs; the others compute the same metrics.
-  writer = _JsonLinesWriter(os.path.join(workdir, 'metrics.jsonl') if parallel.is_primary() else os.devnull, start_step)
   progress = tqdm.tqdm(total=num_steps, initial=start_step, desc=f'train {config.method}', unit='step',
-                       dynamic_ncols=True, disable=not (config.get('progress_bar', True) and parallel.is_primary()))
+                       dynamic_ncols=True,
+                       disable=not (config.get('progress_bar', True) and parallel.is_primary()))
   pending = None  # metrics of the previous step, fetched one step behind so the host never waits.
   meter = _Throughput()
   collapse = _CollapseDetector(config.get('collapse_patience_steps', 0))
@@ -303,46 +270,51 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
   finally:
     progress.close()
     writer.close()
-    mngr.wait_until_finished()
-    mngr.close()
+  return state
+
+
+def _plot_training_curves(workdir: str) -> None:
+  """`workdir/training_curves.png` from `workdir/metrics.jsonl` (process 0 only)."""
   records = report.read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if parallel.is_primary() else []
   if records:
     report.plot_training_curves(os.path.join(workdir, 'training_curves.png'),
                                 {os.path.basename(os.path.normpath(workdir)): records})
+
+
+def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn.Module, TrainState]:
+  """Trains (or resumes training) the encoder of `config`; returns `(model, final state)`.
+
+  Starts as `_start` says (this run's newest checkpoint, `config.resume_from`,
+  `config.init_from`, or afresh), trains to `total_steps` with the method's objective, and plots
+  the training curves.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  dataset = dataset if dataset is not None else data.load_dataset(config.data)
+  train_images, train_labels = _training_set(config, dataset)
+  model = models.build_model(config.model)
+  num_train = len(train_labels)
+  tx = make_optimizer(config, num_train)
+  mesh = parallel.make_mesh(config.get('parallel', {}).get('num_devices', 1))
+  parallel.check_divisible(config.batch_size, mesh)
+  fresh = create_train_state(config, model, tuple(train_images.shape[1:]), num_train,
+                             dataset.num_classes)
+  num_steps = total_steps(config, num_train)
+  mngr = checkpointing.manager(checkpointing.checkpoint_directory(workdir),
+                               keep_every_steps=config.get('checkpoint_keep_every_steps', 0))
+  state = _start(config, parallel.replicate(fresh, mesh), mngr, mesh, workdir, num_steps)
+
+  replicated = parallel.replicated(mesh)
+  objective = objectives.get_method(config.method).objective
+  train_step = jax.jit(make_train_step(model, config, tx, objective), donate_argnums=0,
+                       out_shardings=(replicated, replicated))
+  try:
+    state = _loop(config, state, train_step, train_images, train_labels, mesh, mngr, workdir,
+                  num_steps)
+  finally:
+    mngr.wait_until_finished()
+    mngr.close()
+  _plot_training_curves(workdir)
   return model, state
-
-
-def restore_encoder(workdir: str, target: dict) -> tuple[dict, int]:
-  """The encoder `{'model': params, 'batch_stats': ...}` of a run's checkpoint, and its step.
-
-  `workdir` names the run's newest checkpoint, or `'DIR@STEP'` the one of that step.
-
-  Only the encoder is read, whatever else the train state held (optimiser, gradient clipping, a
-  method's head or frozen reference encoder), so any run's encoder can be certified or fine-tuned
-  under any training settings; `target` (arrays or `jax.ShapeDtypeStruct`s) gives the expected
-  shapes and dtypes.
-
-  Raises:
-    FileNotFoundError: `workdir` holds no checkpoint.
-    ValueError: its encoder has other shapes than `target`'s.
-  """
-  restored = checkpointing.restore_run_raw(workdir)
-  source = {'model': restored['params']['model'], 'batch_stats': restored.get('batch_stats') or {}}
-  if jax.tree.map(np.shape, source) != jax.tree.map(np.shape, target):
-    raise ValueError(f'The encoder in {workdir} does not match config.model (parameter shapes differ); '
-                     'it needs a checkpoint of the same architecture and embedding size.')
-  return jax.tree.map(lambda s, t: jnp.asarray(s, t.dtype), source, target), int(restored['step'])
-
-
-def initialize_from(state: TrainState, workdir: str) -> TrainState:
-  """`state` with the encoder (parameters and BatchNorm statistics) of `workdir` ('DIR' or 'DIR@STEP').
-
-  Fine-tuning (FCTB of seed 001, Eq. 21, starts from a TBT-trained encoder) starts from another
-  run's encoder, whatever method trained it; the step, the optimiser and the method's own
-  parameters start afresh. Raises as `restore_encoder`.
-  """
-  encoder, _ = restore_encoder(workdir, {'model': state.params['model'], 'batch_stats': state.batch_stats})
-  return state.replace(params={**state.params, 'model': encoder['model']}, batch_stats=encoder['batch_stats'])
 
 
 class _Throughput:
@@ -370,56 +342,6 @@ def _report(pending, config, writer, progress, meter, checkpoint_dir, collapse, 
   collapse.update(step, host_metrics, checkpoint_dir)
 
 
-def load_trained(config, workdir: str, dataset: data.Dataset | None = None):
-  """The encoder and variables of the newest checkpoint in `workdir/checkpoints`.
-
-  Reads only the encoder (`restore_encoder`): the training settings of `config` (optimiser,
-  gradient clipping, method) need not match the run's.
-
-  Returns:
-    `(model, variables, dataset, step)`, `step` the training step the checkpoint was saved at.
-  """
-  dataset = dataset if dataset is not None else data.load_dataset(config.data)
-  image_shape = tuple(dataset.train.images.shape[1:])
-  model = build_model(config)
-  shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), image_shape))
-  encoder, step = restore_encoder(workdir, {'model': shapes['params'],
-                                            'batch_stats': shapes.get('batch_stats', {})})
-  return model, objectives.base.model_variables(encoder['model'], encoder['batch_stats']), dataset, step
-
-
-def query_candidate_sets(config, dataset: data.Dataset):
-  """The seed 001 query and candidate sets: disjoint random subsets of the test split."""
-  query_idx, candidate_idx = data.query_candidate_split(
-      len(dataset.test.labels), num_queries=config.eval.num_queries,
-      num_candidates=config.eval.num_candidates, seed=config.eval.split_seed)
-  test = dataset.test
-  labels = np.asarray(test.labels)
-  return (test.images[query_idx], labels[query_idx]), (test.images[candidate_idx], labels[candidate_idx])
-
-
-def evaluate(config, model: nn.Module, variables, dataset: data.Dataset) -> dict:
-  """Recall@K and mAP@R of the encoder and of raw pixels on the query/candidate split."""
-  (query_images, query_labels), (candidate_images, candidate_labels) = query_candidate_sets(config, dataset)
-  ks = tuple(config.eval.ks)
-  embed = lambda x: model.apply(variables, x)
-  results = {}
-  for name, fn in (('model', embed), ('raw_pixels', metrics_lib.raw_pixel_embed)):
-    results[name] = metrics_lib.evaluate_retrieval(
-        fn, query_images, query_labels, candidate_images, candidate_labels, ks=ks,
-        batch_size=config.eval.batch_size)
-  return results
-
-
-def format_results_table(results: dict) -> str:
-  """A markdown table: one row per embedding, one column per metric."""
-  columns = list(next(iter(results.values())))
-  lines = ['| embedding | ' + ' | '.join(columns) + ' |', '|---|' + '---|' * len(columns)]
-  for name, row in results.items():
-    lines.append(f'| {name} | ' + ' | '.join(f'{row[c]:.4f}' for c in columns) + ' |')
-  return '\n'.join(lines)
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains the config's encoder in `workdir` (resuming if possible) and evaluates retrieval.
 
@@ -436,8 +358,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     f.write(config.to_json_best_effort(indent=2))
   dataset = data.load_dataset(config.data)
   model, state = train(config, workdir, dataset)
-  results = evaluate(config, model, state.variables(), dataset)
-  table = format_results_table(results)
+  results = metrics.evaluate(config, model, state.variables(), dataset)
+  table = report.format_results_table(results)
   with open(os.path.join(report_dir, 'results.json'), 'w', encoding='utf-8') as f:
     json.dump(results, f, indent=2)
   with open(os.path.join(report_dir, 'results.md'), 'w', encoding='utf-8') as f:

@@ -2,7 +2,7 @@
 
 Reads a `certify.py --config.certify.mode=smoothing` run (its config.json, per-query TSV and
 smoothed_n<n>.npz), restores the encoder, and attacks up to --max_queries certified queries of each
-certificate with `jaxcert.smoothing.attack_smoothed_retrieval` (L2 PGD on the common-noise estimate
+certificate with `jaxcert.attacks.attack_smoothed_retrieval` (L2 PGD on the common-noise estimate
 of g, i.e. the expectation over noise) at their certified radius and, for power, at
 --power_factor times it. Each attacked input is smoothed again with --eval_samples independent
 samples; its 1-NN counts as changed when the re-estimated margin d(x + delta; g_hat) is below
@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxcert import attacks
 from jaxcert import certification
 from jaxcert import smoothing
 
@@ -40,16 +41,16 @@ def _margins(embed, evaluator, key, images, labels, radius, stored, rows, args, 
   attacked = []
   for start in range(0, len(rows), args.batch_size):
     batch = rows[start:start + args.batch_size]
-    attacked.append(np.asarray(smoothing.attack_smoothed_retrieval(
+    attacked.append(np.asarray(attacks.attack_smoothed_retrieval(
         embed, jax.random.fold_in(key, start), images[batch], labels[batch],
         stored['gallery_estimate_mean'], stored['gallery_labels'], radius[batch], sigma=sigma,
         num_noise=args.num_noise, num_steps=args.num_steps, num_restarts=args.num_restarts,
         query_gallery_index=stored['query_gallery_index'][batch])))
   estimate = smoothing.smooth_dataset(evaluator, jax.random.fold_in(key, 10 ** 6),
                                       np.concatenate(attacked), batch_size=args.batch_size)
-  masks = smoothing.retrieval_masks(labels[rows], stored['gallery_labels'],
+  masks = attacks.retrieval_masks(labels[rows], stored['gallery_labels'],
                                     stored['query_gallery_index'][rows])
-  return smoothing.plug_in_margin(estimate.mean, stored['gallery_estimate_mean'], *masks)
+  return attacks.plug_in_margin(estimate.mean, stored['gallery_estimate_mean'], *masks)
 
 
 def main(argv=None):

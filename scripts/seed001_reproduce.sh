@@ -9,9 +9,11 @@ RUNS=${RUNS:-runs}
 FM="--config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist"
 MN="--config.data.name=idx --config.data.data_dir=${MNIST_DIR:-data/mnist}"  # scripts/get_mnist_idx.sh
 
+# The ':reduced' variant of a config sets the reduced budgets of results/seed001/README.md
+# (configs/seed001.py, REDUCED); the flags below are what differs from it.
 # Triplet: configs/fmnist_large_triplet.py, 8 epochs, lr x0.1 at epochs 5 and 7.
-python train.py --config configs/fmnist_large_triplet.py --workdir $RUNS/fmnist_large_triplet $FM \
-    --config.num_epochs=8 "--config.lr_decay_epochs=(5,7)" --config.progress_bar=False
+python train.py --config configs/fmnist_large_triplet.py:reduced --workdir $RUNS/fmnist_large_triplet $FM \
+    --config.progress_bar=False
 # TBT starts from the Triplet run's step-1500 checkpoint (the paper's first 2K steps are pure
 # triplet training, eps = 0, kappa = 1); eps 0 -> 0.2 and kappa 1 -> 0.5 over 2000 steps (the
 # paper: 8000), gradient norm clipped at 10, 5700 steps; lr 1e-3, x0.1 at steps 3400 and 5100
@@ -21,24 +23,19 @@ python train.py --config configs/fmnist_large_triplet.py --workdir $RUNS/fmnist_
 # from their last checkpoints with Eq. 20's balance.
 mkdir -p $RUNS/fmnist_large_triplet_step1500/checkpoints
 cp -r $RUNS/fmnist_large_triplet/checkpoints/1500 $RUNS/fmnist_large_triplet_step1500/checkpoints/
-python train.py --config configs/fmnist_large_tbt.py --workdir $RUNS/fmnist_large_tbt $FM \
-    --config.init_from=$RUNS/fmnist_large_triplet_step1500 --config.num_steps=5700 \
-    --config.certified.ramp_start_steps=0 --config.certified.ramp_end_steps=2000 \
-    --config.grad_clip_norm=10 "--config.lr_decay_epochs=(5.667,8.5)" --config.checkpoint_every_steps=100 \
-    --config.loss.mining=batch_all --config.progress_bar=False
+python train.py --config configs/fmnist_large_tbt.py:reduced --workdir $RUNS/fmnist_large_tbt $FM \
+    --config.init_from=$RUNS/fmnist_large_triplet_step1500 --config.loss.mining=batch_all \
+    --config.progress_bar=False
 # TBT+FCTB: the TBT run fine-tuned on the 1000 candidates (eps 0.2, kappa 0.1, 200 steps of Adam 1e-4).
 python train.py --config configs/fmnist_large_fctb.py --workdir $RUNS/fmnist_large_fctb $FM \
     --config.init_from=$RUNS/fmnist_large_tbt --config.progress_bar=False
 # MNIST Large Triplet: 2 epochs, lr x0.1 at epoch 1.67.
-python train.py --config configs/mnist_large_triplet.py --workdir $RUNS/mnist_large_triplet $MN \
-    --config.num_steps=1200 "--config.lr_decay_epochs=(1.67,)" --config.progress_bar=False
+python train.py --config configs/mnist_large_triplet.py:reduced --workdir $RUNS/mnist_large_triplet $MN \
+    --config.progress_bar=False
 # MNIST Large TBT: the FMNIST recipe from the Triplet run's last checkpoint (step 1200), 3000 steps;
 # lr 1e-3, x0.1 at steps 2400 and 2800 (epochs 4.0 and 4.667).
-python train.py --config configs/mnist_large_tbt.py --workdir $RUNS/mnist_large_tbt $MN \
-    --config.init_from=$RUNS/mnist_large_triplet --config.num_steps=3000 \
-    --config.certified.ramp_start_steps=0 --config.certified.ramp_end_steps=2000 \
-    --config.grad_clip_norm=10 "--config.lr_decay_epochs=(4.0,4.667)" --config.checkpoint_every_steps=100 \
-    --config.loss.mining=batch_all --config.progress_bar=False
+python train.py --config configs/mnist_large_tbt.py:reduced --workdir $RUNS/mnist_large_tbt $MN \
+    --config.init_from=$RUNS/mnist_large_triplet --config.loss.mining=batch_all --config.progress_bar=False
 python train.py --config configs/mnist_large_fctb.py --workdir $RUNS/mnist_large_fctb $MN \
     --config.init_from=$RUNS/mnist_large_tbt --config.progress_bar=False
 # Small CNN, TBT from scratch with the paper's schedule (ramp over steps 2K-10K), 20 epochs.
@@ -56,17 +53,15 @@ python train.py --config configs/mnist_small_tbt.py --workdir $RUNS/mnist_small_
 # 1300 steps (2.2 epochs, ending as eps reaches 0.2; the paper trains 100), lr x0.1 at step 1200.
 # small_full_and_cibp DATASET DATA_FLAGS: both runs above on one dataset, each certified.
 small_full_and_cibp() {
-  python train.py --config configs/$1_small_tbt.py --workdir $RUNS/$1_small_tbt_full $2 \
-      --config.num_steps=30000 --config.checkpoint_keep_every_steps=5000 --config.progress_bar=False
+  python train.py --config configs/$1_small_tbt.py:reduced --workdir $RUNS/$1_small_tbt_full $2 \
+      --config.progress_bar=False
   for step in 10000 15000 25000; do
     python certify.py --config configs/$1_small_tbt.py --config.checkpoint=$RUNS/$1_small_tbt_full@$step $2 \
         "--config.ibp.eps_sweep=(0.2,)"
   done
   python certify.py --config configs/$1_small_tbt.py --config.checkpoint=$RUNS/$1_small_tbt_full $2
-  python train.py --config configs/$1_large_cibp.py --workdir $RUNS/$1_large_cibp $2 \
-      --config.num_steps=1300 --config.certified.ramp_start_steps=300 --config.certified.ramp_end_steps=1300 \
-      --config.grad_clip_norm=10 "--config.lr_decay_epochs=(2.0,)" --config.checkpoint_every_steps=100 \
-      --config.checkpoint_keep_every_steps=300 --config.progress_bar=False
+  python train.py --config configs/$1_large_cibp.py:reduced --workdir $RUNS/$1_large_cibp $2 \
+      --config.progress_bar=False
   python certify.py --config configs/$1_large_cibp.py --config.checkpoint=$RUNS/$1_large_cibp $2
 }
 small_full_and_cibp fmnist "$FM"
@@ -79,22 +74,22 @@ python train.py --config configs/mnist_small_tbt.py --workdir $RUNS/mnist_small_
 python certify.py --config configs/mnist_small_tbt.py --config.checkpoint=$RUNS/mnist_small_tbt_100ep $MN
 # Run-to-run variation (results/seed001/README.md): the FMNIST Small run again (rerun) and its
 # last 50 epochs, and MNIST Small with training seed 1.
-python train.py --config configs/fmnist_small_tbt.py --workdir $RUNS/fmnist_small_tbt_full_rerun $FM \
-    --config.num_steps=30000 --config.checkpoint_keep_every_steps=5000 --config.progress_bar=False
+python train.py --config configs/fmnist_small_tbt.py:reduced --workdir $RUNS/fmnist_small_tbt_full_rerun $FM \
+    --config.progress_bar=False
 python train.py --config configs/fmnist_small_tbt.py --workdir $RUNS/fmnist_small_tbt_100ep $FM \
     --config.resume_from=$RUNS/fmnist_small_tbt_full_rerun@30000 --config.num_steps=60000 \
     --config.checkpoint_keep_every_steps=10000 --config.progress_bar=False
-python train.py --config configs/mnist_small_tbt.py --workdir $RUNS/mnist_small_tbt_full_seed1 $MN \
-    --config.seed=1 --config.num_steps=30000 --config.checkpoint_keep_every_steps=5000 --config.progress_bar=False
+python train.py --config configs/mnist_small_tbt.py:reduced --workdir $RUNS/mnist_small_tbt_full_seed1 $MN \
+    --config.seed=1 --config.progress_bar=False
 for run in fmnist_small_tbt_full_rerun fmnist_small_tbt_100ep; do
   python certify.py --config configs/fmnist_small_tbt.py --config.checkpoint=$RUNS/$run $FM
 done
 python certify.py --config configs/mnist_small_tbt.py --config.checkpoint=$RUNS/mnist_small_tbt_full_seed1 $MN
 # Two more seeds (2026-12-04), certified in float64 (the default) and in float32 beside it.
-python train.py --config configs/fmnist_small_tbt.py --workdir $RUNS/fmnist_small_tbt_full_seed1 $FM \
-    --config.seed=1 --config.num_steps=30000 --config.checkpoint_keep_every_steps=5000 --config.progress_bar=False
-python train.py --config configs/mnist_small_tbt.py --workdir $RUNS/mnist_small_tbt_full_seed2 $MN \
-    --config.seed=2 --config.num_steps=30000 --config.checkpoint_keep_every_steps=5000 --config.progress_bar=False
+python train.py --config configs/fmnist_small_tbt.py:reduced --workdir $RUNS/fmnist_small_tbt_full_seed1 $FM \
+    --config.seed=1 --config.progress_bar=False
+python train.py --config configs/mnist_small_tbt.py:reduced --workdir $RUNS/mnist_small_tbt_full_seed2 $MN \
+    --config.seed=2 --config.progress_bar=False
 # TBT+FCTB from each of them.
 python train.py --config configs/mnist_small_fctb.py --workdir $RUNS/mnist_small_fctb_from_seed2 $MN \
     --config.init_from=$RUNS/mnist_small_tbt_full_seed2 --config.progress_bar=False
@@ -114,10 +109,8 @@ done
 # continue_eq20 RUN STEP END DECAY_EPOCHS DATA_FLAGS: a branch of RUN at its step-STEP checkpoint
 # (config.resume_from; the runs we report copied the checkpoint by hand before it existed), trained on to END.
 continue_eq20() {
-  python train.py --config configs/$1.py --workdir $RUNS/$1_eq20 $5 --config.resume_from=$RUNS/$1@$2 \
-      --config.num_steps=$3 --config.certified.ramp_start_steps=0 --config.certified.ramp_end_steps=2000 \
-      --config.grad_clip_norm=10 "--config.lr_decay_epochs=($4)" --config.checkpoint_every_steps=100 \
-      --config.progress_bar=False
+  python train.py --config configs/$1.py:reduced --workdir $RUNS/$1_eq20 $5 --config.resume_from=$RUNS/$1@$2 \
+      --config.num_steps=$3 "--config.lr_decay_epochs=($4)" --config.progress_bar=False
   python certify.py --config configs/$1.py --config.checkpoint=$RUNS/$1_eq20 $5
 }
 continue_eq20 fmnist_large_tbt 5700 7000 10.833,11.333 "$FM"

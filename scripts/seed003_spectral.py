@@ -25,6 +25,7 @@ import numpy as np
 from jaxcert import attacks
 from jaxcert import data
 from jaxcert.data import core
+from jaxcert import metrics
 from jaxcert import report
 from jaxcert import training
 from jaxcert.objectives import adversarial
@@ -71,7 +72,7 @@ def main(argv):
     variant_config.spectral.alphas = alphas
     workdir = os.path.join(_WORKDIR.value, variant)
     model, state = training.train(variant_config, workdir, dataset)
-    retrieval_results = training.evaluate(variant_config, model, state.variables(), dataset)
+    retrieval_results = metrics.evaluate(variant_config, model, state.variables(), dataset)
     weight = np.asarray(adversarial.linear_encoder_weight(model, state.params['model']))
     summary[variant] = {'alphas': list(alphas), 'retrieval': retrieval_results['model']}
     for eps in settings.eps:

@@ -1,4 +1,5 @@
-"""Tests of `jaxcert.attacks`: the PGD engine, FGSM, C&W-Linf, the seed 001/002/003 attacks.
+"""Tests of `jaxcert.attacks`: the PGD engine, FGSM, C&W-Linf, the seed 001/002/003 attacks, and
+the metrics under attack of `jaxcert.evaluation.attack`.
 
 Optima known in closed form (linear losses over a box or a ball) check that
 PGD finds them; every iterate of every attack is checked against its ball and
@@ -8,6 +9,8 @@ feasible box (where a convex D attains its maximum).
 """
 
 import itertools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -15,8 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import conftest
 from jaxcert import attacks
 from jaxcert import retrieval
+from jaxcert.evaluation import attack as attack_mode
 
 IMAGE_SHAPE = (6, 6, 1)
 
@@ -43,11 +48,7 @@ def encoder():
 
 def _images(seed, num, binary_share=0.3):
   """Images in [0, 1] with some pixels exactly 0 or 1 (exercises the box)."""
-  rng = np.random.default_rng(seed)
-  images = rng.uniform(size=(num,) + IMAGE_SHAPE)
-  ends = rng.uniform(size=images.shape) < binary_share
-  images = np.where(ends, np.round(images), images)
-  return jnp.asarray(images, jnp.float32)
+  return conftest.uniform_images(num, IMAGE_SHAPE, seed, binary_share)
 
 
 def _linear_loss(x, weight):
@@ -199,6 +200,81 @@ def test_bad_arguments_name_valid_choices():
     attacks.pgd(_linear_loss, eps=0.1, step_size=0.1, num_steps=1.5)
 
 
+# ---------------------------------------------------------------------------
+# Attacking a certificate: a certificate claims bounds that hold for every point of the ball; an
+# attack yields points of the ball, so it must never beat them.
+# ---------------------------------------------------------------------------
+
+
+def negative_squared_embedding_distance(x, embed, target_emb) -> jax.Array:
+  """-||f(x_b) - e_b||^2 per example; maximised, it pulls f(x_b) towards e_b."""
+  return -attacks.squared_embedding_distance(x, embed, target_emb)
+
+
+def embedding_projection_loss(x, embed, direction) -> jax.Array:
+  """<f(x_b), direction_b> per example; direction = +e_c (-e_c) pushes coordinate c up (down)."""
+  return jnp.sum(embed(x) * direction, axis=-1)
+
+
+class DistanceExtremes(NamedTuple):
+  """What `distance_extremes` found: (B,) distances and the (B, ...) points reaching them."""
+  closest: np.ndarray
+  farthest: np.ndarray
+  x_closest: np.ndarray
+  x_farthest: np.ndarray
+
+
+def distance_extremes(embed: Callable, x, target_emb, *, eps, key,
+                      num_steps: int = 100, step_size=None,
+                      norm: str = 'linf', num_restarts: int = 1,
+                      clip: tuple[float, float] = (0., 1.)) -> DistanceExtremes:
+  """The smallest and largest ||f(x_b + d) - e_b|| that PGD finds over the ball cap `clip`.
+
+  Empirical (attained) values: any sound certificate's lower (upper) distance
+  bound must be <= `closest` (>= `farthest`). Each restart is a PGD run from a
+  random point of the ball; the best over restarts is kept per example.
+
+  Args:
+    embed: encoder `x -> (B, k)`.
+    x: (B, ...) centres in `clip`.
+    target_emb: (B, k) embeddings to move towards and away from.
+    eps: radius of the ball.
+    key: PRNG key of the random starts.
+    num_steps: PGD steps per run.
+    step_size: default eps / 10 (seed 001 Sec. 5.1.2).
+    norm: 'linf' or 'l2'.
+    num_restarts: PGD runs per direction (>= 1).
+    clip: pixel range.
+
+  Returns:
+    `DistanceExtremes(closest, farthest, x_closest, x_farthest)`.
+  """
+  if int(num_restarts) != num_restarts or num_restarts < 1:
+    raise ValueError(f'num_restarts must be an integer >= 1, got {num_restarts}.')
+  embed = retrieval.as_pytree_function(embed)
+  step_size = eps / 10 if step_size is None else step_size
+  found = {}
+  for name, loss_fn, better in (('closest', negative_squared_embedding_distance, np.less),
+                                ('farthest', attacks.squared_embedding_distance, np.greater)):
+    attack = attacks.pgd(loss_fn, eps=eps, step_size=step_size, num_steps=num_steps,
+                         norm=norm, clip=clip)
+    best_x = best_distance = None
+    for restart in range(int(num_restarts)):
+      x_adv = np.asarray(attack(jax.random.fold_in(key, 2 * restart + (name == 'farthest')),
+                                jnp.asarray(x), embed, target_emb))
+      reached = retrieval.embed_in_batches(embed, x_adv, len(x_adv))
+      distance = np.asarray(attacks.paired_distances(reached, target_emb))
+      if best_x is None:
+        best_x, best_distance = x_adv, distance
+        continue
+      improved = better(distance, best_distance)
+      best_distance = np.where(improved, distance, best_distance)
+      best_x = np.where(improved.reshape((-1,) + (1,) * (x_adv.ndim - 1)), x_adv, best_x)
+    found[name] = (best_distance, best_x)
+  return DistanceExtremes(found['closest'][0], found['farthest'][0], found['closest'][1],
+                          found['farthest'][1])
+
+
 def test_distance_extremes_reach_the_linear_optimum():
   """f(x) = w.x (1-D): over the L-inf ball, |f - e| ranges over |w.x - e| -+ eps ||w||_1."""
   rng = np.random.default_rng(40)
@@ -208,13 +284,12 @@ def test_distance_extremes_reach_the_linear_optimum():
   eps = 0.05
   reach = eps * float(jnp.sum(jnp.abs(w)))
   target = embed(x) + 2 * reach  # |f(x) - e| = 2 reach: closest reach, farthest 3 reach.
-  found = attacks.distance_extremes(embed, x, target, eps=eps, key=jax.random.key(0),
-                                    num_steps=30)
+  found = distance_extremes(embed, x, target, eps=eps, key=jax.random.key(0), num_steps=30)
   np.testing.assert_allclose(found.closest, reach, rtol=1e-4)
   np.testing.assert_allclose(found.farthest, 3 * reach, rtol=1e-4)
   for points in (found.x_closest, found.x_farthest):
     _check_feasible(points, x, eps, 'linf')
-  coordinate_up = attacks.pgd(attacks.embedding_projection_loss, eps=eps, step_size=eps / 10,
+  coordinate_up = attacks.pgd(embedding_projection_loss, eps=eps, step_size=eps / 10,
                               num_steps=30)(jax.random.key(1), x, embed, jnp.ones((5, 1)))
   np.testing.assert_allclose(embed(coordinate_up), embed(x) + reach, rtol=1e-4)
 
@@ -267,9 +342,9 @@ def test_er_recall_equals_recall_at_zero_budget_and_drops_under_attack(
   candidates, candidate_labels = _retrieval_set(26, 30)
   kwargs = dict(ks=(1, 5), num_steps=10, batch_size=16)
   if evaluate == 'query':
-    fn = attacks.evaluate_query_attack
+    fn = attack_mode.evaluate_query_attack
   else:
-    fn = attacks.evaluate_candidate_attack
+    fn = attack_mode.evaluate_candidate_attack
     kwargs['num_sources'] = 8
   run = lambda eps: fn(embed, queries, query_labels, candidates,
                        candidate_labels, eps=eps, key=jax.random.key(2),
@@ -294,11 +369,11 @@ def test_er_recall_equals_recall_at_zero_budget_and_drops_under_attack(
 def test_nearest_neighbor_attack_algorithm1(encoder):
   _, _, embed = encoder
   images, labels = _retrieval_set(27, 24, num_classes=2)
-  benign = attacks.evaluate_nearest_neighbor_attack(
+  benign = attack_mode.evaluate_nearest_neighbor_attack(
       embed, images, labels, eps=0., key=jax.random.key(3), batch_size=16)
   assert benign['adversarial_recall_at_1'] == benign['recall_at_1']
   assert benign['adversarial_map_at_r'] == pytest.approx(benign['map_at_r'])
-  result = attacks.evaluate_nearest_neighbor_attack(
+  result = attack_mode.evaluate_nearest_neighbor_attack(
       embed, images, labels, eps=0.2, key=jax.random.key(3), batch_size=16)
   assert result['adversarial_recall_at_1'] < result['recall_at_1']
   assert result['adversarial_map_at_r'] < result['map_at_r']

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import conftest
 from jaxcert import models
 
 EMBEDDING_DIM = 16
@@ -14,10 +15,6 @@ MNIST_SHAPE = (28, 28, 1)
 CIFAR_SHAPE = (32, 32, 3)
 FAST_MODELS = ('linear', 'mlp', 'small_cnn', 'large_cnn')
 RESNETS = ('resnet18', 'resnet50')
-
-
-def _images(shape, batch=2, seed=0):
-  return jax.random.uniform(jax.random.key(seed), (batch,) + tuple(shape))
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,7 +39,7 @@ def test_model_names():
 def test_output_shape_and_no_training_mode_difference(name):
   model, variables = _built(name, MNIST_SHAPE)
   assert set(variables) == {'params'}
-  x = _images(MNIST_SHAPE, batch=3)
+  x = conftest.uniform_images(3, MNIST_SHAPE)
   eval_out = _jitted_apply(model, False)(variables, x)
   assert eval_out.shape == (3, EMBEDDING_DIM)
   assert eval_out.dtype == jnp.float32
@@ -55,7 +52,7 @@ def test_output_shape_and_no_training_mode_difference(name):
 def test_resnet_batch_stats_train_and_eval_modes(name):
   model, variables = _built(name, CIFAR_SHAPE)
   assert set(variables) == {'params', 'batch_stats'}
-  x = _images(CIFAR_SHAPE, batch=2)
+  x = conftest.uniform_images(2, CIFAR_SHAPE)
   eval_out = _jitted_apply(model, False)(variables, x)
   assert eval_out.shape == (2, EMBEDDING_DIM)
   # Eval mode uses running averages: an image's embedding does not depend on the rest of the batch;
@@ -122,7 +119,7 @@ def test_cnn_layers_follow_gowal_et_al():
 def test_linear_is_wx_and_mlp_width_is_configurable():
   model, variables = _built('linear', MNIST_SHAPE)
   assert set(variables['params']['embedding']) == {'kernel'}  # No bias: f(x) = W x.
-  x = _images(MNIST_SHAPE)
+  x = conftest.uniform_images(2, MNIST_SHAPE)
   expected = x.reshape(2, -1) @ variables['params']['embedding']['kernel']
   np.testing.assert_allclose(model.apply(variables, x), expected, rtol=1e-5, atol=1e-6)
   mlp = models.get_model('mlp', embedding_dim=8, hidden_width=32, num_hidden_layers=3)
@@ -136,7 +133,7 @@ def test_linear_is_wx_and_mlp_width_is_configurable():
 def test_l2_head_gives_unit_norm_embeddings(name, image_shape):
   plain, variables = _built(name, image_shape)
   model = models.get_model(name, embedding_dim=EMBEDDING_DIM, l2_normalize=True)
-  x = _images(image_shape, batch=3, seed=4)
+  x = conftest.uniform_images(3, image_shape, seed=4)
   out = _jitted_apply(model, False)(variables, x)
   np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
   # The head is a projection of the plain model's embedding.
@@ -162,7 +159,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def test_normalisation_happens_inside_the_model(name, image_shape, mean, std):
   plain, variables = _built(name, image_shape)
   normalised = models.get_model(name, embedding_dim=EMBEDDING_DIM, input_mean=mean, input_std=std)
-  x = _images(image_shape, seed=1)
+  x = conftest.uniform_images(2, image_shape, seed=1)
   expected = plain.apply(variables, (x - jnp.asarray(mean)) / jnp.asarray(std))
   np.testing.assert_allclose(normalised.apply(variables, x), expected, rtol=1e-4, atol=1e-5)
   assert not np.allclose(plain.apply(variables, x), expected, atol=1e-3)

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import conftest
 from configs import quickstart
 from jaxcert import attacks
 from jaxcert import data
@@ -92,9 +93,9 @@ def test_training_on_eight_devices_matches_one_device(tmp_path):
   leaves_one, leaves_eight = jax.tree.leaves(one.params), jax.tree.leaves(eight.params)
   assert all(len(leaf.sharding.device_set) == NUM_DEVICES for leaf in leaves_eight)
   assert all(len(leaf.sharding.device_set) == 1 for leaf in leaves_one)
+  config = _tiny_training_config(1)
   initial = jax.tree.leaves(training.create_train_state(
-      _tiny_training_config(1), training.build_model(_tiny_training_config(1)), (28, 28, 1), 400,
-      dataset.num_classes).params)
+      config, models.build_model(config.model), (28, 28, 1), 400, dataset.num_classes).params)
   moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(leaves_one, initial))
   assert moved > 1e-3  # the comparison below is not between untrained states
   for a, b in zip(leaves_one, leaves_eight):
@@ -149,15 +150,11 @@ def _encoder(name='small_cnn', l2_normalize=False):
   return jax.tree_util.Partial(model.apply, variables)
 
 
-def _images(count, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).uniform(size=(count, 28, 28, 1)), jnp.float32)
-
-
 @needs_eight
 def test_sharded_interval_bounds_equal_unsharded(count=13):  # 13 rows: padded to 16, then dropped
   embed = _encoder('small_cnn')
   bounds = jax.jit(lambda embed, lower, upper: interval(embed)(lower, upper))
-  lower, upper = input_box(_images(count), 0.05)
+  lower, upper = input_box(conftest.uniform_images(count), 0.05)
   mesh = parallel.make_mesh()
   sharded_lower, sharded_upper = parallel.data_parallel(bounds, mesh, batch_argnums=(1, 2))(
       embed, lower, upper)
@@ -175,7 +172,7 @@ def test_sharded_interval_bounds_equal_unsharded(count=13):  # 13 rows: padded t
 @needs_eight
 def test_sharded_pgd_equals_unsharded(count=13):
   embed = _encoder('mlp')
-  images = _images(count, seed=1)
+  images = conftest.uniform_images(count, seed=1)
   anchors = jax.jit(embed)(images[::-1])
   attack = attacks.pgd(attacks.squared_embedding_distance, eps=0.1, step_size=0.025, num_steps=5)
   key = jax.random.key(3)
@@ -205,13 +202,13 @@ def test_sharded_topk_equals_blocked_topk(exclude_self):
     expected = retrieval.blocked_topk(queries, gallery, k, block_size=block_size,
                                       gallery_block_size=gallery_block_size,
                                       exclude_self=exclude_self)
-    got = parallel.sharded_blocked_topk(queries, gallery, k, mesh, block_size=block_size,
+    got = retrieval.sharded_blocked_topk(queries, gallery, k, mesh, block_size=block_size,
                                         gallery_block_size=gallery_block_size,
                                         exclude_self=exclude_self)
     np.testing.assert_array_equal(got[1], expected[1])
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match='k must be an integer'):
-    parallel.sharded_blocked_topk(queries, gallery, 51, mesh)
+    retrieval.sharded_blocked_topk(queries, gallery, 51, mesh)
 
 
 def _sign_embedding(x):
@@ -223,10 +220,10 @@ def _sign_embedding(x):
 def test_sharded_smoother_does_not_depend_on_the_device_count():
   embed = _encoder('mlp', l2_normalize=True)
   smoother = smoothing.smooth(embed, sigma=0.25, num_samples=96, chunk_size=5)
-  x, key = _images(3, seed=2), jax.random.key(5)
-  sharded = parallel.sharded_smoother(smoother, parallel.make_mesh())
+  x, key = conftest.uniform_images(3, seed=2), jax.random.key(5)
+  sharded = smoothing.sharded_smoother(smoother, parallel.make_mesh())
   on_eight = sharded(key, x)
-  on_one = parallel.sharded_smoother(smoother, parallel.make_mesh(1), num_streams=8)(key, x)
+  on_one = smoothing.sharded_smoother(smoother, parallel.make_mesh(1), num_streams=8)(key, x)
   np.testing.assert_allclose(on_eight.mean, on_one.mean, rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(on_eight.max_norm, on_one.max_norm, rtol=1e-6)
   # The same n samples as a direct average of the 8 streams' own smoothers (n / 8 samples each).
@@ -235,14 +232,15 @@ def test_sharded_smoother_does_not_depend_on_the_device_count():
   np.testing.assert_allclose(on_eight.mean, direct, rtol=1e-6, atol=1e-7)
   # smooth_dataset takes it like a Smoother.
   assert sharded.num_samples == 96 and sharded.rounding_allowance > smoother.rounding_allowance
-  smoothed = smoothing.smooth_dataset(sharded, key, _images(5, seed=2), batch_size=3)
+  smoothed = smoothing.smooth_dataset(sharded, key, conftest.uniform_images(5, seed=2),
+                                      batch_size=3)
   np.testing.assert_allclose(smoothed.mean[:3], on_eight.mean, rtol=1e-6, atol=1e-7)
 
 
 @needs_eight
 def test_sharded_smoother_streams_are_independent_and_keep_coverage():
   num_samples, repeats, beta = 800, 2000, 0.01
-  smoother = parallel.sharded_smoother(
+  smoother = smoothing.sharded_smoother(
       smoothing.smooth(_sign_embedding, sigma=1.0, num_samples=num_samples, chunk_size=100),
       parallel.make_mesh())
   keys = jax.random.split(jax.random.key(0), repeats)
@@ -260,9 +258,9 @@ def test_bad_arguments_raise():
   mesh = parallel.make_mesh()
   smoother = smoothing.smooth(_sign_embedding, sigma=1.0, num_samples=100, chunk_size=10)
   with pytest.raises(ValueError, match='multiple of the 8 devices'):
-    parallel.sharded_smoother(smoother, mesh, num_streams=4)
+    smoothing.sharded_smoother(smoother, mesh, num_streams=4)
   with pytest.raises(ValueError, match='num_samples=100 does not divide into 8 streams; use a multiple'):
-    parallel.sharded_smoother(smoother, mesh)
+    smoothing.sharded_smoother(smoother, mesh)
   double = parallel.data_parallel(lambda x, y: x + y, mesh, batch_argnums=(0, 1))
   with pytest.raises(ValueError, match='one common leading'):
     double(jnp.zeros(4), jnp.zeros(5))

@@ -519,18 +519,18 @@ def test_pgd_on_a_trained_smoothed_model_never_flips_a_certified_query():
   gallery = smoothing.smooth_select_and_estimate(embed, jax.random.key(10), gallery_x, **options)
   query = smoothing.smooth_select_and_estimate(embed, jax.random.key(11), query_x, **options)
   evaluator = smoothing.smooth(embed, sigma=sigma, num_samples=num_eval, chunk_size=5_000)
-  masks = smoothing.retrieval_masks(query_labels, gallery_labels)
+  masks = attacks.retrieval_masks(query_labels, gallery_labels)
   tolerance = 2 * (smoothing.vector_concentration_radius(num_eval, 1e-4, embedding_dim=8)
                    + smoothing.vector_concentration_radius(num_samples, 1e-4, embedding_dim=8))
 
   def attacked_margin(rows, radius, restarts):
-    attacked = smoothing.attack_smoothed_retrieval(
+    attacked = attacks.attack_smoothed_retrieval(
         embed, jax.random.key(3), query_x[rows], query_labels[rows], gallery[1].mean,
         gallery_labels, radius, sigma=sigma, num_noise=256, num_steps=50,
         num_restarts=restarts, clip=(-100.0, 100.0))
     estimate = smoothing.smooth_dataset(evaluator, jax.random.key(13), attacked,
                                         batch_size=len(rows))
-    return smoothing.plug_in_margin(estimate.mean, gallery[1].mean, *(m[rows] for m in masks))
+    return attacks.plug_in_margin(estimate.mean, gallery[1].mean, *(m[rows] for m in masks))
 
   for certificate in CERTIFICATES:
     result = smoothing.certify(*query, query_labels, *gallery, gallery_labels, alpha=0.01,

@@ -12,9 +12,11 @@ import jax
 import numpy as np
 import pytest
 
+import conftest
 from configs import quickstart
 from jaxcert import certification
 from jaxcert import checkpointing
+from jaxcert import models
 from jaxcert import report
 from jaxcert import training
 
@@ -33,17 +35,11 @@ def tiny_config(**overrides):
   config.progress_bar = False
   config.eval.num_queries = 200
   config.eval.num_candidates = 300
-  for key, value in overrides.items():
-    target = config
-    *path, leaf = key.split('.')
-    for part in path:
-      target = target[part]
-    target[leaf] = value
-  return config
+  return conftest.with_overrides(config, overrides)
 
 
 def final_params(workdir, config):
-  model, variables, _, _ = training.load_trained(config, workdir)
+  model, variables, _, _ = checkpointing.load_trained(config, workdir)
   del model
   return jax.tree.leaves(variables)
 
@@ -173,12 +169,12 @@ def test_kept_checkpoints_load_and_certify_by_step(tmp_path):
   run = tmp_path / 'run'
   training.train(config, str(run))
   assert sorted(int(p) for p in os.listdir(run / 'checkpoints') if p.isdigit()) == [4, 8, 10, 12]
-  _, at_4, _, step = training.load_trained(config, f'{run}@4')
+  _, at_4, _, step = checkpointing.load_trained(config, f'{run}@4')
   assert step == 4
   assert any(not np.array_equal(np.asarray(a), np.asarray(b))
              for a, b in zip(jax.tree.leaves(at_4), final_params(str(run), config)))
   with pytest.raises(ValueError, match=r'no checkpoint of step 6; it holds steps \[4, 8, 10, 12\]'):
-    training.load_trained(config, f'{run}@6')
+    checkpointing.load_trained(config, f'{run}@6')
 
   config.checkpoint = f'{run}@4'
   config.ibp.eps_sweep = (0.05,)
@@ -218,7 +214,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert mngr.latest_step() == 5
   mngr.close()
   # The checkpoint left behind holds finite parameters.
-  _, variables, _, _ = training.load_trained(config, str(tmp_path))
+  _, variables, _, _ = checkpointing.load_trained(config, str(tmp_path))
   assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(variables))
 
 
@@ -226,7 +222,8 @@ def test_dead_encoder_stops_as_collapsed(tmp_path):
   """An encoder whose first-layer ReLUs are all dead maps every image to its last bias: the triplet
   loss sits at its margin with a gradient of exactly 0, which the loop must report, not train on."""
   config = tiny_config(num_steps=30, collapse_patience_steps=5)
-  state = training.create_train_state(config, training.build_model(config), (28, 28, 1), 6000, 10)
+  state = training.create_train_state(config, models.build_model(config.model), (28, 28, 1), 6000,
+                                      10)
   model_params = dict(state.params['model'])
   model_params['conv1'] = {**model_params['conv1'], 'bias': model_params['conv1']['bias'] - 1e3}
   mngr = checkpointing.manager(str(tmp_path / 'dead' / 'checkpoints'))
@@ -302,9 +299,9 @@ def test_load_trained_reads_the_encoder_whatever_the_training_settings(tmp_path)
   for a, b in zip(final_params(str(tmp_path), clipped), final_params(str(tmp_path), tiny_config())):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(ValueError, match='does not match config.model'):
-    training.load_trained(tiny_config(**{'model.embedding_dim': 8}), str(tmp_path))
+    checkpointing.load_trained(tiny_config(**{'model.embedding_dim': 8}), str(tmp_path))
 
 
 def test_load_trained_without_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='Train first'):
-    training.load_trained(tiny_config(), str(tmp_path / 'empty'))
+    checkpointing.load_trained(tiny_config(), str(tmp_path / 'empty'))

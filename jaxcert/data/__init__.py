@@ -21,6 +21,7 @@ from jaxcert.data.loading import default_data_config
 from jaxcert.data.loading import load_dataset
 from jaxcert.data.sampling import epoch_batch
 from jaxcert.data.sampling import m_per_class_batch
+from jaxcert.data.sampling import query_candidate_sets
 from jaxcert.data.sampling import query_candidate_split
 from jaxcert.data.sampling import sample_triplets
 from jaxcert.data.synthetic import two_gaussians

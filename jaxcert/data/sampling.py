@@ -1,4 +1,4 @@
-"""Index samplers: query/candidate splits, training batches, triplets, class-balanced subsets.
+"""Index samplers: query/candidate splits (and the sets they select), training batches, triplets, class-balanced subsets.
 
 Every sampler is a pure function of its integer seed (and step), so a training run that restarts
 from a checkpoint at step s draws exactly the batches an uninterrupted run would have drawn. They
@@ -9,6 +9,8 @@ through numpy's SeedSequence, the host-side counterpart of `jax.random.fold_in(k
 from __future__ import annotations
 
 import numpy as np
+
+from jaxcert.data import core
 
 
 def _rng(*entropy: int) -> np.random.Generator:
@@ -47,6 +49,23 @@ def query_candidate_split(num_test: int, num_queries: int = 1000, num_candidates
   query_idx = np.sort(order[:num_queries])
   candidate_idx = np.sort(order[num_queries:num_queries + num_candidates])
   return query_idx, candidate_idx
+
+
+def query_candidate_sets(config, dataset: core.Dataset):
+  """The query and candidate sets of Kakizaki et al. Sec. 5.1.1: disjoint random subsets of the test
+  split, of sizes `config.eval.num_queries` and `config.eval.num_candidates`, drawn with
+  `config.eval.split_seed` (`query_candidate_split`).
+
+  Returns:
+    `((query_images, query_labels), (candidate_images, candidate_labels))`.
+  """
+  query_idx, candidate_idx = query_candidate_split(
+      len(dataset.test.labels), num_queries=config.eval.num_queries,
+      num_candidates=config.eval.num_candidates, seed=config.eval.split_seed)
+  test = dataset.test
+  labels = np.asarray(test.labels)
+  return ((test.images[query_idx], labels[query_idx]),
+          (test.images[candidate_idx], labels[candidate_idx]))
 
 
 def _class_groups(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

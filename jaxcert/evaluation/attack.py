@@ -34,11 +34,17 @@ import json
 import os
 import time
 
+from collections.abc import Callable, Sequence
+
 import jax
+from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxcert import attacks
+from jaxcert import metrics
 from jaxcert import report
+from jaxcert import retrieval
 
 ATTACK_KINDS = ('qa', 'ca', 'nn')
 _RETRIEVAL_KINDS = ('qa', 'ca')
@@ -72,6 +78,213 @@ def check_attack_config(attack_config, num_candidates: int) -> None:
     raise ValueError(f'config.attack.step_size must be >= 0 or None, got {attack_config.step_size}.')
 
 
+# ---------------------------------------------------------------------------
+# The metrics under attack: ER-Recall@K (seed 001 Eqs. 23-24), R@1 and mAP@R (seed 002).
+# ---------------------------------------------------------------------------
+
+
+def _embed_batch(embed, x) -> np.ndarray:
+  return retrieval.embed_in_batches(embed, x, len(x))
+
+
+def random_other_class_indices(key, query_labels, candidate_labels,
+                               num: int) -> np.ndarray:
+  """`num` distinct candidates of other classes per query, uniformly -> (Nq, num)."""
+  query_labels = np.asarray(query_labels)
+  candidate_labels = np.asarray(candidate_labels)
+  available = np.sum(candidate_labels[None, :] != query_labels[:, None], 1)
+  if available.min(initial=num) < num:
+    raise ValueError(f'a query has only {available.min()} candidates of '
+                     f'other classes; {num} are needed.')
+  scores = jax.random.uniform(key, (len(query_labels), len(candidate_labels)))
+  scores = jnp.where(candidate_labels[None, :] == query_labels[:, None],
+                     -1., scores)
+  return np.asarray(lax.top_k(scores, num)[1])
+
+
+def _check_retrieval_inputs(query_images, query_labels, candidate_images,
+                            candidate_labels, ks):
+  if len(query_images) != len(query_labels):
+    raise ValueError(f'{len(query_images)} query images but '
+                     f'{len(query_labels)} labels.')
+  if len(candidate_images) != len(candidate_labels):
+    raise ValueError(f'{len(candidate_images)} candidate images but '
+                     f'{len(candidate_labels)} labels.')
+  if not ks or max(ks) > len(candidate_labels):
+    raise ValueError(f'ks={tuple(ks)} must be non-empty with every K <= the '
+                     f'{len(candidate_labels)} candidates.')
+
+
+def evaluate_query_attack(embed: Callable, query_images, query_labels,
+                          candidate_images, candidate_labels, *, eps, key,
+                          ks: Sequence[int] = metrics.DEFAULT_KS, step_size=None,
+                          num_steps: int = 100, norm: str = 'linf',
+                          batch_size: int = 100) -> dict:
+  """ER-Recall@K against QA (seed 001 Eq. 23) with Recall@K (Eq. 22) beside it.
+
+  Each query gets one target candidate of another class, uniformly at
+  random (Sec. 5.1.2), and is perturbed by `attacks.query_attack`; the perturbed
+  queries retrieve from the clean candidate set.
+
+  Returns:
+    {'recall': {K: Recall@K}, 'er_recall': {K: ER-Recall@K},
+     'er_hits': (Nq, len(ks)) bool, the per-query terms of ER-Recall@K,
+     'adversarial_queries': (Nq, H, W, C), 'target_indices': (Nq,)}.
+  """
+  _check_retrieval_inputs(query_images, query_labels, candidate_images,
+                          candidate_labels, ks)
+  query_labels = np.asarray(query_labels)
+  candidate_labels = np.asarray(candidate_labels)
+  embed = retrieval.as_pytree_function(embed)
+  target_key, attack_key = jax.random.split(key)
+  candidate_emb = retrieval.embed_in_batches(embed, candidate_images, batch_size)
+  targets = random_other_class_indices(target_key, query_labels,
+                                       candidate_labels, 1)[:, 0]
+  adversarial, adversarial_emb = [], []
+  batches = retrieval.padded_batches(len(query_labels), batch_size)
+  for batch_index, (rows, count) in enumerate(batches):
+    x_adv = attacks.query_attack(
+        embed, jnp.asarray(query_images[rows]), jnp.asarray(candidate_emb[targets[rows]]),
+        jnp.asarray(candidate_emb), eps=eps,
+        key=jax.random.fold_in(attack_key, batch_index), step_size=step_size,
+        num_steps=num_steps, norm=norm)
+    adversarial.append(np.asarray(x_adv)[:count])
+    adversarial_emb.append(_embed_batch(embed, x_adv)[:count])
+  clean_emb = retrieval.embed_in_batches(embed, query_images, batch_size)
+  ranked = lambda emb: candidate_labels[np.asarray(
+      retrieval.blocked_topk(emb, candidate_emb, max(ks))[1])]
+  attacked_ranking = ranked(np.concatenate(adversarial_emb))
+  return {
+      'recall': metrics.recall_at_k(query_labels, ranked(clean_emb), ks),
+      'er_recall': metrics.recall_at_k(query_labels, attacked_ranking, ks),
+      'er_hits': metrics.hits_at_k(query_labels, attacked_ranking, ks),
+      'adversarial_queries': np.concatenate(adversarial),
+      'target_indices': targets,
+  }
+
+
+def evaluate_candidate_attack(embed: Callable, query_images, query_labels,
+                              candidate_images, candidate_labels, *, eps, key,
+                              ks: Sequence[int] = metrics.DEFAULT_KS,
+                              num_sources: int = 100, step_size=None,
+                              num_steps: int = 100, norm: str = 'linf',
+                              batch_size: int = 100) -> dict:
+  """ER-Recall@K against CA (seed 001 Eq. 24) with Recall@K (Eq. 22) beside it.
+
+  For each query q, `num_sources` candidates of other classes C_s are drawn
+  uniformly at random (Sec. 5.1.2: 100) and each is perturbed by
+  `attacks.candidate_attack` towards q; q then retrieves from C minus C_s plus the
+  perturbed C_s. Cost: num_queries x num_sources attacks of `num_steps`
+  gradient steps each; one attack batch holds the sources of
+  max(1, batch_size // num_sources) queries. Rankings sort the (Nq, N)
+  distance matrix with ties to the lower index, as `jaxcert.retrieval` does.
+
+  Returns:
+    {'recall': {K: Recall@K}, 'er_recall': {K: ER-Recall@K},
+     'er_hits': (Nq, len(ks)) bool, the per-query terms of ER-Recall@K,
+     'source_indices': (Nq, num_sources),
+     'adversarial_distances': (Nq, num_sources) squared distances from each
+     query to its perturbed sources}. The perturbed images themselves
+     (Nq x num_sources images) are not kept.
+  """
+  _check_retrieval_inputs(query_images, query_labels, candidate_images,
+                          candidate_labels, ks)
+  query_labels = np.asarray(query_labels)
+  candidate_labels = np.asarray(candidate_labels)
+  embed = retrieval.as_pytree_function(embed)
+  source_key, attack_key = jax.random.split(key)
+  candidate_emb = retrieval.embed_in_batches(embed, candidate_images, batch_size)
+  query_emb = retrieval.embed_in_batches(embed, query_images, batch_size)
+  sources = random_other_class_indices(source_key, query_labels,
+                                       candidate_labels, num_sources)
+  clean_distances = np.asarray(retrieval.pairwise_sq_distances(query_emb, candidate_emb))
+  adversarial_distances = []
+  for batch_index, (rows, count) in enumerate(retrieval.padded_batches(
+      len(query_labels), max(1, batch_size // num_sources))):
+    repeated_query_emb = np.repeat(query_emb[rows], num_sources, axis=0)
+    x_adv = attacks.candidate_attack(
+        embed, jnp.asarray(candidate_images[sources[rows].reshape(-1)]),
+        jnp.asarray(repeated_query_emb),
+        jnp.asarray(np.repeat(np.sqrt(clean_distances[rows]), num_sources, axis=0)),
+        eps=eps, key=jax.random.fold_in(attack_key, batch_index),
+        step_size=step_size, num_steps=num_steps, norm=norm)
+    distances = np.sum(np.square(_embed_batch(embed, x_adv) - repeated_query_emb), -1)
+    adversarial_distances.append(distances.reshape(len(rows), num_sources)[:count])
+  adversarial_distances = np.concatenate(adversarial_distances)
+  attacked_distances = clean_distances.copy()
+  np.put_along_axis(attacked_distances, sources, adversarial_distances, axis=1)
+  ranked = lambda distances: candidate_labels[
+      np.argsort(distances, axis=1, kind='stable')[:, :max(ks)]]
+  return {
+      'recall': metrics.recall_at_k(query_labels, ranked(clean_distances), ks),
+      'er_recall': metrics.recall_at_k(query_labels, ranked(attacked_distances), ks),
+      'er_hits': metrics.hits_at_k(query_labels, ranked(attacked_distances), ks),
+      'source_indices': sources,
+      'adversarial_distances': adversarial_distances,
+  }
+
+
+def evaluate_nearest_neighbor_attack(embed: Callable, images, labels, *, eps,
+                                     key, method: str = 'pgd',
+                                     num_steps: int = 5, step_size=None,
+                                     norm: str = 'linf',
+                                     random_start: bool = True,
+                                     batch_size: int = 256) -> dict:
+  """Seed 002 Algorithm 1 over a labelled set S, with R@1 and mAP@R before and after.
+
+  For each x_i: the anchors are A^(i) = S minus {x_i}; j = its nearest anchor
+  (clean embeddings); if y_j = y_i, x_i is replaced by the attack maximising
+  d_theta(z, x_j) over the ball, otherwise it is left as is (already
+  misretrieved). Each perturbed x_i is then evaluated against the clean
+  anchors A^(i): R@1 (seed 002 Sec. 4.1) and mAP@R (Eq. 19,
+  `jaxcert.metrics.map_at_r`). Ties go to the lower index (seed 002 breaks
+  them at random).
+
+  Returns:
+    {'recall_at_1', 'map_at_r'} (benign), {'adversarial_recall_at_1',
+    'adversarial_map_at_r'}, 'attacked_fraction' (share with a same-class
+    nearest neighbour), 'embeddings' and 'adversarial_embeddings' (N, k).
+  """
+  labels = np.asarray(labels)
+  if len(images) != labels.shape[0] or labels.shape[0] < 2:
+    raise ValueError('images and labels need the same length >= 2, got '
+                     f'{len(images)} and {labels.shape[0]}.')
+  embed = retrieval.as_pytree_function(embed)
+  clean_emb = retrieval.embed_in_batches(embed, images, batch_size)
+  neighbor = np.asarray(retrieval.blocked_topk(clean_emb, clean_emb, 1, exclude_self=True)[1])[:, 0]
+  attacked = labels[neighbor] == labels
+  adversarial = []
+  for batch_index, (rows, count) in enumerate(retrieval.padded_batches(len(labels),
+                                                                       batch_size)):
+    x_adv = attacks.nearest_neighbor_attack(
+        embed, jnp.asarray(images[rows]), jnp.asarray(clean_emb[neighbor[rows]]),
+        eps=eps, key=jax.random.fold_in(key, batch_index), method=method,
+        num_steps=num_steps, step_size=step_size, norm=norm,
+        random_start=random_start)
+    adversarial.append(_embed_batch(embed, x_adv)[:count])
+  adv_emb = np.where(attacked[:, None], np.concatenate(adversarial), clean_emb)
+
+  def recall_at_1(query_emb):
+    nearest = np.asarray(retrieval.blocked_topk(query_emb, clean_emb, 1, exclude_self=True)[1])
+    return metrics.recall_at_k(labels, labels[nearest], (1,))[1]
+
+  return {
+      'recall_at_1': recall_at_1(clean_emb),
+      'map_at_r': metrics.map_at_r(clean_emb, labels, clean_emb, labels, exclude_self=True),
+      'adversarial_recall_at_1': recall_at_1(adv_emb),
+      'adversarial_map_at_r': metrics.map_at_r(adv_emb, labels, clean_emb, labels,
+                                               exclude_self=True),
+      'attacked_fraction': float(np.mean(attacked)),
+      'embeddings': clean_emb,
+      'adversarial_embeddings': adv_emb,
+  }
+
+
+# ---------------------------------------------------------------------------
+# The mode: runs, tables, comparison with the certificates, plots.
+# ---------------------------------------------------------------------------
+
+
 def _mean_std(values) -> tuple[float, float]:
   values = np.asarray(values, float)
   return float(np.mean(values)), float(np.std(values))
@@ -80,8 +293,7 @@ def _mean_std(values) -> tuple[float, float]:
 def _attack_retrieval(inputs, kind: str, eps: float, key, num_queries: int) -> dict:
   """One QA or CA run: Recall@K, ER-Recall@K and its per-query hits."""
   settings = inputs.config.attack
-  evaluate = (attacks.evaluate_query_attack if kind == 'qa'
-              else attacks.evaluate_candidate_attack)
+  evaluate = evaluate_query_attack if kind == 'qa' else evaluate_candidate_attack
   extra = {} if kind == 'qa' else {'num_sources': int(settings.num_sources)}
   return evaluate(
       inputs.embed, inputs.queries.images[np.arange(num_queries)],
@@ -94,7 +306,7 @@ def _attack_retrieval(inputs, kind: str, eps: float, key, num_queries: int) -> d
 def _attack_nearest_neighbor(inputs, eps: float, key) -> dict:
   settings = inputs.config.attack
   test = inputs.dataset.test
-  return attacks.evaluate_nearest_neighbor_attack(
+  return evaluate_nearest_neighbor_attack(
       inputs.embed, test.images, np.asarray(test.labels), eps=eps, key=key,
       method=settings.method, num_steps=int(settings.num_steps), step_size=settings.step_size,
       norm=settings.norm, batch_size=int(settings.batch_size))
@@ -180,35 +392,61 @@ def compare_with_certificates(ibp: dict, rows: list[dict], hits: dict, ks,
     if radius is None and not on_attacked:
       continue
     by_kind = {row['kind']: row for row in rows if row['eps'] == eps}
-    for column, k in enumerate(ks):
-      entry = {'eps': eps, 'K': k, 'cr_queries': num_queries if on_attacked else num_all_queries}
-      comparable = on_attacked or num_queries == num_all_queries
-      ok = True
-      for kind in _RETRIEVAL_KINDS:
-        if on_attacked and k in ibp['per_query'].get(kind, {}):
-          certified = float(np.mean(ibp['per_query'][kind][k][:num_queries]))
-        else:
-          certified = ibp['sweep'].get(radius, {}).get(kind, {}).get(k)
-        empirical = by_kind[kind][f'er_recall@{k}'] if kind in by_kind else None
-        entry[f'er_{kind}'], entry[f'cr_{kind}'] = empirical, certified
-        if certified is not None and empirical is not None:
-          ok &= certified <= empirical + 1e-12
-      entry['cr_le_er'] = ok if comparable else None
+    comparable = on_attacked or num_queries == num_all_queries
+    for k in ks:
+      entry = {'eps': eps, 'K': k, 'cr_queries': num_queries if on_attacked else num_all_queries,
+               **_empirical_and_certified(ibp, by_kind, radius, k, num_queries, on_attacked)}
+      entry['cr_le_er'] = _certified_at_most_empirical(entry) if comparable else None
       table.append(entry)
-  violations, checked = None, 0
-  if per_query_eps is not None:
-    for (kind, eps), attacked_hits in hits.items():
-      certified = ibp['per_query'].get(kind)
-      if certified is None or _matching(eps, [per_query_eps]) is None:
-        continue
-      violations = violations or 0
-      for column, k in enumerate(ks):
-        if k not in certified:
-          continue
-        flags = certified[k][:len(attacked_hits)]
-        checked = max(checked, len(flags))
-        violations += int(np.sum(flags & ~attacked_hits[:len(flags), column]))
+  violations, checked = (None, 0) if per_query_eps is None else _certificate_violations(
+      ibp['per_query'], hits, ks, per_query_eps)
   return {'rows': table, 'certificate_violations': violations, 'checked_queries': checked}
+
+
+def _empirical_and_certified(ibp: dict, by_kind: dict, radius, k: int, num_queries: int,
+                             on_attacked: bool) -> dict:
+  """{'er_qa', 'cr_qa', 'er_ca', 'cr_ca'} at one eps and K (None where a mode has no number).
+
+  CR is the share of the attacked queries certified in the per-query file when it covers this
+  eps (`on_attacked`), else the 'sweep' value at `radius` over all queries.
+  """
+  entry = {}
+  for kind in _RETRIEVAL_KINDS:
+    if on_attacked and k in ibp['per_query'].get(kind, {}):
+      certified = float(np.mean(ibp['per_query'][kind][k][:num_queries]))
+    else:
+      certified = ibp['sweep'].get(radius, {}).get(kind, {}).get(k)
+    entry[f'er_{kind}'] = by_kind[kind][f'er_recall@{k}'] if kind in by_kind else None
+    entry[f'cr_{kind}'] = certified
+  return entry
+
+
+def _certified_at_most_empirical(entry: dict) -> bool:
+  """CR <= ER (Kakizaki et al. Sec. 5.1.2) for every attack kind with both numbers."""
+  pairs = [(entry[f'cr_{kind}'], entry[f'er_{kind}']) for kind in _RETRIEVAL_KINDS]
+  return all(certified <= empirical + 1e-12 for certified, empirical in pairs
+             if certified is not None and empirical is not None)
+
+
+def _certificate_violations(per_query: dict, hits: dict, ks, per_query_eps: float
+                            ) -> tuple[int | None, int]:
+  """(certified (query, K) the attack broke, queries checked) at the per-query file's eps.
+
+  The count is None when no attack ran at that eps (nothing to check).
+  """
+  violations, checked = None, 0
+  for (kind, eps), attacked_hits in hits.items():
+    certified = per_query.get(kind)
+    if certified is None or _matching(eps, [per_query_eps]) is None:
+      continue
+    violations = violations or 0
+    for column, k in enumerate(ks):
+      if k not in certified:
+        continue
+      flags = certified[k][:len(attacked_hits)]
+      checked = max(checked, len(flags))
+      violations += int(np.sum(flags & ~attacked_hits[:len(flags), column]))
+  return violations, checked
 
 
 def _format(row: dict, name: str, repeats: int) -> str:

@@ -1,7 +1,7 @@
 """Flax Linen encoders from NHWC images in [0, 1] to (batch, embedding_dim) embeddings.
 
-`get_model(name, ...)` builds an encoder by name, `init_variables(model, key, image_shape)` its
-variables; then `embed(x) = model.apply(variables, x)` is the pure function that certificates,
+`get_model(name, ...)` builds an encoder by name (`build_model(config.model)` from an experiment
+config), `init_variables(model, key, image_shape)` its variables; then `embed(x) = model.apply(variables, x)` is the pure function that certificates,
 attacks and metrics take (docs/architecture.md). Every encoder normalises its input inside the model
 (`(x - input_mean) / input_std`), so perturbations live in pixel space, and can end in an L2
 normalisation head. Models ('linear': seed 003; 'small_cnn', 'large_cnn': seed 001 Sec. 5.1.4;
@@ -90,6 +90,21 @@ def get_model(name: str, *, embedding_dim: int = 128, l2_normalize: bool = False
              input_mean=input_mean, input_std=input_std, **fixed, **kwargs)
 
 
+def build_model(model_config) -> nn.Module:
+  """The encoder an experiment config names: `config.model`, its `name` and `get_model` options.
+
+  Args:
+    model_config: a mapping (`ml_collections.ConfigDict`) with `name` (one of MODEL_NAMES) and
+      keyword arguments of `get_model` (`embedding_dim`, `l2_normalize`, `model_options(name)`).
+
+  Raises:
+    ValueError: as `get_model`.
+  """
+  options = dict(model_config)
+  name = options.pop('name')
+  return get_model(name, **options)
+
+
 def init_variables(model: nn.Module, key: jax.Array, image_shape) -> dict:
   """Variables of `model` for images of `image_shape`: {'params'} and, for ResNets, {'batch_stats'}.
 
@@ -119,5 +134,5 @@ def _lookup(name: str) -> tuple[type[Encoder], dict]:
 
 __all__ = [
     'MODEL_NAMES', 'Encoder', 'LargeCNN', 'LinearEncoder', 'MLPEncoder', 'ResNet', 'SmallCNN',
-    'get_model', 'init_variables', 'l2_normalize', 'model_options',
+    'build_model', 'get_model', 'init_variables', 'l2_normalize', 'model_options',
 ]

@@ -14,8 +14,10 @@ import ml_collections
 import numpy as np
 import pytest
 
+import conftest
 from configs import quickstart
 from jaxcert import certification
+from jaxcert import checkpointing
 from jaxcert import parallel
 from jaxcert import training
 from scripts import multihost_localhost
@@ -29,12 +31,6 @@ OVERRIDES = {
 }
 # Certification on what the single-device run certifies; small enough for a test.
 CERTIFY_OVERRIDES = {'ibp.eps': 0.02, 'ibp.eps_sweep': (0.0, 0.02), 'ibp.ks': (1, 10)}
-
-
-def _config(overrides):
-  config = quickstart.get_config()
-  config.update_from_flattened_dict(overrides)
-  return config
 
 
 def _flags(overrides):
@@ -55,7 +51,7 @@ def trained(tmp_path_factory):
   one, two = str(root / 'one'), str(root / 'two')
   _run_two_processes(['train.py', '--config', CONFIG_FILE, '--workdir', two,
                       '--config.parallel.num_devices=-1'] + _flags(OVERRIDES), root / 'train_logs')
-  config = _config(OVERRIDES)
+  config = conftest.with_overrides(quickstart.get_config(), OVERRIDES)
   training.train_and_evaluate(config, one)
   return config, one, two
 
@@ -70,8 +66,8 @@ def test_two_processes_train_like_one(trained):
   for name in expected:
     for metric, value in expected[name].items():
       assert got[name][metric] == pytest.approx(value, abs=1e-4), (name, metric)
-  params_one = jax.tree.leaves(training.load_trained(config, one)[1])
-  params_two = jax.tree.leaves(training.load_trained(config, two)[1])
+  params_one = jax.tree.leaves(checkpointing.load_trained(config, one)[1])
+  params_two = jax.tree.leaves(checkpointing.load_trained(config, two)[1])
   for a, b in zip(params_one, params_two):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=2e-5)
   # Process 0 alone wrote the log: one line per logged step, not two.
@@ -92,7 +88,7 @@ def test_two_processes_certify_like_one(trained, tmp_path):
   _run_two_processes(['certify.py', '--config', CONFIG_FILE, f'--config.checkpoint={two}',
                       '--workdir', str(tmp_path / 'two')] + _flags(certify_overrides),
                      tmp_path / 'certify_logs')
-  config = _config(certify_overrides)
+  config = conftest.with_overrides(quickstart.get_config(), certify_overrides)
   config.checkpoint = one
   certification.run(config, str(tmp_path / 'one'))
   with open(tmp_path / 'one' / 'results.json') as f:

@@ -10,8 +10,10 @@ import ml_collections
 import numpy as np
 import pytest
 
+import conftest
 from configs import default
 from jaxcert import attacks
+from jaxcert import checkpointing
 from jaxcert import data
 from jaxcert import losses
 from jaxcert import models
@@ -43,8 +45,7 @@ def _config(method, **overrides):
   config.eval.ks = (1, 5)
   config.adversarial.eps = 0.05
   config.act.eps, config.act.step_size, config.act.num_steps = 0.1, 0.025, 6
-  config.update_from_flattened_dict(overrides)
-  return config
+  return conftest.with_overrides(config, overrides)
 
 
 def _batch(seed, num_classes=3, per_class=4):
@@ -56,7 +57,7 @@ def _batch(seed, num_classes=3, per_class=4):
 
 
 def _inputs(config, seed=0, step_key=1):
-  model = training.build_model(config)
+  model = models.build_model(config.model)
   variables = models.init_variables(model, jax.random.key(seed), IMAGE_SHAPE)
   images, labels = _batch(seed)
   params = {'model': variables['params'], 'objective': {}}
@@ -205,8 +206,8 @@ def test_defences_train(tmp_path, method, overrides):
     assert np.all([r['perturbation_linf'] > 0 for r in records])
   if method == 'spectral':
     weight = adversarial.linear_encoder_weight(
-        training.build_model(config),
-        training.load_trained(config, str(tmp_path), data.synthetic.two_gaussians(
+        models.build_model(config.model),
+        checkpointing.load_trained(config, str(tmp_path), data.synthetic.two_gaussians(
             num_train=48, num_test=40, image_size=6, num_channels=1))[1]['params'])
     assert float(adversarial.top_eigenvalues(weight, 1)[0]) == pytest.approx(
         records[-1]['lambda_max'], rel=0.2)

@@ -1,0 +1,26 @@
+"""Helpers several test files share (`import conftest`: pytest puts tests/ on the import path).
+
+* `uniform_images`: a batch of images in [0, 1], optionally with some pixels exactly 0 or 1 (the
+  ends of the pixel box, where clipping and interval bounds have their corner cases).
+* `with_overrides`: an experiment config with dotted-name fields set, as `--config.a.b=v` does.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def uniform_images(count: int, shape=(28, 28, 1), seed: int = 0, binary_share: float = 0.0):
+  """(count, *shape) float32 images, uniform in [0, 1]; a `binary_share` of the pixels rounded to
+  exactly 0 or 1."""
+  rng = np.random.default_rng(seed)
+  images = rng.uniform(size=(count,) + tuple(shape))
+  if binary_share:
+    ends = rng.uniform(size=images.shape) < binary_share
+    images = np.where(ends, np.round(images), images)
+  return jnp.asarray(images, jnp.float32)
+
+
+def with_overrides(config, overrides: dict):
+  """`config` with each `{'model.embedding_dim': 8}`-style field set; returns `config`."""
+  config.update_from_flattened_dict(overrides)
+  return config
