@@ -40,7 +40,7 @@ def time_train_step(model_name: str, *, batch_size: int, method: str, repeats: i
   rng = np.random.default_rng(seed)
   images = jax.device_put(rng.uniform(size=(batch_size,) + image_shape).astype(np.float32))
   labels = jax.device_put(np.arange(batch_size, dtype=np.int32) % num_classes)
-  model = training.build_model(config)
+  model = models.build_model(config.model)
   tx = training.make_optimizer(config, num_train=60_000)
   state = training.create_train_state(config, model, image_shape, 60_000, num_classes)
   step = jax.jit(training.make_train_step(model, config, tx, objectives.get_method(method).objective))

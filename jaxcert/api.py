@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcert import attacks
+from jaxcert.evaluation import attack as attack_evaluation
 from jaxcert import metrics
 from jaxcert import retrieval
 from jaxcert import smoothing
@@ -341,8 +341,8 @@ def attack_retrieval(embed: Callable, queries, query_labels, candidates, candida
   of another class drawn at random, and retrieves from the clean candidates. Candidate attack
   (Eq. 4): for each query, `num_sources` candidates of other classes drawn at random are each
   pushed towards it. ER-Recall@K (Eqs. 23-24) is Recall@K after the attack
-  (`attacks.evaluate_query_attack`, `attacks.evaluate_candidate_attack`). The attacks run in
-  float32; an attack's success is an upper bound on robustness, never a certificate.
+  (`jaxcert.evaluation.attack.evaluate_query_attack` and `evaluate_candidate_attack`). The
+  attacks run in float32; an attack's success is an upper bound on robustness, never a certificate.
 
   Args:
     embed: `images (B, ...) -> embeddings (B, d)`, a pure JAX function (module docstring).
@@ -377,9 +377,9 @@ def attack_retrieval(embed: Callable, queries, query_labels, candidates, candida
   # Fewer queries than a batch: one batch of their number, not a padded one of batch_size.
   settings = dict(eps=eps, ks=ks, step_size=step_size, num_steps=int(num_steps),
                   batch_size=min(int(batch_size), len(queries)))
-  query_attack = attacks.evaluate_query_attack(embed, queries, query_labels, candidates,
+  query_attack = attack_evaluation.evaluate_query_attack(embed, queries, query_labels, candidates,
                                                candidate_labels, key=query_key, **settings)
-  candidate_attack = attacks.evaluate_candidate_attack(
+  candidate_attack = attack_evaluation.evaluate_candidate_attack(
       embed, queries, query_labels, candidates, candidate_labels, key=candidate_key,
       num_sources=int(num_sources), **settings)
   return AttackedRetrieval(

@@ -149,7 +149,7 @@ def pairwise_distances(a, b) -> jax.Array:
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.)), 0.)
 
 
-def _pad_rows(array: jax.Array, multiple: int) -> jax.Array:
+def pad_rows(array: jax.Array, multiple: int) -> jax.Array:
   """Pads axis 0 with zeros up to a multiple of `multiple`."""
   missing = -array.shape[0] % multiple
   return jnp.pad(array, [(0, missing)] + [(0, 0)] * (array.ndim - 1))
@@ -195,7 +195,7 @@ def _query_block_topk(query_block, query_start, gallery_blocks, gallery_starts, 
 
 def _gallery_blocks(gallery_emb, gallery_block_size: int):
   """Gallery padded and cut into (num_blocks, block, d), and the block starts."""
-  gallery = _pad_rows(gallery_emb, gallery_block_size)
+  gallery = pad_rows(gallery_emb, gallery_block_size)
   gallery_blocks = gallery.reshape(-1, gallery_block_size, gallery.shape[-1])
   gallery_starts = jnp.arange(gallery_blocks.shape[0], dtype=jnp.int32) * gallery_block_size
   return gallery_blocks, gallery_starts
@@ -225,7 +225,7 @@ def map_over_query_blocks(per_block_fn, query_emb, gallery_emb, *query_extras, k
   gallery = _gallery_blocks(gallery_emb, gallery_block_size)
 
   def cut(x):
-    return _pad_rows(x, query_block_size).reshape((-1, query_block_size) + x.shape[1:])
+    return pad_rows(x, query_block_size).reshape((-1, query_block_size) + x.shape[1:])
 
   query_blocks = cut(query_emb)
   query_starts = jnp.arange(query_blocks.shape[0], dtype=jnp.int32) * query_block_size

@@ -33,7 +33,6 @@ from jaxcert import attacks
 from jaxcert import certification
 from jaxcert import data
 from jaxcert import models
-from jaxcert import training
 from jaxcert.bounds import retrieval as br
 from jaxcert.bounds.interval import interval
 from jaxcert.evaluation import ibp
@@ -642,7 +641,7 @@ def test_ibp_mode_writes_tables_tsv_plots(tmp_path):
   split = data.Split(np.asarray(_images(20, 60)), labels)
   dataset = data.Dataset('test', split, split, 3)
   (query_images, query_labels), (candidate_images, candidate_labels) = (
-      training.query_candidate_sets(config, dataset))
+      data.query_candidate_sets(config, dataset))
   inputs = certification.CertifyInputs(
       config, model, variables, embed, dataset,
       certification.LabelledImages(query_images, query_labels),
@@ -714,7 +713,7 @@ def _ibp_inputs(config):
   split = data.Split(np.asarray(_images(20, 60)), labels)
   dataset = data.Dataset('test', split, split, 3)
   (query_images, query_labels), (candidate_images, candidate_labels) = (
-      training.query_candidate_sets(config, dataset))
+      data.query_candidate_sets(config, dataset))
   return certification.CertifyInputs(
       config, model, variables, embed, dataset,
       certification.LabelledImages(query_images, query_labels),

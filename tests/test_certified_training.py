@@ -209,7 +209,7 @@ def test_tbt_then_fctb_in_the_training_loop(tmp_path):
   first = json.loads(lines[0])
   assert first['drift'] < 1e-5 and first['eps'] == pytest.approx(0.2) and first['reg'] > 0
   # The restored FCTB run (as certify.py loads it) has the same encoder.
-  _, variables, _, _ = training.load_trained(fctb_config, fctb_dir)
+  _, variables, _, _ = checkpointing.load_trained(fctb_config, fctb_dir)
   for expected, got in zip(jax.tree.leaves(fctb_state.params['model']),
                            jax.tree.leaves(variables['params'])):
     np.testing.assert_array_equal(expected, got)

@@ -50,7 +50,7 @@ from jaxcert.bounds.interval import input_box
 from jaxcert.bounds.interval import interval
 from jaxcert.bounds.interval import ROUNDING_MODES
 from jaxcert.bounds.rounding import outward_distance_bounds
-from jaxcert.losses import _safe_sqrt
+from jaxcert import common
 
 DEFAULT_DISTANCE_SLACK = 1e-5
 
@@ -227,7 +227,7 @@ def distance_bounds(lower, upper, points) -> tuple[jax.Array, jax.Array]:
   zeros = jnp.zeros(shape, jnp.result_type(center, points))
   coordinates = tuple(jnp.moveaxis(a, -1, 0) for a in (center, radius, points))
   (min_sq, max_sq), _ = lax.scan(add_coordinate, (zeros, zeros), coordinates)
-  return _safe_sqrt(min_sq), _safe_sqrt(max_sq)
+  return common.safe_sqrt(min_sq), common.safe_sqrt(max_sq)
 
 
 def _box_magnitude(lower, upper):
@@ -277,7 +277,7 @@ class RankBounds(NamedTuple):
 
 def _cut_into_blocks(arrays, block_size: int):
   """Each (N, ...) array zero-padded and reshaped to (num_blocks, block_size, ...), and the starts."""
-  pad_rows = retrieval._pad_rows  # pylint: disable=protected-access
+  pad_rows = retrieval.pad_rows
   blocks = tuple(pad_rows(a, block_size).reshape((-1, block_size) + a.shape[1:]) for a in arrays)
   starts = jnp.arange(blocks[0].shape[0], dtype=jnp.int32) * block_size
   return blocks, starts
