@@ -20,6 +20,7 @@ from configs import default
 from configs import seed001
 from jaxcert import attacks
 from jaxcert import checkpointing
+from jaxcert import data
 from jaxcert import losses
 from jaxcert import models
 from jaxcert import objectives
@@ -299,7 +300,7 @@ def _squared_distance_attack_loss(x, embed, point, sign):
   return sign * jnp.sum(jnp.square(embed(x) - point), axis=-1)
 
 
-@pytest.mark.parametrize('batch_norm', [False, True])
+@pytest.mark.parametrize('batch_norm', [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_certified_triplet_bounds_hold_for_the_encoder(batch_norm):
   """Through a Small CNN (with BatchNorm normalised by the batch's statistics, as training bounds
   it): the QA and CA bounds of every triplet are >= the triplet differences at sampled points of
@@ -334,11 +335,21 @@ def test_certified_triplet_bounds_hold_for_the_encoder(batch_norm):
 
 
 def test_certified_triplet_objective_finite_and_clean_at_zero_eps():
-  inputs = _certified_inputs(0.05)
-  loss, step_metrics, grads = _loss_and_grads(inputs)
+  """One compilation: the step (traced) picks eps 0 (before the ramp) or 0.05 (after it)."""
+  inputs = _certified_inputs(0.05, ramp_start_steps=1, ramp_end_steps=1)
+  objective = objectives.get_method(inputs.config.method).objective
+
+  @jax.jit
+  def loss_and_grads(params, step):
+    return jax.value_and_grad(lambda p: objective(inputs._replace(params=p, step=step)),
+                              has_aux=True)(params)
+
+  (loss, (step_metrics, _)), grads = loss_and_grads(inputs.params, jnp.int32(1))
+  assert float(step_metrics['eps']) == pytest.approx(0.05)
   assert np.isfinite(loss) and all(np.isfinite(l).all() for l in jax.tree.leaves(grads))
   assert sum(float(jnp.abs(l).sum()) for l in jax.tree.leaves(grads['model'])) > 0
-  _, zero_metrics, _ = _loss_and_grads(_certified_inputs(0.))
+  (_, (zero_metrics, _)), _ = loss_and_grads(inputs.params, jnp.int32(0))
+  assert float(zero_metrics['eps']) == 0.
   # A point box: both bounds are the clean squared-distance hinge.
   np.testing.assert_allclose(zero_metrics['qa_bound_hinge'], zero_metrics['ca_bound_hinge'],
                              rtol=1e-5)
@@ -386,12 +397,12 @@ def test_warmup_regularizers_by_value():
   np.testing.assert_allclose(relu, 2., rtol=1e-6)  # No active unit: both ratios 0.
 
 
-@pytest.mark.parametrize('model_name', ['small_cnn', 'large_cnn'])
+@pytest.mark.parametrize('model_name', ['small_cnn', pytest.param('large_cnn', marks=pytest.mark.slow)])
 def test_ibp_init_bounds_interval_growth_through_depth(model_name):
   """Shi et al. 2021, Theorem 1: at IBP initialisation every hidden layer's mean pre-activation
   radius stays within a small factor of the input radius; the default initialisation lets it
   grow by orders of magnitude with depth."""
-  images = test_interval._uniform(0, (8, 28, 28, 1))  # pylint: disable=protected-access
+  images = test_interval._uniform(0, (4, 28, 28, 1))  # pylint: disable=protected-access
   eps = 0.1
   growth = {}
   for ibp_init in (False, True):
@@ -402,3 +413,24 @@ def test_ibp_init_bounds_interval_growth_through_depth(model_name):
     growth[ibp_init] = [float(jnp.mean(u - l) / 2) / eps for l, u in zip(lowers, uppers)]
   assert max(growth[True]) < 5, growth
   assert growth[False][-1] > 20 * growth[True][-1], growth
+
+
+@pytest.mark.slow
+def test_short_certified_run_does_not_collapse(tmp_path):
+  """The embedded config's recipe (IBP init, BatchNorm, warm-up, clipping) compressed to 60 steps
+  of batch 20 with eps ramped to 0.2 over steps 10-40: the loss stays finite and the embeddings
+  of the query set do not coincide (a collapsed encoder maps every image to one point)."""
+  config = _tiny_config('certified', num_steps=60, checkpoint_every_steps=60, log_every_steps=10)
+  config.model.update({'ibp_init': True, 'batch_norm': True})
+  config.certified.update({'ramp_start_steps': 10, 'ramp_end_steps': 40, 'warmup_weight': 0.5})
+  workdir = str(tmp_path / 'certified')
+  model, state = training.train(config, workdir)
+  records = [json.loads(line) for line in open(f'{workdir}/metrics.jsonl', encoding='utf-8')]
+  assert records[-1]['eps'] == pytest.approx(0.2)
+  assert all(np.isfinite(r['loss']) for r in records)
+  dataset = data.load_dataset(config.data)
+  (queries, _), _ = training.query_candidate_sets(config, dataset)
+  embeddings = np.asarray(model.apply(state.variables(), queries))
+  distances = np.linalg.norm(embeddings[:, None] - embeddings[None], axis=-1)
+  assert np.median(distances) > 1e-2 * np.median(np.linalg.norm(embeddings, axis=-1))
+  assert len(np.unique(np.round(embeddings, 4), axis=0)) > len(embeddings) // 2
