@@ -122,6 +122,8 @@ def get_config() -> ml_collections.ConfigDict:
   # bounded over the QA and CA boxes, kappa-mixed with config.loss.
   config.certified.margin = 1.0  # of the hinge ||a - p||^2 - ||a - n||^2 + margin
   config.certified.qa_bound = 'linear'  # 'linear' (exact over the box) or 'distance' (Theorem 1's)
+  config.certified.triplets = 'all'  # 'all', 'nearest_positive' or 'ranking' (certified.selected_triplets)
+  config.certified.exclude_nearest = 0  # 'ranking': the anchor's nearest points left out
   config.certified.qa_weight = 1.0
   config.certified.ca_weight = 1.0
   config.certified.tbt_weight = 0.0  # + this x Kakizaki et al.'s Reg (Eq. 20)

@@ -434,3 +434,22 @@ def test_short_certified_run_does_not_collapse(tmp_path):
   distances = np.linalg.norm(embeddings[:, None] - embeddings[None], axis=-1)
   assert np.median(distances) > 1e-2 * np.median(np.linalg.norm(embeddings, axis=-1))
   assert len(np.unique(np.round(embeddings, 4), axis=0)) > len(embeddings) // 2
+
+
+def test_selected_triplets_by_value():
+  labels = jnp.array([0, 0, 0, 1, 1, 1])
+  embeddings = jnp.array([[0.], [1.], [3.], [10.], [11.], [20.]])
+  def triplets(selection, exclude=0):
+    mask = np.asarray(certified.selected_triplets(labels, embeddings, selection, exclude))
+    return {tuple(int(i) for i in t) for t in np.argwhere(mask)}
+  assert triplets('all') == {t for t in itertools.product(range(6), repeat=3)
+                             if t[0] != t[1] and labels[t[0]] == labels[t[1]] != labels[t[2]]}
+  # Nearest positives: 0 -> 1, 1 -> 0, 2 -> 1, 3 -> 4, 4 -> 3, 5 -> 4.
+  assert triplets('nearest_positive') == {(a, p, n) for a, p in
+                                          ((0, 1), (1, 0), (2, 1), (3, 4), (4, 3), (5, 4))
+                                          for n in range(6) if labels[n] != labels[a]}
+  ranking = triplets('ranking', exclude=1)
+  assert {n for a, _, n in ranking if a == 0} == {3, 4, 5}  # 2 is 0's nearest other point.
+  assert {n for a, _, n in ranking if a == 5} == {0, 1, 2}  # 5 -> 4; 3 (nearest other) left out.
+  with pytest.raises(ValueError, match="valid: \\['all', 'nearest_positive', 'ranking'\\]"):
+    certified.selected_triplets(labels, embeddings, 'hard')

@@ -256,6 +256,7 @@ CIBP = base.Method(cibp_objective, init_cibp_params)
 
 QA_BOUNDS = ('linear', 'distance')  # config.certified.qa_bound
 ADVERSARIAL_MODES = ('none', 'mtl_ibp', 'sabr')  # config.certified.adversarial
+TRIPLET_SELECTIONS = ('all', 'nearest_positive', 'ranking')  # config.certified.triplets
 
 
 def _squared_pairwise(a, b) -> jax.Array:
@@ -321,6 +322,35 @@ def valid_triplets(labels) -> jax.Array:
   same = labels[:, None] == labels[None, :]
   positive = same & ~jnp.eye(same.shape[0], dtype=bool)
   return positive[:, :, None] & ~same[:, None, :]
+
+
+def selected_triplets(labels, embeddings, selection: str, exclude_nearest: int = 0) -> jax.Array:
+  """(B, B, B) mask of the triplets [anchor, target, other] the certified hinges average over.
+
+  * 'all': every valid triplet (`valid_triplets`).
+  * 'nearest_positive': per anchor, only its nearest positive (clean distances) as the target,
+    against every negative: the class is not pulled onto one point as with all positives, so it
+    keeps the spread the rank certificates need.
+  * 'ranking': the nearest positive against every other point of the batch, positives included,
+    except the `exclude_nearest` points nearest to the anchor: CR-Recall@K certifies a candidate
+    only if fewer than K candidates of any class may come closer (Kakizaki et al., Theorems
+    3-4), and this asks the same of the batch.
+  """
+  valid = valid_triplets(labels)
+  if selection == 'all':
+    return valid
+  size = labels.shape[0]
+  distances = jax.lax.stop_gradient(_squared_pairwise(embeddings, embeddings))
+  positive = jnp.any(valid, axis=2)
+  nearest = jnp.argmin(jnp.where(positive, distances, jnp.inf), axis=1)
+  is_target = (jnp.arange(size)[None, :] == nearest[:, None]) & positive
+  if selection == 'nearest_positive':
+    return is_target[:, :, None] & valid
+  if selection == 'ranking':
+    others = ~jnp.eye(size, dtype=bool) & ~is_target
+    order = jnp.argsort(jnp.argsort(jnp.where(others, distances, jnp.inf), axis=1), axis=1)
+    return is_target[:, :, None] & (others & (order >= exclude_nearest))[:, None, :]
+  raise ValueError(f'Unknown config.certified.triplets {selection!r}; valid: {list(TRIPLET_SELECTIONS)}.')
 
 
 def mean_hinge(differences, margin, valid) -> jax.Array:
@@ -437,7 +467,7 @@ def certified_triplet_objective(inputs: base.ObjectiveInputs):
 
   T is the clean metric loss (`config.loss`). R bounds the squared-distance triplet hinge
   max(0, ||a - p||^2 - ||a - n||^2 + margin) over the perturbations the certificates consider,
-  averaged over the batch's valid triplets:
+  averaged over the triplets `config.certified.triplets` selects (`selected_triplets`):
   `qa_weight` x its bound under the query attack (the anchor's box, `query_attack_triplet_bounds`)
   + `ca_weight` x its bound under the candidate attack (p's and n's boxes,
   `candidate_attack_triplet_bounds`). `config.certified.adversarial` chooses the anchor boxes:
@@ -456,7 +486,8 @@ def certified_triplet_objective(inputs: base.ObjectiveInputs):
   embeddings, batch_stats, variables = forward_for_bounds(inputs)
   clean = base.metric_learning_loss(config.loss, embeddings, inputs.labels,
                                     inputs.params['objective'], inputs.key)
-  valid = valid_triplets(inputs.labels)
+  valid = selected_triplets(inputs.labels, embeddings, certified.triplets,
+                            certified.exclude_nearest)
   margin = certified.margin
   metrics = {'eps': eps, 'kappa': kappa, 'triplet': clean}
 
@@ -520,6 +551,9 @@ def check_certified_triplet_config(config) -> None:
   if certified.qa_bound not in QA_BOUNDS:
     raise ValueError(f'Unknown config.certified.qa_bound {certified.qa_bound!r}; valid: '
                      f'{list(QA_BOUNDS)}.')
+  if certified.triplets not in TRIPLET_SELECTIONS:
+    raise ValueError(f'Unknown config.certified.triplets {certified.triplets!r}; valid: '
+                     f'{list(TRIPLET_SELECTIONS)}.')
   if certified.adversarial not in ADVERSARIAL_MODES:
     raise ValueError(f'Unknown config.certified.adversarial {certified.adversarial!r}; valid: '
                      f'{list(ADVERSARIAL_MODES)}.')
