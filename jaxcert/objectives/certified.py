@@ -1,4 +1,4 @@
-"""Certified training by interval bound propagation: TBT, FCTB (seed 001) and the C-IBP baseline.
+"""Certified training by interval bound propagation: TBT, FCTB (seed 001), C-IBP, certified triplet.
 
 Seed 001 (Kakizaki et al., `shared/seeds/001_32788779c7b99f3e.txt`), Sec. 4 and 5.1.4:
 
@@ -11,6 +11,14 @@ Seed 001 (Kakizaki et al., `shared/seeds/001_32788779c7b99f3e.txt`), Sec. 4 and 
   verifiably robust models", Eq. 12 there): a linear classifier head on the embedding trained with
   kappa * CE(z(x), y) + (1 - kappa) * CE(z-hat(x, eps), y), z-hat the worst-case logits from the
   IBP bounds; the head is discarded at test time and the embedding is used for retrieval.
+
+* certified triplet training (method 'certified_triplet', `certified_triplet_objective`): the
+  squared-distance triplet hinge bounded over the boxes the certificates consider, for the query
+  attack (the anchor's box; exact, as the hinge is affine in the anchor's embedding) and the
+  candidate attack (the positive's and negative's boxes), kappa-mixed with the clean loss; with
+  the fast-training parts of Shi et al. 2021 ("Fast Certified Robust Training with Short Warmup":
+  IBP initialisation and BatchNorm in `jaxcert.models.cnn`, the warm-up regularisers here) and the
+  boxes of SABR (Mueller et al. 2023) or the mix of MTL-IBP (De Palma et al. 2024) as options.
 
 Schedules (`config.certified`, seed 001 Sec. 5.1.4 after Gowal et al.): eps rises linearly from 0
 to `eps` and kappa falls from 1 to `kappa` between `ramp_start_steps` and `ramp_end_steps`

@@ -59,9 +59,29 @@ def _sweep_row(results, eps):
   raise KeyError(f'eps {eps} not in the sweep {list(results["sweep"])}')
 
 
+def setting(train: dict) -> str:
+  """What distinguishes a run: the method, its triplets and kappa, and Shi et al.'s parts."""
+  certified = train['certified'] or {}
+  parts = [train['method']]
+  if train['method'] == 'certified_triplet':
+    triplets = certified.get('triplets', 'all')
+    if triplets == 'ranking':
+      triplets += f' (exclude {certified.get("exclude_nearest", 0)})'
+    parts += [f'triplets {triplets}', f'QA {certified.get("qa_bound", "linear")}']
+    if certified.get('adversarial', 'none') != 'none':
+      parts.append(certified['adversarial'])
+  parts.append(f'kappa {certified.get("kappa")}')
+  model = train['model']
+  parts += [name for name, on in (('IBP init', model.get('ibp_init')),
+                                  ('BatchNorm', model.get('batch_norm')),
+                                  ('warm-up reg', certified.get('warmup_weight'))) if on]
+  parts.append(f'clip {train["grad_clip_norm"]}' if train['grad_clip_norm'] else 'no clip')
+  return ', '.join(parts)
+
+
 def tables() -> str:
   lines = [f'Written by `make_tables.py tables`. Reference: {PAPER}.', '']
-  header = ('| run | method | steps | train wall s (load) | R@1 / 10 / 20 / 40 | eps | '
+  header = ('| run | setting | steps | train wall s (load) | R@1 / 10 / 20 / 40 | eps | '
             'QA@10 / 20 / 40 | CA@10 / 20 / 40 |')
   lines += [header, '|---|---|---|---|---|---|---|---|']
   for run in sorted(p for p in HERE.iterdir() if (p / 'results.json').exists()):
@@ -71,7 +91,7 @@ def tables() -> str:
     for eps in (0.1, 0.2):
       row = _sweep_row(results, eps)
       qa, ca = (' / '.join(f'{row[attack][str(k)]:.3f}' for k in KS) for attack in ('qa', 'ca'))
-      lines.append(f'| `{run.name}` | {train["method"]} | {train["steps"]} | '
+      lines.append(f'| `{run.name}` | {setting(train)} | {train["steps"]} | '
                    f'{train["wall_s"]} ({train["median_images_per_second"]:.0f} img/s) | '
                    f'{recall} | {eps} | {qa} | {ca} |')
   text = '\n'.join(lines) + '\n'
