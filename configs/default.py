@@ -136,6 +136,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.certified.kappa = 0.5  # kappa_e
   config.certified.ramp_start_steps = 2000
   config.certified.ramp_end_steps = 10000
+  # Method 'certified_triplet' (jaxcert/objectives/certified.py): the squared-distance triplet hinge
+  # bounded over the QA and CA boxes, kappa-mixed with config.loss.
+  config.certified.margin = 1.0  # of the hinge ||a - p||^2 - ||a - n||^2 + margin
+  config.certified.qa_bound = 'linear'  # 'linear' (exact over the box) or 'distance' (Theorem 1's)
+  config.certified.triplets = 'all'  # 'all', 'nearest_positive' or 'ranking' (certified.selected_triplets)
+  config.certified.exclude_nearest = 0  # 'ranking': the anchor's nearest points left out
+  config.certified.qa_weight = 1.0
+  config.certified.ca_weight = 1.0
+  config.certified.tbt_weight = 0.0  # + this x Kakizaki et al.'s Reg (Eq. 20)
+  config.certified.warmup_weight = 0.0  # Shi et al. 2021's L_tightness + L_relu, x (1 - eps / eps_e)
+  config.certified.warmup_tolerance = 0.5  # their tau
+  config.certified.adversarial = 'none'  # 'none' (IBP), 'sabr' (Mueller et al. 2023), 'mtl_ibp' (De Palma et al. 2024)
+  config.certified.pgd_steps = 5  # PGD steps on the anchor's hinge ('sabr', 'mtl_ibp')
+  config.certified.sabr_lambda = 0.4  # SABR's box radius / eps
+  config.certified.mtl_alpha = 0.5  # MTL-IBP's weight of the box bound (1 - it: the PGD point)
   config.train_split = 'train'  # 'candidates': train on the candidate set C (FCTB, seed 001 Eq. 21)
   # certify.py mode 'smoothing': RetrievalGuard (seed 000, Sec. 4.3) and the bisector certificate.
   config.smoothing = ml_collections.ConfigDict()

@@ -18,7 +18,9 @@ import pytest
 
 from configs import default
 from configs import seed001
+from jaxcert import attacks
 from jaxcert import checkpointing
+from jaxcert import data
 from jaxcert import losses
 from jaxcert import models
 from jaxcert import objectives
@@ -214,3 +216,240 @@ def test_tbt_then_fctb_in_the_training_loop(tmp_path):
                            jax.tree.leaves(variables['params'])):
     np.testing.assert_array_equal(expected, got)
   assert checkpointing.restore_raw(tmp_path / 'fctb' / 'checkpoints')['step'] == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Certified triplet training (method 'certified_triplet').
+# ---------------------------------------------------------------------------------------------
+
+
+def _triplet_differences(anchor_points, positives, negatives):
+  """||z - p||^2 - ||z - n||^2 for z (S, d), every positive p (P, d) and negative n (N, d): (S, P, N)."""
+  to_p = np.sum((anchor_points[:, None] - positives[None]) ** 2, -1)
+  to_n = np.sum((anchor_points[:, None] - negatives[None]) ** 2, -1)
+  return to_p[:, :, None] - to_n[:, None, :]
+
+
+def test_query_attack_triplet_bounds_sound_and_attained():
+  """Both QA bounds hold at dense samples and at every corner of the anchor's box; the linear
+  one equals the maximum over the corners (a linear function's maximum over a box), the
+  distance one (Theorem 1's comparison) is never below it."""
+  rng = np.random.default_rng(0)
+  dim = 4
+  embeddings = rng.normal(size=(6, dim))
+  radius = rng.uniform(0, 0.8, (6, dim))
+  center = embeddings + rng.normal(scale=0.3, size=(6, dim))  # The box need not be centred on f(a).
+  with jax.enable_x64(True):
+    lower, upper = jnp.asarray(center - radius), jnp.asarray(center + radius)
+    bounds = {form: np.asarray(certified.query_attack_triplet_bounds(lower, upper,
+                                                                     jnp.asarray(embeddings), form))
+              for form in certified.QA_BOUNDS}
+  corners = np.array(list(itertools.product((-1., 1.), repeat=dim)))
+  for a in range(6):
+    samples = center[a] + radius[a] * rng.uniform(-1, 1, (3000, dim))
+    at_corners = _triplet_differences(center[a] + radius[a] * corners, embeddings, embeddings)
+    at_samples = _triplet_differences(samples, embeddings, embeddings)
+    for form, bound in bounds.items():
+      assert np.all(at_samples <= bound[a] + 1e-10), form
+      assert np.all(at_corners <= bound[a] + 1e-10), form
+    np.testing.assert_allclose(at_corners.max(0), bounds['linear'][a], rtol=1e-12, atol=1e-10)
+  assert np.all(bounds['distance'] >= bounds['linear'] - 1e-10)
+  assert np.mean(bounds['distance'] > bounds['linear'] + 1e-6) > 0.5  # Strictly looser mostly.
+  with pytest.raises(ValueError, match="valid: \\['linear', 'distance'\\]"):
+    certified.query_attack_triplet_bounds(lower, upper, embeddings, 'crown')
+
+
+def test_candidate_attack_triplet_bounds_sound_and_attained():
+  """CA: p' and n' move in their own boxes, the anchor stays; the bound holds at samples and is
+  attained at the farthest corner of p's box and the nearest point of n's box."""
+  rng = np.random.default_rng(1)
+  dim = 3
+  embeddings = rng.normal(size=(5, dim))
+  radius = rng.uniform(0, 0.6, (5, dim))
+  center = embeddings + rng.normal(scale=0.2, size=(5, dim))
+  with jax.enable_x64(True):
+    bound = np.asarray(certified.candidate_attack_triplet_bounds(
+        jnp.asarray(embeddings), jnp.asarray(center - radius), jnp.asarray(center + radius)))
+  for a, p, n in itertools.product(range(5), repeat=3):
+    p_samples = center[p] + radius[p] * rng.uniform(-1, 1, (500, dim))
+    n_samples = center[n] + radius[n] * rng.uniform(-1, 1, (500, dim))
+    sampled = (np.sum((embeddings[a] - p_samples) ** 2, -1)
+               - np.sum((embeddings[a] - n_samples) ** 2, -1))
+    assert np.all(sampled <= bound[a, p, n] + 1e-10)
+    farthest = center[p] + radius[p] * np.where(center[p] >= embeddings[a], 1., -1.)
+    nearest = np.clip(embeddings[a], center[n] - radius[n], center[n] + radius[n])
+    attained = np.sum((embeddings[a] - farthest) ** 2) - np.sum((embeddings[a] - nearest) ** 2)
+    np.testing.assert_allclose(attained, bound[a, p, n], rtol=1e-12, atol=1e-10)
+
+
+def _certified_inputs(eps, *, batch_norm=False, seed=0, **certified_fields):
+  config = seed001.get_config('fmnist', 'small', 'certified')
+  config.certified.update({'eps': eps, 'kappa': 0.5, 'ramp_start_steps': 0, 'ramp_end_steps': 0,
+                           **certified_fields})
+  model = models.get_model('small_cnn', embedding_dim=8, batch_norm=batch_norm, ibp_init=True)
+  images = test_interval._uniform(seed, (20, 12, 12, 1))  # pylint: disable=protected-access
+  variables = models.init_variables(model, jax.random.key(seed + 1), images.shape)
+  params = {'model': variables['params'], 'objective': {}}
+  labels = jnp.asarray(np.arange(20) % 4, jnp.int32)
+  return objectives.ObjectiveInputs(model, params, variables.get('batch_stats', {}), images, labels,
+                                    jax.random.key(1), jnp.int32(0), config)
+
+
+def _squared_distance_attack_loss(x, embed, point, sign):
+  """Per example: sign x ||f(x) - point||^2, which PGD maximises (sign -1: pulls f(x) in)."""
+  return sign * jnp.sum(jnp.square(embed(x) - point), axis=-1)
+
+
+@pytest.mark.parametrize('batch_norm', [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_certified_triplet_bounds_hold_for_the_encoder(batch_norm):
+  """Through a Small CNN (with BatchNorm normalised by the batch's statistics, as training bounds
+  it): the QA and CA bounds of every triplet are >= the triplet differences at sampled points of
+  the eps-box and at PGD points pushing each anchor towards p and away from n (QA) or p away and
+  n towards the anchor (CA)."""
+  eps = 0.03
+  inputs = _certified_inputs(eps, batch_norm=batch_norm)
+  embeddings, _, variables = certified.forward_for_bounds(inputs)
+  embed = jax.tree_util.Partial(inputs.model.apply, variables)
+  np.testing.assert_allclose(embed(inputs.images), embeddings, rtol=1e-5, atol=1e-5)
+  lower, upper, _, _ = certified.embedding_and_preactivation_bounds(
+      inputs.model, variables, *input_box(inputs.images, eps))
+  qa = np.asarray(certified.query_attack_triplet_bounds(lower, upper, embeddings))
+  ca = np.asarray(certified.candidate_attack_triplet_bounds(embeddings, lower, upper))
+  emb = np.asarray(embeddings)
+  rng = np.random.default_rng(2)
+  perturbed = [np.clip(np.asarray(inputs.images) + rng.uniform(-eps, eps, inputs.images.shape),
+                       0, 1) for _ in range(20)]
+  # PGD points: every image pushed away from / pulled towards the embeddings of images 1, 2, 0;
+  # as anchors (QA) they raise d(a', p) or lower d(a', n), as candidates (CA) the same for p', n'.
+  pgd = attacks.pgd(_squared_distance_attack_loss, eps=eps, step_size=eps / 4, num_steps=20)
+  for point, sign in ((emb[1], 1.), (emb[2], -1.), (emb[0], 1.), (emb[0], -1.)):
+    perturbed.append(np.asarray(pgd(jax.random.key(3), inputs.images, embed, jnp.asarray(point),
+                                    sign)))
+  for x in perturbed:
+    assert np.all(np.abs(x - np.asarray(inputs.images)) <= eps + 1e-7)
+    moved = np.asarray(embed(jnp.asarray(x, jnp.float32)))
+    tol = 1e-4 * (1 + np.abs(qa))
+    assert np.all(_triplet_differences(moved, emb, emb) <= qa + tol)  # Anchor a moved to moved[a].
+    to_p = np.sum((emb[:, None] - moved[None]) ** 2, -1)
+    assert np.all(to_p[:, :, None] - to_p[:, None, :] <= ca + 1e-4 * (1 + np.abs(ca)))
+
+
+def test_certified_triplet_objective_finite_and_clean_at_zero_eps():
+  """One compilation: the step (traced) picks eps 0 (before the ramp) or 0.05 (after it)."""
+  inputs = _certified_inputs(0.05, ramp_start_steps=1, ramp_end_steps=1)
+  objective = objectives.get_method(inputs.config.method).objective
+
+  @jax.jit
+  def loss_and_grads(params, step):
+    return jax.value_and_grad(lambda p: objective(inputs._replace(params=p, step=step)),
+                              has_aux=True)(params)
+
+  (loss, (step_metrics, _)), grads = loss_and_grads(inputs.params, jnp.int32(1))
+  assert float(step_metrics['eps']) == pytest.approx(0.05)
+  assert np.isfinite(loss) and all(np.isfinite(l).all() for l in jax.tree.leaves(grads))
+  assert sum(float(jnp.abs(l).sum()) for l in jax.tree.leaves(grads['model'])) > 0
+  (_, (zero_metrics, _)), _ = loss_and_grads(inputs.params, jnp.int32(0))
+  assert float(zero_metrics['eps']) == 0.
+  # A point box: both bounds are the clean squared-distance hinge.
+  np.testing.assert_allclose(zero_metrics['qa_bound_hinge'], zero_metrics['ca_bound_hinge'],
+                             rtol=1e-5)
+  assert step_metrics['qa_bound_hinge'] > zero_metrics['qa_bound_hinge']
+  assert step_metrics['ca_bound_hinge'] > zero_metrics['ca_bound_hinge']
+
+
+def test_sabr_box_lies_in_the_eps_box():
+  rng = np.random.default_rng(4)
+  images = rng.uniform(size=(50, 6))
+  eps, shrink = 0.1, 0.3
+  adversarial = np.clip(images + rng.uniform(-eps, eps, images.shape), 0, 1)
+  lower, upper = map(np.asarray, certified.sabr_box(images, adversarial, eps, shrink))
+  assert np.all(lower >= np.clip(images - eps, 0, 1) - 1e-7)
+  assert np.all(upper <= np.clip(images + eps, 0, 1) + 1e-7)
+  assert np.all(upper - lower <= 2 * shrink * eps + 1e-7) and np.all(lower <= upper)
+  inside = (lower <= adversarial + 1e-7) & (adversarial <= upper + 1e-7)
+  assert inside.mean() > 0.5
+
+
+def test_bad_certified_triplet_configs_fail_clearly():
+  for field, value, message in [('qa_bound', 'crown', "valid: \\['linear', 'distance'\\]"),
+                                ('adversarial', 'pgd', "valid: \\['none', 'mtl_ibp', 'sabr'\\]"),
+                                ('sabr_lambda', 0., 'sabr_lambda must be in'),
+                                ('margin', -1., 'margin must be >= 0')]:
+    config = seed001.get_config('fmnist', 'small', 'certified')
+    config.certified[field] = value
+    with pytest.raises(ValueError, match=message):
+      certified.init_certified_triplet_params(config, None)
+
+
+def test_warmup_regularizers_by_value():
+  """L_tightness penalises pre-activation radii above input radius / tau; L_relu is 0 for a
+  balanced layer and grows when every unit is surely inactive."""
+  input_lower, input_upper = -0.1 * jnp.ones((2, 4)), 0.1 * jnp.ones((2, 4))
+  center = jnp.array([[1., -1., 2., -2.], [1., -1., 2., -2.]])
+  tight, relu = certified.warmup_regularizers(input_lower, input_upper, [center - 0.1],
+                                              [center + 0.1], 0.5)
+  assert float(tight) == 0. and float(relu) == 0.
+  tight, _ = certified.warmup_regularizers(input_lower, input_upper, [center - 0.4],
+                                           [center + 0.4], 0.5)
+  np.testing.assert_allclose(tight, (0.5 - 0.1 / 0.4) / 0.5, rtol=1e-6)
+  _, relu = certified.warmup_regularizers(input_lower, input_upper, [-center ** 2 - 0.1],
+                                          [-center ** 2 + 0.05], 0.5)
+  np.testing.assert_allclose(relu, 2., rtol=1e-6)  # No active unit: both ratios 0.
+
+
+@pytest.mark.parametrize('model_name', ['small_cnn', pytest.param('large_cnn', marks=pytest.mark.slow)])
+def test_ibp_init_bounds_interval_growth_through_depth(model_name):
+  """Shi et al. 2021, Theorem 1: at IBP initialisation every hidden layer's mean pre-activation
+  radius stays within a small factor of the input radius; the default initialisation lets it
+  grow by orders of magnitude with depth."""
+  images = test_interval._uniform(0, (4, 28, 28, 1))  # pylint: disable=protected-access
+  eps = 0.1
+  growth = {}
+  for ibp_init in (False, True):
+    model = models.get_model(model_name, ibp_init=ibp_init)
+    variables = models.init_variables(model, jax.random.key(0), images.shape)
+    _, _, lowers, uppers = certified.embedding_and_preactivation_bounds(
+        model, variables, *input_box(images, eps))
+    growth[ibp_init] = [float(jnp.mean(u - l) / 2) / eps for l, u in zip(lowers, uppers)]
+  assert max(growth[True]) < 5, growth
+  assert growth[False][-1] > 20 * growth[True][-1], growth
+
+
+@pytest.mark.slow
+def test_short_certified_run_does_not_collapse(tmp_path):
+  """The embedded config's recipe (IBP init, BatchNorm, warm-up, clipping) compressed to 60 steps
+  of batch 20 with eps ramped to 0.2 over steps 10-40: the loss stays finite and the embeddings
+  of the query set do not coincide (a collapsed encoder maps every image to one point)."""
+  config = _tiny_config('certified', num_steps=60, checkpoint_every_steps=60, log_every_steps=10)
+  config.model.update({'ibp_init': True, 'batch_norm': True})
+  config.certified.update({'ramp_start_steps': 10, 'ramp_end_steps': 40, 'warmup_weight': 0.5})
+  workdir = str(tmp_path / 'certified')
+  model, state = training.train(config, workdir)
+  records = [json.loads(line) for line in open(f'{workdir}/metrics.jsonl', encoding='utf-8')]
+  assert records[-1]['eps'] == pytest.approx(0.2)
+  assert all(np.isfinite(r['loss']) for r in records)
+  dataset = data.load_dataset(config.data)
+  (queries, _), _ = training.query_candidate_sets(config, dataset)
+  embeddings = np.asarray(model.apply(state.variables(), queries))
+  distances = np.linalg.norm(embeddings[:, None] - embeddings[None], axis=-1)
+  assert np.median(distances) > 1e-2 * np.median(np.linalg.norm(embeddings, axis=-1))
+  assert len(np.unique(np.round(embeddings, 4), axis=0)) > len(embeddings) // 2
+
+
+def test_selected_triplets_by_value():
+  labels = jnp.array([0, 0, 0, 1, 1, 1])
+  embeddings = jnp.array([[0.], [1.], [3.], [10.], [11.], [20.]])
+  def triplets(selection, exclude=0):
+    mask = np.asarray(certified.selected_triplets(labels, embeddings, selection, exclude))
+    return {tuple(int(i) for i in t) for t in np.argwhere(mask)}
+  assert triplets('all') == {t for t in itertools.product(range(6), repeat=3)
+                             if t[0] != t[1] and labels[t[0]] == labels[t[1]] != labels[t[2]]}
+  # Nearest positives: 0 -> 1, 1 -> 0, 2 -> 1, 3 -> 4, 4 -> 3, 5 -> 4.
+  assert triplets('nearest_positive') == {(a, p, n) for a, p in
+                                          ((0, 1), (1, 0), (2, 1), (3, 4), (4, 3), (5, 4))
+                                          for n in range(6) if labels[n] != labels[a]}
+  ranking = triplets('ranking', exclude=1)
+  assert {n for a, _, n in ranking if a == 0} == {3, 4, 5}  # 2 is 0's nearest other point.
+  assert {n for a, _, n in ranking if a == 5} == {0, 1, 2}  # 5 -> 4; 3 (nearest other) left out.
+  with pytest.raises(ValueError, match="valid: \\['all', 'nearest_positive', 'ranking'\\]"):
+    certified.selected_triplets(labels, embeddings, 'hard')

@@ -4,6 +4,8 @@
   tbt      TBT, triplet loss + IBP distance-bound tightness (seed 001 Eq. 20)
   fctb     FCTB, fine-tuning a pre-trained encoder on the candidate set (seed 001 Eq. 21)
   cibp     C-IBP, an IBP-trained classifier head on the encoder (Gowal et al. 2018; seed 001)
+  certified_triplet  the triplet hinge bounded over the QA and CA boxes (IBP; optional SABR or
+           MTL-IBP boxes, Shi et al.'s warm-up regularisers), mixed with the clean loss by kappa
   adversarial  seed 002 adversarial training: positives perturbed away from anchors, rate P(gamma=1)
   act      anti-collapse triplet (Zhou et al. 2021; the seed 001 ACT baseline)
   spectral seed 003 margin loss + top eigenvalues of W^T W (linear encoder)
@@ -26,6 +28,7 @@ METHODS: dict[str, Method] = {
     'tbt': certified.TBT,
     'fctb': certified.FCTB,
     'cibp': certified.CIBP,
+    'certified_triplet': certified.CERTIFIED_TRIPLET,
     'adversarial': adversarial.ADVERSARIAL,
     'act': adversarial.ACT,
     'spectral': adversarial.SPECTRAL,

@@ -1,4 +1,4 @@
-"""Certified training by interval bound propagation: TBT, FCTB (seed 001) and the C-IBP baseline.
+"""Certified training by interval bound propagation: TBT, FCTB (seed 001), C-IBP, certified triplet.
 
 Seed 001 (Kakizaki et al., `shared/seeds/001_32788779c7b99f3e.txt`), Sec. 4 and 5.1.4:
 
@@ -11,6 +11,14 @@ Seed 001 (Kakizaki et al., `shared/seeds/001_32788779c7b99f3e.txt`), Sec. 4 and 
   verifiably robust models", Eq. 12 there): a linear classifier head on the embedding trained with
   kappa * CE(z(x), y) + (1 - kappa) * CE(z-hat(x, eps), y), z-hat the worst-case logits from the
   IBP bounds; the head is discarded at test time and the embedding is used for retrieval.
+
+* certified triplet training (method 'certified_triplet', `certified_triplet_objective`): the
+  squared-distance triplet hinge bounded over the boxes the certificates consider, for the query
+  attack (the anchor's box; exact, as the hinge is affine in the anchor's embedding) and the
+  candidate attack (the positive's and negative's boxes), kappa-mixed with the clean loss; with
+  the fast-training parts of Shi et al. 2021 ("Fast Certified Robust Training with Short Warmup":
+  IBP initialisation and BatchNorm in `jaxcert.models.cnn`, the warm-up regularisers here) and the
+  boxes of SABR (Mueller et al. 2023) or the mix of MTL-IBP (De Palma et al. 2024) as options.
 
 Schedules (`config.certified`, seed 001 Sec. 5.1.4 after Gowal et al.): eps rises linearly from 0
 to `eps` and kappa falls from 1 to `kappa` between `ramp_start_steps` and `ramp_end_steps`
@@ -34,12 +42,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcert import attacks
 from jaxcert import checkpointing
 from jaxcert import retrieval
 from jaxcert.bounds import distance_bounds
 from jaxcert.bounds import input_box
 from jaxcert.bounds import interval
 from jaxcert.losses import _safe_sqrt
+from jaxcert.models import cnn
 from jaxcert.objectives import base
 
 
@@ -246,3 +256,333 @@ def init_tbt_params(config, context: base.ParamsContext) -> dict:
 TBT = base.Method(tbt_objective, init_tbt_params)
 FCTB = base.Method(fctb_objective, init_fctb_params)
 CIBP = base.Method(cibp_objective, init_cibp_params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Certified triplet training: the triplet hinge bounded over the boxes the certificates use.
+# ---------------------------------------------------------------------------------------------
+
+QA_BOUNDS = ('linear', 'distance')  # config.certified.qa_bound
+ADVERSARIAL_MODES = ('none', 'mtl_ibp', 'sabr')  # config.certified.adversarial
+TRIPLET_SELECTIONS = ('all', 'nearest_positive', 'ranking')  # config.certified.triplets
+
+
+def _squared_pairwise(a, b) -> jax.Array:
+  """||a_i - b_j||^2 (Na, Nb), summed from squared coordinate differences (no norm expansion)."""
+  return jnp.sum(jnp.square(a[:, None, :] - b[None, :, :]), axis=-1)
+
+
+def query_attack_triplet_bounds(lower, upper, embeddings, qa_bound: str = 'linear') -> jax.Array:
+  """Upper bounds U[a, p, n] >= max over z in [lower_a, upper_a] of ||z - p||^2 - ||z - n||^2.
+
+  The query attack (QA) moves the anchor's embedding z = f(a + delta) inside its IBP box while
+  the candidates p = f(p), n = f(n) stay clean. Two bounds:
+
+  * 'linear' (exact over the box): ||z - p||^2 - ||z - n||^2 = (n - p) . ((z - p) + (z - n))
+    (expand both squares: the ||z||^2 cancel) = 2 z . (n - p) + const is affine in z, so over
+    z = m + r * s, s in [-1, 1]^d (centre m, radius r of the box) its maximum is at the corner
+    s = sign(n - p): (n - p) . ((m - p) + (m - n)) + 2 r . |n - p|, attained. The first term is computed as
+    ||m - p||^2 - ||m - n||^2 with each square summed from coordinate differences (never the
+    ||p||^2 - ||n||^2 + 2 z . (n - p) expansion), the second by one matmul over all (p, n).
+  * 'distance' (Kakizaki et al., Theorem 1's comparison): d-bar_p(a)^2 - d-underbar_n(a)^2 with
+    the distance bounds of Theorems 5-6 taken separately, >= the linear form.
+
+  Args:
+    lower, upper: (B, d) bounds of the anchors' embeddings f(a + delta).
+    embeddings: (B, d) clean embeddings, serving as positives and negatives.
+    qa_bound: 'linear' or 'distance'.
+
+  Returns:
+    (B, B, B) array indexed [anchor, positive, negative].
+  """
+  if qa_bound == 'linear':
+    center, radius = (upper + lower) / 2, (upper - lower) / 2
+    to_center = _squared_pairwise(center, embeddings)
+    gaps = jnp.abs(embeddings[:, None, :] - embeddings[None, :, :])  # (p, n, d): |n - p|
+    spread = jnp.einsum('ad,pnd->apn', radius, gaps)
+    return to_center[:, :, None] - to_center[:, None, :] + 2 * spread
+  if qa_bound == 'distance':
+    min_distance, max_distance = distance_bounds(lower[:, None], upper[:, None], embeddings[None])
+    return jnp.square(max_distance)[:, :, None] - jnp.square(min_distance)[:, None, :]
+  raise ValueError(f'Unknown config.certified.qa_bound {qa_bound!r}; valid: {list(QA_BOUNDS)}.')
+
+
+def candidate_attack_triplet_bounds(embeddings, lower, upper) -> jax.Array:
+  """Upper bounds U[a, p, n] >= max of ||f(a) - p'||^2 - ||f(a) - n'||^2 over p', n' in their boxes.
+
+  The candidate attack (CA) moves every candidate inside its own IBP box while the anchor
+  (query) stays clean; the two boxes are independent, so the maximum is d-bar_a(p)^2 -
+  d-underbar_a(n)^2 with the exact distance bounds of Kakizaki et al., Theorems 5-6 (attained).
+
+  Args:
+    embeddings: (B, d) clean embeddings f(a) of the anchors.
+    lower, upper: (B, d) bounds of the candidates' embeddings f(x + delta).
+
+  Returns:
+    (B, B, B) array indexed [anchor, positive, negative].
+  """
+  min_distance, max_distance = distance_bounds(lower[None], upper[None], embeddings[:, None])
+  return jnp.square(max_distance)[:, :, None] - jnp.square(min_distance)[:, None, :]
+
+
+def valid_triplets(labels) -> jax.Array:
+  """(B, B, B) mask of the valid triplets (a, p, n): p != a of a's class, n of another class."""
+  same = labels[:, None] == labels[None, :]
+  positive = same & ~jnp.eye(same.shape[0], dtype=bool)
+  return positive[:, :, None] & ~same[:, None, :]
+
+
+def selected_triplets(labels, embeddings, selection: str, exclude_nearest: int = 0) -> jax.Array:
+  """(B, B, B) mask of the triplets [anchor, target, other] the certified hinges average over.
+
+  * 'all': every valid triplet (`valid_triplets`).
+  * 'nearest_positive': per anchor, only its nearest positive (clean distances) as the target,
+    against every negative: the class is not pulled onto one point as with all positives, so it
+    keeps the spread the rank certificates need.
+  * 'ranking': the nearest positive against every other point of the batch, positives included,
+    except the `exclude_nearest` points nearest to the anchor: CR-Recall@K certifies a candidate
+    only if fewer than K candidates of any class may come closer (Kakizaki et al., Theorems
+    3-4), and this asks the same of the batch.
+  """
+  valid = valid_triplets(labels)
+  if selection == 'all':
+    return valid
+  size = labels.shape[0]
+  distances = jax.lax.stop_gradient(_squared_pairwise(embeddings, embeddings))
+  positive = jnp.any(valid, axis=2)
+  nearest = jnp.argmin(jnp.where(positive, distances, jnp.inf), axis=1)
+  is_target = (jnp.arange(size)[None, :] == nearest[:, None]) & positive
+  if selection == 'nearest_positive':
+    return is_target[:, :, None] & valid
+  if selection == 'ranking':
+    others = ~jnp.eye(size, dtype=bool) & ~is_target
+    order = jnp.argsort(jnp.argsort(jnp.where(others, distances, jnp.inf), axis=1), axis=1)
+    return is_target[:, :, None] & (others & (order >= exclude_nearest))[:, None, :]
+  raise ValueError(f'Unknown config.certified.triplets {selection!r}; valid: {list(TRIPLET_SELECTIONS)}.')
+
+
+def mean_hinge(differences, margin, valid) -> jax.Array:
+  """Mean of max(0, differences + margin) over the valid triplets (0 if there are none)."""
+  hinge = jax.nn.relu(differences + margin)
+  return jnp.sum(jnp.where(valid, hinge, 0.)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def warmup_regularizers(input_lower, input_upper, preactivation_lower, preactivation_upper,
+                        tolerance: float) -> tuple[jax.Array, jax.Array]:
+  """Shi et al. 2021's warm-up regularisers L_tightness and L_relu (Sec. 4.3, Eqs. 9-10).
+
+  For every hidden layer l with pre-activation bounds [l_l, u_l] (centre c, radius w):
+  L_tightness = mean_l relu(tau - w_0 / w_l) / tau, w_0 the input box's mean radius and w_l the
+  layer's, which penalises interval growth beyond 1 / tau; L_relu = mean_l [relu(tau - rho_mean)
+  + relu(tau - rho_var)] / tau, with rho the smaller of the ratios (and their inverses) of the
+  mean of c over the surely active units (l > 0) to minus that over the surely inactive ones
+  (u < 0), and of the sums of squared deviations of c from its mean over the same two sets: it
+  keeps IBP from driving the ReLUs to one side.
+
+  Args:
+    input_lower, input_upper: the input box.
+    preactivation_lower, preactivation_upper: sequences of the hidden ReLUs' input bounds.
+    tolerance: tau (Shi et al.: 0.5).
+
+  Returns:
+    `(L_tightness, L_relu)`, scalars.
+  """
+  tiny = 1e-12
+  input_radius = jnp.mean((input_upper - input_lower) / 2)
+  tightness, relu = [], []
+  for lower, upper in zip(preactivation_lower, preactivation_upper):
+    center, radius = (upper + lower) / 2, (upper - lower) / 2
+    tightness.append(jax.nn.relu(tolerance - input_radius / jnp.maximum(jnp.mean(radius), tiny)))
+    active, inactive = lower > 0, upper < 0
+    mean_active = jnp.mean(jnp.where(active, center, 0.))
+    mean_inactive = -jnp.mean(jnp.where(inactive, center, 0.))
+    deviation = jnp.square(center - jnp.mean(center))
+    var_active = jnp.sum(jnp.where(active, deviation, 0.))
+    var_inactive = jnp.sum(jnp.where(inactive, deviation, 0.))
+    terms = []
+    for numerator, denominator in ((mean_active, mean_inactive), (var_active, var_inactive)):
+      ratio = numerator / jnp.maximum(denominator, tiny)
+      balance = jnp.minimum(ratio, 1 / jnp.maximum(ratio, tiny))
+      terms.append(jax.nn.relu(tolerance - balance))
+    relu.append(sum(terms))
+  num_layers = max(len(tightness), 1)
+  return sum(tightness) / num_layers / tolerance, sum(relu) / num_layers / tolerance
+
+
+def forward_for_bounds(inputs: base.ObjectiveInputs):
+  """Clean training-mode embeddings, the new batch_stats, and the variables the bounds use.
+
+  Without BatchNorm the bounds use the encoder's parameters as they are. With the CNNs' BatchNorm
+  (`batch_norm_momentum` field), as Shi et al. 2021 do, the bounds normalise with the statistics of
+  the clean batch (a clone with momentum 0 returns exactly the batch's mean and variance as its
+  running averages; inference mode with them is the training-mode map), and the running averages
+  are updated here at the encoder's momentum. Other encoders with BatchNorm (ResNets) are bounded
+  with their running averages, as at certification.
+  """
+  model, params = inputs.model, inputs.params['model']
+  if not inputs.batch_stats:
+    variables = base.model_variables(params, {})
+    return model.apply(variables, inputs.images, train=True), {}, variables
+  if not hasattr(model, 'batch_norm_momentum'):
+    embeddings, batch_stats = base.embed_for_training(model, inputs.params, inputs.batch_stats,
+                                                      inputs.images)
+    return embeddings, batch_stats, base.model_variables(params, inputs.batch_stats)
+  momentum = model.batch_norm_momentum
+  embeddings, updates = model.clone(batch_norm_momentum=0.).apply(
+      base.model_variables(params, inputs.batch_stats), inputs.images, train=True,
+      mutable=['batch_stats'])
+  batch_moments = updates['batch_stats']
+  running = jax.tree.map(lambda old, new: momentum * old + (1 - momentum) * jax.lax.stop_gradient(new),
+                         inputs.batch_stats, batch_moments)
+  return embeddings, running, base.model_variables(params, batch_moments)
+
+
+def embedding_and_preactivation_bounds(model, variables, lower, upper):
+  """IBP bounds of the embedding and of every hidden ReLU's input over the box [lower, upper].
+
+  The CNNs sow their ReLUs' inputs (`jaxcert.models.cnn.PREACTIVATIONS`); other encoders give
+  none. Returns `(emb_lower, emb_upper, pre_lowers, pre_uppers)`.
+  """
+  def embed_with_preactivations(x):
+    embeddings, state = model.apply(variables, x, mutable=['intermediates'])
+    return embeddings, tuple(state.get('intermediates', {}).get(cnn.PREACTIVATIONS, ()))
+  (emb_lower, pre_lowers), (emb_upper, pre_uppers) = interval(embed_with_preactivations)(lower, upper)
+  return emb_lower, emb_upper, pre_lowers, pre_uppers
+
+
+def sabr_box(images, adversarial_images, eps, shrink: float) -> tuple[jax.Array, jax.Array]:
+  """SABR's box (Mueller et al. 2023, Sec. 3): radius shrink * eps around the adversarial point.
+
+  The centre is the adversarial point moved to within (1 - shrink) * eps of `images`, so the box
+  lies inside the eps-box around `images`; both are clipped to the pixel range [0, 1].
+  """
+  box_eps = shrink * eps
+  slack = eps - box_eps
+  return input_box(jnp.clip(adversarial_images, images - slack, images + slack), box_eps)
+
+
+def _anchor_attack_loss(x, embed, embeddings, labels, margin):
+  """Per anchor: mean over its valid (p, n) of the squared-distance triplet hinge at f(x)."""
+  valid = valid_triplets(labels)
+  to_points = _squared_pairwise(embed(x), embeddings)
+  hinge = jax.nn.relu(to_points[:, :, None] - to_points[:, None, :] + margin)
+  return jnp.sum(jnp.where(valid, hinge, 0.), axis=(1, 2)) / jnp.maximum(
+      jnp.sum(valid, axis=(1, 2)), 1)
+
+
+def certified_triplet_objective(inputs: base.ObjectiveInputs):
+  """Certified triplet training: kappa * T + (1 - kappa) * R (+ TBT's Reg, + warm-up terms).
+
+  T is the clean metric loss (`config.loss`). R bounds the squared-distance triplet hinge
+  max(0, ||a - p||^2 - ||a - n||^2 + margin) over the perturbations the certificates consider,
+  averaged over the triplets `config.certified.triplets` selects (`selected_triplets`):
+  `qa_weight` x its bound under the query attack (the anchor's box, `query_attack_triplet_bounds`)
+  + `ca_weight` x its bound under the candidate attack (p's and n's boxes,
+  `candidate_attack_triplet_bounds`). `config.certified.adversarial` chooses the anchor boxes:
+  'none' the eps-box (IBP training); 'sabr' (Mueller et al. 2023) the box of radius
+  `sabr_lambda` x eps around a PGD point of the anchor's hinge, shifted to lie in the eps-box;
+  'mtl_ibp' (De Palma et al. 2024) the eps-box, with the QA term replaced by
+  `mtl_alpha` x bound + (1 - mtl_alpha) x the hinge at the PGD point. The PGD point maximises each
+  anchor's mean QA hinge (`pgd_steps` sign-gradient steps of 2.5 eps / pgd_steps from a random
+  start, Madry et al.). Optional: `tbt_weight` x Kakizaki et al.'s Reg (Eq. 20) added to R, and
+  Shi et al.'s warm-up regularisers `warmup_weight` x (1 - eps / eps_e) x (L_tightness + L_relu)
+  (`warmup_regularizers`).
+  """
+  config = inputs.config
+  certified = config.certified
+  eps, kappa = ramp_schedule(certified, inputs.step)
+  embeddings, batch_stats, variables = forward_for_bounds(inputs)
+  clean = base.metric_learning_loss(config.loss, embeddings, inputs.labels,
+                                    inputs.params['objective'], inputs.key)
+  valid = selected_triplets(inputs.labels, embeddings, certified.triplets,
+                            certified.exclude_nearest)
+  margin = certified.margin
+  metrics = {'eps': eps, 'kappa': kappa, 'triplet': clean}
+
+  input_lower, input_upper = input_box(inputs.images, eps)
+  adversarial = certified.adversarial
+  if adversarial != 'none':
+    embed = jax.tree_util.Partial(inputs.model.apply, jax.lax.stop_gradient(variables))
+    attack = attacks.pgd(_anchor_attack_loss, eps=eps, step_size=2.5 * eps / certified.pgd_steps,
+                         num_steps=certified.pgd_steps, loop='python')
+    adversarial_images = jax.lax.stop_gradient(attack(inputs.key, inputs.images, embed,
+                                                      jax.lax.stop_gradient(embeddings),
+                                                      inputs.labels, margin))
+    if adversarial == 'sabr':
+      input_lower, input_upper = sabr_box(inputs.images, adversarial_images, eps,
+                                          certified.sabr_lambda)
+  lower, upper, pre_lowers, pre_uppers = embedding_and_preactivation_bounds(
+      inputs.model, variables, input_lower, input_upper)
+
+  qa = mean_hinge(query_attack_triplet_bounds(lower, upper, embeddings, certified.qa_bound),
+                  margin, valid)
+  if adversarial == 'mtl_ibp':
+    adversarial_embeddings = inputs.model.apply(variables, adversarial_images)
+    to_points = _squared_pairwise(adversarial_embeddings, embeddings)
+    at_attack = mean_hinge(to_points[:, :, None] - to_points[:, None, :], margin, valid)
+    metrics['qa_attack_hinge'] = at_attack
+    qa = certified.mtl_alpha * qa + (1 - certified.mtl_alpha) * at_attack
+  ca = mean_hinge(candidate_attack_triplet_bounds(embeddings, lower, upper), margin, valid)
+  robust = certified.qa_weight * qa + certified.ca_weight * ca
+  metrics.update(qa_bound_hinge=qa, ca_bound_hinge=ca)
+  if certified.tbt_weight:
+    reg = _tbt_regularizer(embeddings, lower, upper, inputs.labels)
+    robust = robust + certified.tbt_weight * reg
+    metrics['reg'] = reg
+  loss = kappa * clean + (1 - kappa) * robust
+  if certified.warmup_weight:
+    tightness, relu = warmup_regularizers(input_lower, input_upper, pre_lowers, pre_uppers,
+                                          certified.warmup_tolerance)
+    intensity = certified.warmup_weight * (1 - eps / max(certified.eps, 1e-12))
+    loss = loss + intensity * (tightness + relu)
+    metrics.update(warmup_tightness=tightness, warmup_relu=relu)
+  metrics['box_radius'] = jnp.mean(jnp.linalg.norm((upper - lower) / 2, axis=-1))
+  return loss, (metrics, batch_stats)
+
+
+def _tbt_regularizer(embeddings, lower, upper, labels) -> jax.Array:
+  """Kakizaki et al.'s Reg summed over {p, n} and averaged over valid triplets (as `tbt_objective`)."""
+  same = labels[:, None] == labels[None, :]
+  positive = same & ~jnp.eye(same.shape[0], dtype=bool)
+  negative = ~same
+  num_positives = jnp.sum(positive, axis=1, keepdims=True)
+  num_negatives = jnp.sum(negative, axis=1, keepdims=True)
+  weights = jnp.where(positive, num_negatives, 0) + jnp.where(negative, num_positives, 0)
+  num_triplets = jnp.maximum(jnp.sum(num_positives * num_negatives), 1)
+  return jnp.sum(weights * tightness_regularizer(embeddings, lower, upper, embeddings)) / num_triplets
+
+
+def check_certified_triplet_config(config) -> None:
+  """ValueError unless `config.certified` holds valid certified-triplet settings."""
+  check_certified_config(config)
+  certified = config.certified
+  if certified.qa_bound not in QA_BOUNDS:
+    raise ValueError(f'Unknown config.certified.qa_bound {certified.qa_bound!r}; valid: '
+                     f'{list(QA_BOUNDS)}.')
+  if certified.triplets not in TRIPLET_SELECTIONS:
+    raise ValueError(f'Unknown config.certified.triplets {certified.triplets!r}; valid: '
+                     f'{list(TRIPLET_SELECTIONS)}.')
+  if certified.adversarial not in ADVERSARIAL_MODES:
+    raise ValueError(f'Unknown config.certified.adversarial {certified.adversarial!r}; valid: '
+                     f'{list(ADVERSARIAL_MODES)}.')
+  if certified.adversarial != 'none' and not certified.pgd_steps >= 1:
+    raise ValueError(f'config.certified.pgd_steps must be >= 1, got {certified.pgd_steps}.')
+  if not 0 < certified.sabr_lambda <= 1:
+    raise ValueError(f'config.certified.sabr_lambda must be in (0, 1], got {certified.sabr_lambda}.')
+  if not 0 <= certified.mtl_alpha <= 1:
+    raise ValueError(f'config.certified.mtl_alpha must be in [0, 1], got {certified.mtl_alpha}.')
+  for name in ('margin', 'qa_weight', 'ca_weight', 'tbt_weight', 'warmup_weight'):
+    if not certified[name] >= 0:
+      raise ValueError(f'config.certified.{name} must be >= 0, got {certified[name]}.')
+  if config.get('grad_clip_norm') is None:
+    logging.warning('Certified triplet training without gradient clipping '
+                    '(config.grad_clip_norm): the first steps of the eps ramp can fill Adam with '
+                    'huge gradients; configs/seed001.py sets 10.')
+
+
+def init_certified_triplet_params(config, context: base.ParamsContext) -> dict:
+  check_certified_triplet_config(config)
+  return base.init_loss_params(config, context)
+
+
+CERTIFIED_TRIPLET = base.Method(certified_triplet_objective, init_certified_triplet_params)
