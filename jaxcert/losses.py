@@ -30,11 +30,6 @@ from jaxcert import common
 MINING_STRATEGIES = ('batch_all', 'batch_all_mean', 'batch_hard', 'semi_hard')
 
 
-# The old private name, still imported by jaxcert/bounds/retrieval.py and
-# jaxcert/objectives/certified.py; remove once they call `common.safe_sqrt` (issue 25).
-_safe_sqrt = common.safe_sqrt
-
-
 def _pairwise_distances(embeddings: jax.Array) -> jax.Array:
   """(B, B) Euclidean distances ||e_i - e_j||, exactly 0 on the diagonal.
 

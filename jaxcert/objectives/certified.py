@@ -44,11 +44,11 @@ import optax
 
 from jaxcert import attacks
 from jaxcert import checkpointing
+from jaxcert import common
 from jaxcert import retrieval
 from jaxcert.bounds import distance_bounds
 from jaxcert.bounds import input_box
 from jaxcert.bounds import interval
-from jaxcert.losses import _safe_sqrt
 from jaxcert.models import cnn
 from jaxcert.objectives import base
 
@@ -159,7 +159,7 @@ def fctb_objective(inputs: base.ObjectiveInputs):
   reference = jax.lax.stop_gradient(inputs.params['objective']['reference'])
   reference_emb = inputs.model.apply(
       base.model_variables(reference['params'], reference['batch_stats']), inputs.images)
-  drift = jnp.mean(_safe_sqrt(jnp.sum(jnp.square(reference_emb - embeddings), axis=-1)))
+  drift = jnp.mean(common.safe_sqrt(jnp.sum(jnp.square(reference_emb - embeddings), axis=-1)))
   not_self = ~jnp.eye(embeddings.shape[0], dtype=bool)
 
   lower, upper = _inference_embedding_bounds(inputs, eps)
@@ -237,10 +237,8 @@ def init_fctb_params(config, context: base.ParamsContext) -> dict:
                      'config.init_from to the workdir of a TBT run.')
   if config.get('train_split', 'train') != 'candidates':
     raise ValueError("FCTB trains on the candidate set: set config.train_split = 'candidates'.")
-  restored = checkpointing.restore_run_raw(config.init_from)
-  reference = {'params': restored['params']['model'],
-               'batch_stats': restored.get('batch_stats') or {}}
-  return {'reference': jax.tree.map(jnp.asarray, reference)}
+  variables = checkpointing.encoder_variables(checkpointing.restore_run_raw(config.init_from))
+  return {'reference': jax.tree.map(jnp.asarray, {'batch_stats': {}, **variables})}
 
 
 def init_tbt_params(config, context: base.ParamsContext) -> dict:
