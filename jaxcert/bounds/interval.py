@@ -21,7 +21,13 @@ are interpreted one by one, in the manner of deepmind/jax_verify:
 * calls (`jit`, `closed_call`, `custom_jvp_call`, `custom_vjp_call`,
   `checkpoint`/remat) are interpreted recursively, unless the call's name is
   registered in `NAMED_CALL_RULES` (a "synthetic primitive" with a tighter rule
-  than the composition of its parts, e.g. `jaxcert.bounds.l2_normalize`).
+  than the composition of its parts, e.g. `jaxcert.bounds.l2_normalize`);
+* beside each bound the interpreter keeps a flag "may be NaN somewhere in the
+  box" (`NAN_SOURCES`: `sqrt` of negatives, `0 / 0`, any rule meeting an
+  infinite input): where an input may be NaN, comparisons, `is_finite`, casts
+  to integers and `sort` give the whole range of their output type, since
+  NaN compares false; NaN ends become infinite ends, and every rule's output
+  is checked (lower <= upper, no NaN) when concrete.
 
 Derivations of the rules are in docs/bounds.md.
 """
@@ -488,14 +494,19 @@ def interval(fn: Callable[[jax.Array], Any], *,
   Returns:
     `bounded(lower, upper) -> (out_lower, out_upper)`: two pytrees with the
     structure of `fn`'s output with `out_lower <= fn(x) <= out_upper` for all
-    `x` in the box (up to floating-point rounding). Outputs that do not depend
-    on `x` are exact (`out_lower == out_upper == fn(x)`).
+    `x` in the box and every entry where `fn(x)` is not NaN (up to the
+    round-to-nearest rounding of the ends; docs/bounds.md §1, "What is
+    guaranteed"). Outputs that do not depend on `x` are exact
+    (`out_lower == out_upper == fn(x)`).
 
   Raises:
     ValueError: for a malformed box.
     NotImplementedError: when `fn` applies a primitive without a rule to a
-      value that depends on `x`; the message names the primitive and the
-      source line.
+      value that depends on `x` (or an operation the rule cannot bound
+      soundly, e.g. integer division); the message names the primitive and
+      the source line.
+    RuntimeError: when a rule returns lower > upper or a NaN end (a bug in
+      the rule; checked for concrete bounds).
 
   Examples:
     >>> import jax.numpy as jnp
