@@ -1,10 +1,10 @@
-"""Sound interval bounds of JAX functions (seed 001, Sec. 3.2).
+"""Sound bounds of JAX functions and certified retrieval (Kakizaki et al., Sec. 3.2).
 
 `interval(fn)` interprets the jaxpr of `fn` with the rules of
 `jaxcert.bounds.rules`; `input_box` builds the L-infinity box of an image;
 `l2_normalize` is an L2 normalisation with a tight interval rule.
 `jaxcert.bounds.retrieval` turns embedding bounds into distance bounds, rank
-bounds and certified retrieval (seed 001, Theorems 1-6, Eqs. 19 and 25).
+bounds and certified retrieval (Kakizaki et al., Theorems 1-6, Eqs. 19 and 25).
 """
 
 from jaxcert.bounds.interval import input_box
@@ -14,6 +14,7 @@ from jaxcert.bounds.rules import l2_normalize
 from jaxcert.bounds.rules import l2_normalize_bounds
 from jaxcert.bounds.rules import RULES
 from jaxcert.bounds import rounding  # fills the outward (rigorous) rule tables
+from jaxcert.bounds.retrieval import certified_retrieval
 from jaxcert.bounds.retrieval import cr_recall_at_k
 from jaxcert.bounds.retrieval import distance_bounds
 from jaxcert.bounds.retrieval import embedding_bounds
@@ -24,6 +25,7 @@ __all__ = [
     'IntervalBound',
     'RULES',
     'RankBounds',
+    'certified_retrieval',
     'cr_recall_at_k',
     'distance_bounds',
     'embedding_bounds',
