@@ -19,15 +19,15 @@ def get_config():
   config.data.name = 'embedded'
   config.model.ibp_init = True
   config.model.batch_norm = True
-  # 1000 steps of batch 100 (17 epochs of the 6000 images): eps 0 -> 0.2 and kappa 1 -> 0.3 over
-  # steps 100-650, learning rate x0.1 at epoch 14 (step 840).
-  config.num_steps = 1000
+  # 1200 steps of batch 100 (20 epochs of the 6000 images): eps 0 -> 0.2 and kappa 1 -> 0.3 over
+  # steps 100-800, learning rate x0.1 at epoch 17 (step 1020).
+  config.num_steps = 1200
   config.certified.ramp_start_steps = 100
-  config.certified.ramp_end_steps = 650
+  config.certified.ramp_end_steps = 800
   config.certified.kappa = 0.3
   config.certified.triplets = 'ranking'
   config.certified.exclude_nearest = 3
   config.certified.warmup_weight = 0.5
-  config.lr_decay_epochs = (14,)
-  config.checkpoint_every_steps = 500
+  config.lr_decay_epochs = (17,)
+  config.checkpoint_every_steps = 400
   return config
