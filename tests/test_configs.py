@@ -56,7 +56,7 @@ def test_seed001_certifies_at_the_papers_eps():
 
 
 def test_unknown_names_list_the_valid_ones():
-  with pytest.raises(ValueError, match=r"Unknown method 'act'; valid: \['cibp', 'fctb'"):
+  with pytest.raises(ValueError, match=r"Unknown method 'act'; valid: \['certified', 'cibp', 'fctb'"):
     seed001.get_config('fmnist', 'large', 'act')
   with pytest.raises(ValueError, match="Unknown variant 'tiny'; valid:"):
     seed001.get_config('fmnist', 'large', 'tbt', 'tiny')
