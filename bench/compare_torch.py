@@ -1,12 +1,12 @@
 """Side by side with PyTorch on the same weights: IBP bounds and Cohen et al.-style smoothing.
 
-For each encoder (small_cnn, large_cnn of seed 001, random weights from one seed), the Flax
+For each encoder (small_cnn, large_cnn of Kakizaki et al., random weights from one seed), the Flax
 parameters are copied into an equivalent PyTorch module (NCHW convolutions with TF 'SAME' padding,
 flattening in NHWC order), and on the same inputs:
 
 * IBP bounds: `jaxcert.bounds.interval` (jitted) against auto_LiRPA's `compute_bounds(method='IBP')`
   when auto_LiRPA imports, and against a plain PyTorch centre/radius loop (Gowal et al. 2018,
-  Eqs. 6-7; seed 001 Eqs. 15-16) that always runs: the largest bound difference and the time ratio.
+  Eqs. 6-7; Kakizaki et al. Eqs. 15-16) that always runs: the largest bound difference and the time ratio.
 * Monte-Carlo smoothing: `jaxcert.smoothing.smooth` against the sampling loop of Cohen et al.'s
   `Smooth._sample_noise` (locuslab/smoothing, core.py: per input, repeat it `batch_size` times, add
   `randn_like * sigma`, run the model, accumulate) with the embeddings summed instead of the class
@@ -131,7 +131,7 @@ def torch_encoder(torch, model_name: str, params: dict, image_shape=IMAGE_SHAPE)
       return x
 
     def interval(self, lower, upper):
-      """Plain IBP: affine layers in centre/radius form, ReLU on both ends (seed 001 Eqs. 15-16)."""
+      """Plain IBP: affine layers in centre/radius form, ReLU on both ends (Kakizaki et al. Eqs. 15-16)."""
       for kind, weight, bias, stride, pads in self.steps:
         if kind in ('conv', 'dense'):
           center, radius = (upper + lower) / 2, (upper - lower) / 2

@@ -1,6 +1,6 @@
-"""Benchmark: interval bound propagation and certified-retrieval verification (seed 001).
+"""Benchmark: interval bound propagation and certified-retrieval verification (Kakizaki et al.).
 
-1. For each encoder, times `jax.jit` of `interval(embed)` (seed 001 Eqs. 15-16 through the whole
+1. For each encoder, times `jax.jit` of `interval(embed)` (Kakizaki et al. Eqs. 15-16 through the whole
    network) and of `embed` on the same batch, and prints the ratio (goal: at most 2.5x).
    Parameters are jit arguments, not constants, as in training and certification.
 2. For a query x candidate grid (default 1000 x 1000, d = 128, K = 40), times the QA + CA

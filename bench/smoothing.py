@@ -7,7 +7,7 @@ paper's F = 1 setting), on the same batch:
     embeds batch_size * chunk_size noisy copies per scan step (samples/s).
 Prints (samples/s) / (images/s) against the goal of 0.9, the compiled temporary memory of the
 smoother as n grows 10^3 -> 10^5 (it should stay flat: the chunks are accumulated by `lax.scan`),
-and the seconds per image at n = 100,000 (the paper's setting; seed 000 reports about 3 minutes per
+and the seconds per image at n = 100,000 (the paper's setting; RetrievalGuard reports about 3 minutes per
 image for ResNet-50 on a P40): from the rate at the timed n, which the output says; with
 --check_linearity the smoother is timed again at 4x the scan steps, and the two rates show whether
 the cost is linear in n (so the extrapolation holds).

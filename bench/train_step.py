@@ -32,7 +32,7 @@ IMAGE_SHAPES = {'resnet18': (32, 32, 3), 'resnet50': (32, 32, 3)}  # others: 28 
 _CERTIFIED_TRIPLET = {'loss.mining': 'batch_all_mean', 'grad_clip_norm': 10.0}
 # name -> (method, config overrides 'section.field' -> value): what --methods accepts.
 VARIANTS = {name: (name, {}) for name in objectives.METHODS} | {
-    'tbt': ('tbt', {'loss.mining': 'batch_all_mean'}),  # Eq. 20's balance, as configs/seed001.py
+    'tbt': ('tbt', {'loss.mining': 'batch_all_mean'}),  # Eq. 20's balance, as configs/kakizaki.py
     'certified_triplet': ('certified_triplet', _CERTIFIED_TRIPLET),
     'certified_triplet+distance': ('certified_triplet', {**_CERTIFIED_TRIPLET,
                                                          'certified.qa_bound': 'distance'}),

@@ -1,4 +1,4 @@
-"""Seed 000 GDML on CARS196: ResNet-50, the paper's recipe (configs/seed000.py) on Gaussian-noised images.
+"""RetrievalGuard GDML on CARS196: ResNet-50, the paper's recipe (configs/retrievalguard.py) on Gaussian-noised images.
 
 tfds cars196; classes 1-98 train, 99-196 test.
 The argument is sigma (default 0.25; the paper: 0.1, 0.25, 0.5, 1.0).
@@ -16,8 +16,8 @@ The argument is sigma (default 0.25; the paper: 0.1, 0.25, 0.5, 1.0).
 Paper differences as in configs/cars_resnet50_margin.py.
 """
 
-from configs import seed000
+from configs import retrievalguard
 
 
 def get_config(arg=None):
-  return seed000.get_config('cars', 'resnet50', 'gdml', seed000.sigma_from_arg(arg))
+  return retrievalguard.get_config('cars', 'resnet50', 'gdml', retrievalguard.sigma_from_arg(arg))

@@ -1,4 +1,4 @@
-"""Seed 000 DML base model on CARS196: ResNet-50, the paper's recipe (configs/seed000.py).
+"""RetrievalGuard DML base model on CARS196: ResNet-50, the paper's recipe (configs/retrievalguard.py).
 
 tfds cars196; classes 1-98 train, 99-196 test.
 
@@ -10,12 +10,12 @@ tfds cars196; classes 1-98 train, 99-196 test.
 Paper differences: the paper starts from ImageNet-pretrained weights with frozen BatchNorm; no weights
 can be downloaded here, so this trains from scratch unless you restore pretrained weights yourself.
 Needs the tfds data prepared (pip install -e ".[tfds]"; see README) and an accelerator; the
-certification defaults are the paper's (n = 100,000, alpha = 0.01; seed 000 reports about 3 minutes
+certification defaults are the paper's (n = 100,000, alpha = 0.01; RetrievalGuard reports about 3 minutes
 per image on a P40).
 """
 
-from configs import seed000
+from configs import retrievalguard
 
 
 def get_config():
-  return seed000.get_config('cars', 'resnet50', 'margin')
+  return retrievalguard.get_config('cars', 'resnet50', 'margin')

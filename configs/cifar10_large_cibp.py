@@ -1,11 +1,11 @@
-"""Seed 001 C-IBP baseline (IBP-trained classifier head), CIFAR-10, Large CNN (configs/seed001.py).
+"""Kakizaki et al. C-IBP baseline (IBP-trained classifier head), CIFAR-10, Large CNN (configs/kakizaki.py).
 
   python train.py --config configs/cifar10_large_cibp.py --workdir runs/cifar10_large_cibp
   python certify.py --config configs/cifar10_large_cibp.py --config.checkpoint=runs/cifar10_large_cibp
 """
 
-from configs import seed001
+from configs import kakizaki
 
 
 def get_config(variant=''):
-  return seed001.get_config('cifar10', 'large', 'cibp', variant)
+  return kakizaki.get_config('cifar10', 'large', 'cibp', variant)

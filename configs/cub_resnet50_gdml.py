@@ -1,4 +1,4 @@
-"""Seed 000 GDML on CUB-200-2011: ResNet-50, the paper's recipe (configs/seed000.py) on Gaussian-noised images.
+"""RetrievalGuard GDML on CUB-200-2011: ResNet-50, the paper's recipe (configs/retrievalguard.py) on Gaussian-noised images.
 
 tfds caltech_birds2011; classes 1-100 train, 101-200 test.
 The argument is sigma (default 0.25; the paper: 0.1, 0.25, 0.5, 1.0).
@@ -16,8 +16,8 @@ The argument is sigma (default 0.25; the paper: 0.1, 0.25, 0.5, 1.0).
 Paper differences as in configs/cub_resnet50_margin.py.
 """
 
-from configs import seed000
+from configs import retrievalguard
 
 
 def get_config(arg=None):
-  return seed000.get_config('cub', 'resnet50', 'gdml', seed000.sigma_from_arg(arg))
+  return retrievalguard.get_config('cub', 'resnet50', 'gdml', retrievalguard.sigma_from_arg(arg))

@@ -1,7 +1,7 @@
-"""Defaults every experiment config starts from: seed 001's triplet training on the embedded sample.
+"""Defaults every experiment config starts from: Kakizaki et al.'s triplet training on the embedded sample.
 
 Each experiment file imports this, overrides a few fields and documents its launch command. The
-paper grids (configs/seed000.py, configs/seed001.py) build their rows from it and look their
+paper grids (configs/retrievalguard.py, configs/kakizaki.py) build their rows from it and look their
 arguments up with `choice`.
 """
 
@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = 'triplet'  # see jaxcert.losses.LOSS_NAMES
-  config.loss.margin = 1.0  # seed 001 Sec. 5.1.4
+  config.loss.margin = 1.0  # Kakizaki et al. Sec. 5.1.4
   config.loss.mining = 'batch_all'  # see jaxcert.losses.MINING_STRATEGIES
 
   config.method = 'metric'  # see jaxcert.objectives.METHODS
@@ -42,14 +42,14 @@ def get_config() -> ml_collections.ConfigDict:
   # config (e.g. another loss); needs the same model and optimiser chain. Used while this workdir holds
   # no checkpoint of its own.
   config.resume_from = ml_collections.config_dict.placeholder(str)
-  config.noise_sigma = 0.0  # > 0: Gaussian-augmented training (GDML, seed 000)
+  config.noise_sigma = 0.0  # > 0: Gaussian-augmented training (GDML, RetrievalGuard)
 
   config.sampler = 'm_per_class'  # 'm_per_class' or 'epoch'
-  config.batch_size = 100  # seed 001
+  config.batch_size = 100  # Kakizaki et al.
   config.m_per_class = 10
   config.num_epochs = 100
   config.num_steps = -1  # > 0 overrides num_epochs
-  config.learning_rate = 1e-3  # Adam, seed 001
+  config.learning_rate = 1e-3  # Adam, Kakizaki et al.
   config.lr_decay_epochs = (25, 42)
   config.lr_decay_factor = 0.1
   config.grad_clip_norm = ml_collections.config_dict.placeholder(float)  # clip the global gradient norm; None: off
@@ -67,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.progress_bar = True
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.num_queries = 1000  # seed 001 Sec. 5.1.1
+  config.eval.num_queries = 1000  # Kakizaki et al. Sec. 5.1.1
   config.eval.num_candidates = 1000
   config.eval.split_seed = 0
   config.eval.ks = (1, 10, 20, 40)
@@ -79,37 +79,37 @@ def get_config() -> ml_collections.ConfigDict:
   config.certify.mode = 'ibp'
   # certify.py mode 'attack': empirical robustness under PGD (jaxcert/evaluation/attack.py).
   config.attack = ml_collections.ConfigDict()
-  config.attack.kinds = ('qa', 'ca')  # 'qa', 'ca' (seed 001 Eqs. 23-24), 'nn' (seed 002 Algorithm 1)
-  config.attack.eps = (0.1, 0.2)  # budgets (seed 001: 0.1, 0.2 MNIST/FMNIST; 2/255, 3/255 CIFAR-10)
+  config.attack.kinds = ('qa', 'ca')  # 'qa', 'ca' (Kakizaki et al. Eqs. 23-24), 'nn' (Panum et al. Algorithm 1)
+  config.attack.eps = (0.1, 0.2)  # budgets (Kakizaki et al.: 0.1, 0.2 MNIST/FMNIST; 2/255, 3/255 CIFAR-10)
   config.attack.norm = 'linf'  # 'linf' or 'l2'
-  config.attack.num_steps = 100  # seed 001: 100 (seed 002: 5)
+  config.attack.num_steps = 100  # Kakizaki et al.: 100 (Panum et al.: 5)
   config.attack.step_size = ml_collections.config_dict.placeholder(float)  # None: eps/10 (qa, ca), 2 eps/steps (nn)
-  config.attack.method = 'pgd'  # 'nn' only: 'pgd', 'fgsm' or 'cw_linf' (seed 002 App. B)
-  config.attack.num_sources = 100  # CA: source candidates per query (seed 001: 100)
+  config.attack.method = 'pgd'  # 'nn' only: 'pgd', 'fgsm' or 'cw_linf' (Panum et al. App. B)
+  config.attack.num_sources = 100  # CA: source candidates per query (Kakizaki et al.: 100)
   config.attack.num_queries = -1  # attack the first this many queries of config.eval's; -1 = all
   config.attack.ks = (1, 10, 20, 40)
-  config.attack.num_repeats = 1  # attack seeds; tables give mean and std (seed 002: 5)
+  config.attack.num_repeats = 1  # attack seeds; tables give mean and std (Panum et al.: 5)
   config.attack.seed = 0
   config.attack.batch_size = 100  # images per attack call
-  # Empirical defences (jaxcert/objectives/adversarial.py). 'adversarial': seed 002 Sec. 3.5.
+  # Empirical defences (jaxcert/objectives/adversarial.py). 'adversarial': Panum et al. Sec. 3.5.
   config.adversarial = ml_collections.ConfigDict()
-  config.adversarial.eps = 0.01  # seed 002: L-inf 0.01
-  config.adversarial.num_steps = 5  # PGD iterations, step 2 eps / num_steps (seed 002 Sec. 4.1)
+  config.adversarial.eps = 0.01  # Panum et al.: L-inf 0.01
+  config.adversarial.num_steps = 5  # PGD iterations, step 2 eps / num_steps (Panum et al. Sec. 4.1)
   config.adversarial.norm = 'linf'
-  config.adversarial.attack_rate = 0.5  # P(gamma = 1), seed 002 App. C: 0.1, 0.25, 0.5, 0.75, 1.0
-  config.adversarial.negatives = 'distance_weighted'  # or 'random' (seed 002 App. A: distance-weighted)
+  config.adversarial.attack_rate = 0.5  # P(gamma = 1), Panum et al. App. C: 0.1, 0.25, 0.5, 0.75, 1.0
+  config.adversarial.negatives = 'distance_weighted'  # or 'random' (Panum et al. App. A: distance-weighted)
   # 'act': anti-collapse triplet (Zhou et al. 2021, robrank's 28x28 recipe: eps 77/255, step 3/255, 32 steps).
   config.act = ml_collections.ConfigDict()
   config.act.eps = 77 / 255
   config.act.step_size = 3 / 255
   config.act.num_steps = 32
-  # 'spectral': seed 003's margin loss L1 plus sum_j alpha_j * (top eigenvalues of W^T W), linear f = W x.
+  # 'spectral': AckMetric's margin loss L1 plus sum_j alpha_j * (top eigenvalues of W^T W), linear f = W x.
   config.spectral = ml_collections.ConfigDict()
-  config.spectral.gamma = 2.0  # similarity threshold (seed 003: 2)
+  config.spectral.gamma = 2.0  # similarity threshold (AckMetric: 2)
   config.spectral.alphas = ()  # alpha_1..alpha_k for lambda_{d-k+1}..lambda_max; () = no defence
-  # certify.py mode 'ibp': certified retrieval by interval bound propagation (seed 001, Eqs. 19, 25).
+  # certify.py mode 'ibp': certified retrieval by interval bound propagation (Kakizaki et al., Eqs. 19, 25).
   config.ibp = ml_collections.ConfigDict()
-  config.ibp.eps = 0.2  # L-inf radius in pixels (seed 001: 0.2 MNIST/FMNIST, 2/255 CIFAR-10)
+  config.ibp.eps = 0.2  # L-inf radius in pixels (Kakizaki et al.: 0.2 MNIST/FMNIST, 2/255 CIFAR-10)
   config.ibp.ks = (1, 10, 20, 40)  # K of Recall@K and CR-Recall@K (alpha = K - rank)
   config.ibp.eps_sweep = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)  # radii of the CR-Recall@K vs eps plot
   config.ibp.batch_size = 250  # images per interval-bound call
@@ -129,7 +129,7 @@ def get_config() -> ml_collections.ConfigDict:
   # How the embedding boxes are computed: 'ibp' (interval bound propagation), 'crown_ibp' or
   # 'crown' (linear relaxation bounds of jaxcert.bounds.linear, intersected with IBP).
   config.ibp.method = 'ibp'
-  # Certified training (methods 'tbt', 'fctb', 'cibp'; seed 001 Sec. 5.1.4): eps rises 0 -> eps and
+  # Certified training (methods 'tbt', 'fctb', 'cibp'; Kakizaki et al. Sec. 5.1.4): eps rises 0 -> eps and
   # kappa falls 1 -> kappa linearly between the ramp steps (equal steps: fixed from that step).
   config.certified = ml_collections.ConfigDict()
   config.certified.eps = 0.2  # eps_e
@@ -151,8 +151,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.certified.pgd_steps = 5  # PGD steps on the anchor's hinge ('sabr', 'mtl_ibp')
   config.certified.sabr_lambda = 0.4  # SABR's box radius / eps
   config.certified.mtl_alpha = 0.5  # MTL-IBP's weight of the box bound (1 - it: the PGD point)
-  config.train_split = 'train'  # 'candidates': train on the candidate set C (FCTB, seed 001 Eq. 21)
-  # certify.py mode 'smoothing': RetrievalGuard (seed 000, Sec. 4.3) and the bisector certificate.
+  config.train_split = 'train'  # 'candidates': train on the candidate set C (FCTB, Kakizaki et al. Eq. 21)
+  # certify.py mode 'smoothing': RetrievalGuard (Sec. 4.3) and the bisector certificate.
   config.smoothing = ml_collections.ConfigDict()
   config.smoothing.sigma = 0.25  # noise std in pixel units (the paper: 0.1, 0.25, 0.5, 1.0)
   config.smoothing.num_samples = 100_000  # n, estimation samples per image (the paper: 100,000)

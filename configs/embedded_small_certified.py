@@ -11,11 +11,11 @@ results/certified_training/README.md has the numbers, budgets and the ablation.
       --config.checkpoint=runs/embedded_small_certified
 """
 
-from configs import seed001
+from configs import kakizaki
 
 
 def get_config():
-  config = seed001.get_config('fmnist', 'small', 'certified')
+  config = kakizaki.get_config('fmnist', 'small', 'certified')
   config.data.name = 'embedded'
   config.model.ibp_init = True
   config.model.batch_norm = True

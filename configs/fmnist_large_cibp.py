@@ -1,4 +1,4 @@
-"""Seed 001 C-IBP baseline (IBP-trained classifier head), Fashion-MNIST, Large CNN (configs/seed001.py).
+"""Kakizaki et al. C-IBP baseline (IBP-trained classifier head), Fashion-MNIST, Large CNN (configs/kakizaki.py).
 
   python train.py --config configs/fmnist_large_cibp.py --workdir runs/fmnist_large_cibp \
       --config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist
@@ -6,8 +6,8 @@
       --config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist
 """
 
-from configs import seed001
+from configs import kakizaki
 
 
 def get_config(variant=''):
-  return seed001.get_config('fmnist', 'large', 'cibp', variant)
+  return kakizaki.get_config('fmnist', 'large', 'cibp', variant)

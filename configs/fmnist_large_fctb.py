@@ -1,4 +1,4 @@
-"""Seed 001 TBT+FCTB (Eq. 21, TBT fine-tuned on the candidates), Fashion-MNIST, Large CNN (configs/seed001.py).
+"""Kakizaki et al. TBT+FCTB (Eq. 21, TBT fine-tuned on the candidates), Fashion-MNIST, Large CNN (configs/kakizaki.py).
 
   # First train runs/fmnist_large_tbt with configs/fmnist_large_tbt.py (config.init_from).
   python train.py --config configs/fmnist_large_fctb.py --workdir runs/fmnist_large_fctb \
@@ -7,8 +7,8 @@
       --config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist
 """
 
-from configs import seed001
+from configs import kakizaki
 
 
 def get_config(variant=''):
-  return seed001.get_config('fmnist', 'large', 'fctb', variant)
+  return kakizaki.get_config('fmnist', 'large', 'fctb', variant)

@@ -1,6 +1,6 @@
-"""Seed 001 Triplet baseline on Fashion-MNIST, Large CNN: Adam 1e-3, batch 100, margin 1.0, 100 epochs,
-learning rate x0.1 at epochs 25 and 42 (Kakizaki et al., Sec. 5.1.4); configs/seed001.py. At the
-reduced CPU budget of results/seed001/README.md: configs/fmnist_large_triplet.py:reduced.
+"""Kakizaki et al. Triplet baseline on Fashion-MNIST, Large CNN: Adam 1e-3, batch 100, margin 1.0, 100 epochs,
+learning rate x0.1 at epochs 25 and 42 (Kakizaki et al., Sec. 5.1.4); configs/kakizaki.py. At the
+reduced CPU budget of results/kakizaki/README.md: configs/fmnist_large_triplet.py:reduced.
 
   python train.py --config configs/fmnist_large_triplet.py --workdir runs/fmnist_large_triplet
 
@@ -9,8 +9,8 @@ Debian's dataset-fashion-mnist:
   --config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist
 """
 
-from configs import seed001
+from configs import kakizaki
 
 
 def get_config(variant=''):
-  return seed001.get_config('fmnist', 'large', 'triplet', variant)
+  return kakizaki.get_config('fmnist', 'large', 'triplet', variant)

@@ -1,4 +1,4 @@
-"""Seed 000 GDML on Fashion-MNIST, Small CNN (configs/seed000.py); the argument is sigma (default
+"""RetrievalGuard GDML on Fashion-MNIST, Small CNN (configs/retrievalguard.py); the argument is sigma (default
 0.25; the paper: 0.1, 0.25, 0.5, 1.0), used for training noise and smoothing alike.
 
   python train.py --config configs/fmnist_small_gdml.py:0.5 --workdir runs/fmnist_small_gdml0.5 \
@@ -9,8 +9,8 @@
       --workdir runs/fmnist_small_gdml0.5/smoothing
 """
 
-from configs import seed000
+from configs import retrievalguard
 
 
 def get_config(arg=None):
-  return seed000.get_config('fmnist', 'small', 'gdml', seed000.sigma_from_arg(arg))
+  return retrievalguard.get_config('fmnist', 'small', 'gdml', retrievalguard.sigma_from_arg(arg))

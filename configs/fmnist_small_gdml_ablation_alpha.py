@@ -1,9 +1,9 @@
-"""Seed 000 ablation of the failure probability alpha (Sec. 4.4.2, Fig. 3 right) on Fashion-MNIST:
+"""RetrievalGuard ablation of the failure probability alpha (Sec. 4.4.2, Fig. 3 right) on Fashion-MNIST:
 the GDML Small CNN at sigma = 1 (fmnist_small_gdml.py:1.0), one smoothing certified at
 alpha = 0.0001, 0.001, 0.01 and 0.1.
 
 Reduced for the 2-core CPU budget: n = 10,000 (the paper: 100,000), leave-one-out on 100 test
-images, the setting of the sigma curves of scripts/seed000_experiments.sh. Pointing
+images, the setting of the sigma curves of scripts/retrievalguard_experiments.sh. Pointing
 `estimates_from` at that run certifies its stored smoothings again without sampling (its
 alpha = 0.01 curve is then reproduced exactly):
 
@@ -13,11 +13,11 @@ alpha = 0.01 curve is then reproduced exactly):
       --config.smoothing.estimates_from=runs/fmnist_small_gdml1.0/smoothing
 """
 
-from configs import seed000
+from configs import retrievalguard
 
 
 def get_config():
-  config = seed000.get_config('fmnist', 'small', 'gdml', 1.0)
+  config = retrievalguard.get_config('fmnist', 'small', 'gdml', 1.0)
   config.smoothing.ablation = 'alpha'
   config.smoothing.ablation_values = (0.0001, 0.001, 0.01, 0.1)
   config.smoothing.certificate = 'both'

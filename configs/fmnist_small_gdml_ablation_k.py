@@ -1,4 +1,4 @@
-"""Seed 000 ablation of the embedding dimension k (Sec. 4.4.2, Fig. 4) on Fashion-MNIST: the GDML
+"""RetrievalGuard ablation of the embedding dimension k (Sec. 4.4.2, Fig. 4) on Fashion-MNIST: the GDML
 Small CNN at sigma = 1 trained with embedding dimension k (the config argument; the paper's
 default is 128, which is fmnist_small_gdml.py:1.0). The union bound of Lemma 3.6 grows with
 ln(k + 1) only; the embedding's separation can change more.
@@ -12,13 +12,13 @@ ln(k + 1) only; the embedding's separation can change more.
       --config.smoothing.num_queries=-1 --config.smoothing.num_samples=10000
 """
 
-from configs import seed000
+from configs import retrievalguard
 
 
 def get_config(arg=None):
   embedding_dim = int(arg) if arg else 128
   if embedding_dim < 1:
     raise ValueError(f'The config argument is the embedding dimension k >= 1, got {arg!r}.')
-  config = seed000.get_config('fmnist', 'small', 'gdml', 1.0)
+  config = retrievalguard.get_config('fmnist', 'small', 'gdml', 1.0)
   config.model.embedding_dim = embedding_dim
   return config

@@ -1,4 +1,4 @@
-"""Seed 000 ablation of the number of Monte-Carlo samples n (Sec. 4.4.2, Fig. 3 left and middle) on
+"""RetrievalGuard ablation of the number of Monte-Carlo samples n (Sec. 4.4.2, Fig. 3 left and middle) on
 Fashion-MNIST: the GDML Small CNN at the paper's ablation sigma = 1 (fmnist_small_gdml.py:1.0),
 certified with n = 1,000, 10,000 and 100,000 (alpha = 0.01); one curve per n, plus the rejected
 ratio (correct under g_hat but abstained) per n.
@@ -11,11 +11,11 @@ Online-Products test set); both certificates.
       --config.checkpoint=runs/fmnist_small_gdml1.0 --workdir runs/fmnist_small_gdml1.0/ablation_n
 """
 
-from configs import seed000
+from configs import retrievalguard
 
 
 def get_config():
-  config = seed000.get_config('fmnist', 'small', 'gdml', 1.0)
+  config = retrievalguard.get_config('fmnist', 'small', 'gdml', 1.0)
   config.smoothing.ablation = 'num_samples'
   config.smoothing.ablation_values = (1_000, 10_000, 100_000)
   config.smoothing.num_queries = -1

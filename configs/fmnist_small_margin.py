@@ -1,4 +1,4 @@
-"""Seed 000 DML on Fashion-MNIST, Small CNN (configs/seed000.py), certified by smoothing.
+"""RetrievalGuard DML on Fashion-MNIST, Small CNN (configs/retrievalguard.py), certified by smoothing.
 
   python train.py --config configs/fmnist_small_margin.py --workdir runs/fmnist_small_margin \
       --config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist
@@ -11,8 +11,8 @@ Data: tfds 'fashion_mnist' (pip install -e ".[tfds]"; tfds build fashion_mnist),
 as above. DML is trained without noise and certified at any sigma (the paper: 0.1, 0.25, 0.5, 1.0).
 """
 
-from configs import seed000
+from configs import retrievalguard
 
 
 def get_config():
-  return seed000.get_config('fmnist', 'small', 'margin')
+  return retrievalguard.get_config('fmnist', 'small', 'margin')

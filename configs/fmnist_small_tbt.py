@@ -1,4 +1,4 @@
-"""Seed 001 TBT (Eq. 20) on Fashion-MNIST, Small CNN (configs/seed001.py).
+"""Kakizaki et al. TBT (Eq. 20) on Fashion-MNIST, Small CNN (configs/kakizaki.py).
 
   python train.py --config configs/fmnist_small_tbt.py --workdir runs/fmnist_small_tbt \
       --config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist
@@ -6,8 +6,8 @@
       --config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist
 """
 
-from configs import seed001
+from configs import kakizaki
 
 
 def get_config(variant=''):
-  return seed001.get_config('fmnist', 'small', 'tbt', variant)
+  return kakizaki.get_config('fmnist', 'small', 'tbt', variant)

@@ -1,4 +1,4 @@
-"""Seed 001 Triplet baseline on Fashion-MNIST, Small CNN (configs/seed001.py).
+"""Kakizaki et al. Triplet baseline on Fashion-MNIST, Small CNN (configs/kakizaki.py).
 
   python train.py --config configs/fmnist_small_triplet.py --workdir runs/fmnist_small_triplet \
       --config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist
@@ -6,8 +6,8 @@
       --config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist
 """
 
-from configs import seed001
+from configs import kakizaki
 
 
 def get_config(variant=''):
-  return seed001.get_config('fmnist', 'small', 'triplet', variant)
+  return kakizaki.get_config('fmnist', 'small', 'triplet', variant)

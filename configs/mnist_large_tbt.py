@@ -1,13 +1,13 @@
-"""Seed 001 TBT (Eq. 20) on MNIST, Large CNN (configs/seed001.py).
+"""Kakizaki et al. TBT (Eq. 20) on MNIST, Large CNN (configs/kakizaki.py).
 
   python train.py --config configs/mnist_large_tbt.py --workdir runs/mnist_large_tbt \
-      --config.data.name=idx --config.data.data_dir=/work/data/mnist
+      --config.data.name=idx --config.data.data_dir=data/mnist
   python certify.py --config configs/mnist_large_tbt.py --config.checkpoint=runs/mnist_large_tbt \
-      --config.data.name=idx --config.data.data_dir=/work/data/mnist
+      --config.data.name=idx --config.data.data_dir=data/mnist
 """
 
-from configs import seed001
+from configs import kakizaki
 
 
 def get_config(variant=''):
-  return seed001.get_config('mnist', 'large', 'tbt', variant)
+  return kakizaki.get_config('mnist', 'large', 'tbt', variant)

@@ -1,9 +1,9 @@
-"""Seed 003 (AckMetric slides): a linear metric f(x) = W x on two MNIST classes, the pairwise attack
+"""AckMetric (slides after Huai et al.): a linear metric f(x) = W x on two MNIST classes, the pairwise attack
 at eps = 0.07 and 0.09 with gamma = 2, without and with the spectral defence.
 
-  python scripts/seed003_spectral.py --config configs/mnist_linear_spectral.py \
-      --workdir /work/runs/seed003 --results results/seed003 \
-      --config.data.name=idx --config.data.data_dir=/work/data/mnist
+  python scripts/ackmetric_spectral.py --config configs/mnist_linear_spectral.py \
+      --workdir runs/ackmetric --results results/ackmetric \
+      --config.data.name=idx --config.data.data_dir=data/mnist
 
 trains two models from this one config (`spectral.alphas = ()`, the margin loss L1 alone, and the
 alphas below, L2 = L1 + sum_j alpha_j lambda_{d-k+j}(W^T W)), attacks every pair of the test subset

@@ -1,4 +1,4 @@
-"""Seed 000 GDML on Stanford Online Products: ResNet-50, the paper's recipe (configs/seed000.py), noised images.
+"""RetrievalGuard GDML on Stanford Online Products: ResNet-50, the paper's recipe (configs/retrievalguard.py), noised images.
 
 tfds stanford_online_products; its class-disjoint train split, and 1,000 test classes as in Sec. 4.3.
 The argument is sigma (default 0.25; the paper: 0.1, 0.25, 0.5, 1.0).
@@ -16,8 +16,8 @@ The argument is sigma (default 0.25; the paper: 0.1, 0.25, 0.5, 1.0).
 Paper differences as in configs/sop_resnet50_margin.py.
 """
 
-from configs import seed000
+from configs import retrievalguard
 
 
 def get_config(arg=None):
-  return seed000.get_config('sop', 'resnet50', 'gdml', seed000.sigma_from_arg(arg))
+  return retrievalguard.get_config('sop', 'resnet50', 'gdml', retrievalguard.sigma_from_arg(arg))

@@ -1,10 +1,10 @@
-"""Seed 002 App. E: the two-Gaussian synthetic experiment, a natural and a robust model from one config.
+"""Panum et al. App. E: the two-Gaussian synthetic experiment, a natural and a robust model from one config.
 
-  python -m scripts.seed002_synthetic --config configs/synthetic_mlp_adversarial.py \
-      --workdir /work/runs/seed002 --results results/seed002
+  python -m scripts.panum_synthetic --config configs/synthetic_mlp_adversarial.py \
+      --workdir runs/panum --results results/panum
 
 trains 'natural' (adversarial.attack_rate = 0: the same contrastive tuples, never perturbed) and
-'robust' (seed 002 Sec. 3.5 adversarial training, L-inf eps = 0.01, PGD 5 steps, P(gamma=1) below),
+'robust' (Panum et al. Sec. 3.5 adversarial training, L-inf eps = 0.01, PGD 5 steps, P(gamma=1) below),
 then runs Algorithm 1 (PGD, 5 steps, eps = 0.01) on the 516 test points, five attack seeds.
 `train.py --config configs/synthetic_mlp_adversarial.py` trains the robust model alone.
 
@@ -29,7 +29,7 @@ def get_config():
   config.model.hidden_width = 128
   config.model.embedding_dim = 2
   config.model.l2_normalize = True
-  # Seed 002 App. A normalises pixel intensities (its ResNet's ImageNet statistics). Without it a ReLU
+  # Panum et al. App. A normalises pixel intensities (its ResNet's ImageNet statistics). Without it a ReLU
   # MLP with zero biases maps class b (~0.75) to 3x class a (~0.25): one point on the unit circle.
   config.model.input_mean = (0.485, 0.456, 0.406)
   config.model.input_std = (0.229, 0.224, 0.225)

@@ -1,12 +1,12 @@
 """The job behind `certify.py`: load a trained encoder and certify or attack it on the test split.
 
 `run(config, workdir)` restores the newest checkpoint of the training run `config.checkpoint` (or
-the one of step STEP, for 'DIR@STEP'), builds the seed 001 query/candidate split of the test set
+the one of step STEP, for 'DIR@STEP'), builds the Kakizaki et al. query/candidate split of the test set
 (`config.eval`), and hands both to the mode named by `config.certify.mode`:
 
-  ibp        interval bound propagation: certified ranks under query and candidate attacks (seed 001)
-  smoothing  Gaussian smoothing: certified 1-NN retrieval radius (RetrievalGuard, seed 000)
-  attack     PGD query/candidate attacks: empirical-robust recall (seeds 001, 002)
+  ibp        interval bound propagation: certified ranks under query and candidate attacks (Kakizaki et al.)
+  smoothing  Gaussian smoothing: certified 1-NN retrieval radius (RetrievalGuard, RetrievalGuard)
+  attack     PGD query/candidate attacks: empirical-robust recall (Kakizaki et al., Panum et al.)
 
 Each mode is a module of `jaxcert.evaluation` with `run(inputs: CertifyInputs, workdir) -> dict`;
 it writes its tables (markdown, TSV, JSON) and plots (PNG) into `workdir` and prints its table.
@@ -54,7 +54,7 @@ class CertifyInputs(NamedTuple):
     variables: its Flax variables (inference mode).
     embed: `x -> model.apply(variables, x)`, the pure function certificates and attacks take.
     dataset: the whole dataset.
-    queries: the query set Q (seed 001 Sec. 5.1.1).
+    queries: the query set Q (Kakizaki et al. Sec. 5.1.1).
     candidates: the candidate (gallery) set C, disjoint from Q.
     batch_sharding: where batched encoder and bound calls put each batch
       (`config.parallel.num_devices`, `parallel.local_batch_sharding`); None: one device.

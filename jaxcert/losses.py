@@ -4,13 +4,13 @@ Every loss here is a pure function that builds all valid in-batch tuples with la
 shapes, no Python loop over the batch) and returns a scalar:
 
 * `triplet_loss`: the triplet hinge max(0, d(a, p) - d(a, n) + m) (Schroff et al. 2015, "FaceNet";
-  seed 001 T(a, p, n) in Eq. 20) with 'batch_all', 'batch_all_mean', 'batch_hard' (Hermans et al.
+  Kakizaki et al. T(a, p, n) in Eq. 20) with 'batch_all', 'batch_all_mean', 'batch_hard' (Hermans et al.
   2017, "In defense of the triplet loss") or 'semi_hard' (Schroff et al. 2015, Sec. 3.2) mining;
 * `triplet_loss_explicit`: the same hinge for given (anchor, positive, negative) triplets;
 * `contrastive_loss`: Hadsell et al. 2006, with the positive margin of Musgrave et al. 2020;
 * `margin_loss`: Wu et al. 2017, "Sampling matters in deep embedding learning", with learnable
   beta and distance-weighted negative sampling (`distance_weighted_negatives`), the base loss of
-  seed 000 (Sec. 4.1).
+  RetrievalGuard (Sec. 4.1).
 
 Distances d are Euclidean (not squared). Their square root is taken safely (`common.safe_sqrt`):
 d = 0 where the squared distance is 0, with gradient 0 there, so duplicate embeddings give finite gradients.
@@ -69,11 +69,11 @@ def _mean_over_active(terms: jax.Array, mask: jax.Array) -> jax.Array:
 
 def triplet_loss_explicit(anchor: jax.Array, positive: jax.Array, negative: jax.Array, *,
                           margin: float) -> jax.Array:
-  """Per-triplet hinge T(a, p, n) = max(0, ||a - p|| - ||a - n|| + margin) (seed 001, Eq. 20).
+  """Per-triplet hinge T(a, p, n) = max(0, ||a - p|| - ||a - n|| + margin) (Kakizaki et al., Eq. 20).
 
   Args:
     anchor, positive, negative: (B, k) embeddings of B triplets.
-    margin: m (seed 001 Sec. 5.1.4 uses 1.0).
+    margin: m (Kakizaki et al. Sec. 5.1.4 uses 1.0).
 
   Returns:
     (B,) hinge values.
@@ -94,7 +94,7 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, *, margin: float = 1.
     (Hermans et al. 2017, Sec. 2, the batch-all loss averaged over non-zero terms, BA_{!=0}).
   * 'batch_all_mean': every valid triplet; mean over all of them (Hermans et al. 2017, BA). Its
     scale does not depend on how many triplets are active, so a sum of it and another per-triplet
-    term keeps a fixed balance (seed 001 Eq. 20's TBT objective, `objectives.certified`).
+    term keeps a fixed balance (Kakizaki et al. Eq. 20's TBT objective, `objectives.certified`).
   * 'batch_hard': per anchor, the farthest positive and the closest negative,
     max(0, max_p d(a, p) - min_n d(a, n) + margin); mean over anchors with at least one positive
     and one negative (Hermans et al. 2017, Sec. 2, batch hard with the hinge).
@@ -202,7 +202,7 @@ def distance_weighted_negatives(embeddings: jax.Array, labels: jax.Array, key: j
   triplet per positive pair, as in the authors' code (k - 1 negatives per anchor). Sampling is done
   with Gumbel-max on log weights (`jax.random.categorical`), so weights never under- or overflow,
   and through `stop_gradient`: the choice is not differentiated. Embeddings should be L2-normalised.
-  The DML framework seed 000 builds on (Roth et al. 2020) samples without the upper cutoff:
+  The DML framework RetrievalGuard builds on (Roth et al. 2020) samples without the upper cutoff:
   `nonzero_loss_cutoff=jnp.inf` reproduces that.
 
   Args:
@@ -236,13 +236,13 @@ def distance_weighted_negatives(embeddings: jax.Array, labels: jax.Array, key: j
 def margin_loss(embeddings: jax.Array, labels: jax.Array, beta: jax.Array, key: jax.Array, *,
                 margin: float = 0.2, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4,
                 nu: float = 0.0) -> jax.Array:
-  """Margin loss with learnable beta (Wu et al. 2017, Sec. 5; seed 000, Sec. 4.1).
+  """Margin loss with learnable beta (Wu et al. 2017, Sec. 5; RetrievalGuard, Sec. 4.1).
 
   L = [sum_{(a, p, n)} (d(a, p) - beta_a + gamma)_+ + (beta_a - d(a, n) + gamma)_+ + nu beta_a]
       / #{nonzero hinge terms},
-  gamma = `margin` (seed 000: 0.2), over one triplet per valid positive pair (a, p) with the
+  gamma = `margin` (RetrievalGuard: 0.2), over one triplet per valid positive pair (a, p) with the
   negative n drawn by `distance_weighted_negatives`. beta is a scalar, or one value per class with
-  beta_a = beta[y_a] (class-specific beta of Wu et al.); seed 000 initialises it at 1.2 and trains it
+  beta_a = beta[y_a] (class-specific beta of Wu et al.); RetrievalGuard initialises it at 1.2 and trains it
   with learning rate 5e-4. nu weights the beta regulariser of Wu et al. (0 by default). The
   normalisation by the number of nonzero hinges follows the authors' code.
 

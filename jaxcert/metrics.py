@@ -1,8 +1,8 @@
-"""Retrieval metrics: Recall@K (seed 001 Eq. 22) and mAP@R (Musgrave et al. 2020; seed 002 Eq. 19).
+"""Retrieval metrics: Recall@K (Kakizaki et al. Eq. 22) and mAP@R (Musgrave et al. 2020; Panum et al. Eq. 19).
 
 Recall@K is the fraction of queries with at least one same-class item among
 their K nearest gallery items; fed with what is retrieved under attack it is
-ER-Recall@K (seed 001 Eqs. 23-24). mAP@R averages precision over the first R
+ER-Recall@K (Kakizaki et al. Eqs. 23-24). mAP@R averages precision over the first R
 retrieved items, R being the number of same-class gallery items, as in
 pytorch-metric-learning's `AccuracyCalculator`. Both run on the blocked top-k of
 `jaxcert.retrieval`, so memory stays bounded for any query and gallery size;
@@ -45,7 +45,7 @@ def _as_labels(labels, name: str) -> np.ndarray:
 
 
 def recall_at_k(query_labels, retrieved_labels, ks: Sequence[int] = DEFAULT_KS) -> dict:
-  """Recall@K, seed 001 Eq. 22: mean over queries of [some item among the top K shares its class].
+  """Recall@K, Kakizaki et al. Eq. 22: mean over queries of [some item among the top K shares its class].
 
   Args:
     query_labels: (Nq,) class of each query.
@@ -105,7 +105,7 @@ def average_precision_at_r(relevant, num_relevant) -> jax.Array:
 
   AP@R = (1/R) sum_{i <= R} P@i * rel_i, with P@i the fraction of same-class items
   among the first i retrieved and rel_i whether the i-th is same-class
-  (Musgrave et al. 2020, the definition pytorch-metric-learning implements; seed 002
+  (Musgrave et al. 2020, the definition pytorch-metric-learning implements; Panum et al.
   Eq. 19 prints the sum without rel_i, but cites and reports this one).
 
   Args:
@@ -198,7 +198,7 @@ def evaluate_retrieval(embed: Callable, query_images, query_labels, gallery_imag
                        gallery_labels, ks: Sequence[int] = DEFAULT_KS, *, batch_size: int = 256,
                        exclude_self: bool = False,
                        block_size: int = retrieval.DEFAULT_BLOCK_SIZE) -> dict:
-  """Recall@K (seed 001 Eq. 22) and mAP@R of an encoder on a query and a gallery set.
+  """Recall@K (Kakizaki et al. Eq. 22) and mAP@R of an encoder on a query and a gallery set.
 
   Args:
     embed: pure function `(batch, H, W, C) -> (batch, d)`, e.g.

@@ -174,7 +174,7 @@ def data_parallel(fn: Callable, mesh: Mesh, *, batch_argnums: Sequence[int] = (0
 
   Each example's result equals the unsharded one up to float rounding, for any function that treats
   the examples of a batch independently: an encoder in inference mode, `jit(interval(embed))`
-  (the interval bounds of seed 001 Eqs. 15-16), the attacks of `jaxcert.attacks` (with JAX's
+  (the interval bounds of Kakizaki et al. Eqs. 15-16), the attacks of `jaxcert.attacks` (with JAX's
   default partitionable threefry their random starts draw the same numbers for every real row
   whatever the sharding and the padding). A function that mixes the batch (a loss over the
   batch, BatchNorm in training mode) would see the padded rows: give it a batch that divides.

@@ -1,8 +1,8 @@
 """Retrieval by embedding distance: batched embedding, pairwise distances, blocked top-k.
 
-Content-based image retrieval ranks a gallery (the candidate set C of seed 001,
+Content-based image retrieval ranks a gallery (the candidate set C of Kakizaki et al.,
 Sec. 5.1.1) by Euclidean distance to a query embedding, nearest first
-(IR_f(q, C) in seed 001 Sec. 3). Everything here works on whole evaluation sets
+(IR_f(q, C) in Kakizaki et al. Sec. 3). Everything here works on whole evaluation sets
 in fixed-size blocks, so one compiled shape serves a whole run and memory stays
 bounded however large the query and gallery sets are:
 
@@ -16,7 +16,7 @@ bounded however large the query and gallery sets are:
   devices of a mesh (`jaxcert.parallel`).
 
 Ties. Equal distances are ordered by gallery index (lower index first), on every
-backend and for every block size, so rankings are reproducible; seed 001 leaves
+backend and for every block size, so rankings are reproducible; Kakizaki et al. leaves
 the order of tied candidates unspecified.
 
 Precision. Squared distances are sums of squared coordinate differences, not
@@ -288,7 +288,7 @@ def check_topk_arguments(query_emb, gallery_emb, k: int, block_size: int,
 def blocked_topk(query_emb, gallery_emb, k: int, *, block_size: int = DEFAULT_BLOCK_SIZE,
                  gallery_block_size: int | None = None,
                  exclude_self: bool = False) -> tuple[jax.Array, jax.Array]:
-  """The k nearest gallery embeddings of every query, nearest first (IR_f(q, C)_{<=k}, seed 001).
+  """The k nearest gallery embeddings of every query, nearest first (IR_f(q, C)_{<=k}, Kakizaki et al.).
 
   Queries are processed block_size at a time; for each query block the gallery is
   scanned gallery_block_size items at a time, and the running top-k is merged with
@@ -315,7 +315,7 @@ def blocked_topk(query_emb, gallery_emb, k: int, *, block_size: int = DEFAULT_BL
       change speed, never results (on an H100, 60,000 x 60,000 with k = 40 took
       210-380 ms over query blocks 1024-65536 and gallery blocks 256-4096).
     exclude_self: the query set is the gallery (same items in the same order);
-      query i never retrieves gallery item i (seed 002 Eq. 19: i not in K).
+      query i never retrieves gallery item i (Panum et al. Eq. 19: i not in K).
 
   Returns:
     (distances, indices): (Nq, k) Euclidean distances, ascending along each row,

@@ -80,7 +80,7 @@ def total_steps(config, num_train: int) -> int:
 def learning_rate_schedule(config, num_train: int) -> optax.Schedule:
   """Piecewise-constant Adam learning rate: times `lr_decay_factor` at each of `lr_decay_epochs`.
 
-  Seed 001 Sec. 5.1.4: 1e-3, x0.1 at epochs 25 and 42 (MNIST, FMNIST); x0.5 every 10 epochs between
+  Kakizaki et al. Sec. 5.1.4: 1e-3, x0.1 at epochs 25 and 42 (MNIST, FMNIST); x0.5 every 10 epochs between
   130 and 200 (CIFAR-10).
   """
   per_epoch = steps_per_epoch(config, num_train)
@@ -91,7 +91,7 @@ def learning_rate_schedule(config, num_train: int) -> optax.Schedule:
 def make_optimizer(config, num_train: int) -> optax.GradientTransformation:
   """Adam with `learning_rate_schedule`; the margin loss's beta has its own Adam learning rate.
 
-  Seed 000 Sec. 4.3: beta is learnt with learning rate 5e-4 (`config.loss.beta_learning_rate`).
+  RetrievalGuard Sec. 4.3: beta is learnt with learning rate 5e-4 (`config.loss.beta_learning_rate`).
   Every other parameter (encoder, and any parameters a method adds, such as a classifier head)
   follows the encoder's schedule. With `config.grad_clip_norm` set, the whole gradient is first
   rescaled to at most that global L2 norm (`optax.clip_by_global_norm`), which keeps the first

@@ -3,8 +3,8 @@
 Reads `<run>/metrics.jsonl`, so it also plots runs still training or stopped by an error
 (`train.py` writes `<workdir>/training_curves.png` itself when a run finishes).
 
-  python scripts/plot_training.py /work/runs/fmnist_large_tbt_clip_ramp2000 \
-      /work/runs/fmnist_large_tbt_collapsed_at350 --out results/seed001/tbt_training.png
+  python scripts/plot_training.py runs/fmnist_large_tbt_clip_ramp2000 \
+      runs/fmnist_large_tbt_collapsed_at350 --out results/kakizaki/tbt_training.png
 """
 
 import argparse

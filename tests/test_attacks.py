@@ -1,9 +1,9 @@
-"""Tests of `jaxcert.attacks`: the PGD engine, FGSM, C&W-Linf, the seed 001/002/003 attacks, and
+"""Tests of `jaxcert.attacks`: the PGD engine, FGSM, C&W-Linf, the Kakizaki et al./002/003 attacks, and
 the metrics under attack of `jaxcert.evaluation.attack`.
 
 Optima known in closed form (linear losses over a box or a ball) check that
 PGD finds them; every iterate of every attack is checked against its ball and
-the pixel box; the seed 003 linear bound is attacked by the pairwise attack on
+the pixel box; the AckMetric linear bound is attacked by the pairwise attack on
 every pair of a small set and by exhaustive search over the vertices of the
 feasible box (where a convex D attains its maximum).
 """
@@ -241,7 +241,7 @@ def distance_extremes(embed: Callable, x, target_emb, *, eps, key,
     eps: radius of the ball.
     key: PRNG key of the random starts.
     num_steps: PGD steps per run.
-    step_size: default eps / 10 (seed 001 Sec. 5.1.2).
+    step_size: default eps / 10 (Kakizaki et al. Sec. 5.1.2).
     norm: 'linf' or 'l2'.
     num_restarts: PGD runs per direction (>= 1).
     clip: pixel range.

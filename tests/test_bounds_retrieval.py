@@ -1,4 +1,4 @@
-"""Tests of certified retrieval `jaxcert.bounds.retrieval` and the 'ibp' mode (seed 001).
+"""Tests of certified retrieval `jaxcert.bounds.retrieval` and the 'ibp' mode (Kakizaki et al.).
 
 The query attack's linear specification (docs/bounds.md §13, the default QA certificate) is checked
 against a pairwise brute force for several block shapes, against exact rational arithmetic in

@@ -1,6 +1,6 @@
 """Tests of the certified-training methods TBT, FCTB and C-IBP (`jaxcert.objectives.certified`).
 
-The schedule and config checks are checked by value; the regulariser Reg (seed 001 Eq. 20) against
+The schedule and config checks are checked by value; the regulariser Reg (Kakizaki et al. Eq. 20) against
 its definition; C-IBP's worst-case logits against sampled embeddings of the box (soundness) and
 the box's corners (tightness); the three objectives give finite losses and gradients, reduce to
 the clean losses at eps = 0, and run in the training loop (FCTB from a TBT checkpoint, on the
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from configs import seed001
+from configs import kakizaki
 from jaxcert import attacks
 from jaxcert import checkpointing
 from jaxcert import data
@@ -60,7 +60,7 @@ def test_bad_certified_configs_fail_clearly():
   with pytest.raises(ValueError, match='set config.init_from'):
     certified.init_fctb_params(config, None)
   with pytest.raises(ValueError, match='Unknown method'):
-    seed001.get_config('fmnist', 'large', 'act')
+    kakizaki.get_config('fmnist', 'large', 'act')
 
 
 def test_tightness_regularizer_is_eq_20():
@@ -149,11 +149,11 @@ def test_objectives_finite_and_clean_at_zero_eps(method):
                                zero_metrics['cross_entropy'], rtol=1e-5)
 
 
-def test_seed001_tbt_loss_is_eq_20_summed_over_triplets():
-  """With seed 001's TBT config the batch loss is the mean over the valid triplets (a, p, n) of
+def test_kakizaki_tbt_loss_is_eq_20_summed_over_triplets():
+  """With Kakizaki et al.'s TBT config the batch loss is the mean over the valid triplets (a, p, n) of
   kappa * T(a, p, n) + (1 - kappa) * (Reg(a, p) + Reg(a, n)), one sum as in Eq. 20."""
   inputs = _inputs('tbt', 0.05)
-  inputs.config.loss.mining = seed001.get_config('fmnist', 'small', 'tbt').loss.mining
+  inputs.config.loss.mining = kakizaki.get_config('fmnist', 'small', 'tbt').loss.mining
   inputs.config.loss.margin = margin = 0.02  # Some triplets inactive (hinge 0), some not.
   loss, _, _ = _loss_and_grads(inputs)
   embeddings = inputs.model.apply({'params': inputs.params['model']}, inputs.images)
@@ -173,14 +173,14 @@ def test_seed001_tbt_loss_is_eq_20_summed_over_triplets():
 
 @pytest.mark.parametrize('mining,warns', [('batch_all', True), ('batch_all_mean', False)])
 def test_tbt_warns_when_the_triplet_term_is_not_eq_20s_average(caplog, mining, warns):
-  config = seed001.get_config('fmnist', 'small', 'tbt')
+  config = kakizaki.get_config('fmnist', 'small', 'tbt')
   config.loss.mining = mining
   objectives.get_method('tbt').init_params(config, objectives.ParamsContext(jax.random.key(0), 8, 4))
   assert ("Eq. 20 averages T over all valid triplets" in caplog.text) == warns
 
 
 def _tiny_config(method, **fields):
-  config = seed001.get_config('fmnist', 'small', method)
+  config = kakizaki.get_config('fmnist', 'small', method)
   config.data.name = 'embedded'
   config.model.embedding_dim = 16
   config.update({'num_steps': 6, 'batch_size': 20, 'm_per_class': 4, 'checkpoint_every_steps': 6,
@@ -283,7 +283,7 @@ def test_candidate_attack_triplet_bounds_sound_and_attained():
 
 
 def _certified_inputs(eps, *, batch_norm=False, seed=0, **certified_fields):
-  config = seed001.get_config('fmnist', 'small', 'certified')
+  config = kakizaki.get_config('fmnist', 'small', 'certified')
   config.certified.update({'eps': eps, 'kappa': 0.5, 'ramp_start_steps': 0, 'ramp_end_steps': 0,
                            **certified_fields})
   model = models.get_model('small_cnn', embedding_dim=8, batch_norm=batch_norm, ibp_init=True)
@@ -377,7 +377,7 @@ def test_bad_certified_triplet_configs_fail_clearly():
                                 ('adversarial', 'pgd', "valid: \\['none', 'mtl_ibp', 'sabr'\\]"),
                                 ('sabr_lambda', 0., 'sabr_lambda must be in'),
                                 ('margin', -1., 'margin must be >= 0')]:
-    config = seed001.get_config('fmnist', 'small', 'certified')
+    config = kakizaki.get_config('fmnist', 'small', 'certified')
     config.certified[field] = value
     with pytest.raises(ValueError, match=message):
       certified.init_certified_triplet_params(config, None)

@@ -1,7 +1,7 @@
 """Every experiment config in configs/ builds, and names a dataset, model, loss and method that exist.
 
 Parametrised over the files of configs/ as they are when the tests are collected, so a config added
-later is covered without editing this file. The paper grids (seed000.py, seed001.py) are builders
+later is covered without editing this file. The paper grids (retrievalguard.py, kakizaki.py) are builders
 with arguments; their rows are built through the one-line files that call them.
 """
 
@@ -11,14 +11,14 @@ import os
 import pytest
 
 from configs import default
-from configs import seed001
+from configs import kakizaki
 from jaxcert import data
 from jaxcert import losses
 from jaxcert import models
 from jaxcert import objectives
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GRIDS = ('seed000', 'seed001')  # builders taking the row as arguments
+GRIDS = ('retrievalguard', 'kakizaki')  # builders taking the row as arguments
 CONFIG_NAMES = sorted(
     name[:-3] for name in os.listdir(os.path.join(REPO, 'configs'))
     if name.endswith('.py') and name != '__init__.py' and name[:-3] not in GRIDS)
@@ -38,28 +38,28 @@ def test_every_config_builds(name):
   assert config.batch_size > 0 and config.checkpoint_every_steps > 0
 
 
-@pytest.mark.parametrize('row', sorted(seed001.REDUCED))
+@pytest.mark.parametrize('row', sorted(kakizaki.REDUCED))
 def test_reduced_rows_build_and_shorten_training(row):
-  paper, reduced = seed001.get_config(*row), seed001.get_config(*row, 'reduced')
+  paper, reduced = kakizaki.get_config(*row), kakizaki.get_config(*row, 'reduced')
   _check_buildable(reduced)
   assert reduced.num_steps > 0 or reduced.num_epochs < paper.num_epochs
   assert reduced.data.name == paper.data.name and reduced.method == paper.method
 
 
-def test_seed001_certifies_at_the_papers_eps():
+def test_kakizaki_certifies_at_the_papers_eps():
   """Kakizaki et al. Table 2: eps = 0.2 (MNIST, FMNIST) and 2/255 (CIFAR-10), whatever the method."""
   for dataset, eps in (('mnist', 0.2), ('fmnist', 0.2), ('cifar10', 2 / 255)):
-    for model in seed001.MODELS:
-      for method in seed001.METHODS:
-        assert seed001.get_config(dataset, model, method).ibp.eps == eps
+    for model in kakizaki.MODELS:
+      for method in kakizaki.METHODS:
+        assert kakizaki.get_config(dataset, model, method).ibp.eps == eps
   assert importlib.import_module('configs.cifar10_large_triplet').get_config().ibp.eps == 2 / 255
 
 
 def test_unknown_names_list_the_valid_ones():
   with pytest.raises(ValueError, match=r"Unknown method 'act'; valid: \['certified', 'cibp', 'fctb'"):
-    seed001.get_config('fmnist', 'large', 'act')
+    kakizaki.get_config('fmnist', 'large', 'act')
   with pytest.raises(ValueError, match="Unknown variant 'tiny'; valid:"):
-    seed001.get_config('fmnist', 'large', 'tbt', 'tiny')
+    kakizaki.get_config('fmnist', 'large', 'tbt', 'tiny')
   with pytest.raises(ValueError, match='Unknown reduced-budget row'):
-    seed001.get_config('cifar10', 'large', 'tbt', 'reduced')
+    kakizaki.get_config('cifar10', 'large', 'tbt', 'reduced')
   assert default.choice('model', 'small', {'small': 'small_cnn'}) == 'small_cnn'

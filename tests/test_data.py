@@ -172,7 +172,7 @@ def test_unknown_name_and_field_list_the_valid_ones():
                                      'cars', 'sop', 'synthetic'}
 
 
-# Synthetic two-Gaussian data (seed 002 App. E).
+# Synthetic two-Gaussian data (Panum et al. App. E).
 
 def test_synthetic_two_gaussians_statistics_and_determinism():
   config = data.default_data_config()

@@ -143,7 +143,7 @@ SEED000_CONFIGS = ('fmnist_small_margin', 'fmnist_small_gdml', 'mnist_small_marg
 
 
 @pytest.mark.parametrize('name', SEED000_CONFIGS)
-def test_seed000_configs_build_margin_dml_certified_by_smoothing(name):
+def test_retrievalguard_configs_build_margin_dml_certified_by_smoothing(name):
   module = importlib.import_module(f'configs.{name}')
   config = module.get_config('0.5') if 'gdml' in name and 'ablation' not in name else (
       module.get_config())

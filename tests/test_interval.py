@@ -1,4 +1,4 @@
-"""Tests of the interval interpreter `jaxcert.bounds` (seed 001, Eqs. 15-16).
+"""Tests of the interval interpreter `jaxcert.bounds` (Kakizaki et al., Eqs. 15-16).
 
 Every rule and every encoder is attacked: thousands of points sampled in the
 box (uniform, random corners, the box's ends and the point nearest 0) and the
@@ -373,11 +373,11 @@ def test_hand_computed(fn, lower, upper, expected_lower, expected_upper):
                              atol=1e-6)
 
 
-# --- CNNs: equality with a hand-written IBP (seed 001 Eqs. 15-16). ----------
+# --- CNNs: equality with a hand-written IBP (Kakizaki et al. Eqs. 15-16). ----------
 
 
 class _CNN(nn.Module):
-  """Conv/Dense/ReLU stack like seed 001's Small and Large encoders."""
+  """Conv/Dense/ReLU stack like Kakizaki et al.'s Small and Large encoders."""
   conv_specs: tuple  # (features, kernel, stride) per conv layer
   dense_features: tuple
 
@@ -400,7 +400,7 @@ LARGE_CNN = _CNN(((8, 3, 1), (8, 3, 1), (16, 3, 2), (16, 3, 1), (16, 3, 1)),
 
 
 def _handwritten_encoder_ibp(name, params, lower, upper, input_mean, input_std):
-  """Seed 001 Eqs. 15-16 by hand through the Small / Large CNN of `jaxcert.models`.
+  """Kakizaki et al. Eqs. 15-16 by hand through the Small / Large CNN of `jaxcert.models`.
 
   The layers as documented in jaxcert/models/cnn.py: the input normalisation (x - mean) / std
   (an increasing affine map of each pixel), convolutions ('VALID' in Small, 'SAME' in Large) and
@@ -430,8 +430,8 @@ def _handwritten_encoder_ibp(name, params, lower, upper, input_mean, input_std):
 
 
 @pytest.mark.parametrize('name', ['small_cnn', 'large_cnn'])
-def test_seed001_cnns_equal_handwritten_ibp(name):
-  """interval() of jaxcert's Small and Large CNNs = seed 001 Eqs. 15-16 written out, to 1e-5."""
+def test_kakizaki_cnns_equal_handwritten_ibp(name):
+  """interval() of jaxcert's Small and Large CNNs = Kakizaki et al. Eqs. 15-16 written out, to 1e-5."""
   from jaxcert import models  # pylint: disable=g-import-not-at-top
   model = models.get_model(name, embedding_dim=16, input_mean=0.3, input_std=0.4)
   images = _uniform(0, (2, 28, 28, 1))

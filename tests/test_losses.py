@@ -264,7 +264,7 @@ def test_margin_loss_decreases_under_sgd():
     emb = params['raw'] / jnp.linalg.norm(params['raw'], axis=1, keepdims=True)
     return losses.margin_loss(emb, labels, params['beta'], key)
   params = {'raw': raw, 'beta': jnp.asarray(1.2)}
-  learning_rates = {'raw': 2.0, 'beta': 0.05}  # beta gets its own, smaller rate (as in seed 000).
+  learning_rates = {'raw': 2.0, 'beta': 0.05}  # beta gets its own, smaller rate (as in RetrievalGuard).
   evaluation_keys = jax.random.split(jax.random.key(1), 8)
   mean_loss = jax.jit(lambda p: jnp.mean(jax.vmap(lambda k: loss_fn(p, k))(evaluation_keys)))
   @jax.jit

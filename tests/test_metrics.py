@@ -1,4 +1,4 @@
-"""Tests of `jaxcert.metrics`: Recall@K (seed 001 Eq. 22), mAP@R, `evaluate_retrieval`.
+"""Tests of `jaxcert.metrics`: Recall@K (Kakizaki et al. Eq. 22), mAP@R, `evaluate_retrieval`.
 
 Recall@K is checked on hand-made rankings and against a per-query loop; mAP@R on
 hand cases and against a direct numpy transcription of pytorch-metric-learning's

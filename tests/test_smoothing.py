@@ -32,12 +32,12 @@ CERTIFICATES = smoothing.CERTIFICATES
 
 
 def _sign_embedding(x, F=1.0):
-  """Seed 000's tightness example h(x) = F sign(x) (inputs (B, 1))."""
+  """RetrievalGuard's tightness example h(x) = F sign(x) (inputs (B, 1))."""
   return F * jnp.sign(x)
 
 
 def _sign_smoothed(x, sigma, F=1.0):
-  """g(x) = F (Phi(x / sigma) - Phi(-x / sigma)) (seed 000, Sec. 3.2)."""
+  """g(x) = F (Phi(x / sigma) - Phi(-x / sigma)) (RetrievalGuard, Sec. 3.2)."""
   return F * (2.0 * special.ndtr(np.asarray(x, np.float64) / sigma) - 1.0)
 
 

@@ -231,7 +231,7 @@ def fgsm(loss_fn: LossFn, *, eps, norm: str = 'linf',
          clip: tuple[float, float] = (0., 1.)) -> Attack:
   """Fast gradient sign method (Goodfellow et al. 2015): one `pgd` step of length eps from x.
 
-  Seed 002 App. B uses FGSM with step alpha = eps ("to maximise the
+  Panum et al. App. B uses FGSM with step alpha = eps ("to maximise the
   perturbation"). With `norm='l2'` this is the fast gradient method.
   """
   return pgd(loss_fn, eps=eps, step_size=eps, num_steps=1, norm=norm,
@@ -276,16 +276,16 @@ def _cw_step(w, opt_state, x, tau, const, *loss_args, loss_fn, learning_rate,
 def carlini_wagner_linf(loss_fn: LossFn, *, eps, num_steps: int = 50,
                         learning_rate: float = 5e-3, const=1.,
                         clip: tuple[float, float] = (0., 1.)) -> Attack:
-  """Carlini & Wagner's L-infinity attack with tau fixed at eps, as seed 002 App. B/D ran it.
+  """Carlini & Wagner's L-infinity attack with tau fixed at eps, as Panum et al. App. B/D ran it.
 
-  Seed 002 adapts Carlini's own L-inf implementation (nn_robust_attacks,
+  Panum et al. adapts Carlini's own L-inf implementation (nn_robust_attacks,
   li_attack.py) and limits it to 50 iterations. That attack minimises, with
   Adam (learning rate 5e-3) over w where x_adv = (tanh(w) + 1) / 2,
 
     const * attack_loss(x_adv) + sum_i max(0, |x_adv_i - x_i| - tau),
 
   shrinking tau by 0.9 after every success and doubling const after every
-  failure. Seed 002's threat model fixes the budget (||d||_inf <= eps = 0.01)
+  failure. Panum et al.'s threat model fixes the budget (||d||_inf <= eps = 0.01)
   and its attack loss (Algorithm 1: maximise a distance) has no success test
   to drive those searches, so here tau = eps and const are fixed, the attack
   loss is -loss_fn (maximising it), and the last iterate is projected onto
@@ -297,7 +297,7 @@ def carlini_wagner_linf(loss_fn: LossFn, *, eps, num_steps: int = 50,
     loss_fn: `(x, *loss_args) -> (B,)` per-example losses to maximise.
     eps: L-infinity budget, used as Carlini's tau and for the final
       projection.
-    num_steps: Adam steps (seed 002: 50).
+    num_steps: Adam steps (Panum et al.: 50).
     learning_rate: Adam learning rate (Carlini: 5e-3).
     const: weight of the attack loss against the tau penalty.
     clip: (low, high) pixel range.
@@ -331,7 +331,7 @@ def get_attack(method: str, loss_fn: LossFn, *, eps, num_steps: int,
                clip: tuple[float, float] = (0., 1.)) -> Attack:
   """The attack named `method` ('pgd', 'fgsm', 'cw_linf') on `loss_fn`.
 
-  `step_size` defaults to 2 eps / num_steps for 'pgd' (seed 002 Sec. 4.1:
+  `step_size` defaults to 2 eps / num_steps for 'pgd' (Panum et al. Sec. 4.1:
   every point of the ball is reachable from any start), is eps for 'fgsm',
   and is the Adam learning rate for 'cw_linf' (default 5e-3).
   """
@@ -359,7 +359,7 @@ def get_attack(method: str, loss_fn: LossFn, *, eps, num_steps: int,
 def squared_embedding_distance(x, embed, target_emb) -> jax.Array:
   """||f(x_b) - e_b||^2 per example -> (B,); maximised, it pushes f(x_b) away from e_b.
 
-  This is the distance seed 002's Algorithm 1 maximises (its argmax equals
+  This is the distance Panum et al.'s Algorithm 1 maximises (its argmax equals
   that of d_theta(z, x_j)), with a finite gradient where the embeddings meet.
   """
   return jnp.sum(jnp.square(embed(x) - target_emb), axis=-1)

@@ -4,7 +4,7 @@ The attack maximises D = ||f(x_i) - f(x_j)||^2 under ||d_i||_inf + ||d_j||_inf <
 (`pairwise_attack`, `linear_pairwise_attack`); `attack_success_rate` is its success rate at a
 threshold gamma, and D(x_i + d, x_j) <= D + 2 d eps lambda_max is the bound for linear f = Wx
 (`linear_pairwise_distance_bound`). `evaluate_linear_pairwise_attack` runs both on every pair of a
-labelled set (scripts/seed003_spectral.py).
+labelled set (scripts/ackmetric_spectral.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from jaxcert.attacks import engine
 
 
 def pair_squared_distances(embed: Callable, xi, xj) -> jax.Array:
-  """D(x_i, x_j) = ||f(x_i) - f(x_j)||^2 per pair -> (B,) (seed 003)."""
+  """D(x_i, x_j) = ||f(x_i) - f(x_j)||^2 per pair -> (B,) (AckMetric)."""
   return jnp.sum(jnp.square(embed(xi) - embed(xj)), axis=-1)
 
 
@@ -41,7 +41,7 @@ def _linear_pair_gradients(xi, xj, weight):
 @functools.partial(jax.jit, static_argnames=('gradient_fn', 'clip'))
 def _pairwise_step(xi_adv, xj_adv, xi, xj, eps, step_size, gradient_arg, *,
                    gradient_fn, clip):
-  """One step of the seed 003 attack on the side with the larger gradient.
+  """One step of the AckMetric attack on the side with the larger gradient.
 
   The side k with the larger L1 gradient norm (the first-order gain of a
   sign step of length s is s ||g_k||_1) steps along sign(g_k) and is
@@ -79,7 +79,7 @@ def pairwise_attack(embed: Callable, xi, xj, *, eps, step_size,
                     num_steps: int,
                     clip: tuple[float, float] = (0., 1.)
                     ) -> tuple[jax.Array, jax.Array]:
-  """Seed 003's attack: maximise D(x_i + d_i, x_j + d_j) over ||d_i||_inf + ||d_j||_inf <= eps.
+  """AckMetric's attack: maximise D(x_i + d_i, x_j + d_j) over ||d_i||_inf + ||d_j||_inf <= eps.
 
   Projected sign-gradient ascent that, at every step, moves only the side
   whose gradient of D has the larger norm (slide "Projected gradient
@@ -142,7 +142,7 @@ def attack_success_rate(clean_distances, adversarial_distances, gamma: float,
                         mask=None) -> float:
   """Share of similar pairs (D <= gamma) that the attack makes dissimilar (D > gamma).
 
-  Seed 003: x_i and x_j are judged similar iff D(x_i, x_j) <= gamma, and the
+  AckMetric: x_i and x_j are judged similar iff D(x_i, x_j) <= gamma, and the
   attack maximises D - gamma. Pairs already dissimilar before the attack are
   not counted, nor pairs outside `mask` (e.g. pass same-class pairs only, so
   that only correct "similar" verdicts count). NaN when no pair is counted.
@@ -158,7 +158,7 @@ def attack_success_rate(clean_distances, adversarial_distances, gamma: float,
 
 
 def linear_pairwise_distance_bound(weight, xi, xj, eps) -> jax.Array:
-  """Seed 003's bound D(x_i + d_i, x_j + d_j) <= D(x_i, x_j) + 2 d eps lambda_max(W^T W).
+  """AckMetric's bound D(x_i + d_i, x_j + d_j) <= D(x_i, x_j) + 2 d eps lambda_max(W^T W).
 
   Sound for f(x) = W x whenever x_i, x_j and the perturbed points lie in
   [0, 1]^d and ||d_i||_inf + ||d_j||_inf <= eps (so it covers the slides'
@@ -211,7 +211,7 @@ def all_pairs(num: int) -> tuple[np.ndarray, np.ndarray]:
 def evaluate_linear_pairwise_attack(weight, images, labels, *, eps, gamma: float,
                                     step_size=None, num_steps: int = 20,
                                     batch_size: int = 2048) -> dict:
-  """Seed 003 on every pair of a labelled set: the attack, its success rate, the bound checked.
+  """AckMetric on every pair of a labelled set: the attack, its success rate, the bound checked.
 
   For f(x) = W x and every pair i < j: D = ||W (x_i - x_j)||^2 clean, D' after
   `linear_pairwise_attack` (budget ||d_i||_inf + ||d_j||_inf <= eps), and the

@@ -30,13 +30,13 @@ def nearest_neighbor_attack(embed: Callable, images, neighbor_emb, *, eps,
                             key, method: str = 'pgd', num_steps: int = 5,
                             step_size=None, norm: str = 'linf',
                             random_start: bool = True) -> jax.Array:
-  """Seed 002 Algorithm 1's perturbation: argmax_{z in B_p(x, eps)} d_theta(z, x_j).
+  """Panum et al. Algorithm 1's perturbation: argmax_{z in B_p(x, eps)} d_theta(z, x_j).
 
   Args:
     embed: encoder `x -> (B, k)`.
     images: (B, H, W, C) points under attack, in [0, 1].
     neighbor_emb: (B, k) embeddings of their nearest same-class neighbours.
-    eps: budget (seed 002: 0.01, 0.05, 0.1 under L-inf).
+    eps: budget (Panum et al.: 0.01, 0.05, 0.1 under L-inf).
     key: PRNG key of the random start.
     method, num_steps, step_size, norm, random_start: see `engine.get_attack`; seed
       002 uses PGD with 5 iterations and step 2 eps / 5.
@@ -56,7 +56,7 @@ def nearest_neighbor_attack(embed: Callable, images, neighbor_emb, *, eps,
 
 
 def query_attack_objective(query_emb, target_emb, candidate_emb) -> jax.Array:
-  """Seed 001 Eq. 2 for one target per query: sum_c [d(q, t) - d(q, c)]_+, per query.
+  """Kakizaki et al. Eq. 2 for one target per query: sum_c [d(q, t) - d(q, c)]_+, per query.
 
   Args:
     query_emb: (B, k) embeddings f(q_s + delta).
@@ -77,7 +77,7 @@ def _query_attack_loss(x, embed, target_emb, candidate_emb):
 
 def candidate_attack_objective(source_emb, query_emb,
                                query_candidate_distances) -> jax.Array:
-  """Seed 001 Eq. 4 for one target query per source: sum_c [d(q, c_s) - d(q, c)]_+.
+  """Kakizaki et al. Eq. 4 for one target query per source: sum_c [d(q, c_s) - d(q, c)]_+.
 
   Args:
     source_emb: (B, k) embeddings f(c_s + delta) of perturbed candidates.
@@ -101,7 +101,7 @@ def _candidate_attack_loss(x, embed, query_emb, query_candidate_distances):
 def query_attack(embed: Callable, queries, target_emb, candidate_emb, *, eps,
                  key, step_size=None, num_steps: int = 100, norm: str = 'linf',
                  random_start: bool = True, loop: str = 'auto') -> jax.Array:
-  """Seed 001 QA: PGD minimising Eq. 2, raising each query's target candidate.
+  """Kakizaki et al. QA: PGD minimising Eq. 2, raising each query's target candidate.
 
   Args:
     embed: encoder `x -> (B, k)`.
@@ -112,7 +112,7 @@ def query_attack(embed: Callable, queries, target_emb, candidate_emb, *, eps,
     key: PRNG key of the random start.
     step_size: default eps / 10 (Sec. 5.1.2).
     num_steps: default 100 (Sec. 5.1.2).
-    norm: 'linf' (seed 001) or 'l2'.
+    norm: 'linf' (Kakizaki et al.) or 'l2'.
     random_start, loop: see `engine.pgd` (Madry's PGD starts at a random point).
 
   Returns:
@@ -129,7 +129,7 @@ def candidate_attack(embed: Callable, sources, query_emb,
                      query_candidate_distances, *, eps, key, step_size=None,
                      num_steps: int = 100, norm: str = 'linf',
                      random_start: bool = True, loop: str = 'auto') -> jax.Array:
-  """Seed 001 CA: PGD minimising Eq. 4, raising each source candidate for its query.
+  """Kakizaki et al. CA: PGD minimising Eq. 4, raising each source candidate for its query.
 
   Args:
     embed: encoder `x -> (B, k)`.

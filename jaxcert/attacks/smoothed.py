@@ -4,7 +4,7 @@ A certificate of `jaxcert.smoothing` claims that within its radius the 1-NN of t
 embedding g keeps the query's label. `attack_smoothed_retrieval` tries to break that claim: it
 minimises the margin d(x; g_m) (Wu et al., Definition 3.1) of a fixed-noise estimate g_m with L2
 PGD, and `plug_in_margin` measures the margin of an independent re-estimate at the point found
-(tests/test_smoothing.py, scripts/seed000_pgd_check.py).
+(tests/test_smoothing.py, scripts/retrievalguard_pgd_check.py).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def attack_smoothed_retrieval(embed: Callable, key: jax.Array, x, labels, galler
   Minimises d(x + delta; g_m) over ||delta||_2 <= radius[b] (and the `clip` box) with
   `engine.pgd` (step radius / 10, random starts), g_m a `common_noise_margin` estimate
   with `num_noise` fresh noise samples per restart; keeps the restart with the lowest margin.
-  Used by the tests and scripts/seed000_pgd_check.py to try to break a certificate: re-estimate
+  Used by the tests and scripts/retrievalguard_pgd_check.py to try to break a certificate: re-estimate
   g(x + delta) with many independent samples and compare its 1-NN with the certified one.
 
   Args:

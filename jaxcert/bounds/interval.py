@@ -2,7 +2,7 @@
 
 `interval(fn)` turns a JAX function of one input array into a function
 `(lower, upper) -> (out_lower, out_upper)` whose outputs bound `fn(x)` for
-every `x` with `lower <= x <= upper` (seed 001, Sec. 3.2.1, Eqs. 15-16; Gowal
+every `x` with `lower <= x <= upper` (Kakizaki et al., Sec. 3.2.1, Eqs. 15-16; Gowal
 et al. 2018). The function is traced with `jax.make_jaxpr` and its equations
 are interpreted one by one, in the manner of deepmind/jax_verify:
 
@@ -465,7 +465,7 @@ def interval(fn: Callable[[jax.Array], Any], *,
              rounding: str = 'nearest') -> Callable[..., tuple[Any, Any]]:
   """Transforms `fn` into a function computing sound interval bounds of it.
 
-  Implements interval bound propagation (seed 001 Sec. 3.2.1, Eqs. 15-16) for
+  Implements interval bound propagation (Kakizaki et al. Sec. 3.2.1, Eqs. 15-16) for
   any composition of primitives that have a rule in `RULES`: affine layers in
   centre/radius form (`W c +- |W| r`), monotone activations on both ends, and
   the rules derived in docs/bounds.md.

@@ -1,6 +1,6 @@
 """Certified retrieval from interval bounds: distance bounds, rank bounds, verification, CR-Recall@K.
 
-Seed 001 (Kakizaki et al., `shared/seeds/001_32788779c7b99f3e.txt`), Sec. 3, for the query attack
+Kakizaki et al. (WACV 2023), Sec. 3, for the query attack
 (QA: the query q is perturbed) and the candidate attack (CA: every candidate c_i is perturbed, each
 by its own delta_i), all perturbations in the L-infinity ball of radius eps intersected with the
 pixel box [0, 1]:
@@ -93,7 +93,7 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
                      bound: Callable = interval) -> tuple[np.ndarray, np.ndarray]:
   """Interval bounds of f(x + delta), ||delta||_inf <= eps, x + delta in [0, 1], for each image.
 
-  By default interval bound propagation through the whole encoder (seed 001 Eqs. 15-16,
+  By default interval bound propagation through the whole encoder (Kakizaki et al. Eqs. 15-16,
   `interval`), in batches of one static shape (`retrieval.embed_in_batches`): with `embed` a
   `jax.tree_util.Partial(model.apply, variables)`, one compilation serves every eps and checkpoint.
 
@@ -191,7 +191,7 @@ def float32_rounding_error(apply_fn: Callable, variables, images, eps) -> dict[s
 
 
 def distance_bounds(lower, upper, points) -> tuple[jax.Array, jax.Array]:
-  """Bounds of ||z - y||_2 over the box lower <= z <= upper (seed 001 Theorems 5 and 6).
+  """Bounds of ||z - y||_2 over the box lower <= z <= upper (Kakizaki et al. Theorems 5 and 6).
 
   With centre m = (upper + lower) / 2 and radius r = (upper - lower) / 2, the farthest point of
   the box from y in coordinate i is at distance max(|upper_i - y_i|, |y_i - lower_i|)
@@ -586,7 +586,7 @@ def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lo
 
 
 def verify(rank_lower, rank_upper, rank, alpha):
-  """Verify_{alpha, eps} (seed 001 Eq. 19): the sufficient condition of Theorem 3 (QA) or 4 (CA).
+  """Verify_{alpha, eps} (Kakizaki et al. Eq. 19): the sufficient condition of Theorem 3 (QA) or 4 (CA).
 
   (alpha, eps)-robustness at c^ = IR_f(q, C)_j holds if N - #farther - j <= alpha and
   #closer + 1 - j >= -alpha (Eqs. 13-14), i.e. `rank_upper - j <= alpha` and
@@ -610,7 +610,7 @@ def certified_retrieval(bounds: RankBounds, query_labels, candidate_labels,
                         ks: Sequence[int]) -> dict[str, np.ndarray]:
   """Per query and K: a same-class candidate in the top K whose place in the top K is certified.
 
-  The summand of CR-Recall@K (seed 001 Eq. 25): some c in IR_f(q, C)_{<=K} with y_c = y_q and
+  The summand of CR-Recall@K (Kakizaki et al. Eq. 25): some c in IR_f(q, C)_{<=K} with y_c = y_q and
   Verify_{alpha, eps}(f, q, C, j) with j = Rank_f(q, c, C) and alpha = K - j, so that c stays in
   the top K (at a rank in [2j - K, K]) under every attack.
 
@@ -655,7 +655,7 @@ def certified_retrieval(bounds: RankBounds, query_labels, candidate_labels,
 
 def cr_recall_at_k(certified: dict[str, np.ndarray],
                    ks: Sequence[int]) -> dict[str, dict[int, float]]:
-  """CR-Recall@K (seed 001 Eq. 25) under QA and CA: {'qa': {K: value}, 'ca': {K: value}}.
+  """CR-Recall@K (Kakizaki et al. Eq. 25) under QA and CA: {'qa': {K: value}, 'ca': {K: value}}.
 
   Args:
     certified: `certified_retrieval(bounds, query_labels, candidate_labels, ks)`.

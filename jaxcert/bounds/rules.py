@@ -15,7 +15,7 @@ lists:
 * `DOMAIN_MONOTONE_PRIMITIVES`: monotone on a half-line domain (`sqrt`, `log`,
   `log1p`): the ends are first clipped to the domain;
 * `BILINEAR_PRIMITIVES` (`dot_general`, `conv_general_dilated`): the
-  centre/radius form of seed 001 Eqs. 15-16;
+  centre/radius form of Kakizaki et al. Eqs. 15-16;
 * specific rules for `sub`, `neg`, `mul`, `div`, `abs`, `square`,
   `integer_pow`, `pow` (constant exponent), `rsqrt`, `sort` (values only),
   comparisons, `is_finite` and `select_n`.
@@ -426,7 +426,7 @@ def _bilinear_rule(primitive: jex_core.Primitive):
   """Rule for a primitive bilinear in its two operands (`dot_general`, conv).
 
   One bounded operand `x = c +- r` and a concrete `W` (either side):
-  `W c +- |W| r` (seed 001 Eqs. 15-16). Two bounded operands:
+  `W c +- |W| r` (Kakizaki et al. Eqs. 15-16). Two bounded operands:
   `mid = p(c1, c2)`, `rad = p(|c1|, r2) + p(r1, |c2|) + p(r1, r2)`
   (docs/bounds.md §3-4).
   """

@@ -6,7 +6,7 @@ picks a loader by `config.data.name`:
   idx             MNIST-format IDX files in `data_dir`, e.g. /usr/share/datasets/fashion-mnist (idx.py)
   mnist, fashion_mnist, cifar10, cub, cars, sop
                   TensorFlow Datasets prepared in `data_dir` (tfds_datasets.py)
-  synthetic       the two-Gaussian data of seed 002 App. E (synthetic.py)
+  synthetic       the two-Gaussian data of Panum et al. App. E (synthetic.py)
 Samplers (sampling.py) are pure functions of (seed, step): query/candidate splits, m-per-class and
 epoch batches, triplets.
 """

@@ -174,7 +174,7 @@ def check_split(split: Split, *, where: str, num_checked: int = 8) -> Split:
 def first_classes(split: Split, num_classes: int, *, where: str) -> Split:
   """The examples of `split` whose labels are among its `num_classes` smallest labels.
 
-  Seed 000 Sec. 4.3 evaluates on Online-Products with 1,000 of its test classes.
+  RetrievalGuard Sec. 4.3 evaluates on Online-Products with 1,000 of its test classes.
   """
   classes = np.unique(split.labels)
   if not 0 < num_classes <= len(classes):

@@ -12,7 +12,7 @@ from jaxcert.data import tfds_datasets
 
 DATASET_NAMES = ('embedded', 'idx', 'mnist', 'fashion_mnist', 'cifar10', 'cub', 'cars', 'sop', 'synthetic')
 _FIXED_SIZE = {'embedded': 28, 'mnist': 28, 'fashion_mnist': 28, 'cifar10': 32}
-DEFAULT_METRIC_LEARNING_IMAGE_SIZE = 224  # seed 000 Sec. 4.3
+DEFAULT_METRIC_LEARNING_IMAGE_SIZE = 224  # RetrievalGuard Sec. 4.3
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -24,12 +24,12 @@ def default_data_config() -> ml_collections.ConfigDict:
     image_size: crop side of cub/cars/sop (default 224) and side of the synthetic images
       (default 28); the fixed-size sets accept only their own size or None.
     seed: seed of the synthetic data.
-    synthetic_num_train, synthetic_num_test: synthetic set sizes (seed 002 App. E: 508, 516).
+    synthetic_num_train, synthetic_num_test: synthetic set sizes (Panum et al. App. E: 508, 516).
     synthetic_num_channels: synthetic channels. The defaults (28x28x1) keep the synthetic set as cheap
       as the embedded one; the paper's setting is image_size=224, synthetic_num_channels=3.
     decode_threads: threads decoding a batch of cub/cars/sop images.
     num_test_classes: keep only the test examples of the first (smallest) this many test labels;
-      None keeps all. Seed 000 Sec. 4.3 tests Online-Products (sop) on 1,000 classes.
+      None keeps all. RetrievalGuard Sec. 4.3 tests Online-Products (sop) on 1,000 classes.
   """
   config = ml_collections.ConfigDict()
   config.name = 'embedded'

@@ -24,7 +24,7 @@ def query_candidate_split(num_test: int, num_queries: int = 1000, num_candidates
                           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Disjoint random query and candidate sets drawn from the test set without duplication.
 
-  Seed 001 (Kakizaki et al.) Sec. 5.1.1: "We randomly select Q and C without duplication from the
+  Kakizaki et al. Sec. 5.1.1: "We randomly select Q and C without duplication from the
   test set so that |Q| = 1000 and |C| = 1000."
 
   Args:
@@ -88,7 +88,7 @@ def m_per_class_batch(labels, *, batch_size: int, m: int, seed: int, step: int) 
 
   Classes are drawn uniformly without replacement among those with at least `m` examples, and
   the `m` examples of each without replacement (the usual m-per-class sampler of metric learning,
-  e.g. m = 2 for CUB/CARS/SOP in seed 000). Classes with fewer than `m` examples are never drawn.
+  e.g. m = 2 for CUB/CARS/SOP in RetrievalGuard). Classes with fewer than `m` examples are never drawn.
 
   Args:
     labels: (N,) integer labels of the training split.
@@ -149,7 +149,7 @@ def sample_triplets(labels, num: int, seed: int) -> tuple[np.ndarray, np.ndarray
 
   The anchor is uniform over examples whose class has at least two examples, the positive uniform
   over the other examples of the anchor's class, the negative uniform over all examples of other
-  classes (the triplets T(a, p, n) of seed 001 Eq. 20).
+  classes (the triplets T(a, p, n) of Kakizaki et al. Eq. 20).
 
   Args:
     labels: (N,) integer labels.

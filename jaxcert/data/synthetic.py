@@ -1,4 +1,4 @@
-"""The synthetic two-Gaussian dataset of seed 002 (Panum et al.), Appendix E.
+"""The synthetic two-Gaussian dataset of Panum et al., Appendix E.
 
 Two classes, "a" (label 0) and "b" (label 1), each an isotropic Gaussian in pixel space:
   x ~ N_k(mu_a, sigma^2 I_k),  mu_a = (0.25, ..., 0.25),
@@ -55,7 +55,7 @@ def balanced_binary_labels(num: int, *, seed: int, split_id: int) -> np.ndarray:
 def two_gaussians(*, num_train: int = PAPER_NUM_TRAIN, num_test: int = PAPER_NUM_TEST,
                   image_size: int = PAPER_IMAGE_SIZE, num_channels: int = PAPER_NUM_CHANNELS,
                   sigma: float = SIGMA, seed: int = 0, name: str = 'synthetic') -> core.Dataset:
-  """The seed 002 App. E dataset (defaults: the paper's sizes); a pure function of its arguments.
+  """The Panum et al. App. E dataset (defaults: the paper's sizes); a pure function of its arguments.
 
   Args:
     num_train: training points (paper: 508), half per class.

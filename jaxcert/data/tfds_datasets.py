@@ -5,8 +5,8 @@ metric-learning sets are decoded lazily, batch by batch, from the prepared files
   cub   caltech_birds2011         classes 1-100 train, 101-200 test (union of the tfds splits)
   cars  cars196                   classes 1-98 train, 99-196 test (union of the tfds splits)
   sop   stanford_online_products  its own train (11318 classes) and test (11316 classes) splits
-These are the class-disjoint splits of Song et al. (2016) that seed 000 (Sec. 4.3, App. C) and
-seed 002 (Sec. 4, after Roth et al., 2020) use; `data.num_test_classes` keeps fewer test classes.
+These are the class-disjoint splits of Song et al. (2016) that RetrievalGuard (Sec. 4.3, App. C) and
+Panum et al. (Sec. 4, after Roth et al., 2020) use; `data.num_test_classes` keeps fewer test classes.
 Every image, train and test, is resized so that its shorter side is `image_size * 8 / 7` (256 for
 224) and centre-cropped to `image_size`; no random augmentation, so `images[i]` is a pure function
 of `i`.
@@ -189,7 +189,7 @@ def load_tfds_metric_learning(name: str, data_dir: str | None, image_size: int,
   Args:
     name: 'cub', 'cars' or 'sop'.
     data_dir: tfds data directory (None: the tfds default).
-    image_size: S, the side of the centre crop (seed 000: 224).
+    image_size: S, the side of the centre crop (RetrievalGuard: 224).
     num_threads: decoding threads per batch.
   """
   spec = TFDS_SPECS[name]

@@ -2,15 +2,15 @@
 
 For every budget eps of `config.attack.eps` and every kind of `config.attack.kinds`:
 
-  qa  ER-Recall@K against the query attack (seed 001 Eq. 23; one random other-class target each)
-  ca  ER-Recall@K against the candidate attack (seed 001 Eq. 24; `num_sources` sources per query)
-  nn  seed 002 Algorithm 1 on the whole test split S: R@1 and mAP@R, benign and under attack
+  qa  ER-Recall@K against the query attack (Kakizaki et al. Eq. 23; one random other-class target each)
+  ca  ER-Recall@K against the candidate attack (Kakizaki et al. Eq. 24; `num_sources` sources per query)
+  nn  Panum et al. Algorithm 1 on the whole test split S: R@1 and mAP@R, benign and under attack
 
 on the query/candidate split of `config.eval` (qa, ca: its first `config.attack.num_queries`
 queries, -1 = all), repeated `config.attack.num_repeats` times with independent attack keys (the
-tables give mean and standard deviation; seed 002 averages five seeds).
+tables give mean and standard deviation; Panum et al. averages five seeds).
 
-Certificates. Seed 001 Sec. 5.1.2: CR-Recall@K is a lower bound of ER-Recall@K. When mode 'ibp'
+Certificates. Kakizaki et al. Sec. 5.1.2: CR-Recall@K is a lower bound of ER-Recall@K. When mode 'ibp'
 has run on the same checkpoint (`<checkpoint>/certify_ibp/results.json`, its 'sweep' of
 CR-Recall@K by eps), every eps both modes have gets a table of ER- beside CR-Recall@K, and a
 CR > ER is flagged as a violation. When its per-query file `ibp_per_query.tsv` is there too, each
@@ -79,7 +79,7 @@ def check_attack_config(attack_config, num_candidates: int) -> None:
 
 
 # ---------------------------------------------------------------------------
-# The metrics under attack: ER-Recall@K (seed 001 Eqs. 23-24), R@1 and mAP@R (seed 002).
+# The metrics under attack: ER-Recall@K (Kakizaki et al. Eqs. 23-24), R@1 and mAP@R (Panum et al.).
 # ---------------------------------------------------------------------------
 
 
@@ -120,7 +120,7 @@ def evaluate_query_attack(embed: Callable, query_images, query_labels,
                           ks: Sequence[int] = metrics.DEFAULT_KS, step_size=None,
                           num_steps: int = 100, norm: str = 'linf',
                           batch_size: int = 100) -> dict:
-  """ER-Recall@K against QA (seed 001 Eq. 23) with Recall@K (Eq. 22) beside it.
+  """ER-Recall@K against QA (Kakizaki et al. Eq. 23) with Recall@K (Eq. 22) beside it.
 
   Each query gets one target candidate of another class, uniformly at
   random (Sec. 5.1.2), and is perturbed by `attacks.query_attack`; the perturbed
@@ -169,7 +169,7 @@ def evaluate_candidate_attack(embed: Callable, query_images, query_labels,
                               num_sources: int = 100, step_size=None,
                               num_steps: int = 100, norm: str = 'linf',
                               batch_size: int = 100) -> dict:
-  """ER-Recall@K against CA (seed 001 Eq. 24) with Recall@K (Eq. 22) beside it.
+  """ER-Recall@K against CA (Kakizaki et al. Eq. 24) with Recall@K (Eq. 22) beside it.
 
   For each query q, `num_sources` candidates of other classes C_s are drawn
   uniformly at random (Sec. 5.1.2: 100) and each is perturbed by
@@ -230,14 +230,14 @@ def evaluate_nearest_neighbor_attack(embed: Callable, images, labels, *, eps,
                                      norm: str = 'linf',
                                      random_start: bool = True,
                                      batch_size: int = 256) -> dict:
-  """Seed 002 Algorithm 1 over a labelled set S, with R@1 and mAP@R before and after.
+  """Panum et al. Algorithm 1 over a labelled set S, with R@1 and mAP@R before and after.
 
   For each x_i: the anchors are A^(i) = S minus {x_i}; j = its nearest anchor
   (clean embeddings); if y_j = y_i, x_i is replaced by the attack maximising
   d_theta(z, x_j) over the ball, otherwise it is left as is (already
   misretrieved). Each perturbed x_i is then evaluated against the clean
-  anchors A^(i): R@1 (seed 002 Sec. 4.1) and mAP@R (Eq. 19,
-  `jaxcert.metrics.map_at_r`). Ties go to the lower index (seed 002 breaks
+  anchors A^(i): R@1 (Panum et al. Sec. 4.1) and mAP@R (Eq. 19,
+  `jaxcert.metrics.map_at_r`). Ties go to the lower index (Panum et al. breaks
   them at random).
 
   Returns:
@@ -458,8 +458,8 @@ def _format(row: dict, name: str, repeats: int) -> str:
 
 def _tables(rows, comparison, ks, num_queries, settings) -> str:
   parts = []
-  for kind, title in (('qa', 'query attack (QA, seed 001 Eq. 23)'),
-                      ('ca', 'candidate attack (CA, seed 001 Eq. 24)')):
+  for kind, title in (('qa', 'query attack (QA, Kakizaki et al. Eq. 23)'),
+                      ('ca', 'candidate attack (CA, Kakizaki et al. Eq. 24)')):
     selected = [row for row in rows if row['kind'] == kind]
     if not selected:
       continue
@@ -477,7 +477,7 @@ def _tables(rows, comparison, ks, num_queries, settings) -> str:
               'adversarial R@1': _format(row, 'adversarial_recall@1', settings.num_repeats),
               'adversarial mAP@R': _format(row, 'adversarial_map@r', settings.num_repeats),
               'attacked': f'{row["attacked_fraction"]:.4f}'} for row in selected]
-    parts.append(f'Seed 002 Algorithm 1 on the test split ({settings.method}, '
+    parts.append(f'Panum et al. Algorithm 1 on the test split ({settings.method}, '
                  f'{settings.num_steps} steps, {settings.num_repeats} repeat(s)):\n\n'
                  f'{report.markdown_table(table)}')
   if comparison and comparison['rows']:
@@ -512,14 +512,14 @@ def _plots(workdir, rows, ibp, ks):
                                                [ibp['sweep'][r][kind][k] for r in sweep_radii])
                      for k in ks if all(k in ibp['sweep'][r].get(kind, {}) for r in sweep_radii)})
     report.plot_curves(os.path.join(workdir, f'er_recall_vs_eps_{kind}.png'), curves,
-                       xlabel='eps', ylabel='recall', title=f'{kind.upper()} (seed 001)')
+                       xlabel='eps', ylabel='recall', title=f'{kind.upper()} (Kakizaki et al.)')
   selected = sorted((row for row in rows if row['kind'] == 'nn'), key=lambda row: row['eps'])
   if selected:
     radii = [0.0] + [row['eps'] for row in selected]
     report.plot_curves(os.path.join(workdir, 'nn_vs_eps.png'), {
         'R@1': (radii, [selected[0]['recall@1']] + [r['adversarial_recall@1'] for r in selected]),
         'mAP@R': (radii, [selected[0]['map@r']] + [r['adversarial_map@r'] for r in selected])},
-        xlabel='eps', ylabel='metric', title='Seed 002 Algorithm 1')
+        xlabel='eps', ylabel='metric', title='Panum et al. Algorithm 1')
 
 
 def run(inputs, workdir: str) -> dict:

@@ -1,6 +1,6 @@
 """certify.py mode 'ibp': Recall@K and CR-Recall@K under QA and CA from embedding bounds.
 
-Seed 001 (Kakizaki et al.) Sec. 5.1.2: for the query set Q and the candidate set C of
+Kakizaki et al. Sec. 5.1.2: for the query set Q and the candidate set C of
 `config.eval`, Recall@K (Eq. 22) and CR-Recall@K (Eq. 25, alpha = K - rank) against the query
 attack (QA, Theorem 3) and the candidate attack (CA, Theorem 4) at `config.ibp.eps`, and
 CR-Recall@K over the radii `config.ibp.eps_sweep`. The certificates are those of
@@ -41,7 +41,7 @@ float32 encoder as deployed may rank near-ties otherwise than the certified one.
 ibp.md and results.json also give, per eps, how wide the boxes are: percentiles of the box radius
 ||(upper - lower) / 2||_2 of the queries' and of the candidates' embeddings, beside the median
 distance from a query to its nearest candidate. A box wider than the gaps between distances cannot
-be certified; under CA every candidate's box counts against every query (results/seed001).
+be certified; under CA every candidate's box counts against every query (results/kakizaki).
 """
 
 from __future__ import annotations

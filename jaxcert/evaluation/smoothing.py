@@ -1,12 +1,12 @@
-"""certify.py mode 'smoothing': certified 1-NN retrieval by Gaussian smoothing (seed 000).
+"""certify.py mode 'smoothing': certified 1-NN retrieval by Gaussian smoothing (RetrievalGuard).
 
-RetrievalGuard (Algorithm 1 of seed 000, `/work/shared/seeds/000_3a138ab1b237dc96.txt`;
+RetrievalGuard (Wu et al., ICML 2022, Algorithm 1;
 derivations in docs/smoothing.md) and the bisector certificate, on the test split of
 `config.eval`:
-  protocol 'leave_one_out' (default; seed 000 follows Roth et al.: every test image queries the
+  protocol 'leave_one_out' (default; RetrievalGuard follows Roth et al.: every test image queries the
     others): the candidate set C is the gallery, and each of its first `num_queries` images is a
     query against the rest of C. One smoothing per image serves it as query and gallery item.
-  protocol 'split' (seed 001 Sec. 5.1.1): the first `num_queries` images of the query set Q
+  protocol 'split' (Kakizaki et al. Sec. 5.1.1): the first `num_queries` images of the query set Q
     against C.
 Every image is smoothed with `num_select` selection samples and `num_samples` estimation samples
 (`jaxcert.smoothing.smooth_select_and_estimate`); `jaxcert.smoothing.certify` gives each query its
@@ -18,15 +18,15 @@ Files written to `workdir` (one *curve* per certificate and ablation value):
                           (-1 = abstain), correct, seconds (smoothing wall time of the query)
   recall_at_1_r.md/.tsv   certified Recall@1(r) at `config.smoothing.radii`, one row per curve,
                           with the base model's Recall@1, the smoothed model's and the rejected ratio
-  recall_at_1_r.png       Recall@1(r) against r for every curve (seed 000, Figs. 2-4)
+  recall_at_1_r.png       Recall@1(r) against r for every curve (RetrievalGuard, Figs. 2-4)
   smoothed_n<n>.npz       the selection and estimation smoothings (means, max norms, ...), labels
                           and test-split indices: `estimates_from=<that workdir>` certifies them
                           again (other alpha, certificate) without sampling, after checking they
                           are of the same images, checkpoint and smoothing settings;
-                          scripts/seed000_pgd_check.py attacks the smoothed model with them
+                          scripts/retrievalguard_pgd_check.py attacks the smoothed model with them
 The returned summary (certification.run writes it to results.json) holds the same numbers.
 
-Ablations (seed 000, Sec. 4.4.2): `ablation='num_samples'` smooths once per value of
+Ablations (RetrievalGuard, Sec. 4.4.2): `ablation='num_samples'` smooths once per value of
 `ablation_values`; `ablation='alpha'` certifies one smoothing at each alpha.
 """
 
@@ -325,7 +325,7 @@ def _summary(result, certificate, num_samples, alpha, radii) -> dict:
       'certificate': certificate, 'num_samples': num_samples, 'alpha': alpha,
       'recall@1_smoothed': float(np.mean(result.correct)),
       'certified': float(np.mean(certified)),
-      # Seed 000 Fig. 3 (left): retrieved correctly by g_hat, yet the bound abstains.
+      # RetrievalGuard Fig. 3 (left): retrieved correctly by g_hat, yet the bound abstains.
       'rejected': float(np.mean(result.correct & (result.radius < 0))),
       'median_radius': float(np.median(result.radius[certified])) if certified.any() else -1.0,
       'recall@1(r)': {float(r): float(v) for r, v in zip(radii, recall)},

@@ -4,8 +4,8 @@
 config), `init_variables(model, key, image_shape)` its variables; then `embed(x) = model.apply(variables, x)` is the pure function that certificates,
 attacks and metrics take (docs/architecture.md). Every encoder normalises its input inside the model
 (`(x - input_mean) / input_std`), so perturbations live in pixel space, and can end in an L2
-normalisation head. Models ('linear': seed 003; 'small_cnn', 'large_cnn': seed 001 Sec. 5.1.4;
-'resnet18', 'resnet50': seed 000 Sec. 4.3) are documented in their modules.
+normalisation head. Models ('linear': AckMetric; 'small_cnn', 'large_cnn': Kakizaki et al. Sec. 5.1.4;
+'resnet18', 'resnet50': RetrievalGuard Sec. 4.3) are documented in their modules.
 """
 
 from __future__ import annotations

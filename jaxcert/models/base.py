@@ -89,7 +89,7 @@ def normalize_images(x: jax.Array, input_mean: ChannelStatistic,
 
 
 def l2_normalize(embeddings: jax.Array) -> jax.Array:
-  """`e / sqrt(sum e^2 + tiny)` along the last axis: unit-norm rows (norm F = 1, seed 000 Sec. 4.3).
+  """`e / sqrt(sum e^2 + tiny)` along the last axis: unit-norm rows (norm F = 1, RetrievalGuard Sec. 4.3).
 
   Written as square, reduce_sum, rsqrt and mul rather than `jnp.linalg.norm`, so interval bound
   propagation has a rule for every operation.

@@ -1,6 +1,6 @@
-"""The Small (3-layer) and Large (6-layer) CNNs of seed 001 (Kakizaki et al., Sec. 5.1.4).
+"""The Small (3-layer) and Large (6-layer) CNNs of Kakizaki et al. (Sec. 5.1.4).
 
-Seed 001 gives their architectures in an appendix that our copy lacks; they are the IBP
+Kakizaki et al. gives their architectures in an appendix that our copy lacks; they are the IBP
 architectures "small" and "large" of Gowal et al. 2018, "On the effectiveness of interval bound
 propagation for training verifiably robust models" (Table 1 there), which C-IBP, a baseline of seed
 001, comes from. Kernel sizes, strides and padding follow Gowal et al.'s released code

@@ -1,6 +1,6 @@
-"""The linear encoder f(x) = W x of seed 003 (AckMetric slides, "For linear mapping (f(x) = Wx)").
+"""The linear encoder f(x) = W x of AckMetric (slides after Huai et al., "For linear mapping (f(x) = Wx)").
 
-The closed forms of seed 003 (the pairwise PGD step 2 W^T W (x_i - x_j) and the bound
+The closed forms of AckMetric (the pairwise PGD step 2 W^T W (x_i - x_j) and the bound
 D(x_i + delta, x_j) <= D + 2 d eps lambda_max(W^T W)) hold for this model with the default
 `input_mean=0, input_std=1` and `l2_normalize=False`; other values make f affine or nonlinear.
 """

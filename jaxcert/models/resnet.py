@@ -1,6 +1,6 @@
 """ResNet-18 and ResNet-50 encoders (He et al. 2016, "Deep residual learning for image recognition").
 
-Seed 000 (RetrievalGuard, Sec. 4.3) embeds CUB, Cars and SOP with a ResNet-50 and a 128-d
+RetrievalGuard (Sec. 4.3) embeds CUB, Cars and SOP with a ResNet-50 and a 128-d
 L2-normalised head. The layout follows He et al. Table 1 (BasicBlock stages [2, 2, 2, 2] for
 ResNet-18, Bottleneck stages [3, 4, 6, 3] for ResNet-50; the stride-2 convolution of a Bottleneck is
 its 3x3 one, as in torchvision and the Flax ImageNet example), with

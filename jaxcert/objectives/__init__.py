@@ -1,14 +1,14 @@
 """Training methods by name (`config.method`): one `Method` (objective + its parameters) each.
 
-  metric   triplet / contrastive / margin loss; with `config.noise_sigma > 0`, GDML (seed 000)
-  tbt      TBT, triplet loss + IBP distance-bound tightness (seed 001 Eq. 20)
-  fctb     FCTB, fine-tuning a pre-trained encoder on the candidate set (seed 001 Eq. 21)
-  cibp     C-IBP, an IBP-trained classifier head on the encoder (Gowal et al. 2018; seed 001)
+  metric   triplet / contrastive / margin loss; with `config.noise_sigma > 0`, GDML (RetrievalGuard)
+  tbt      TBT, triplet loss + IBP distance-bound tightness (Kakizaki et al. Eq. 20)
+  fctb     FCTB, fine-tuning a pre-trained encoder on the candidate set (Kakizaki et al. Eq. 21)
+  cibp     C-IBP, an IBP-trained classifier head on the encoder (Gowal et al. 2018; Kakizaki et al.)
   certified_triplet  the triplet hinge bounded over the QA and CA boxes (IBP; optional SABR or
            MTL-IBP boxes, Shi et al.'s warm-up regularisers), mixed with the clean loss by kappa
-  adversarial  seed 002 adversarial training: positives perturbed away from anchors, rate P(gamma=1)
-  act      anti-collapse triplet (Zhou et al. 2021; the seed 001 ACT baseline)
-  spectral seed 003 margin loss + top eigenvalues of W^T W (linear encoder)
+  adversarial  Panum et al. adversarial training: positives perturbed away from anchors, rate P(gamma=1)
+  act      anti-collapse triplet (Zhou et al. 2021; the Kakizaki et al. ACT baseline)
+  spectral AckMetric margin loss + top eigenvalues of W^T W (linear encoder)
 
 A new method is a module here with a `Method` and one line in `METHODS`.
 """

@@ -1,16 +1,16 @@
-"""Empirical defences as training methods: seed 002 adversarial training, ACT, seed 003's spectral loss.
+"""Empirical defences as training methods: Panum et al. adversarial training, ACT, AckMetric's spectral loss.
 
-  adversarial  seed 002 Sec. 3.5 (Panum et al.): each anchor's positive is replaced, with probability
+  adversarial  Panum et al. Sec. 3.5 (Panum et al.): each anchor's positive is replaced, with probability
                P(gamma = 1) (`config.adversarial.attack_rate`), by the PGD perturbation rho^(2,1)
                that pushes it away from its anchor (Eq. 14); negatives are never perturbed.
   act          anti-collapse triplet (Zhou et al. 2021, "Adversarial attack and defense in deep
-               ranking", the seed 001 baseline; recipe of robrank's `pnp_training_step`): PGD pulls
+               ranking", the Kakizaki et al. baseline; recipe of robrank's `pnp_training_step`): PGD pulls
                each triplet's positive and negative together, the triplet loss pushes them apart.
-  spectral     seed 003 (AckMetric slides, "Proposed defence method"): the pairwise margin loss
+  spectral     AckMetric (slides after Huai et al., "Proposed defence method"): the pairwise margin loss
                L1 plus sum_j alpha_j lambda_{d-k+j}(W^T W) for a linear encoder f = W x.
 
-Tuples (seed 002 App. A): every batch item is an anchor with one positive (another item of its
-class, uniformly) and one negative (another class: distance-weighted as seed 002, or uniformly as
+Tuples (Panum et al. App. A): every batch item is an anchor with one positive (another item of its
+class, uniformly) and one negative (another class: distance-weighted as Panum et al., or uniformly as
 robrank's 'spc2-random' miner), so B triplets, or 2B pairs for the contrastive loss. Anchors without
 a positive or a negative in the batch are masked out (the m-per-class sampler always has both).
 
@@ -49,14 +49,14 @@ def _categorical_where(key, mask) -> jax.Array:
 
 
 def sample_tuples(key, labels, embeddings=None, *, negatives: str = 'random'):
-  """One positive and one negative per anchor (seed 002 App. A: the triplet set is the batch).
+  """One positive and one negative per anchor (Panum et al. App. A: the triplet set is the batch).
 
   Args:
     key: a `jax.random.key`.
     labels: (B,) classes.
     embeddings: (B, k) clean embeddings; needed for `negatives='distance_weighted'`.
     negatives: 'random' (uniform over other classes) or 'distance_weighted'
-      (`losses.distance_weighted_negatives`, Wu et al. 2017, as seed 002 App. A).
+      (`losses.distance_weighted_negatives`, Wu et al. 2017, as Panum et al. App. A).
 
   Returns:
     (positive, negative, valid): (B,) int32 indices into the batch and (B,) bool, whether the
@@ -82,12 +82,12 @@ def _masked_mean(terms, mask) -> jax.Array:
 
 
 def tuple_loss(loss_config, anchor, positive, negative, valid) -> jax.Array:
-  """The metric loss of seed 002 Sec. 3.1 on B explicit (anchor, positive, negative) tuples.
+  """The metric loss of Panum et al. Sec. 3.1 on B explicit (anchor, positive, negative) tuples.
 
   triplet:      mean over valid anchors of [d(a, p) - d(a, n) + margin]_+ (`loss.margin`;
-                seed 002: 0.2, seed 001: 1.0).
+                Panum et al.: 0.2, Kakizaki et al.: 1.0).
   contrastive:  mean over the 2B pairs (a, p), (a, n) of [d(a, p) - pos_margin]_+ and
-                [neg_margin - d(a, n)]_+ (seed 002: pos_margin 0, alpha = neg_margin = 1.0).
+                [neg_margin - d(a, n)]_+ (Panum et al.: pos_margin 0, alpha = neg_margin = 1.0).
 
   d is the Euclidean distance of the embeddings.
   """
@@ -125,16 +125,16 @@ def _check_range(name: str, value, low: float, high: float) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Seed 002: adversarial training on perturbed positives.
+# Panum et al.: adversarial training on perturbed positives.
 # ---------------------------------------------------------------------------
 
 
 def adversarial_objective(inputs: base.ObjectiveInputs):
-  """Seed 002's robust objective: l(theta, x_1, x_2 + gamma rho^(2,1), x_3), gamma ~ Bernoulli(P).
+  """Panum et al.'s robust objective: l(theta, x_1, x_2 + gamma rho^(2,1), x_3), gamma ~ Bernoulli(P).
 
   rho^(2,1) = argmax_{||d|| <= eps} d_theta(x_2 + d, x_1) (Eq. 14 for a positive x_2 of anchor x_1)
   by PGD with `config.adversarial.num_steps` iterations of step 2 eps / num_steps and a random
-  start (seed 002 Sec. 4.1: 5 iterations, eps = 0.01 under L-inf). P(gamma = 1) is
+  start (Panum et al. Sec. 4.1: 5 iterations, eps = 0.01 under L-inf). P(gamma = 1) is
   `config.adversarial.attack_rate` (App. C: 0.1, 0.25, 0.5, 0.75, 1.0); 0 is natural training on
   the same tuples. Logged: `attacked_fraction` (share of anchors whose positive was replaced) and
   `perturbation_linf` (mean ||d||_inf of the replaced positives).
@@ -212,12 +212,12 @@ def act_objective(inputs: base.ObjectiveInputs):
 
 
 # ---------------------------------------------------------------------------
-# Seed 003: margin loss and spectral penalty for f = W x.
+# AckMetric: margin loss and spectral penalty for f = W x.
 # ---------------------------------------------------------------------------
 
 
 def pairwise_margin_loss(embeddings, labels, *, gamma: float) -> jax.Array:
-  """Seed 003's L1 = 2 / (N (N - 1)) sum_{i<j} (1 + y_ij (D(x_i, x_j) - gamma))_+.
+  """AckMetric's L1 = 2 / (N (N - 1)) sum_{i<j} (1 + y_ij (D(x_i, x_j) - gamma))_+.
 
   y_ij = +1 for pairs of one class and -1 otherwise (y_i y_j for y in {-1, 1}), D the squared
   Euclidean distance of the embeddings: similar pairs are pushed below gamma - 1, dissimilar ones
@@ -235,11 +235,11 @@ def linear_encoder_weight(model, model_params) -> jax.Array:
 
   Raises:
     ValueError: the encoder is not f(x) = W x (another model, an L2 head, or input normalisation),
-      so seed 003's spectral closed forms do not apply.
+      so AckMetric's spectral closed forms do not apply.
   """
   if (not isinstance(model, models.LinearEncoder) or model.l2_normalize
       or model.input_mean != 0.0 or model.input_std != 1.0):
-    raise ValueError("Seed 003's spectral defence and bound need f(x) = W x: model.name='linear' "
+    raise ValueError("AckMetric's spectral defence and bound need f(x) = W x: model.name='linear' "
                      'with l2_normalize=False, input_mean=0 and input_std=1.')
   return model_params['embedding']['kernel'].T
 
@@ -256,13 +256,13 @@ def top_eigenvalues(weight, k: int) -> jax.Array:
 
 
 def spectral_penalty(weight, alphas) -> jax.Array:
-  """Seed 003's sum_{j=1}^k alpha_j lambda_{d-k+j}(W^T W): alphas[-1] weights lambda_max."""
+  """AckMetric's sum_{j=1}^k alpha_j lambda_{d-k+j}(W^T W): alphas[-1] weights lambda_max."""
   alphas = jnp.asarray(alphas, jnp.float32)
   return jnp.sum(alphas * top_eigenvalues(weight, alphas.shape[0]))
 
 
 def spectral_objective(inputs: base.ObjectiveInputs):
-  """Seed 003's L2 = L1 + sum_j alpha_j lambda_{d-k+j}(W^T W) (L1 alone when alphas is empty).
+  """AckMetric's L2 = L1 + sum_j alpha_j lambda_{d-k+j}(W^T W) (L1 alone when alphas is empty).
 
   `config.spectral`: gamma (slides: 2) and alphas. Shrinking the top of the spectrum shrinks the
   certified slack 2 d eps lambda_max of `attacks.linear_pairwise_distance_bound`. Logged:

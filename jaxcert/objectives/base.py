@@ -57,7 +57,7 @@ InitParams = Callable[[ml_collections.ConfigDict, ParamsContext], Any]
 
 
 def init_loss_params(config: ml_collections.ConfigDict, context: ParamsContext) -> dict:
-  """Trainable parameters of the DML loss: the margin loss has beta (seed 000: initial value 1.2)."""
+  """Trainable parameters of the DML loss: the margin loss has beta (RetrievalGuard: initial value 1.2)."""
   del context
   if config.loss.name == 'margin':
     return {'beta': jnp.asarray(config.loss.get('beta_init', 1.2), jnp.float32)}

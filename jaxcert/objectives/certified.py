@@ -1,6 +1,6 @@
-"""Certified training by interval bound propagation: TBT, FCTB (seed 001), C-IBP, certified triplet.
+"""Certified training by interval bound propagation: TBT, FCTB (Kakizaki et al.), C-IBP, certified triplet.
 
-Seed 001 (Kakizaki et al., `shared/seeds/001_32788779c7b99f3e.txt`), Sec. 4 and 5.1.4:
+Kakizaki et al. (WACV 2023), Sec. 4 and 5.1.4:
 
 * TBT, Tightly Bounding Training (Eq. 20): kappa * T(a, p, n) + (1 - kappa) * sum_{x in {p, n}}
   Reg(a, x), with Reg(a, x) = max(|d(f(a), f(x)) - d-bar_x(a)|, |d(f(a), f(x)) - d-underbar_x(a)|)
@@ -20,7 +20,7 @@ Seed 001 (Kakizaki et al., `shared/seeds/001_32788779c7b99f3e.txt`), Sec. 4 and 
   IBP initialisation and BatchNorm in `jaxcert.models.cnn`, the warm-up regularisers here) and the
   boxes of SABR (Mueller et al. 2023) or the mix of MTL-IBP (De Palma et al. 2024) as options.
 
-Schedules (`config.certified`, seed 001 Sec. 5.1.4 after Gowal et al.): eps rises linearly from 0
+Schedules (`config.certified`, Kakizaki et al. Sec. 5.1.4 after Gowal et al.): eps rises linearly from 0
 to `eps` and kappa falls from 1 to `kappa` between `ramp_start_steps` and `ramp_end_steps`
 (the paper: 2K and 10K steps, eps_e = 0.2 for MNIST/FMNIST, 2/255 for CIFAR-10, kappa_e = 0.5);
 `ramp_start_steps = ramp_end_steps = 0` keeps them fixed (FCTB: eps_e, kappa = 0.2 MNIST,
@@ -30,7 +30,7 @@ by plain triplet loss (`config.init_from`), which is what the first 2K steps of 
 schedule (eps = 0, kappa = 1) are.
 
 The bounds are taken through the encoder in inference mode (`model.apply(variables, x)`, BatchNorm
-with its running statistics, as at certification); for the CNNs of seed 001 (no BatchNorm) this is
+with its running statistics, as at certification); for the CNNs of Kakizaki et al. (no BatchNorm) this is
 the training-mode function itself.
 """
 
@@ -98,7 +98,7 @@ def _inference_embedding_bounds(inputs: base.ObjectiveInputs, eps):
 
 
 def tightness_regularizer(anchor_emb, anchor_lower, anchor_upper, point_emb) -> jax.Array:
-  """Reg(a, x) of seed 001 Eq. 20 for every anchor a and point x: (Na, Nx).
+  """Reg(a, x) of Kakizaki et al. Eq. 20 for every anchor a and point x: (Na, Nx).
 
   Reg(a, x) = max(|d - d-bar_x(a)|, |d - d-underbar_x(a)|) with d = ||f(a) - f(x)|| and the
   Theorem 5-6 bounds of ||f(a + delta) - f(x)|| over the box [anchor_lower, anchor_upper].
@@ -115,9 +115,9 @@ def tightness_regularizer(anchor_emb, anchor_lower, anchor_upper, point_emb) -> 
 
 
 def tbt_objective(inputs: base.ObjectiveInputs):
-  """TBT (seed 001 Eq. 20): kappa * triplet + (1 - kappa) * Reg over the batch's triplets.
+  """TBT (Kakizaki et al. Eq. 20): kappa * triplet + (1 - kappa) * Reg over the batch's triplets.
 
-  T is the configured metric loss (`config.loss`; seed 001's configs take the triplet loss with
+  T is the configured metric loss (`config.loss`; Kakizaki et al.'s configs take the triplet loss with
   margin 1.0 averaged over all valid triplets of the batch, mining 'batch_all_mean'). The
   regulariser is averaged over the same valid triplets (a, p, n) as sum_{x in {p, n}} Reg(a, x):
   Reg(a, p) weighted by a's number of negatives, Reg(a, n) by its number of positives, over the
@@ -146,7 +146,7 @@ def tbt_objective(inputs: base.ObjectiveInputs):
 
 
 def fctb_objective(inputs: base.ObjectiveInputs):
-  """FCTB (seed 001 Eq. 21): kappa * d(f0(c1), f(c1)) + (1 - kappa) * Reg(c1, c2), c1 != c2.
+  """FCTB (Kakizaki et al. Eq. 21): kappa * d(f0(c1), f(c1)) + (1 - kappa) * Reg(c1, c2), c1 != c2.
 
   Trains on the candidate set (`config.train_split = 'candidates'`); f0 is the frozen encoder of
   `config.init_from`, held in `params['objective']['reference']` (`init_fctb_params`). Summed
@@ -233,7 +233,7 @@ def init_fctb_params(config, context: base.ParamsContext) -> dict:
   del context
   check_certified_config(config)
   if not config.get('init_from'):
-    raise ValueError('FCTB fine-tunes a pre-trained encoder (seed 001 Eq. 21): set '
+    raise ValueError('FCTB fine-tunes a pre-trained encoder (Kakizaki et al. Eq. 21): set '
                      'config.init_from to the workdir of a TBT run.')
   if config.get('train_split', 'train') != 'candidates':
     raise ValueError("FCTB trains on the candidate set: set config.train_split = 'candidates'.")
@@ -246,7 +246,7 @@ def init_tbt_params(config, context: base.ParamsContext) -> dict:
   if config.loss.name == 'triplet' and config.loss.get('mining') != 'batch_all_mean':
     logging.warning(
         "TBT with triplet mining %r: Eq. 20 averages T over all valid triplets, as it does Reg "
-        "(mining 'batch_all_mean', set by configs/seed001.py); this mining weighs T by another "
+        "(mining 'batch_all_mean', set by configs/kakizaki.py); this mining weighs T by another "
         "factor than kappa (for 'batch_all', 1 / the fraction of active triplets).", config.loss.mining)
   return _init_schedule_params(config, context)
 
@@ -575,7 +575,7 @@ def check_certified_triplet_config(config) -> None:
   if config.get('grad_clip_norm') is None:
     logging.warning('Certified triplet training without gradient clipping '
                     '(config.grad_clip_norm): the first steps of the eps ramp can fill Adam with '
-                    'huge gradients; configs/seed001.py sets 10.')
+                    'huge gradients; configs/kakizaki.py sets 10.')
 
 
 def init_certified_triplet_params(config, context: base.ParamsContext) -> dict:

@@ -1,4 +1,4 @@
-"""Plain deep metric learning, and its Gaussian-augmented variant GDML (seed 000)."""
+"""Plain deep metric learning, and its Gaussian-augmented variant GDML (RetrievalGuard)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from jaxcert.objectives import base
 def metric_objective(inputs: base.ObjectiveInputs):
   """The DML loss of `config.loss` on the batch, optionally on Gaussian-noised inputs.
 
-  With `config.noise_sigma > 0` this is GDML (seed 000, Sec. 4: training on x + z,
+  With `config.noise_sigma > 0` this is GDML (RetrievalGuard, Sec. 4: training on x + z,
   z ~ N(0, sigma^2 I), the noise of the smoothed model, so the base embedding is accurate under it).
   """
   noise_key, loss_key = jax.random.split(inputs.key)

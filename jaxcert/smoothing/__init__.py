@@ -4,8 +4,7 @@ Two modules: `jaxcert.smoothing.monte_carlo` (the estimator g_hat and the smooth
 `jaxcert.smoothing.certificates` (the concentration bounds and the certificates); their public
 names are re-exported here (`smoothing.smooth`, `smoothing.certify`).
 
-Specification: seed 000 (Wu, Zhang and Huang, "RetrievalGuard", ICML 2022),
-`/work/shared/seeds/000_3a138ab1b237dc96.txt`; derivations in docs/smoothing.md.
+Specification: RetrievalGuard (Wu, Zhang and Huang, ICML 2022); derivations in docs/smoothing.md.
 
 The smoothed embedding of a base embedding h with ||h(x)|| <= F is
 g(x) = E_{z ~ N(0, sigma^2 I)} h(x + z) (Sec. 3.2), estimated by Monte Carlo as

@@ -20,7 +20,7 @@ from jaxcert.smoothing import monte_carlo
 
 CERTIFICATES = ('retrievalguard', 'bisector')
 
-# Paper defaults (seed 000, Sec. 4.3): n = 100,000 samples, alpha = 0.01, F = 1, k = 128.
+# Paper defaults (RetrievalGuard, Sec. 4.3): n = 100,000 samples, alpha = 0.01, F = 1, k = 128.
 PAPER_NUM_SAMPLES = 100_000
 PAPER_ALPHA = 0.01
 PAPER_SIGMAS = (0.1, 0.25, 0.5, 1.0)
@@ -36,7 +36,7 @@ NORM_TOLERANCE = 1e-5
 
 
 def smoothed_lipschitz_bound(distance, sigma: float, F: float = 1.0) -> np.ndarray:
-  """Lemma 3.3 (seed 000, Eq. 1): ||g(x) - g(y)|| <= 2F (Phi(D / 2 sigma) - Phi(-D / 2 sigma)).
+  """Lemma 3.3 (RetrievalGuard, Eq. 1): ||g(x) - g(y)|| <= 2F (Phi(D / 2 sigma) - Phi(-D / 2 sigma)).
 
   D = ||x - y||; attained by h = F sign(x) at x and -x.
   """
@@ -159,7 +159,7 @@ def certify(query_select: monte_carlo.SmoothedEmbeddings, query_estimate: monte_
             gallery_labels, *, alpha: float = PAPER_ALPHA, certificate: str = 'retrievalguard',
             num_negative_pairs: int = 16, query_gallery_index=None,
             block_size: int = 64) -> Certificate:
-  """Certified 1-NN retrieval for each query against the smoothed gallery (seed 000, Algorithm 1).
+  """Certified 1-NN retrieval for each query against the smoothed gallery (RetrievalGuard, Algorithm 1).
 
   For each query x, with probability >= 1 - alpha over the Monte-Carlo noise: if radius >= 0, the
   1-NN of g(x + delta) among {g(x_i)} has the query's label for every ||delta||_2 < radius (and
@@ -275,7 +275,7 @@ def _concentration_radii(certificate: str, num_negatives, query_estimate: monte_
 
 
 def certified_recall_at_1(radius, correct, radii) -> np.ndarray:
-  """Certified Recall@1(r) = (1/N) sum_i R_1(x_i) 1[r(x_i) >= r] for each r (seed 000, Sec. 4.3).
+  """Certified Recall@1(r) = (1/N) sum_i R_1(x_i) 1[r(x_i) >= r] for each r (RetrievalGuard, Sec. 4.3).
 
   The paper writes r(x_i) > r and Recall@1 = Recall@1(0); with abstentions at -1 the two agree but
   for radii exactly equal to r, where >= is right for the open ball ||delta|| < r(x_i) (Cohen et

@@ -62,7 +62,7 @@ _BOUND_FUNCTIONS = {'normalize': _scale_to_norm, 'clip': _clip_to_norm}
 
 def bounded_embedding(embed: Callable, F: float = 1.0, mode: str = 'normalize'
                       ) -> jax.tree_util.Partial:
-  """`embed` made to satisfy ||h(x)||_2 <= F, the assumption of Lemma 3.3 and Lemma 3.6 (seed 000).
+  """`embed` made to satisfy ||h(x)||_2 <= F, the assumption of Lemma 3.3 and Lemma 3.6 (RetrievalGuard).
 
   Args:
     embed: `(batch, ...) -> (batch, k)`; a `jax.tree_util.Partial(model.apply, variables)` keeps the
@@ -172,7 +172,7 @@ class Smoother:
 
 def smooth(embed: Callable, *, sigma: float, num_samples: int, chunk_size: int,
            F: float = 1.0) -> Smoother:
-  """The Monte-Carlo smoothed embedding g_hat (seed 000, Sec. 3.3: g_hat(x) = 1/n sum h(x + z_i)).
+  """The Monte-Carlo smoothed embedding g_hat (RetrievalGuard, Sec. 3.3: g_hat(x) = 1/n sum h(x + z_i)).
 
   Args:
     embed: the base embedding h, `(batch, ...) -> (batch, k)` with ||h(x)|| <= F
@@ -274,7 +274,7 @@ def sharded_smoother(smoother: Smoother, mesh: Mesh,
 
   Stream s draws num_samples / num_streams samples with `smoother`'s chunking from the key
   fold_in(key, s): the streams' noise is independent, so the n samples are i.i.d. N(0, sigma^2 I)
-  as in `smooth` and the estimator g_hat(x) = (1/n) sum_i h(x + z_i) of seed 000
+  as in `smooth` and the estimator g_hat(x) = (1/n) sum_i h(x + z_i) of RetrievalGuard
   Sec. 3.3, with every concentration bound of this module, is unchanged. Each device runs
   num_streams / devices streams (`jax.shard_map`); the sums are all-reduced (`psum`) and the sample
   norms max-reduced. The result depends on `(key, x, num_streams)` only, not on the device count:
