@@ -776,7 +776,7 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
     def one_example(example_lower, example_upper, rows_of_spec):
       graph, outputs, _ = _example_graph(fn, method, row_chunk, example_lower[None],
                                          example_upper[None])
-      if len(outputs) != 1 or np.shape(_leaf_shape(outputs[0])) != (2,):
+      if len(outputs) != 1 or len(_leaf_shape(outputs[0])) != 2:
         raise ValueError('linear_spec_bounds needs fn to return one array (batch, out_dim).')
       output = outputs[0]
       out_shape = _leaf_shape(output)
