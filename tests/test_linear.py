@@ -325,3 +325,35 @@ def test_large_cnn_sound_float32():
     widths = _assert_sound(fn, lower, upper, 2, tolerance=1e-5, samples=50,
                            methods=('crown_ibp',))
   assert widths['crown_ibp'] < widths['ibp']
+
+
+@pytest.mark.parametrize('dimension_numbers', [('NHWC', 'HWIO', 'NHWC'), ('NCHW', 'OIHW', 'NCHW')])
+def test_linear_network_bounds_are_its_exact_range(dimension_numbers):
+  """Two convolutions (strides, padding, dilation) and a dense layer: the bounds are the exact
+  range `J c +- |J| r` of the affine map (IBP is looser), whatever the layout."""
+  rng = np.random.default_rng(11)
+  channels_last = dimension_numbers[0] == 'NHWC'
+  k1 = rng.normal(size=(3, 3, 2, 3) if channels_last else (3, 2, 3, 3))
+  k2 = rng.normal(size=(2, 2, 3, 4) if channels_last else (4, 3, 2, 2))
+  dense = rng.normal(size=(4 * 4 * 4, 3))
+
+  def fn(x):
+    h = jax.lax.conv_general_dilated(x, k1, (2, 1), ((1, 2), (0, 1)), rhs_dilation=(1, 2),
+                                     dimension_numbers=dimension_numbers)
+    h = jax.lax.conv_general_dilated(h, k2, (1, 1), 'VALID', dimension_numbers=dimension_numbers)
+    return h.reshape(h.shape[0], -1)[:, :64] @ dense
+
+  shape = (9, 8, 2) if channels_last else (2, 9, 8)
+  lower, upper = _random_box(rng, 1, shape, 0.1)
+  jacobian = np.asarray(jax.jacobian(lambda x: fn(x[None])[0])(jnp.asarray(lower[0])))
+  jacobian = jacobian.reshape(3, -1)
+  radius = ((upper - lower) / 2).reshape(-1)
+  value = np.asarray(fn(jnp.asarray((lower + upper) / 2)))[0]
+  ibp_lower, _ = interval(fn)(lower, upper)
+  assert np.all(value - np.abs(jacobian) @ radius > np.asarray(ibp_lower)[0] + 1e-6)
+  for method in METHODS:
+    out_lower, out_upper = linear_bounds(fn, method)(lower, upper)
+    np.testing.assert_allclose(out_lower[0], value - np.abs(jacobian) @ radius, rtol=0,
+                               atol=TOLERANCE_64)
+    np.testing.assert_allclose(out_upper[0], value + np.abs(jacobian) @ radius, rtol=0,
+                               atol=TOLERANCE_64)

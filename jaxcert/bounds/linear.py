@@ -509,10 +509,60 @@ def _concretize(coeffs, bound: IntervalBound):
           + _weighted_sum(jnp.minimum(coeffs, 0), bound.upper))
 
 
+def _conv_transposable_by_matmul(step: _Step, coeffs) -> bool:
+  """Whether `_conv_lhs_transpose` applies: a float64 convolution on CPU, whose XLA kernel is
+  several times slower than a matmul, bounded image operand, no groups or input dilation."""
+  params = step.params
+  return (step.primitive is _P.conv_general_dilated_p and _bounded_positions(step.invals) == [0]
+          and coeffs is not None and coeffs.dtype == jnp.float64
+          and jax.default_backend() == 'cpu'
+          and params['feature_group_count'] == 1 and params['batch_group_count'] == 1
+          and all(d == 1 for d in params['lhs_dilation'])
+          and all(lo >= 0 and hi >= 0 for lo, hi in params['padding']))
+
+
+def _conv_lhs_transpose(coeffs, kernel, params, lhs_shape):
+  """`L^T A` for `L x = conv(x, kernel)`: one matmul with the kernel, then shifted adds.
+
+  The transposed convolution written as im2col transposed (docs/linear_bounds.md §3.1): each
+  output position's coefficients times the kernel give a patch of input coefficients, added at
+  the window of that position.
+  """
+  numbers = params['dimension_numbers']
+  strides, dilation, padding = (params['window_strides'], params['rhs_dilation'],
+                                params['padding'])
+  spatial = len(strides)
+  out_batch, out_feature, *out_spatial = numbers.out_spec
+  coeffs = jnp.transpose(coeffs, (0, 1 + out_batch, *(1 + d for d in out_spatial),
+                                  1 + out_feature))  # (rows, n, *out spatial, o)
+  out_feature_dim, in_feature_dim, *kernel_spatial = numbers.rhs_spec
+  kernel = jnp.transpose(kernel, (*kernel_spatial, in_feature_dim, out_feature_dim))
+  patches = jnp.tensordot(coeffs, kernel.astype(coeffs.dtype), axes=([-1], [-1]))
+  lhs_batch, lhs_feature, *lhs_spatial = numbers.lhs_spec
+  in_sizes = [lhs_shape[d] for d in lhs_spatial]
+  out_sizes = coeffs.shape[2:2 + spatial]
+  padded = jnp.zeros(coeffs.shape[:2] + tuple(size + lo + hi for size, (lo, hi) in
+                                             zip(in_sizes, padding)) + (kernel.shape[-2],),
+                     coeffs.dtype)
+  for offset in np.ndindex(*kernel.shape[:spatial]):
+    window = tuple(slice(k * dil, k * dil + stride * (size - 1) + 1, stride)
+                   for k, dil, stride, size in zip(offset, dilation, strides, out_sizes))
+    patch = patches[(slice(None),) * (2 + spatial) + offset]
+    padded = padded.at[(slice(None), slice(None)) + window].add(patch)
+  cropped = padded[(slice(None), slice(None))
+                   + tuple(slice(lo, lo + size) for (lo, _), size in zip(padding, in_sizes))]
+  canonical_axis = {lhs_batch: 1, lhs_feature: 2 + spatial,
+                    **{d: 2 + i for i, d in enumerate(lhs_spatial)}}
+  return jnp.transpose(cropped, (0, *(canonical_axis[d] for d in range(len(lhs_shape)))))
+
+
 def _transpose_affine(step: _Step, out_coeffs: list):
   """`(coefficients of each bounded operand, offset term per row)` of an affine step."""
   positions = _bounded_positions(step.invals)
   nodes = [step.invals[i] for i in positions]
+  if _conv_transposable_by_matmul(step, out_coeffs[0]):
+    in_coeffs = _conv_lhs_transpose(out_coeffs[0], step.invals[1], step.params, nodes[0].shape)
+    return [(nodes[0], in_coeffs)], jnp.zeros(out_coeffs[0].shape[:1], out_coeffs[0].dtype)
 
   def affine(*bounded):
     values = list(step.invals)
