@@ -241,6 +241,7 @@ def test_product_and_fallback_steps_sound():
   _assert_sound(fn, lower, upper, 3, samples=200)
 
 
+@pytest.mark.slow
 def test_random_convnet_sound_and_tighter():
   """Conv (stride 2, padding), average pooling, BatchNorm-style scale/shift, concatenation."""
   rng = np.random.default_rng(6)
@@ -327,7 +328,9 @@ def test_large_cnn_sound_float32():
   assert widths['crown_ibp'] < widths['ibp']
 
 
-@pytest.mark.parametrize('dimension_numbers', [('NHWC', 'HWIO', 'NHWC'), ('NCHW', 'OIHW', 'NCHW')])
+@pytest.mark.parametrize('dimension_numbers', [
+    ('NHWC', 'HWIO', 'NHWC'),
+    pytest.param(('NCHW', 'OIHW', 'NCHW'), marks=pytest.mark.slow)])
 def test_linear_network_bounds_are_its_exact_range(dimension_numbers):
   """Two convolutions (strides, padding, dilation) and a dense layer: the bounds are the exact
   range `J c +- |J| r` of the affine map (IBP is looser), whatever the layout."""
