@@ -220,6 +220,7 @@ def test_activations_sound(activation):
   assert widths['crown'] < widths['ibp']
 
 
+@pytest.mark.slow
 def test_product_and_fallback_steps_sound():
   """McCormick planes for x * y of two bounded values; max pooling, l2_normalize and division by
   a bounded value fall back to their interval bounds."""
@@ -288,6 +289,7 @@ def test_small_cnn_sound_float32():
   assert widths['crown'] < widths['crown_ibp'] < widths['ibp']
 
 
+@pytest.mark.slow
 def test_spec_bounds_sound_and_tighter_than_box():
   """Bounds of differences of outputs, through the network and from the box."""
   rng = np.random.default_rng(9)
