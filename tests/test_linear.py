@@ -305,8 +305,9 @@ def test_spec_bounds_sound_and_tighter_than_box():
     assert np.all(values >= np.asarray(spec_lower) - TOLERANCE_64)
     assert np.all(values <= np.asarray(spec_upper) + TOLERANCE_64)
     box_lower, box_upper = linear_bounds(fn, method)(lower, upper)
-    from_box_lower = np.where(spec > 0, spec * box_lower[:, None], spec * box_upper[:, None]).sum(-1)
-    from_box_upper = np.where(spec > 0, spec * box_upper[:, None], spec * box_lower[:, None]).sum(-1)
+    box_lower, box_upper = np.asarray(box_lower)[:, None], np.asarray(box_upper)[:, None]
+    from_box_lower = np.where(spec > 0, spec * box_lower, spec * box_upper).sum(-1)
+    from_box_upper = np.where(spec > 0, spec * box_upper, spec * box_lower).sum(-1)
     assert np.all(np.asarray(spec_lower) >= from_box_lower - TOLERANCE_64)
     assert np.all(np.asarray(spec_upper) <= from_box_upper + TOLERANCE_64)
     assert np.mean(spec_upper - spec_lower) < np.mean(from_box_upper - from_box_lower)

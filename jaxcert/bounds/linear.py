@@ -50,6 +50,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
+from jaxcert.bounds import linear_rules
 from jaxcert.bounds import rules  # pylint: disable=unused-import  (fills RULES)
 from jaxcert.bounds.interval import IntervalBound
 from jaxcert.bounds.interval import is_concrete
@@ -182,96 +183,7 @@ def _is_affine(primitive, invals, params) -> bool:
   return False
 
 
-# --- Relaxations (docs/linear_bounds.md §3). --------------------------------------------------
-
-
-def _relu_like(lower, upper, threshold):
-  """Relaxation of `max(x, threshold)` on `[lower, upper]` (CROWN, Zhang et al. 2018, Sec. 3.2).
-
-  Upper: the secant through `(l, max(l, t))` and `(u, max(u, t))`; lower: the adaptive slope
-  (1 where `u - t >= t - l`, else 0), exact on stable neurons.
-  """
-  active = lower >= threshold
-  inactive = upper <= threshold
-  width = jnp.where(active | inactive, 1, upper - lower)
-  secant = (upper - threshold) / width
-  upper_slope = jnp.where(active, 1, jnp.where(inactive, 0, secant))
-  upper_offset = jnp.where(active, 0, jnp.where(inactive, threshold, threshold - secant * lower))
-  lower_slope = jnp.where(active, 1, jnp.where(inactive, 0,
-                                                (upper - threshold >= threshold - lower) * 1.))
-  lower_offset = (1 - lower_slope) * threshold
-  return lower_slope, lower_offset, upper_slope, upper_offset
-
-
-def _leaky_relu(lower, upper, slope):
-  """`max(x, a x)` for `0 <= a <= 1`: convex, two pieces (docs/linear_bounds.md §3.2)."""
-  active, inactive = lower >= 0, upper <= 0
-  width = jnp.where(active | inactive, 1, upper - lower)
-  secant = (upper - slope * lower) / width
-  upper_slope = jnp.where(active, 1, jnp.where(inactive, slope, secant))
-  upper_offset = jnp.where(active | inactive, 0, slope * lower - secant * lower)
-  lower_slope = jnp.where(active, 1, jnp.where(inactive, slope,
-                                                jnp.where(upper >= -lower, 1., slope)))
-  return lower_slope, jnp.zeros_like(lower_slope), upper_slope, upper_offset
-
-
-def _abs(lower, upper):
-  """`|x|`: secant above; below, the line through 0 parallel to the secant (slope in [-1, 1])."""
-  width = jnp.where(upper > lower, upper - lower, 1)
-  straddles = (lower < 0) & (upper > 0)
-  secant = (upper + lower) / width
-  sign = jnp.where(lower >= 0, 1., -1.)
-  upper_slope = jnp.where(straddles, secant, sign)
-  upper_offset = jnp.where(straddles, -lower - secant * lower, 0)
-  lower_slope = jnp.where(straddles, jnp.clip(secant, -1, 1), sign)
-  return lower_slope, jnp.zeros_like(lower_slope), upper_slope, upper_offset
-
-
-def _square(lower, upper):
-  """`x**2`, convex: secant above, tangent at the midpoint below."""
-  midpoint = (lower + upper) / 2
-  return 2 * midpoint, -jnp.square(midpoint), lower + upper, -lower * upper
-
-
-def _sigmoid_shaped(function, derivative):
-  """Relaxation of an increasing function convex on x < 0, concave on x > 0 (tanh, sigmoid).
-
-  Convex part (`u <= 0`): secant above, tangent at the midpoint below; concave (`l >= 0`): the
-  reverse. Straddling 0: the slope `k = min(f'(l), f'(u))` (the least slope on `[l, u]`, as f' is
-  unimodal with its peak at 0) makes `f(x) - k x` non-decreasing, so
-  `f(l) + k (x - l) <= f(x) <= f(u) + k (x - u)` (docs/linear_bounds.md §3.4).
-  """
-
-  def relax(lower, upper):
-    f_lower, f_upper = function(lower), function(upper)
-    width = upper - lower
-    degenerate = width <= 0
-    secant = jnp.where(degenerate, derivative(lower),
-                       (f_upper - f_lower) / jnp.where(degenerate, 1, width))
-    midpoint = (lower + upper) / 2
-    tangent_slope = derivative(midpoint)
-    tangent_offset = function(midpoint) - tangent_slope * midpoint
-    secant_offset = f_lower - secant * lower
-    least_slope = jnp.minimum(derivative(lower), derivative(upper))
-    convex, concave = upper <= 0, lower >= 0
-    lower_slope = jnp.where(convex, tangent_slope, jnp.where(concave, secant, least_slope))
-    lower_offset = jnp.where(convex, tangent_offset, jnp.where(
-        concave, secant_offset, f_lower - least_slope * lower))
-    upper_slope = jnp.where(convex, secant, jnp.where(concave, tangent_slope, least_slope))
-    upper_offset = jnp.where(convex, secant_offset, jnp.where(
-        concave, tangent_offset, f_upper - least_slope * upper))
-    return lower_slope, lower_offset, upper_slope, upper_offset
-
-  return relax
-
-
-_ELEMENTWISE_RELAXATIONS = {
-    _P.abs_p: _abs,
-    _P.square_p: _square,
-    _P.tanh_p: _sigmoid_shaped(jnp.tanh, lambda x: 1 - jnp.square(jnp.tanh(x))),
-    _P.logistic_p: _sigmoid_shaped(jax.nn.sigmoid,
-                                   lambda x: jax.nn.sigmoid(x) * (1 - jax.nn.sigmoid(x))),
-}
+# --- Relaxations (docs/linear_bounds.md §3; the formulas are in linear_rules). ---------------
 
 
 def _finite_or_constant(slopes_and_offsets, in_bounds, out_bound: IntervalBound):
@@ -325,25 +237,26 @@ def _relaxation(primitive, invals, params, out_bound: IntervalBound, steps) -> t
     x = invals[positions[0]].bound
     threshold = invals[1 - positions[0]]
     if primitive is _P.max_p:
-      slopes = _relu_like(x.lower, x.upper, threshold)
+      slopes = linear_rules.relu_like(x.lower, x.upper, threshold)
     else:  # min(x, t) = -max(-x, -t).
-      ls, lo, us, uo = _relu_like(-x.upper, -x.lower, -threshold)
+      ls, lo, us, uo = linear_rules.relu_like(-x.upper, -x.lower, -threshold)
       slopes = (us, -uo, ls, -lo)
     slopes = ((slopes[0],), slopes[1], (slopes[2],), slopes[3])
     return _finite_or_constant(slopes, [x], out_bound), positions
-  if primitive in _ELEMENTWISE_RELAXATIONS and len(positions) == 1 and len(invals) == 1:
+  relax = linear_rules.ELEMENTWISE_RELAXATIONS.get(primitive)
+  if relax is not None and len(positions) == 1 and len(invals) == 1:
     x = invals[0].bound
-    ls, lo, us, uo = _ELEMENTWISE_RELAXATIONS[primitive](x.lower, x.upper)
+    ls, lo, us, uo = relax(x.lower, x.upper)
     return _finite_or_constant(((ls,), lo, (us,), uo), [x], out_bound), positions
   if primitive is _P.integer_pow_p and params['y'] == 2:
     x = invals[0].bound
-    ls, lo, us, uo = _square(x.lower, x.upper)
+    ls, lo, us, uo = linear_rules.square_relaxation(x.lower, x.upper)
     return _finite_or_constant(((ls,), lo, (us,), uo), [x], out_bound), positions
   if primitive is _P.mul_p and len(positions) == 2:
     first, second = invals
     if first is second:
       x = first.bound
-      ls, lo, us, uo = _square(x.lower, x.upper)
+      ls, lo, us, uo = linear_rules.square_relaxation(x.lower, x.upper)
       return _finite_or_constant(((ls,), lo, (us,), uo), [x], out_bound), [0]
     # McCormick: xy >= l_y x + l_x y - l_x l_y and xy <= u_y x + l_x y - l_x u_y.
     x, y = first.bound, second.bound
@@ -353,7 +266,7 @@ def _relaxation(primitive, invals, params, out_bound: IntervalBound, steps) -> t
     match = _leaky_relu_slope(steps, invals)
     if match is not None:
       x, slope = match
-      ls, lo, us, uo = _leaky_relu(x.bound.lower, x.bound.upper, slope)
+      ls, lo, us, uo = linear_rules.leaky_relu(x.bound.lower, x.bound.upper, slope)
       return _finite_or_constant(((ls,), lo, (us,), uo), [x.bound], out_bound), [2]
   return None
 
@@ -510,8 +423,9 @@ def _concretize(coeffs, bound: IntervalBound):
 
 
 def _conv_transposable_by_matmul(step: _Step, coeffs) -> bool:
-  """Whether `_conv_lhs_transpose` applies: a float64 convolution on CPU, whose XLA kernel is
-  several times slower than a matmul, bounded image operand, no groups or input dilation."""
+  """Whether `linear_rules.conv_lhs_transpose` applies: a float64 convolution on CPU (whose XLA
+  kernel is several times slower than a matmul), bounded image operand, no groups or input
+  dilation."""
   params = step.params
   return (step.primitive is _P.conv_general_dilated_p and _bounded_positions(step.invals) == [0]
           and coeffs is not None and coeffs.dtype == jnp.float64
@@ -521,47 +435,13 @@ def _conv_transposable_by_matmul(step: _Step, coeffs) -> bool:
           and all(lo >= 0 and hi >= 0 for lo, hi in params['padding']))
 
 
-def _conv_lhs_transpose(coeffs, kernel, params, lhs_shape):
-  """`L^T A` for `L x = conv(x, kernel)`: one matmul with the kernel, then shifted adds.
-
-  The transposed convolution written as im2col transposed (docs/linear_bounds.md §3.1): each
-  output position's coefficients times the kernel give a patch of input coefficients, added at
-  the window of that position.
-  """
-  numbers = params['dimension_numbers']
-  strides, dilation, padding = (params['window_strides'], params['rhs_dilation'],
-                                params['padding'])
-  spatial = len(strides)
-  out_batch, out_feature, *out_spatial = numbers.out_spec
-  coeffs = jnp.transpose(coeffs, (0, 1 + out_batch, *(1 + d for d in out_spatial),
-                                  1 + out_feature))  # (rows, n, *out spatial, o)
-  out_feature_dim, in_feature_dim, *kernel_spatial = numbers.rhs_spec
-  kernel = jnp.transpose(kernel, (*kernel_spatial, in_feature_dim, out_feature_dim))
-  patches = jnp.tensordot(coeffs, kernel.astype(coeffs.dtype), axes=([-1], [-1]))
-  lhs_batch, lhs_feature, *lhs_spatial = numbers.lhs_spec
-  in_sizes = [lhs_shape[d] for d in lhs_spatial]
-  out_sizes = coeffs.shape[2:2 + spatial]
-  padded = jnp.zeros(coeffs.shape[:2] + tuple(size + lo + hi for size, (lo, hi) in
-                                             zip(in_sizes, padding)) + (kernel.shape[-2],),
-                     coeffs.dtype)
-  for offset in np.ndindex(*kernel.shape[:spatial]):
-    window = tuple(slice(k * dil, k * dil + stride * (size - 1) + 1, stride)
-                   for k, dil, stride, size in zip(offset, dilation, strides, out_sizes))
-    patch = patches[(slice(None),) * (2 + spatial) + offset]
-    padded = padded.at[(slice(None), slice(None)) + window].add(patch)
-  cropped = padded[(slice(None), slice(None))
-                   + tuple(slice(lo, lo + size) for (lo, _), size in zip(padding, in_sizes))]
-  canonical_axis = {lhs_batch: 1, lhs_feature: 2 + spatial,
-                    **{d: 2 + i for i, d in enumerate(lhs_spatial)}}
-  return jnp.transpose(cropped, (0, *(canonical_axis[d] for d in range(len(lhs_shape)))))
-
-
 def _transpose_affine(step: _Step, out_coeffs: list):
   """`(coefficients of each bounded operand, offset term per row)` of an affine step."""
   positions = _bounded_positions(step.invals)
   nodes = [step.invals[i] for i in positions]
   if _conv_transposable_by_matmul(step, out_coeffs[0]):
-    in_coeffs = _conv_lhs_transpose(out_coeffs[0], step.invals[1], step.params, nodes[0].shape)
+    in_coeffs = linear_rules.conv_lhs_transpose(out_coeffs[0], step.invals[1], step.params,
+                                                nodes[0].shape)
     return [(nodes[0], in_coeffs)], jnp.zeros(out_coeffs[0].shape[:1], out_coeffs[0].dtype)
 
   def affine(*bounded):
