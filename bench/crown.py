@@ -19,6 +19,7 @@
 import argparse
 import contextlib
 import importlib
+import inspect
 import pathlib
 import sys
 import time
@@ -165,9 +166,11 @@ def certify_main(args, parser) -> dict:
             dtype=args.dtype, row_chunk=args.row_chunk)
       with computing_in('float64'):
         as64 = lambda a: np.asarray(a, np.float64)
+        kakizaki = ({'qa_bound': 'kakizaki'} if 'qa_bound' in inspect.signature(
+            certified_retrieval.rank_bounds).parameters else {})  # Theorem 1 where selectable
         bounds = certified_retrieval.rank_bounds(
             query_emb, as64(query_lower), as64(query_upper), candidate_emb,
-            as64(candidate_lower), as64(candidate_upper), max(KS))
+            as64(candidate_lower), as64(candidate_upper), max(KS), **kakizaki)
         certified = certified_retrieval.certified_retrieval(bounds, query_labels,
                                                             candidate_labels, KS)
         cr_recall = certified_retrieval.cr_recall_at_k(certified, KS)

@@ -279,7 +279,11 @@ def _interval_of(eqn, invals, enclosing_calls):
   primitive = eqn.primitive
   if primitive is _P.jit_p and eqn.params.get('name') in NAMED_CALL_RULES:
     outvals = NAMED_CALL_RULES[eqn.params['name']](*invals)
+    if outvals is None:  # The named rule declines: the caller interprets the call's body.
+      return None
     return [outvals] if len(eqn.outvars) == 1 else list(outvals)
+  if primitive in _CALL_PRIMITIVES:
+    return None
   rule = RULES.get(primitive)
   if (primitive in SAME_OPERAND_RULES and len(eqn.invars) == 2
       and isinstance(eqn.invars[0], jex_core.Var) and eqn.invars[0] is eqn.invars[1]):
@@ -321,9 +325,13 @@ class _Graph:
     node.bound = _tightened(self, node, relevant)
     node.exact = True
 
-  def add_step(self, eqn, invals, enclosing_calls) -> list:
-    """Records `eqn` applied to `invals` (some `_Node`s); returns its outputs."""
+  def add_step(self, eqn, invals, enclosing_calls) -> list | None:
+    """Records `eqn` applied to `invals` (some `_Node`s); returns its outputs, or None for a call
+    to inline (jit, custom_jvp, ...; a named call whose rule declines)."""
     primitive, params = eqn.primitive, eqn.params
+    if primitive in _CALL_PRIMITIVES and not (
+        primitive is _P.jit_p and params.get('name') in NAMED_CALL_RULES):
+      return None  # Inlined by the caller.
     affine = primitive not in _CALL_PRIMITIVES and _is_affine(primitive, invals, params)
     if self.method == 'crown' and not affine:
       for value in invals:
@@ -335,6 +343,8 @@ class _Graph:
     except (ValueError, NotImplementedError) as error:
       raise type(error)(f'{error} (primitive `{primitive.name}` '
                         f'{source_location(eqn, enclosing_calls)})') from error
+    if out_bounds is None:  # A call without a rule of its own: interpret its body.
+      return None
     kind, relaxation = 'interval', None
     if affine:
       kind = 'affine'
@@ -391,15 +401,15 @@ def _interpret(graph: _Graph, jaxpr, consts, args, enclosing_calls=()) -> list:
       if not any(isinstance(v, _Node) for v in invals):
         outvals = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
         outvals = outvals if eqn.primitive.multiple_results else [outvals]
-      elif eqn.primitive in _CALL_PRIMITIVES and not (
-          eqn.primitive is _P.jit_p and eqn.params.get('name') in NAMED_CALL_RULES):
-        inner = eqn.params['jaxpr'] if 'jaxpr' in eqn.params else eqn.params['call_jaxpr']
-        inner_jaxpr, inner_consts = ((inner.jaxpr, inner.consts)
-                                     if isinstance(inner, jex_core.ClosedJaxpr) else (inner, ()))
-        outvals = _interpret(graph, inner_jaxpr, inner_consts, invals,
-                             (*enclosing_calls, eqn))
       else:
         outvals = graph.add_step(eqn, invals, enclosing_calls)
+        if outvals is None:  # A call (jit, custom_jvp, ...): inlined.
+          inner = eqn.params['jaxpr'] if 'jaxpr' in eqn.params else eqn.params['call_jaxpr']
+          inner_jaxpr, inner_consts = (
+              (inner.jaxpr, inner.consts) if isinstance(inner, jex_core.ClosedJaxpr)
+              else (inner, ()))
+          outvals = _interpret(graph, inner_jaxpr, inner_consts, invals,
+                               (*enclosing_calls, eqn))
     for outvar, outval in zip(eqn.outvars, outvals):
       if not isinstance(outvar, jex_core.DropVar):
         env[outvar] = outval
