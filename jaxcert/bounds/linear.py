@@ -1,0 +1,754 @@
+"""Backward linear bound propagation (CROWN family) by interpreting a function's jaxpr.
+
+`linear_bounds(fn, method)` turns a JAX function of one batched input into a function
+`(lower, upper) -> (out_lower, out_upper)` with the calling convention of
+`jaxcert.bounds.interval.interval(fn)`; `linear_spec_bounds(fn, method)` bounds `c^T fn(x)` for a
+batch of specification rows `c` directly. Both implement the linear relaxation bounds of CROWN
+(Zhang et al. 2018, "Efficient neural network robustness certification with general activation
+functions") in the generalised form of auto_LiRPA (Xu et al. 2020, "Automatic perturbation
+analysis for scalable certified robustness and beyond"):
+
+* the jaxpr of `fn` is interpreted forward once (calls are inlined), recording every equation that
+  touches a bounded value as a *step* and its interval (IBP) bound, computed with the rules of
+  `jaxcert.bounds.rules` (`RULES`, `SAME_OPERAND_RULES`, `NAMED_CALL_RULES`);
+* a step is *affine* in its bounded operands (dot_general or conv with constant weights, add, sub,
+  mul/div by constants, reshape, transpose, broadcast, pad, slicing, reductions by sums, average
+  pooling, concatenation, float casts, ...): it is transposed exactly with `jax.vjp` of the
+  equation with its constant operands closed over, vmapped over the specification rows;
+* a step is *relaxed* (max/min with a constant, i.e. ReLU; leaky ReLU; abs; tanh; sigmoid;
+  square; the product of two bounded factors): its output is sandwiched between two linear
+  functions of its inputs, valid on the input's interval (docs/linear_bounds.md §3);
+* any other step (max pooling, `l2_normalize`, rsqrt, division by a bounded value, ...) falls back
+  to its interval bound: its output is treated as a fresh input box where the backward pass stops
+  (never unsound, only looser);
+* a backward pass from a node with coefficients `A` (one row per bound wanted) carries `A` to the
+  input and concretises `A x` over the input box (docs/linear_bounds.md §2, §4).
+
+Methods (`METHODS`): 'crown_ibp' relaxes with the IBP bounds of every intermediate value
+(Zhang et al. 2020, "Towards stable and efficient training of verifiably robust neural
+networks"); 'crown' first tightens the input of every non-affine step by a backward pass from it
+(intersected with IBP). The results are intersected with the IBP bounds, so they are never looser.
+
+The batch axis must be one of independent examples (`fn(x)[b]` depends on `x[b]` only, true of
+every encoder in inference mode): `fn` is traced on a batch of one and the bounds are vmapped
+over the examples. Derivations: docs/linear_bounds.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.extend.core as jex_core
+import jax.extend.source_info_util as source_info_util
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+
+from jaxcert.bounds import linear_rules
+from jaxcert.bounds import rules  # pylint: disable=unused-import  (fills RULES)
+from jaxcert.bounds.interval import IntervalBound
+from jaxcert.bounds.interval import is_concrete
+from jaxcert.bounds.interval import NAMED_CALL_RULES
+from jaxcert.bounds.interval import RULES
+from jaxcert.bounds.interval import SAME_OPERAND_RULES
+from jaxcert.bounds.interval import source_location
+
+METHODS = ('crown_ibp', 'crown')
+
+# Specification rows per backward pass; bounds memory at rows x (largest intermediate) per example.
+DEFAULT_ROW_CHUNK = 256
+
+_P = jex_core.primitives
+
+_CALL_PRIMITIVES = (_P.jit_p, _P.closed_call_p, _P.custom_jvp_call_p, _P.custom_vjp_call_p,
+                    _P.remat_p)
+
+# Affine in all their operands jointly (every operand may be bounded).
+_AFFINE_PRIMITIVES = frozenset([
+    _P.add_p, _P.sub_p, _P.neg_p, _P.add_jaxvals_p, _P.reshape_p, _P.broadcast_in_dim_p,
+    _P.transpose_p, _P.squeeze_p, _P.rev_p, _P.slice_p, lax.split_p, _P.concatenate_p,
+    _P.pad_p, _P.copy_p, _P.reduce_sum_p, _P.reduce_window_sum_p, _P.cumsum_p,
+    _P.convert_element_type_p,
+])
+# Affine in their data operands when the index operands (positions given) are constants.
+_INDEXED_AFFINE_PRIMITIVES = {
+    _P.dynamic_slice_p: slice(1, None),
+    _P.dynamic_update_slice_p: slice(2, None),
+    _P.gather_p: slice(1, 2),
+    _P.select_n_p: slice(0, 1),
+}
+# Bilinear: affine when exactly one operand is bounded (`div`: only the numerator).
+_BILINEAR_PRIMITIVES = frozenset([_P.mul_p, _P.dot_general_p, _P.conv_general_dilated_p])
+
+# Affine steps that keep "each coordinate an affine function of its own input coordinate"
+# (docs/linear_bounds.md §5: IBP is exact on such values and on one linear map of them).
+_COORDINATEWISE_PRIMITIVES = frozenset([
+    _P.add_p, _P.sub_p, _P.neg_p, _P.mul_p, _P.div_p, _P.reshape_p, _P.transpose_p,
+    _P.squeeze_p, _P.rev_p, _P.slice_p, _P.copy_p, _P.convert_element_type_p,
+])
+_MIXING_PRIMITIVES = frozenset([_P.dot_general_p, _P.conv_general_dilated_p, _P.reduce_sum_p,
+                                _P.reduce_window_sum_p])
+
+
+def _check_method(method: str) -> None:
+  if method not in METHODS:
+    raise ValueError(f'Unknown linear bound method {method!r}; valid methods: {list(METHODS)}.')
+
+
+@dataclasses.dataclass(eq=False)
+class _Node:
+  """A bounded value of the interpreted jaxpr.
+
+  Attributes:
+    index: position in the graph (the input is 0).
+    bound: its interval bound: IBP, tightened by CROWN in method 'crown'.
+    producer: index of the step computing it; -1 for the input.
+    exact: IBP is exact on it (docs/linear_bounds.md §5), so CROWN cannot tighten it.
+    coordinatewise: each coordinate is an affine function of one input coordinate, distinct
+      coordinates of distinct ones.
+  """
+  index: int
+  bound: IntervalBound
+  producer: int
+  exact: bool = False
+  coordinatewise: bool = False
+
+  @property
+  def shape(self):
+    return self.bound.lower.shape
+
+  @property
+  def dtype(self):
+    return self.bound.lower.dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class _Relaxation:
+  """Linear sandwich `sum_k lower_slopes[k] x_k + lower_offset <= y <= sum_k upper_slopes[k] x_k +
+  upper_offset` of an elementwise step, one slope per bounded operand (output-shaped arrays)."""
+  lower_slopes: tuple
+  lower_offset: jax.Array
+  upper_slopes: tuple
+  upper_offset: jax.Array
+
+
+@dataclasses.dataclass(eq=False)
+class _Step:
+  """One equation applied to bounded values.
+
+  Attributes:
+    primitive, params: the equation's.
+    invals: its operands: `_Node`s and constants.
+    outputs: its results: `_Node`s (bounded) or constants.
+    kind: 'affine' (exact transpose), 'relaxed' (`relaxation`) or 'interval' (fallback).
+    relaxation: the linear sandwich of a relaxed step.
+  """
+  primitive: jex_core.Primitive
+  params: dict
+  invals: list
+  outputs: list
+  kind: str
+  relaxation: _Relaxation | None = None
+
+
+def _is_float(value) -> bool:
+  return jnp.issubdtype(jnp.result_type(value), jnp.floating)
+
+
+def _bounded_positions(invals) -> list[int]:
+  return [i for i, value in enumerate(invals) if isinstance(value, _Node)]
+
+
+def _is_affine(primitive, invals, params) -> bool:
+  """Whether the step's output is an affine function of its bounded operands."""
+  positions = _bounded_positions(invals)
+  if not all(_is_float(invals[i].bound.lower) for i in positions):
+    return False
+  if primitive is _P.convert_element_type_p:
+    return jnp.issubdtype(params['new_dtype'], jnp.floating)
+  if primitive in _AFFINE_PRIMITIVES:
+    return True
+  if primitive in _INDEXED_AFFINE_PRIMITIVES:
+    return not any(isinstance(v, _Node) for v in invals[_INDEXED_AFFINE_PRIMITIVES[primitive]])
+  if primitive in _BILINEAR_PRIMITIVES:
+    return len(positions) == 1
+  if primitive is _P.div_p:
+    return positions == [0]
+  return False
+
+
+# --- Relaxations (docs/linear_bounds.md §3; the formulas are in linear_rules). ---------------
+
+
+def _finite_or_constant(slopes_and_offsets, in_bounds, out_bound: IntervalBound):
+  """Where an input bound is infinite, the relaxation is replaced by the output's interval."""
+  lower_slopes, lower_offset, upper_slopes, upper_offset = slopes_and_offsets
+  finite = functools.reduce(operator.and_,
+                            [jnp.isfinite(b.lower) & jnp.isfinite(b.upper) for b in in_bounds])
+  shape = out_bound.lower.shape
+  dtype = out_bound.lower.dtype
+
+  def pick(value, fallback):
+    return jnp.broadcast_to(jnp.where(finite, value, fallback), shape).astype(dtype)
+
+  return _Relaxation(
+      tuple(pick(s, 0) for s in lower_slopes), pick(lower_offset, out_bound.lower),
+      tuple(pick(s, 0) for s in upper_slopes), pick(upper_offset, out_bound.upper))
+
+
+def _leaky_relu_slope(steps, invals) -> tuple[_Node, Any] | None:
+  """`(x, a)` if `select_n(x >= 0, a * x, x)` (jax.nn.leaky_relu) with constant `0 <= a <= 1`."""
+  predicate, on_false, on_true = invals
+  if not all(isinstance(v, _Node) for v in invals) or on_true.producer < 0:
+    return None
+  compare, scale = steps[predicate.producer], steps[on_false.producer]
+  if compare.primitive not in (_P.ge_p, _P.gt_p) or compare.invals[0] is not on_true:
+    return None
+  if isinstance(compare.invals[1], _Node) or np.any(np.asarray(compare.invals[1]) != 0):
+    return None
+  if scale.primitive is not _P.mul_p or len(_bounded_positions(scale.invals)) != 1:
+    return None
+  operands = scale.invals
+  x_position = _bounded_positions(operands)[0]
+  slope = operands[1 - x_position]
+  if operands[x_position] is not on_true or not is_concrete(slope):
+    return None
+  slope_np = np.asarray(slope)
+  if slope_np.ndim or not 0 <= slope_np <= 1:
+    return None
+  return on_true, slope
+
+
+def _relaxation(primitive, invals, params, out_bound: IntervalBound, steps) -> tuple | None:
+  """`(relaxation, relaxed operand positions)` for a relaxable step, else None."""
+  positions = _bounded_positions(invals)
+  shape = out_bound.lower.shape
+  if not all(_is_float(invals[i].bound.lower) for i in positions) or not _is_float(out_bound.lower):
+    return None
+  if any(invals[i].shape != shape for i in positions):
+    return None
+  if primitive in (_P.max_p, _P.min_p) and len(positions) == 1:
+    x = invals[positions[0]].bound
+    threshold = invals[1 - positions[0]]
+    if primitive is _P.max_p:
+      slopes = linear_rules.relu_like(x.lower, x.upper, threshold)
+    else:  # min(x, t) = -max(-x, -t).
+      ls, lo, us, uo = linear_rules.relu_like(-x.upper, -x.lower, -threshold)
+      slopes = (us, -uo, ls, -lo)
+    slopes = ((slopes[0],), slopes[1], (slopes[2],), slopes[3])
+    return _finite_or_constant(slopes, [x], out_bound), positions
+  relax = linear_rules.ELEMENTWISE_RELAXATIONS.get(primitive)
+  if relax is not None and len(positions) == 1 and len(invals) == 1:
+    x = invals[0].bound
+    ls, lo, us, uo = relax(x.lower, x.upper)
+    return _finite_or_constant(((ls,), lo, (us,), uo), [x], out_bound), positions
+  if primitive is _P.integer_pow_p and params['y'] == 2:
+    x = invals[0].bound
+    ls, lo, us, uo = linear_rules.square_relaxation(x.lower, x.upper)
+    return _finite_or_constant(((ls,), lo, (us,), uo), [x], out_bound), positions
+  if primitive is _P.mul_p and len(positions) == 2:
+    first, second = invals
+    if first is second:
+      x = first.bound
+      ls, lo, us, uo = linear_rules.square_relaxation(x.lower, x.upper)
+      return _finite_or_constant(((ls,), lo, (us,), uo), [x], out_bound), [0]
+    # McCormick: xy >= l_y x + l_x y - l_x l_y and xy <= u_y x + l_x y - l_x u_y.
+    x, y = first.bound, second.bound
+    slopes = ((y.lower, x.lower), -x.lower * y.lower, (y.upper, x.lower), -x.lower * y.upper)
+    return _finite_or_constant(slopes, [x, y], out_bound), positions
+  if primitive is _P.select_n_p and len(invals) == 3:
+    match = _leaky_relu_slope(steps, invals)
+    if match is not None:
+      x, slope = match
+      ls, lo, us, uo = linear_rules.leaky_relu(x.bound.lower, x.bound.upper, slope)
+      return _finite_or_constant(((ls,), lo, (us,), uo), [x.bound], out_bound), [2]
+  return None
+
+
+# --- Forward interpretation. ------------------------------------------------------------------
+
+
+def _interval_of(eqn, invals, enclosing_calls):
+  """The interval rule of `eqn` on `IntervalBound`s and constants, as `interval` applies it."""
+  primitive = eqn.primitive
+  if primitive is _P.jit_p and eqn.params.get('name') in NAMED_CALL_RULES:
+    outvals = NAMED_CALL_RULES[eqn.params['name']](*invals)
+    if outvals is None:  # The named rule declines: the caller interprets the call's body.
+      return None
+    return [outvals] if len(eqn.outvars) == 1 else list(outvals)
+  if primitive in _CALL_PRIMITIVES:
+    return None
+  rule = RULES.get(primitive)
+  if (primitive in SAME_OPERAND_RULES and len(eqn.invars) == 2
+      and isinstance(eqn.invars[0], jex_core.Var) and eqn.invars[0] is eqn.invars[1]):
+    rule = SAME_OPERAND_RULES[primitive]
+    invals = invals[:1]
+  if rule is None:
+    raise NotImplementedError(
+        f'No interval rule for primitive `{primitive.name}` (applied to a value that depends on '
+        f'the perturbed input) {source_location(eqn, enclosing_calls)}; linear bounds fall back '
+        'to the interval rule of steps they cannot relax. Add a rule to jaxcert.bounds.rules '
+        f'(supported: {", ".join(sorted(p.name for p in RULES))}).')
+  outvals = rule(*invals, **eqn.params)
+  return list(outvals) if primitive.multiple_results else [outvals]
+
+
+class _Graph:
+  """The steps and nodes of one interpreted jaxpr, built in order by `_interpret`."""
+
+  def __init__(self, method: str, input_bound: IntervalBound, row_chunk: int):
+    self.method = method
+    self.row_chunk = row_chunk
+    self.input = _Node(0, input_bound, -1, exact=True, coordinatewise=True)
+    self.nodes = [self.input]
+    self.steps: list[_Step] = []
+
+  def _new_node(self, bound, exact=False, coordinatewise=False) -> _Node:
+    node = _Node(len(self.nodes), bound, len(self.steps), exact, coordinatewise)
+    self.nodes.append(node)
+    return node
+
+  def tighten(self, node: _Node, relevant=True) -> None:
+    """Method 'crown': the node's bound intersected with backward passes from it (`_tightened`).
+
+    `relevant` (a mask or True) names the coordinates whose bounds the consuming step's
+    relaxation depends on; the others keep their interval bound (sound either way).
+    """
+    if node.exact or not _is_float(node.bound.lower):
+      return
+    node.bound = _tightened(self, node, relevant)
+    node.exact = True
+
+  def add_step(self, eqn, invals, enclosing_calls) -> list | None:
+    """Records `eqn` applied to `invals` (some `_Node`s); returns its outputs, or None for a call
+    to inline (jit, custom_jvp, ...; a named call whose rule declines)."""
+    primitive, params = eqn.primitive, eqn.params
+    if primitive in _CALL_PRIMITIVES and not (
+        primitive is _P.jit_p and params.get('name') in NAMED_CALL_RULES):
+      return None  # Inlined by the caller.
+    affine = primitive not in _CALL_PRIMITIVES and _is_affine(primitive, invals, params)
+    if self.method == 'crown' and not affine:
+      for value in invals:
+        if isinstance(value, _Node):
+          self.tighten(value, _relevant_coordinates(primitive, invals, value))
+    as_bounds = [v.bound if isinstance(v, _Node) else v for v in invals]
+    try:
+      out_bounds = _interval_of(eqn, as_bounds, enclosing_calls)
+    except (ValueError, NotImplementedError) as error:
+      raise type(error)(f'{error} (primitive `{primitive.name}` '
+                        f'{source_location(eqn, enclosing_calls)})') from error
+    if out_bounds is None:  # A call without a rule of its own: interpret its body.
+      return None
+    kind, relaxation = 'interval', None
+    if affine:
+      kind = 'affine'
+    elif primitive not in _CALL_PRIMITIVES and len(out_bounds) == 1 and isinstance(
+        out_bounds[0], IntervalBound):
+      relaxed = _relaxation(primitive, invals, params, out_bounds[0], self.steps)
+      if relaxed is not None:
+        kind = 'relaxed'
+        relaxation, positions = relaxed
+        invals = [v if i in positions else _constant_of(v) for i, v in enumerate(invals)]
+    positions = _bounded_positions(invals)
+    coordinatewise = (kind == 'affine' and primitive in _COORDINATEWISE_PRIMITIVES
+                      and len(positions) == 1 and invals[positions[0]].coordinatewise)
+    exact = coordinatewise or (
+        kind == 'affine' and len(positions) == 1 and (
+            (primitive in _MIXING_PRIMITIVES and invals[positions[0]].coordinatewise)
+            or (primitive in _COORDINATEWISE_PRIMITIVES | {_P.broadcast_in_dim_p}
+                and invals[positions[0]].exact)))
+    outputs = [self._new_node(b, exact, coordinatewise) if isinstance(b, IntervalBound) else b
+               for b in out_bounds]
+    self.steps.append(_Step(primitive, params, list(invals), outputs, kind, relaxation))
+    return outputs
+
+
+def _relevant_coordinates(primitive, invals, node: _Node):
+  """Where a step's relaxation depends on `node`'s bounds: `max`/`min` with a constant only where
+  the interval straddles the constant (elsewhere the relaxation is exact); all coordinates else."""
+  positions = _bounded_positions(invals)
+  if primitive in (_P.max_p, _P.min_p) and positions == [invals.index(node)] and len(invals) == 2:
+    threshold = invals[1 - positions[0]]
+    return (node.bound.lower < threshold) & (node.bound.upper > threshold)
+  return True
+
+
+def _constant_of(value):
+  """A relaxed step's operand that the relaxation does not use (leaky ReLU's predicate)."""
+  return value.bound.lower if isinstance(value, _Node) else value
+
+
+def _interpret(graph: _Graph, jaxpr, consts, args, enclosing_calls=()) -> list:
+  """Evaluates `jaxpr`, recording the steps that touch bounded values in `graph`."""
+  env: dict = {}
+  env.update(zip(jaxpr.constvars, consts))
+  env.update(zip(jaxpr.invars, args))
+
+  def read(atom):
+    return atom.val if isinstance(atom, jex_core.Literal) else env[atom]
+
+  for eqn in jaxpr.eqns:
+    invals = [read(atom) for atom in eqn.invars]
+    with (source_info_util.user_context(eqn.source_info.traceback,
+                                        name_stack=eqn.source_info.name_stack),
+          eqn.ctx.manager):
+      if not any(isinstance(v, _Node) for v in invals):
+        outvals = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+        outvals = outvals if eqn.primitive.multiple_results else [outvals]
+      else:
+        outvals = graph.add_step(eqn, invals, enclosing_calls)
+        if outvals is None:  # A call (jit, custom_jvp, ...): inlined.
+          inner = eqn.params['jaxpr'] if 'jaxpr' in eqn.params else eqn.params['call_jaxpr']
+          inner_jaxpr, inner_consts = (
+              (inner.jaxpr, inner.consts) if isinstance(inner, jex_core.ClosedJaxpr)
+              else (inner, ()))
+          outvals = _interpret(graph, inner_jaxpr, inner_consts, invals,
+                               (*enclosing_calls, eqn))
+    for outvar, outval in zip(eqn.outvars, outvals):
+      if not isinstance(outvar, jex_core.DropVar):
+        env[outvar] = outval
+  return [read(atom) for atom in jaxpr.outvars]
+
+
+# --- Backward propagation (docs/linear_bounds.md §2, §4). -------------------------------------
+
+
+def _weighted_sum(coeffs, values):
+  """`sum coeffs * values` over all but the row axis, with 0 * inf = 0."""
+  values = jnp.broadcast_to(values, coeffs.shape[1:])
+  products = jnp.where(coeffs != 0, coeffs * values, 0)
+  return products.reshape(products.shape[0], -1).sum(axis=1)
+
+
+def _concretize(coeffs, bound: IntervalBound):
+  """`min over lower <= x <= upper of coeffs . x` per row: `A+ l + A- u`."""
+  return (_weighted_sum(jnp.maximum(coeffs, 0), bound.lower)
+          + _weighted_sum(jnp.minimum(coeffs, 0), bound.upper))
+
+
+def _conv_transposable_by_matmul(step: _Step, coeffs) -> bool:
+  """Whether `linear_rules.conv_lhs_transpose` applies: a float64 convolution on CPU (whose XLA
+  kernel is several times slower than a matmul), bounded image operand, no groups or input
+  dilation."""
+  params = step.params
+  return (step.primitive is _P.conv_general_dilated_p and _bounded_positions(step.invals) == [0]
+          and coeffs is not None and coeffs.dtype == jnp.float64
+          and jax.default_backend() == 'cpu'
+          and params['feature_group_count'] == 1 and params['batch_group_count'] == 1
+          and all(d == 1 for d in params['lhs_dilation'])
+          and all(lo >= 0 and hi >= 0 for lo, hi in params['padding']))
+
+
+def _transpose_affine(step: _Step, out_coeffs: list):
+  """`(coefficients of each bounded operand, offset term per row)` of an affine step."""
+  positions = _bounded_positions(step.invals)
+  nodes = [step.invals[i] for i in positions]
+  if _conv_transposable_by_matmul(step, out_coeffs[0]):
+    in_coeffs = linear_rules.conv_lhs_transpose(out_coeffs[0], step.invals[1], step.params,
+                                                nodes[0].shape)
+    return [(nodes[0], in_coeffs)], jnp.zeros(out_coeffs[0].shape[:1], out_coeffs[0].dtype)
+
+  def affine(*bounded):
+    values = list(step.invals)
+    for position, value in zip(positions, bounded):
+      values[position] = value
+    out = step.primitive.bind(*values, **step.primitive.get_bind_params(step.params))
+    return list(out) if step.primitive.multiple_results else [out]
+
+  zeros = [jnp.zeros(node.shape, node.dtype) for node in nodes]
+  offsets, transpose = jax.vjp(affine, *zeros)
+  rows = next(c for c in out_coeffs if c is not None).shape[0]
+  cotangents = [c if c is not None else jnp.zeros((rows,) + jnp.shape(o), jnp.result_type(o))
+                for c, o in zip(out_coeffs, offsets)]
+  in_coeffs = jax.vmap(transpose)(cotangents)
+  bias = sum(_weighted_sum(c, o) for c, o in zip(cotangents, offsets))
+  return list(zip(nodes, in_coeffs)), bias
+
+
+def _transpose_relaxed(step: _Step, coeffs):
+  """Lower bound of `A . y` through `y`'s relaxation: `A+` takes the lower line, `A-` the upper."""
+  relaxation = step.relaxation
+  positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
+  nodes = [step.invals[i] for i in _bounded_positions(step.invals)]
+  in_coeffs = [(node, positive * lower + negative * upper) for node, lower, upper in
+               zip(nodes, relaxation.lower_slopes, relaxation.upper_slopes)]
+  bias = (_weighted_sum(positive, relaxation.lower_offset)
+          + _weighted_sum(negative, relaxation.upper_offset))
+  return in_coeffs, bias
+
+
+def _backward(graph: _Graph, node: _Node, coeffs, *, symmetric: bool = False) -> jax.Array:
+  """Lower bounds of `coeffs[r] . node` over the input box, one per row r.
+
+  With `symmetric`, the rows are `[coeffs; -coeffs]` (a lower and an upper bound of each row):
+  up to the first non-affine step the negated half is the negation of the first, so only the
+  first is carried there (docs/linear_bounds.md §4).
+  """
+  pending = {node.index: coeffs}
+  bias = jnp.zeros(coeffs.shape[:1], coeffs.dtype)
+
+  def unfold():
+    nonlocal bias
+    for index, c in pending.items():
+      pending[index] = jnp.concatenate([c, -c])
+    bias = jnp.concatenate([bias, -bias])
+
+  for step in reversed(graph.steps[:node.producer + 1]):
+    out_coeffs = [pending.pop(out.index, None) if isinstance(out, _Node) else None
+                  for out in step.outputs]
+    if all(c is None for c in out_coeffs):
+      continue
+    if symmetric and step.kind != 'affine':
+      for out, c in zip(step.outputs, out_coeffs):
+        if c is not None:
+          pending[out.index] = c
+      unfold()
+      symmetric = False
+      out_coeffs = [pending.pop(out.index, None) if isinstance(out, _Node) else None
+                    for out in step.outputs]
+    if step.kind == 'interval':
+      for out, c in zip(step.outputs, out_coeffs):
+        if c is not None:
+          bias = bias + _concretize(c, out.bound)
+      continue
+    if step.kind == 'affine':
+      in_coeffs, step_bias = _transpose_affine(step, out_coeffs)
+    else:
+      in_coeffs, step_bias = _transpose_relaxed(step, out_coeffs[0])
+    bias = bias + step_bias.astype(bias.dtype)
+    for in_node, c in in_coeffs:
+      c = c.astype(in_node.dtype)
+      pending[in_node.index] = pending[in_node.index] + c if in_node.index in pending else c
+  if symmetric:
+    unfold()
+  input_coeffs = pending.pop(graph.input.index, None)
+  if pending:
+    raise AssertionError(f'Coefficients left at nodes {sorted(pending)} (an interpreter bug).')
+  if input_coeffs is not None:
+    bias = bias + _concretize(input_coeffs, graph.input.bound).astype(bias.dtype)
+  return bias
+
+
+def _chunked_lower_bounds(graph: _Graph, node: _Node, rows: Callable, count: int) -> jax.Array:
+  """Lower and upper bounds of `count` rows, `graph.row_chunk` rows per backward pass.
+
+  Args:
+    graph: the interpreted function.
+    node: where the rows apply.
+    rows: `rows(start, chunk)` -> the coefficients of rows `start, ..., start + chunk - 1`,
+      shape (chunk, *node.shape) (rows past `count` are ignored).
+    count: number of rows.
+
+  Returns:
+    (2, count): the lower bounds of `rows . node`, then the upper bounds.
+  """
+  chunk = min(graph.row_chunk, count)
+  num_chunks = -(-count // chunk)
+
+  def one_chunk(start):
+    bounds = _backward(graph, node, rows(start, chunk), symmetric=True).reshape(2, chunk)
+    return bounds * jnp.asarray([[1], [-1]], bounds.dtype)
+
+  starts = jnp.arange(num_chunks) * chunk
+  both = lax.map(one_chunk, starts) if num_chunks > 1 else one_chunk(starts[0])[None]
+  return jnp.moveaxis(both, 1, 0).reshape(2, num_chunks * chunk)[:, :count]
+
+
+def _tightened(graph: _Graph, node: _Node, relevant) -> IntervalBound:
+  """The node's bound intersected with backward-pass bounds at its `relevant` coordinates.
+
+  Only the relevant coordinates (e.g. the unstable inputs of a ReLU, where its relaxation depends
+  on the bounds) are bounded, `graph.row_chunk` at a time in a `while_loop` that stops after the
+  last one, so the cost follows their number, not the node's size.
+  """
+  size = math.prod(node.shape)
+  chunk = min(graph.row_chunk, size)
+  relevant = jnp.broadcast_to(relevant, node.shape).reshape(size)
+  count = relevant.sum()
+  order = jnp.concatenate([jnp.argsort(~relevant, stable=True),
+                           jnp.zeros(chunk, jnp.int32)])
+  lower, upper = node.bound.lower.reshape(size), node.bound.upper.reshape(size)
+
+  def body(state):
+    start, lower, upper = state
+    indices = lax.dynamic_slice_in_dim(order, start, chunk)
+    valid = start + jnp.arange(chunk) < count
+    rows = jax.nn.one_hot(indices, size, dtype=node.dtype) * valid[:, None]
+    bounds = _backward(graph, node, rows.reshape((chunk,) + node.shape), symmetric=True)
+    lower = lower.at[indices].max(jnp.where(valid, bounds[:chunk], -jnp.inf))
+    upper = upper.at[indices].min(jnp.where(valid, -bounds[chunk:], jnp.inf))
+    return start + chunk, lower, upper
+
+  _, lower, upper = lax.while_loop(lambda state: state[0] < count, body,
+                                   (jnp.zeros((), count.dtype), lower, upper))
+  return IntervalBound(lower.reshape(node.shape),
+                       jnp.maximum(upper, lower).reshape(node.shape))
+
+
+# --- Public functions. --------------------------------------------------------------------------
+
+
+def _validate_box(lower, upper) -> tuple[jax.Array, jax.Array]:
+  lower, upper = jnp.asarray(lower), jnp.asarray(upper)
+  if lower.shape != upper.shape:
+    raise ValueError(f'lower and upper must have the same shape, got {lower.shape} and '
+                     f'{upper.shape}. Build the box with jaxcert.bounds.input_box(x, eps).')
+  if lower.ndim < 1 or lower.shape[0] < 1:
+    raise ValueError(f'Expected a batch of inputs (leading batch axis), got shape {lower.shape}.')
+  dtype = jnp.result_type(lower, upper)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f'Bounds must be floating point, got dtype {dtype}.')
+  lower, upper = lower.astype(dtype), upper.astype(dtype)
+  if is_concrete(lower) and is_concrete(upper):
+    if np.isnan(np.asarray(lower)).any() or np.isnan(np.asarray(upper)).any():
+      raise ValueError('The input box contains NaN.')
+    if (np.asarray(lower) > np.asarray(upper)).any():
+      raise ValueError('lower > upper somewhere in the input box; pass (lower, upper) in that '
+                       'order with lower <= upper.')
+  return lower, upper
+
+
+def _example_graph(fn, method, row_chunk, lower, upper):
+  """Interprets `fn` on one example's box (shape (1, ...)); returns (graph, outputs, treedef)."""
+  placeholder = jax.ShapeDtypeStruct(lower.shape, lower.dtype)
+  closed_jaxpr, out_shape = jax.make_jaxpr(fn, return_shape=True)(placeholder)
+  graph = _Graph(method, IntervalBound(lower, upper), row_chunk)
+  outputs = _interpret(graph, closed_jaxpr.jaxpr, closed_jaxpr.consts, [graph.input])
+  for leaf in jax.tree.leaves(out_shape):
+    if not leaf.shape or leaf.shape[0] != 1:
+      raise ValueError(f'fn must map a batch to a batch (outputs with a leading batch axis); '
+                       f'on a batch of one it returned an output of shape {leaf.shape}.')
+  return graph, outputs, jax.tree.structure(out_shape)
+
+
+def _output_bounds(graph: _Graph, output) -> tuple[jax.Array, jax.Array]:
+  """CROWN bounds of one output leaf, intersected with its interval bound."""
+  if not isinstance(output, _Node):
+    output = jnp.asarray(output)
+    return output, output
+  size = math.prod(output.shape)
+
+  def rows(start, count):
+    identity = jax.nn.one_hot(start + jnp.arange(count), size, dtype=output.dtype)
+    return identity.reshape((count,) + output.shape)
+
+  bounds = _chunked_lower_bounds(graph, output, rows, size)
+  lower = jnp.maximum(output.bound.lower, bounds[0].reshape(output.shape))
+  upper = jnp.minimum(output.bound.upper, bounds[1].reshape(output.shape))
+  return lower, jnp.maximum(upper, lower)
+
+
+def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
+                  row_chunk: int = DEFAULT_ROW_CHUNK) -> Callable[..., tuple[Any, Any]]:
+  """Transforms `fn` into a function computing CROWN-family bounds of it, intersected with IBP.
+
+  Same calling convention as `jaxcert.bounds.interval.interval(fn)`: `(lower, upper)` batched
+  input boxes in, `(out_lower, out_upper)` pytrees like `fn`'s output out, with
+  `out_lower <= fn(x) <= out_upper` for every `x` in the box (up to floating-point rounding).
+  Works under `jax.jit` (compile it there: the interpretation is Python).
+
+  Args:
+    fn: function of one batch of inputs, batch elements independent (`fn(x)[b]` depends only on
+      `x[b]`; true of every encoder in inference mode), returning a pytree of arrays with a
+      leading batch axis.
+    method: 'crown_ibp' (intermediate bounds by IBP; Zhang et al. 2020) or 'crown'
+      (intermediate bounds by backward passes; Zhang et al. 2018), see `METHODS`.
+    row_chunk: output coordinates bounded per backward pass (memory: about 2 * row_chunk times
+      the largest intermediate value, per example).
+
+  Returns:
+    `bounded(lower, upper) -> (out_lower, out_upper)`.
+
+  Raises:
+    ValueError: unknown method, or a malformed box.
+    NotImplementedError: a primitive with neither a linear nor an interval rule.
+  """
+  _check_method(method)
+
+  def bounded(lower, upper):
+    lower, upper = _validate_box(lower, upper)
+
+    def one_example(example_lower, example_upper):
+      graph, outputs, treedef = _example_graph(fn, method, row_chunk, example_lower[None],
+                                               example_upper[None])
+      pairs = [_output_bounds(graph, output) for output in outputs]
+      return (jax.tree.unflatten(treedef, [lo[0] for lo, _ in pairs]),
+              jax.tree.unflatten(treedef, [hi[0] for _, hi in pairs]))
+
+    return jax.vmap(one_example)(lower, upper)
+
+  return bounded
+
+
+def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crown', *,
+                       row_chunk: int = DEFAULT_ROW_CHUNK) -> Callable[..., tuple[Any, Any]]:
+  """Bounds of `c . fn(x)` for a batch of specification rows `c`, propagated through `fn`.
+
+  Bounding `c . f(x)` by one backward pass from the output with coefficients `c` is tighter than
+  bounding `f(x)` in a box and then `c . box` (the box forgets that the coordinates of `f(x)` move
+  together; docs/linear_bounds.md §6). The result is intersected with the latter.
+
+  Args:
+    fn: function of one batch, batch elements independent, returning one array (batch, out_dim).
+    method: one of `METHODS`.
+    row_chunk: specification rows per backward pass.
+
+  Returns:
+    `bounded(lower, upper, spec) -> (spec_lower, spec_upper)`, with `spec` of shape
+    (batch, n_spec, out_dim) and outputs (batch, n_spec):
+    `spec_lower[b, s] <= spec[b, s] . fn(x)[b] <= spec_upper[b, s]` for every `x` in the box.
+  """
+  _check_method(method)
+
+  def bounded(lower, upper, spec):
+    lower, upper = _validate_box(lower, upper)
+    spec = jnp.asarray(spec)
+    if spec.ndim != 3 or spec.shape[0] != lower.shape[0]:
+      raise ValueError(f'spec must have shape (batch, n_spec, out_dim) with batch '
+                       f'{lower.shape[0]}, got {spec.shape}.')
+
+    def one_example(example_lower, example_upper, rows_of_spec):
+      graph, outputs, _ = _example_graph(fn, method, row_chunk, example_lower[None],
+                                         example_upper[None])
+      if len(outputs) != 1 or len(_leaf_shape(outputs[0])) != 2:
+        raise ValueError('linear_spec_bounds needs fn to return one array (batch, out_dim).')
+      output = outputs[0]
+      out_shape = _leaf_shape(output)
+      if rows_of_spec.shape[1] != out_shape[1]:
+        raise ValueError(f'spec rows have {rows_of_spec.shape[1]} entries, fn outputs '
+                         f'{out_shape[1]}.')
+      coeffs = rows_of_spec.astype(example_lower.dtype)[:, None, :]
+      if not isinstance(output, _Node):
+        value = jnp.einsum('sd,d->s', coeffs[:, 0], jnp.asarray(output)[0])
+        return value, value
+      count = coeffs.shape[0]
+      padded = jnp.concatenate([coeffs, jnp.zeros((graph.row_chunk,) + coeffs.shape[1:],
+                                                  coeffs.dtype)])
+
+      def rows(start, chunk):
+        return lax.dynamic_slice_in_dim(padded, start, chunk)
+
+      bounds = _chunked_lower_bounds(graph, output, rows, count)
+      box = IntervalBound(output.bound.lower, output.bound.upper)
+      box_lower = _concretize(coeffs, box)
+      box_upper = -_concretize(-coeffs, box)
+      spec_lower = jnp.maximum(bounds[0], box_lower)
+      spec_upper = jnp.minimum(bounds[1], box_upper)
+      return spec_lower, jnp.maximum(spec_upper, spec_lower)
+
+    return jax.vmap(one_example)(lower, upper, spec)
+
+  return bounded
+
+
+def _leaf_shape(value) -> tuple[int, ...]:
+  return value.shape if isinstance(value, _Node) else jnp.shape(value)
+
+
+__all__ = ['METHODS', 'linear_bounds', 'linear_spec_bounds']

@@ -1,0 +1,365 @@
+"""Tests of the CROWN-family linear bounds (jaxcert.bounds.linear).
+
+Soundness: sampled points, box corners and the ends of sign-gradient (PGD) ascent toward each
+bound must lie inside it; the bounds are never looser than IBP; on a 2-layer ReLU network they
+equal a CROWN bound derived by hand in numpy; on standard (not IBP-trained) networks CROWN is
+strictly tighter than IBP.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcert import models
+from jaxcert.bounds import input_box
+from jaxcert.bounds import interval
+from jaxcert.bounds import l2_normalize
+from jaxcert.bounds.linear import linear_bounds
+from jaxcert.bounds.linear import linear_spec_bounds
+from jaxcert.bounds.linear import METHODS
+
+TOLERANCE_64 = 1e-10
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+  with jax.enable_x64(True):
+    yield
+
+
+def _random_box(rng, batch, shape, eps):
+  center = rng.normal(size=(batch,) + shape)
+  return center - eps, center + eps
+
+
+def _sample(rng, lower, upper, count):
+  """`count` uniform points per box, plus the two ends: (count + 2, batch, ...)."""
+  lower, upper = np.asarray(lower), np.asarray(upper)
+  uniform = rng.uniform(size=(count,) + lower.shape)
+  return np.concatenate([lower[None], upper[None], lower + uniform * (upper - lower)])
+
+
+def _pgd_ends(fn, lower, upper, num_outputs, steps=30):
+  """Ends of projected sign-gradient ascent on `+-fn(x)[:, i]` for each output i.
+
+  Returns (2 * num_outputs, batch, ...): for row 2i the maximiser of output i, for 2i + 1 its
+  minimiser, started at the box centre.
+  """
+  lower, upper = jnp.asarray(lower), jnp.asarray(upper)
+  step_size = (upper - lower) / 8
+
+  def ascend(direction):
+    objective = lambda x: jnp.sum(fn(x) @ direction)
+
+    def step(_, x):
+      return jnp.clip(x + step_size * jnp.sign(jax.grad(objective)(x)), lower, upper)
+
+    return jax.lax.fori_loop(0, steps, step, (lower + upper) / 2)
+
+  directions = jnp.concatenate([jnp.eye(num_outputs), -jnp.eye(num_outputs)])
+  directions = directions.reshape(2, num_outputs, num_outputs).transpose(1, 0, 2).reshape(
+      2 * num_outputs, num_outputs)
+  return jax.jit(jax.vmap(ascend))(directions.astype(lower.dtype))
+
+
+def _assert_inside(fn, points, out_lower, out_upper, tolerance):
+  values = np.asarray(jax.jit(jax.vmap(fn))(jnp.asarray(points)))
+  scale = 1 + np.abs(values)
+  assert np.all(values >= np.asarray(out_lower)[None] - tolerance * scale), (
+      np.min(values - np.asarray(out_lower)[None]))
+  assert np.all(values <= np.asarray(out_upper)[None] + tolerance * scale), (
+      np.min(np.asarray(out_upper)[None] - values))
+
+
+def _assert_sound(fn, lower, upper, num_outputs, *, tolerance=TOLERANCE_64, samples=500,
+                  methods=METHODS, seed=0):
+  """Every method's bounds contain samples and PGD ends, and lie inside IBP's."""
+  rng = np.random.default_rng(seed)
+  ibp_lower, ibp_upper = interval(fn)(lower, upper)
+  points = np.concatenate([_sample(rng, lower, upper, samples),
+                           np.asarray(_pgd_ends(fn, lower, upper, num_outputs))])
+  widths = {}
+  for method in methods:
+    out_lower, out_upper = jax.jit(linear_bounds(fn, method))(lower, upper)
+    _assert_inside(fn, points, out_lower, out_upper, tolerance)
+    assert np.all(np.asarray(out_lower) >= np.asarray(ibp_lower))
+    assert np.all(np.asarray(out_upper) <= np.asarray(ibp_upper))
+    assert np.all(np.asarray(out_lower) <= np.asarray(out_upper))
+    widths[method] = float(np.mean(np.asarray(out_upper) - np.asarray(out_lower)))
+  widths['ibp'] = float(np.mean(np.asarray(ibp_upper) - np.asarray(ibp_lower)))
+  return widths
+
+
+def _mlp(rng, sizes, activation=jax.nn.relu):
+  weights = [(rng.normal(size=(m, n)) / np.sqrt(m), rng.normal(size=n) * 0.1)
+             for m, n in zip(sizes[:-1], sizes[1:])]
+
+  def fn(x):
+    for index, (w, b) in enumerate(weights):
+      x = x @ w + b
+      if index < len(weights) - 1:
+        x = activation(x)
+    return x
+
+  return fn, weights
+
+
+def test_unknown_method_lists_valid_ones():
+  with pytest.raises(ValueError, match='crown_ibp'):
+    linear_bounds(lambda x: x, 'alpha')
+  with pytest.raises(ValueError, match='crown_ibp'):
+    linear_spec_bounds(lambda x: x, 'beta')
+
+
+def test_inverted_box_is_an_error():
+  with pytest.raises(ValueError, match='lower > upper'):
+    linear_bounds(lambda x: 2 * x)(jnp.ones((1, 2)), jnp.zeros((1, 2)))
+
+
+def test_primitive_without_rule_is_named():
+  with pytest.raises(NotImplementedError, match='`sin`'):
+    linear_bounds(lambda x: jnp.sin(x) @ jnp.ones((2, 1)))(jnp.zeros((1, 2)), jnp.ones((1, 2)))
+
+
+def test_relu_mlp_sound_and_tighter_than_ibp():
+  rng = np.random.default_rng(0)
+  fn, _ = _mlp(rng, [6, 32, 32, 32, 4])
+  lower, upper = _random_box(rng, 3, (6,), 0.2)
+  widths = _assert_sound(fn, lower, upper, 4)
+  assert widths['crown'] < widths['ibp']
+  assert widths['crown_ibp'] < widths['ibp']
+  assert widths['crown'] < widths['crown_ibp']
+
+
+def test_two_layer_relu_equals_hand_derived_crown():
+  """CROWN on `W2 relu(W1 x + b1) + b2`, derived by hand (Zhang et al. 2018, Theorem 3.2).
+
+  Pre-activation bounds of a single affine layer are exact; unstable neurons get the upper line
+  u (z - l) / (u - l) and the lower line a z with a = 1 if u >= -l else 0.
+  """
+  rng = np.random.default_rng(1)
+  fn, ((w1, b1), (w2, b2)) = _mlp(rng, [5, 40, 3])
+  lower, upper = _random_box(rng, 2, (5,), 0.5)
+  for index in range(2):
+    l, u = lower[index], upper[index]
+    center, radius = (l + u) / 2, (u - l) / 2
+    z_lower = center @ w1 + b1 - radius @ np.abs(w1)
+    z_upper = center @ w1 + b1 + radius @ np.abs(w1)
+    unstable = (z_lower < 0) & (z_upper > 0)
+    assert unstable.any()
+    upper_slope = np.where(z_lower >= 0, 1., np.where(z_upper <= 0, 0., z_upper / (
+        np.where(unstable, z_upper - z_lower, 1))))
+    upper_offset = np.where(unstable, -upper_slope * z_lower, 0.)
+    lower_slope = np.where(z_lower >= 0, 1., np.where(z_upper <= 0, 0., (z_upper >= -z_lower) * 1.))
+    expected_lower, expected_upper = [], []
+    for sign in (1., -1.):
+      a = sign * w2.T  # (outputs, hidden): the rows whose minimum is wanted
+      slope = np.where(a > 0, lower_slope, upper_slope)
+      offset = np.where(a > 0, 0., upper_offset)
+      coeffs = a * slope  # on z
+      const = (coeffs * 1).dot(b1) + (a * offset).sum(1) + sign * b2
+      x_coeffs = coeffs @ w1.T
+      bound = const + np.where(x_coeffs > 0, x_coeffs * l, x_coeffs * u).sum(1)
+      (expected_lower if sign > 0 else expected_upper).append(sign * bound)
+    ibp_lower, ibp_upper = interval(fn)(lower[index:index + 1], upper[index:index + 1])
+    out_lower, out_upper = linear_bounds(fn, 'crown_ibp')(lower[index:index + 1],
+                                                          upper[index:index + 1])
+    np.testing.assert_allclose(out_lower[0], np.maximum(expected_lower[0], ibp_lower[0]),
+                               rtol=0, atol=TOLERANCE_64)
+    np.testing.assert_allclose(out_upper[0], np.minimum(expected_upper[0], ibp_upper[0]),
+                               rtol=0, atol=TOLERANCE_64)
+    assert np.mean(expected_upper[0] - expected_lower[0]) < np.mean(ibp_upper - ibp_lower)
+
+
+@pytest.mark.slow
+def test_box_corners_inside():
+  rng = np.random.default_rng(2)
+  fn, _ = _mlp(rng, [4, 16, 16, 2])
+  lower, upper = _random_box(rng, 1, (4,), 0.4)
+  corners = np.array([np.where(np.array(bits), upper, lower)
+                      for bits in itertools.product([0, 1], repeat=4)])[:, :, :]
+  for method in METHODS:
+    out_lower, out_upper = linear_bounds(fn, method)(lower, upper)
+    _assert_inside(fn, corners, out_lower, out_upper, TOLERANCE_64)
+
+
+RELAXED_ACTIVATIONS = {
+    'tanh': jnp.tanh, 'sigmoid': jax.nn.sigmoid, 'abs': jnp.abs, 'leaky_relu': jax.nn.leaky_relu,
+    'square': jnp.square, 'min': lambda x: jnp.minimum(x, 0.3), 'mul_self': lambda x: x * x,
+    'max_const': lambda x: jnp.maximum(x, -0.2)}
+
+
+def test_all_relaxations_sound():
+  """One network with a branch per relaxed activation, summed: every relaxation at once."""
+  rng = np.random.default_rng(3)
+  first = rng.normal(size=(len(RELAXED_ACTIVATIONS), 5, 12)) / 2
+  second = rng.normal(size=(len(RELAXED_ACTIVATIONS), 12, 3)) / 3
+
+  def fn(x):
+    return sum(activation(x @ first[i]) @ second[i]
+               for i, activation in enumerate(RELAXED_ACTIVATIONS.values()))
+
+  lower, upper = _random_box(rng, 2, (5,), 0.3)
+  widths = _assert_sound(fn, lower, upper, 3, samples=300)
+  assert widths['crown'] < widths['ibp']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('activation', [
+    jnp.tanh, jax.nn.sigmoid, jnp.abs, jax.nn.leaky_relu, jnp.square,
+    lambda x: jnp.minimum(x, 0.3), lambda x: x * x, lambda x: jnp.maximum(x, -0.2)],
+    ids=['tanh', 'sigmoid', 'abs', 'leaky_relu', 'square', 'min', 'mul_self', 'max_const'])
+def test_activations_sound(activation):
+  rng = np.random.default_rng(3)
+  fn, _ = _mlp(rng, [5, 24, 24, 3], activation)
+  lower, upper = _random_box(rng, 2, (5,), 0.3)
+  widths = _assert_sound(fn, lower, upper, 3, samples=300)
+  assert widths['crown'] < widths['ibp']
+
+
+@pytest.mark.slow
+def test_product_and_fallback_steps_sound():
+  """McCormick planes for x * y of two bounded values; max pooling, l2_normalize and division by
+  a bounded value fall back to their interval bounds."""
+  rng = np.random.default_rng(5)
+  kernel = rng.normal(size=(3, 3, 1, 4))
+  w1, w2 = rng.normal(size=(6, 8)), rng.normal(size=(6, 8))
+  dense = rng.normal(size=(8, 3))
+
+  def fn(x):
+    h = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    h = jax.lax.reduce_window(jax.nn.relu(h), -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                              'VALID')
+    h = h.reshape(h.shape[0], -1)
+    h = h[:, :6] / (2 + jnp.abs(h[:, 6:12]))
+    return l2_normalize(((h @ w1) * jnp.tanh(h @ w2)) @ dense)
+
+  lower, upper = _random_box(rng, 2, (6, 6, 1), 0.05)
+  _assert_sound(fn, lower, upper, 3, samples=200)
+
+
+@pytest.mark.slow
+def test_random_convnet_sound_and_tighter():
+  """Conv (stride 2, padding), average pooling, BatchNorm-style scale/shift, concatenation."""
+  rng = np.random.default_rng(6)
+  k1, k2 = rng.normal(size=(3, 3, 2, 4)) / 3, rng.normal(size=(3, 3, 4, 6)) / 6
+  scale, shift = rng.uniform(0.5, 1.5, size=6), rng.normal(size=6)
+  dense = rng.normal(size=(3 * 3 * 6 + 2, 4)) / 8
+  dimension_numbers = ('NHWC', 'HWIO', 'NHWC')
+
+  def fn(x):
+    h = jax.nn.relu(jax.lax.conv_general_dilated(x, k1, (2, 2), ((1, 1), (1, 1)),
+                                                 dimension_numbers=dimension_numbers))
+    h = jax.lax.conv_general_dilated(h, k2, (1, 1), 'SAME', dimension_numbers=dimension_numbers)
+    h = jax.nn.relu(h * scale + shift)
+    h = jax.lax.reduce_window(h, 0., jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID') / 4
+    flat = h.reshape(h.shape[0], -1)
+    return jnp.concatenate([flat, x[:, 0, 0, :]], axis=1) @ dense
+
+  lower, upper = _random_box(rng, 2, (12, 12, 2), 0.05)
+  widths = _assert_sound(fn, lower, upper, 4, samples=200)
+  assert widths['crown'] < widths['ibp']
+
+
+@pytest.mark.slow
+def test_row_chunks_do_not_change_bounds():
+  rng = np.random.default_rng(7)
+  fn, _ = _mlp(rng, [5, 20, 20, 7])
+  lower, upper = _random_box(rng, 2, (5,), 0.3)
+  for method in METHODS:
+    whole = linear_bounds(fn, method)(lower, upper)
+    chunked = jax.jit(linear_bounds(fn, method, row_chunk=3))(lower, upper)
+    np.testing.assert_allclose(whole, chunked, rtol=0, atol=TOLERANCE_64)
+
+
+@pytest.mark.slow
+def test_small_cnn_sound_float32():
+  """The Small CNN of Kakizaki et al. (Gowal et al.'s "small"), random weights, float32."""
+  with jax.enable_x64(False):
+    model = models.get_model('small_cnn', embedding_dim=4)
+    variables = models.init_variables(model, jax.random.key(0), (1, 28, 28, 1))
+    fn = lambda x: model.apply(variables, x)
+    images = np.random.default_rng(8).uniform(size=(2, 28, 28, 1)).astype(np.float32)
+    lower, upper = input_box(images, 0.003)
+    widths = _assert_sound(fn, lower, upper, 4, tolerance=1e-5, samples=100)
+  assert widths['crown'] < widths['crown_ibp'] < widths['ibp']
+
+
+@pytest.mark.slow
+def test_spec_bounds_sound_and_tighter_than_box():
+  """Bounds of differences of outputs, through the network and from the box."""
+  rng = np.random.default_rng(9)
+  fn, _ = _mlp(rng, [5, 24, 24, 4])
+  lower, upper = _random_box(rng, 2, (5,), 0.3)
+  spec = np.stack([np.eye(4)[0] - np.eye(4)[1], np.eye(4)[2] - np.eye(4)[3],
+                   rng.normal(size=4)])[None].repeat(2, 0)
+  points = _sample(rng, lower, upper, 500)
+  values = np.einsum('pbd,bsd->pbs', np.asarray(jax.vmap(fn)(points)), spec)
+  for method in METHODS:
+    spec_lower, spec_upper = jax.jit(linear_spec_bounds(fn, method, row_chunk=2))(
+        lower, upper, spec)
+    assert np.all(values >= np.asarray(spec_lower) - TOLERANCE_64)
+    assert np.all(values <= np.asarray(spec_upper) + TOLERANCE_64)
+    box_lower, box_upper = linear_bounds(fn, method)(lower, upper)
+    box_lower, box_upper = np.asarray(box_lower)[:, None], np.asarray(box_upper)[:, None]
+    from_box_lower = np.where(spec > 0, spec * box_lower, spec * box_upper).sum(-1)
+    from_box_upper = np.where(spec > 0, spec * box_upper, spec * box_lower).sum(-1)
+    assert np.all(np.asarray(spec_lower) >= from_box_lower - TOLERANCE_64)
+    assert np.all(np.asarray(spec_upper) <= from_box_upper + TOLERANCE_64)
+    assert np.mean(spec_upper - spec_lower) < np.mean(from_box_upper - from_box_lower)
+
+
+def test_spec_shape_checked():
+  with pytest.raises(ValueError, match='n_spec'):
+    linear_spec_bounds(lambda x: 2 * x)(jnp.zeros((2, 3)), jnp.ones((2, 3)), jnp.ones((3, 3)))
+
+
+@pytest.mark.slow
+def test_large_cnn_sound_float32():
+  with jax.enable_x64(False):
+    model = models.get_model('large_cnn', embedding_dim=2)
+    variables = models.init_variables(model, jax.random.key(1), (1, 28, 28, 1))
+    fn = lambda x: model.apply(variables, x)
+    images = np.random.default_rng(10).uniform(size=(1, 28, 28, 1)).astype(np.float32)
+    lower, upper = input_box(images, 0.001)
+    widths = _assert_sound(fn, lower, upper, 2, tolerance=1e-5, samples=50,
+                           methods=('crown_ibp',))
+  assert widths['crown_ibp'] < widths['ibp']
+
+
+@pytest.mark.parametrize('dimension_numbers', [
+    ('NHWC', 'HWIO', 'NHWC'),
+    pytest.param(('NCHW', 'OIHW', 'NCHW'), marks=pytest.mark.slow)])
+def test_linear_network_bounds_are_its_exact_range(dimension_numbers):
+  """Two convolutions (strides, padding, dilation) and a dense layer: the bounds are the exact
+  range `J c +- |J| r` of the affine map (IBP is looser), whatever the layout."""
+  rng = np.random.default_rng(11)
+  channels_last = dimension_numbers[0] == 'NHWC'
+  k1 = rng.normal(size=(3, 3, 2, 3) if channels_last else (3, 2, 3, 3))
+  k2 = rng.normal(size=(2, 2, 3, 4) if channels_last else (4, 3, 2, 2))
+  dense = rng.normal(size=(4 * 4 * 4, 3))
+
+  def fn(x):
+    h = jax.lax.conv_general_dilated(x, k1, (2, 1), ((1, 2), (0, 1)), rhs_dilation=(1, 2),
+                                     dimension_numbers=dimension_numbers)
+    h = jax.lax.conv_general_dilated(h, k2, (1, 1), 'VALID', dimension_numbers=dimension_numbers)
+    return h.reshape(h.shape[0], -1)[:, :64] @ dense
+
+  shape = (9, 8, 2) if channels_last else (2, 9, 8)
+  lower, upper = _random_box(rng, 1, shape, 0.1)
+  jacobian = np.asarray(jax.jacobian(lambda x: fn(x[None])[0])(jnp.asarray(lower[0])))
+  jacobian = jacobian.reshape(3, -1)
+  radius = ((upper - lower) / 2).reshape(-1)
+  value = np.asarray(fn(jnp.asarray((lower + upper) / 2)))[0]
+  ibp_lower, _ = interval(fn)(lower, upper)
+  assert np.all(value - np.abs(jacobian) @ radius > np.asarray(ibp_lower)[0] + 1e-6)
+  for method in METHODS:
+    out_lower, out_upper = linear_bounds(fn, method)(lower, upper)
+    np.testing.assert_allclose(out_lower[0], value - np.abs(jacobian) @ radius, rtol=0,
+                               atol=TOLERANCE_64)
+    np.testing.assert_allclose(out_upper[0], value + np.abs(jacobian) @ radius, rtol=0,
+                               atol=TOLERANCE_64)
