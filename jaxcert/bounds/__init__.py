@@ -2,7 +2,10 @@
 
 `interval(fn)` interprets the jaxpr of `fn` with the rules of
 `jaxcert.bounds.rules`; `input_box` builds the L-infinity box of an image;
-`l2_normalize` is an L2 normalisation with a tight interval rule.
+`l2_normalize` is an L2 normalisation with a tight interval rule;
+`interval(fn, rounding='outward')` bounds the real-valued function in any dtype
+(`jaxcert.bounds.rounding`); `linear_bounds(fn, method)` computes CROWN-IBP or
+CROWN bounds over the same jaxpr, intersected with IBP (`jaxcert.bounds.linear`).
 `jaxcert.bounds.retrieval` turns embedding bounds into distance bounds, rank
 bounds and certified retrieval (Kakizaki et al., Theorems 1-6, Eqs. 19 and 25).
 """
@@ -10,6 +13,8 @@ bounds and certified retrieval (Kakizaki et al., Theorems 1-6, Eqs. 19 and 25).
 from jaxcert.bounds.interval import input_box
 from jaxcert.bounds.interval import interval
 from jaxcert.bounds.interval import IntervalBound
+from jaxcert.bounds.linear import linear_bounds
+from jaxcert.bounds.linear import linear_spec_bounds
 from jaxcert.bounds.rules import l2_normalize
 from jaxcert.bounds.rules import l2_normalize_bounds
 from jaxcert.bounds.rules import RULES
@@ -32,6 +37,8 @@ __all__ = [
     'input_box',
     'interval',
     'l2_normalize',
+    'linear_bounds',
+    'linear_spec_bounds',
     'l2_normalize_bounds',
     'rank_bounds',
 ]

@@ -639,8 +639,9 @@ def _output_bounds(graph: _Graph, output) -> tuple[jax.Array, jax.Array]:
     return identity.reshape((count,) + output.shape)
 
   bounds = _chunked_lower_bounds(graph, output, rows, size)
-  lower = jnp.maximum(output.bound.lower, bounds[0].reshape(output.shape))
-  upper = jnp.minimum(output.bound.upper, bounds[1].reshape(output.shape))
+  # fmax/fmin ignore NaN: where the linear pass met inf - inf, the interval bound stands alone.
+  lower = jnp.fmax(output.bound.lower, bounds[0].reshape(output.shape))
+  upper = jnp.fmin(output.bound.upper, bounds[1].reshape(output.shape))
   return lower, jnp.maximum(upper, lower)
 
 

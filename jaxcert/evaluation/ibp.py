@@ -12,8 +12,7 @@ outwards, so it holds for the real-valued encoder with no slack, docs/rigorous_f
 ibp.md and results.json ('certified_by'):
   config.ibp.method    how the embedding boxes are bounded: 'ibp' (interval bound propagation,
                        Eqs. 15-16), 'crown_ibp' or 'crown' (linear relaxations of
-                       `jaxcert.bounds.linear`, intersected with IBP; imported only when chosen;
-                       float64 only);
+                       `jaxcert.bounds.linear`, intersected with IBP; float64 only);
   config.ibp.qa_bound  the QA certificate: 'linear' (the exact linear specification over the
                        query's embedding box, docs/bounds.md §13) or 'kakizaki' (Theorem 1).
 
@@ -48,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import os
 import time
 
@@ -60,6 +58,7 @@ from jaxcert import data
 from jaxcert import metrics
 from jaxcert import report
 from jaxcert import retrieval
+from jaxcert.bounds import linear
 from jaxcert.bounds import retrieval as certified_retrieval
 from jaxcert.bounds.interval import interval
 from jaxcert.bounds import rounding as outward_rounding
@@ -154,15 +153,14 @@ def in_dtype(inputs, dtype: str):
 def embedding_bound_transform(method: str, outward: bool = False):
   """The bound transform of `config.ibp.method` for `certified_retrieval.embedding_bounds`.
 
-  'ibp': `interval` (`outward_interval` if `outward`, the rigorous float32). 'crown_ibp', 'crown': `jaxcert.bounds.linear.linear_bounds(fn, method=...)`
-  (same calling convention as `interval(fn)`, already intersected with the IBP bounds), imported
-  here, only for those methods. Cached: one function object per method, so jit reuses its
-  compilations.
+  'ibp': `interval` (`outward_interval` if `outward`, the rigorous float32). 'crown_ibp',
+  'crown': `jaxcert.bounds.linear.linear_bounds(fn, method=...)` (same calling convention as
+  `interval(fn)`, already intersected with the IBP bounds). Cached: one function object per
+  method, so jit reuses its compilations.
 
   Raises:
     ValueError: an unknown method, or a linear method with `outward` (the linear bounds round to
       nearest: certify them in float64).
-    ImportError: a linear method in an installation without `jaxcert.bounds.linear`.
   """
   if method not in METHODS:
     raise ValueError(f'Unknown config.ibp.method {method!r}; valid: {list(METHODS)}.')
@@ -171,15 +169,6 @@ def embedding_bound_transform(method: str, outward: bool = False):
   if outward:
     raise ValueError(f'config.ibp.method={method!r} rounds to nearest and cannot certify in the '
                      "rigorous float32; pass --config.ibp.dtype=float64 (or method 'ibp').")
-  module_name = 'jaxcert.bounds.linear'
-  try:
-    linear = importlib.import_module(module_name)
-  except ModuleNotFoundError as error:
-    if error.name != module_name:
-      raise
-    raise ImportError(f'config.ibp.method={method!r} needs {module_name} (CROWN-family linear '
-                      f'bounds), which this installation of jaxcert does not have; certify with '
-                      f"--config.ibp.method=ibp.") from error
   return functools.partial(linear.linear_bounds, method=method)
 
 
