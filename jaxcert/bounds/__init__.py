@@ -15,8 +15,8 @@ from jaxcert.bounds.interval import interval
 from jaxcert.bounds.interval import IntervalBound
 from jaxcert.bounds.linear import linear_bounds
 from jaxcert.bounds.linear import linear_spec_bounds
-from jaxcert.bounds.rules import l2_normalize
-from jaxcert.bounds.rules import l2_normalize_bounds
+from jaxcert.bounds.l2_normalize import l2_normalize
+from jaxcert.bounds.l2_normalize import l2_normalize_bounds
 from jaxcert.bounds.rules import RULES
 from jaxcert.bounds import rounding  # fills the outward (rigorous) rule tables
 from jaxcert.bounds.retrieval import certified_retrieval

@@ -36,10 +36,7 @@ over the examples. Derivations: docs/linear_bounds.md.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
-import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +47,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
+from jaxcert.bounds import linear_graph
 from jaxcert.bounds import linear_rules
 from jaxcert.bounds import rules  # pylint: disable=unused-import  (fills RULES)
 from jaxcert.bounds.interval import IntervalBound
@@ -101,174 +99,22 @@ def _check_method(method: str) -> None:
     raise ValueError(f'Unknown linear bound method {method!r}; valid methods: {list(METHODS)}.')
 
 
-@dataclasses.dataclass(eq=False)
-class _Node:
-  """A bounded value of the interpreted jaxpr.
-
-  Attributes:
-    index: position in the graph (the input is 0).
-    bound: its interval bound: IBP, tightened by CROWN in method 'crown'.
-    producer: index of the step computing it; -1 for the input.
-    exact: IBP is exact on it (docs/linear_bounds.md §5), so CROWN cannot tighten it.
-    coordinatewise: each coordinate is an affine function of one input coordinate, distinct
-      coordinates of distinct ones.
-  """
-  index: int
-  bound: IntervalBound
-  producer: int
-  exact: bool = False
-  coordinatewise: bool = False
-
-  @property
-  def shape(self):
-    return self.bound.lower.shape
-
-  @property
-  def dtype(self):
-    return self.bound.lower.dtype
-
-
-@dataclasses.dataclass(frozen=True)
-class _Relaxation:
-  """Linear sandwich `sum_k lower_slopes[k] x_k + lower_offset <= y <= sum_k upper_slopes[k] x_k +
-  upper_offset` of an elementwise step, one slope per bounded operand (output-shaped arrays)."""
-  lower_slopes: tuple
-  lower_offset: jax.Array
-  upper_slopes: tuple
-  upper_offset: jax.Array
-
-
-@dataclasses.dataclass(eq=False)
-class _Step:
-  """One equation applied to bounded values.
-
-  Attributes:
-    primitive, params: the equation's.
-    invals: its operands: `_Node`s and constants.
-    outputs: its results: `_Node`s (bounded) or constants.
-    kind: 'affine' (exact transpose), 'relaxed' (`relaxation`) or 'interval' (fallback).
-    relaxation: the linear sandwich of a relaxed step.
-  """
-  primitive: jex_core.Primitive
-  params: dict
-  invals: list
-  outputs: list
-  kind: str
-  relaxation: _Relaxation | None = None
-
-
-def _is_float(value) -> bool:
-  return jnp.issubdtype(jnp.result_type(value), jnp.floating)
-
-
-def _bounded_positions(invals) -> list[int]:
-  return [i for i, value in enumerate(invals) if isinstance(value, _Node)]
-
-
 def _is_affine(primitive, invals, params) -> bool:
   """Whether the step's output is an affine function of its bounded operands."""
-  positions = _bounded_positions(invals)
-  if not all(_is_float(invals[i].bound.lower) for i in positions):
+  positions = linear_graph.bounded_positions(invals)
+  if not all(linear_graph.is_float(invals[i].bound.lower) for i in positions):
     return False
   if primitive is _P.convert_element_type_p:
     return jnp.issubdtype(params['new_dtype'], jnp.floating)
   if primitive in _AFFINE_PRIMITIVES:
     return True
   if primitive in _INDEXED_AFFINE_PRIMITIVES:
-    return not any(isinstance(v, _Node) for v in invals[_INDEXED_AFFINE_PRIMITIVES[primitive]])
+    return not any(isinstance(v, linear_graph.Node) for v in invals[_INDEXED_AFFINE_PRIMITIVES[primitive]])
   if primitive in _BILINEAR_PRIMITIVES:
     return len(positions) == 1
   if primitive is _P.div_p:
     return positions == [0]
   return False
-
-
-# --- Relaxations (docs/linear_bounds.md §3; the formulas are in linear_rules). ---------------
-
-
-def _finite_or_constant(slopes_and_offsets, in_bounds, out_bound: IntervalBound):
-  """Where an input bound is infinite, the relaxation is replaced by the output's interval."""
-  lower_slopes, lower_offset, upper_slopes, upper_offset = slopes_and_offsets
-  finite = functools.reduce(operator.and_,
-                            [jnp.isfinite(b.lower) & jnp.isfinite(b.upper) for b in in_bounds])
-  shape = out_bound.lower.shape
-  dtype = out_bound.lower.dtype
-
-  def pick(value, fallback):
-    return jnp.broadcast_to(jnp.where(finite, value, fallback), shape).astype(dtype)
-
-  return _Relaxation(
-      tuple(pick(s, 0) for s in lower_slopes), pick(lower_offset, out_bound.lower),
-      tuple(pick(s, 0) for s in upper_slopes), pick(upper_offset, out_bound.upper))
-
-
-def _leaky_relu_slope(steps, invals) -> tuple[_Node, Any] | None:
-  """`(x, a)` if `select_n(x >= 0, a * x, x)` (jax.nn.leaky_relu) with constant `0 <= a <= 1`."""
-  predicate, on_false, on_true = invals
-  if not all(isinstance(v, _Node) for v in invals) or on_true.producer < 0:
-    return None
-  compare, scale = steps[predicate.producer], steps[on_false.producer]
-  if compare.primitive not in (_P.ge_p, _P.gt_p) or compare.invals[0] is not on_true:
-    return None
-  if isinstance(compare.invals[1], _Node) or np.any(np.asarray(compare.invals[1]) != 0):
-    return None
-  if scale.primitive is not _P.mul_p or len(_bounded_positions(scale.invals)) != 1:
-    return None
-  operands = scale.invals
-  x_position = _bounded_positions(operands)[0]
-  slope = operands[1 - x_position]
-  if operands[x_position] is not on_true or not is_concrete(slope):
-    return None
-  slope_np = np.asarray(slope)
-  if slope_np.ndim or not 0 <= slope_np <= 1:
-    return None
-  return on_true, slope
-
-
-def _relaxation(primitive, invals, params, out_bound: IntervalBound, steps) -> tuple | None:
-  """`(relaxation, relaxed operand positions)` for a relaxable step, else None."""
-  positions = _bounded_positions(invals)
-  shape = out_bound.lower.shape
-  if not all(_is_float(invals[i].bound.lower) for i in positions) or not _is_float(out_bound.lower):
-    return None
-  if any(invals[i].shape != shape for i in positions):
-    return None
-  if primitive in (_P.max_p, _P.min_p) and len(positions) == 1:
-    x = invals[positions[0]].bound
-    threshold = invals[1 - positions[0]]
-    if primitive is _P.max_p:
-      slopes = linear_rules.relu_like(x.lower, x.upper, threshold)
-    else:  # min(x, t) = -max(-x, -t).
-      ls, lo, us, uo = linear_rules.relu_like(-x.upper, -x.lower, -threshold)
-      slopes = (us, -uo, ls, -lo)
-    slopes = ((slopes[0],), slopes[1], (slopes[2],), slopes[3])
-    return _finite_or_constant(slopes, [x], out_bound), positions
-  relax = linear_rules.ELEMENTWISE_RELAXATIONS.get(primitive)
-  if relax is not None and len(positions) == 1 and len(invals) == 1:
-    x = invals[0].bound
-    ls, lo, us, uo = relax(x.lower, x.upper)
-    return _finite_or_constant(((ls,), lo, (us,), uo), [x], out_bound), positions
-  if primitive is _P.integer_pow_p and params['y'] == 2:
-    x = invals[0].bound
-    ls, lo, us, uo = linear_rules.square_relaxation(x.lower, x.upper)
-    return _finite_or_constant(((ls,), lo, (us,), uo), [x], out_bound), positions
-  if primitive is _P.mul_p and len(positions) == 2:
-    first, second = invals
-    if first is second:
-      x = first.bound
-      ls, lo, us, uo = linear_rules.square_relaxation(x.lower, x.upper)
-      return _finite_or_constant(((ls,), lo, (us,), uo), [x], out_bound), [0]
-    # McCormick: xy >= l_y x + l_x y - l_x l_y and xy <= u_y x + l_x y - l_x u_y.
-    x, y = first.bound, second.bound
-    slopes = ((y.lower, x.lower), -x.lower * y.lower, (y.upper, x.lower), -x.lower * y.upper)
-    return _finite_or_constant(slopes, [x, y], out_bound), positions
-  if primitive is _P.select_n_p and len(invals) == 3:
-    match = _leaky_relu_slope(steps, invals)
-    if match is not None:
-      x, slope = match
-      ls, lo, us, uo = linear_rules.leaky_relu(x.bound.lower, x.bound.upper, slope)
-      return _finite_or_constant(((ls,), lo, (us,), uo), [x.bound], out_bound), [2]
-  return None
 
 
 # --- Forward interpretation. ------------------------------------------------------------------
@@ -305,28 +151,28 @@ class _Graph:
   def __init__(self, method: str, input_bound: IntervalBound, row_chunk: int):
     self.method = method
     self.row_chunk = row_chunk
-    self.input = _Node(0, input_bound, -1, exact=True, coordinatewise=True)
+    self.input = linear_graph.Node(0, input_bound, -1, exact=True, coordinatewise=True)
     self.nodes = [self.input]
-    self.steps: list[_Step] = []
+    self.steps: list[linear_graph.Step] = []
 
-  def _new_node(self, bound, exact=False, coordinatewise=False) -> _Node:
-    node = _Node(len(self.nodes), bound, len(self.steps), exact, coordinatewise)
+  def _new_node(self, bound, exact=False, coordinatewise=False) -> linear_graph.Node:
+    node = linear_graph.Node(len(self.nodes), bound, len(self.steps), exact, coordinatewise)
     self.nodes.append(node)
     return node
 
-  def tighten(self, node: _Node, relevant=True) -> None:
+  def tighten(self, node: linear_graph.Node, relevant=True) -> None:
     """Method 'crown': the node's bound intersected with backward passes from it (`_tightened`).
 
     `relevant` (a mask or True) names the coordinates whose bounds the consuming step's
     relaxation depends on; the others keep their interval bound (sound either way).
     """
-    if node.exact or not _is_float(node.bound.lower):
+    if node.exact or not linear_graph.is_float(node.bound.lower):
       return
     node.bound = _tightened(self, node, relevant)
     node.exact = True
 
   def add_step(self, eqn, invals, enclosing_calls) -> list | None:
-    """Records `eqn` applied to `invals` (some `_Node`s); returns its outputs, or None for a call
+    """Records `eqn` applied to `invals` (some `linear_graph.Node`s); returns its outputs, or None for a call
     to inline (jit, custom_jvp, ...; a named call whose rule declines)."""
     primitive, params = eqn.primitive, eqn.params
     if primitive in _CALL_PRIMITIVES and not (
@@ -335,9 +181,9 @@ class _Graph:
     affine = primitive not in _CALL_PRIMITIVES and _is_affine(primitive, invals, params)
     if self.method == 'crown' and not affine:
       for value in invals:
-        if isinstance(value, _Node):
+        if isinstance(value, linear_graph.Node):
           self.tighten(value, _relevant_coordinates(primitive, invals, value))
-    as_bounds = [v.bound if isinstance(v, _Node) else v for v in invals]
+    as_bounds = [v.bound if isinstance(v, linear_graph.Node) else v for v in invals]
     try:
       out_bounds = _interval_of(eqn, as_bounds, enclosing_calls)
     except (ValueError, NotImplementedError) as error:
@@ -350,12 +196,12 @@ class _Graph:
       kind = 'affine'
     elif primitive not in _CALL_PRIMITIVES and len(out_bounds) == 1 and isinstance(
         out_bounds[0], IntervalBound):
-      relaxed = _relaxation(primitive, invals, params, out_bounds[0], self.steps)
+      relaxed = linear_graph.relaxation(primitive, invals, params, out_bounds[0], self.steps)
       if relaxed is not None:
         kind = 'relaxed'
         relaxation, positions = relaxed
         invals = [v if i in positions else _constant_of(v) for i, v in enumerate(invals)]
-    positions = _bounded_positions(invals)
+    positions = linear_graph.bounded_positions(invals)
     coordinatewise = (kind == 'affine' and primitive in _COORDINATEWISE_PRIMITIVES
                       and len(positions) == 1 and invals[positions[0]].coordinatewise)
     exact = coordinatewise or (
@@ -365,14 +211,14 @@ class _Graph:
                 and invals[positions[0]].exact)))
     outputs = [self._new_node(b, exact, coordinatewise) if isinstance(b, IntervalBound) else b
                for b in out_bounds]
-    self.steps.append(_Step(primitive, params, list(invals), outputs, kind, relaxation))
+    self.steps.append(linear_graph.Step(primitive, params, list(invals), outputs, kind, relaxation))
     return outputs
 
 
-def _relevant_coordinates(primitive, invals, node: _Node):
+def _relevant_coordinates(primitive, invals, node: linear_graph.Node):
   """Where a step's relaxation depends on `node`'s bounds: `max`/`min` with a constant only where
   the interval straddles the constant (elsewhere the relaxation is exact); all coordinates else."""
-  positions = _bounded_positions(invals)
+  positions = linear_graph.bounded_positions(invals)
   if primitive in (_P.max_p, _P.min_p) and positions == [invals.index(node)] and len(invals) == 2:
     threshold = invals[1 - positions[0]]
     return (node.bound.lower < threshold) & (node.bound.upper > threshold)
@@ -381,7 +227,7 @@ def _relevant_coordinates(primitive, invals, node: _Node):
 
 def _constant_of(value):
   """A relaxed step's operand that the relaxation does not use (leaky ReLU's predicate)."""
-  return value.bound.lower if isinstance(value, _Node) else value
+  return value.bound.lower if isinstance(value, linear_graph.Node) else value
 
 
 def _interpret(graph: _Graph, jaxpr, consts, args, enclosing_calls=()) -> list:
@@ -398,7 +244,7 @@ def _interpret(graph: _Graph, jaxpr, consts, args, enclosing_calls=()) -> list:
     with (source_info_util.user_context(eqn.source_info.traceback,
                                         name_stack=eqn.source_info.name_stack),
           eqn.ctx.manager):
-      if not any(isinstance(v, _Node) for v in invals):
+      if not any(isinstance(v, linear_graph.Node) for v in invals):
         outvals = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
         outvals = outvals if eqn.primitive.multiple_results else [outvals]
       else:
@@ -432,12 +278,12 @@ def _concretize(coeffs, bound: IntervalBound):
           + _weighted_sum(jnp.minimum(coeffs, 0), bound.upper))
 
 
-def _conv_transposable_by_matmul(step: _Step, coeffs) -> bool:
+def _conv_transposable_by_matmul(step: linear_graph.Step, coeffs) -> bool:
   """Whether `linear_rules.conv_lhs_transpose` applies: a float64 convolution on CPU (whose XLA
   kernel is several times slower than a matmul), bounded image operand, no groups or input
   dilation."""
   params = step.params
-  return (step.primitive is _P.conv_general_dilated_p and _bounded_positions(step.invals) == [0]
+  return (step.primitive is _P.conv_general_dilated_p and linear_graph.bounded_positions(step.invals) == [0]
           and coeffs is not None and coeffs.dtype == jnp.float64
           and jax.default_backend() == 'cpu'
           and params['feature_group_count'] == 1 and params['batch_group_count'] == 1
@@ -445,9 +291,9 @@ def _conv_transposable_by_matmul(step: _Step, coeffs) -> bool:
           and all(lo >= 0 and hi >= 0 for lo, hi in params['padding']))
 
 
-def _transpose_affine(step: _Step, out_coeffs: list):
+def _transpose_affine(step: linear_graph.Step, out_coeffs: list):
   """`(coefficients of each bounded operand, offset term per row)` of an affine step."""
-  positions = _bounded_positions(step.invals)
+  positions = linear_graph.bounded_positions(step.invals)
   nodes = [step.invals[i] for i in positions]
   if _conv_transposable_by_matmul(step, out_coeffs[0]):
     in_coeffs = linear_rules.conv_lhs_transpose(out_coeffs[0], step.invals[1], step.params,
@@ -471,11 +317,11 @@ def _transpose_affine(step: _Step, out_coeffs: list):
   return list(zip(nodes, in_coeffs)), bias
 
 
-def _transpose_relaxed(step: _Step, coeffs):
+def _transpose_relaxed(step: linear_graph.Step, coeffs):
   """Lower bound of `A . y` through `y`'s relaxation: `A+` takes the lower line, `A-` the upper."""
   relaxation = step.relaxation
   positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
-  nodes = [step.invals[i] for i in _bounded_positions(step.invals)]
+  nodes = [step.invals[i] for i in linear_graph.bounded_positions(step.invals)]
   in_coeffs = [(node, positive * lower + negative * upper) for node, lower, upper in
                zip(nodes, relaxation.lower_slopes, relaxation.upper_slopes)]
   bias = (_weighted_sum(positive, relaxation.lower_offset)
@@ -483,7 +329,7 @@ def _transpose_relaxed(step: _Step, coeffs):
   return in_coeffs, bias
 
 
-def _backward(graph: _Graph, node: _Node, coeffs, *, symmetric: bool = False) -> jax.Array:
+def _backward(graph: _Graph, node: linear_graph.Node, coeffs, *, symmetric: bool = False) -> jax.Array:
   """Lower bounds of `coeffs[r] . node` over the input box, one per row r.
 
   With `symmetric`, the rows are `[coeffs; -coeffs]` (a lower and an upper bound of each row):
@@ -500,7 +346,7 @@ def _backward(graph: _Graph, node: _Node, coeffs, *, symmetric: bool = False) ->
     bias = jnp.concatenate([bias, -bias])
 
   for step in reversed(graph.steps[:node.producer + 1]):
-    out_coeffs = [pending.pop(out.index, None) if isinstance(out, _Node) else None
+    out_coeffs = [pending.pop(out.index, None) if isinstance(out, linear_graph.Node) else None
                   for out in step.outputs]
     if all(c is None for c in out_coeffs):
       continue
@@ -510,7 +356,7 @@ def _backward(graph: _Graph, node: _Node, coeffs, *, symmetric: bool = False) ->
           pending[out.index] = c
       unfold()
       symmetric = False
-      out_coeffs = [pending.pop(out.index, None) if isinstance(out, _Node) else None
+      out_coeffs = [pending.pop(out.index, None) if isinstance(out, linear_graph.Node) else None
                     for out in step.outputs]
     if step.kind == 'interval':
       for out, c in zip(step.outputs, out_coeffs):
@@ -535,7 +381,7 @@ def _backward(graph: _Graph, node: _Node, coeffs, *, symmetric: bool = False) ->
   return bias
 
 
-def _chunked_lower_bounds(graph: _Graph, node: _Node, rows: Callable, count: int) -> jax.Array:
+def _chunked_lower_bounds(graph: _Graph, node: linear_graph.Node, rows: Callable, count: int) -> jax.Array:
   """Lower and upper bounds of `count` rows, `graph.row_chunk` rows per backward pass.
 
   Args:
@@ -560,7 +406,7 @@ def _chunked_lower_bounds(graph: _Graph, node: _Node, rows: Callable, count: int
   return jnp.moveaxis(both, 1, 0).reshape(2, num_chunks * chunk)[:, :count]
 
 
-def _tightened(graph: _Graph, node: _Node, relevant) -> IntervalBound:
+def _tightened(graph: _Graph, node: linear_graph.Node, relevant) -> IntervalBound:
   """The node's bound intersected with backward-pass bounds at its `relevant` coordinates.
 
   Only the relevant coordinates (e.g. the unstable inputs of a ReLU, where its relaxation depends
@@ -629,7 +475,7 @@ def _example_graph(fn, method, row_chunk, lower, upper):
 
 def _output_bounds(graph: _Graph, output) -> tuple[jax.Array, jax.Array]:
   """CROWN bounds of one output leaf, intersected with its interval bound."""
-  if not isinstance(output, _Node):
+  if not isinstance(output, linear_graph.Node):
     output = jnp.asarray(output)
     return output, output
   size = math.prod(output.shape)
@@ -725,7 +571,7 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
         raise ValueError(f'spec rows have {rows_of_spec.shape[1]} entries, fn outputs '
                          f'{out_shape[1]}.')
       coeffs = rows_of_spec.astype(example_lower.dtype)[:, None, :]
-      if not isinstance(output, _Node):
+      if not isinstance(output, linear_graph.Node):
         value = jnp.einsum('sd,d->s', coeffs[:, 0], jnp.asarray(output)[0])
         return value, value
       count = coeffs.shape[0]
@@ -749,7 +595,7 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
 
 
 def _leaf_shape(value) -> tuple[int, ...]:
-  return value.shape if isinstance(value, _Node) else jnp.shape(value)
+  return value.shape if isinstance(value, linear_graph.Node) else jnp.shape(value)
 
 
 __all__ = ['METHODS', 'linear_bounds', 'linear_spec_bounds']

@@ -1,4 +1,4 @@
-"""Interval rules for JAX primitives, and the L2-normalisation bound.
+"""Interval rules for JAX primitives (L2 normalisation: `jaxcert.bounds.l2_normalize`).
 
 Each rule takes the equation's inputs (concrete arrays or `IntervalBound`s, at
 least one bounded) and the equation's params, and returns an `IntervalBound`
@@ -33,7 +33,6 @@ import numpy as np
 
 from jaxcert.bounds.interval import IntervalBound
 from jaxcert.bounds.interval import is_concrete
-from jaxcert.bounds.interval import NAMED_CALL_RULES
 from jaxcert.bounds.interval import NAN_SOURCES
 from jaxcert.bounds.interval import RULES
 from jaxcert.bounds.interval import SAME_OPERAND_RULES
@@ -41,7 +40,7 @@ from jaxcert.bounds.interval import SAME_OPERAND_RULES
 _P = jex_core.primitives  # `split_p`, `stack_p`, `unstack_p` are only exported by `lax`.
 
 
-def _ends(value):
+def ends(value):
   """`(lower, upper)` of an IntervalBound; a concrete value is both ends."""
   if isinstance(value, IntervalBound):
     return value.lower, value.upper
@@ -91,7 +90,7 @@ def _monotone_rule(primitive: jex_core.Primitive,
       raise NotImplementedError(
           f'`{primitive.name}` is bounded only for indices that do not depend '
           'on the perturbed input.')
-    lowers, uppers = zip(*(_ends(value) for value in invals))
+    lowers, uppers = zip(*(ends(value) for value in invals))
     lower = primitive.bind(*lowers, **params)
     upper = primitive.bind(*uppers, **params)
     if primitive.multiple_results:
@@ -125,7 +124,7 @@ def _domain_monotone_rule(primitive: jex_core.Primitive, domain_min: float):
   """
 
   def rule(operand, **params):
-    lower, upper = _ends(operand)
+    lower, upper = ends(operand)
     return IntervalBound(
         primitive.bind(jnp.maximum(lower, domain_min), **params),
         primitive.bind(jnp.maximum(upper, domain_min), **params))
@@ -154,7 +153,7 @@ def _convert_element_type_rule(operand, **params):
   out = _monotone_rule(_P.convert_element_type_p)(operand, **params)
   if not jnp.issubdtype(new_dtype, jnp.integer):
     return out
-  lower, upper = _ends(operand)
+  lower, upper = ends(operand)
   target_min, target_max = _integer_range_of(new_dtype)
   source_dtype = jnp.result_type(lower)
   if jnp.issubdtype(source_dtype, jnp.floating):
@@ -178,14 +177,14 @@ def _convert_element_type_rule(operand, **params):
 
 def _sub_rule(lhs, rhs, **params):
   """`[a - d, b - c]` for `[a, b] - [c, d]`."""
-  lhs_lower, lhs_upper = _ends(lhs)
-  rhs_lower, rhs_upper = _ends(rhs)
+  lhs_lower, lhs_upper = ends(lhs)
+  rhs_lower, rhs_upper = ends(rhs)
   return IntervalBound(_P.sub_p.bind(lhs_lower, rhs_upper, **params),
                        _P.sub_p.bind(lhs_upper, rhs_lower, **params))
 
 
 def _neg_rule(operand, **params):
-  lower, upper = _ends(operand)
+  lower, upper = ends(operand)
   return IntervalBound(_P.neg_p.bind(upper, **params),
                        _P.neg_p.bind(lower, **params))
 
@@ -196,8 +195,8 @@ def _corner_hull(fn, lhs, rhs, *, nan_corner=None) -> IntervalBound:
   A corner that is NaN (`0 * inf`) is replaced by `nan_corner` if given; otherwise it makes
   the hull's ends NaN, which the interpreter turns into infinite ends.
   """
-  lhs_ends = _ends(lhs) if _is_bound(lhs) else (lhs,)
-  rhs_ends = _ends(rhs) if _is_bound(rhs) else (rhs,)
+  lhs_ends = ends(lhs) if _is_bound(lhs) else (lhs,)
+  rhs_ends = ends(rhs) if _is_bound(rhs) else (rhs,)
   corners = [fn(a, b) for a in lhs_ends for b in rhs_ends]
   if nan_corner is not None:
     corners = [jnp.where(jnp.isnan(corner), nan_corner, corner) for corner in corners]
@@ -238,20 +237,20 @@ def _div_rule(lhs, rhs, **params):
       jnp.where(straddles, jnp.inf, hull.upper))
 
 
-def _abs_bounds(operand):
+def abs_bounds(operand):
   """Bounds of `|x|`: `[max(l, -u, 0), max(-l, u)]` (docs/bounds.md §6)."""
-  lower, upper = _ends(operand)
+  lower, upper = ends(operand)
   return (jnp.maximum(jnp.maximum(lower, -upper), 0),
           jnp.maximum(-lower, upper))
 
 
 def _abs_rule(operand):
-  return IntervalBound(*_abs_bounds(operand))
+  return IntervalBound(*abs_bounds(operand))
 
 
 def _square_rule(operand, **params):
   """`x**2 = |x|**2`, increasing in `|x|` (docs/bounds.md §6)."""
-  abs_lower, abs_upper = _abs_bounds(operand)
+  abs_lower, abs_upper = abs_bounds(operand)
   return IntervalBound(_P.square_p.bind(abs_lower, **params),
                        _P.square_p.bind(abs_upper, **params))
 
@@ -283,9 +282,9 @@ def _integer_pow_rule(operand, *, y: int):
     return _div_rule(jnp.ones_like(operand.lower),
                      _integer_pow_rule(operand, y=-y))
   if y % 2:
-    lower, upper = _ends(operand)
+    lower, upper = ends(operand)
   else:
-    lower, upper = _abs_bounds(operand)
+    lower, upper = abs_bounds(operand)
   return IntervalBound(lax.integer_pow(lower, y), lax.integer_pow(upper, y))
 
 
@@ -301,7 +300,7 @@ def _pow_rule(base, exponent, **params):
   if _is_bound(exponent):
     raise NotImplementedError(
         '`pow` is bounded only for an exponent that does not depend on the perturbed input.')
-  lower, upper = _ends(base)
+  lower, upper = ends(base)
   power = functools.partial(_P.pow_p.bind, **params)
   clipped_lower, clipped_upper = jnp.maximum(lower, 0), jnp.maximum(upper, 0)
   increasing = exponent >= 0
@@ -333,7 +332,7 @@ def _sort_rule(*operands, **params):
 
 def _is_finite_rule(operand):
   """`is_finite`: surely true when both ends are finite, false for a point at +-inf."""
-  lower, upper = _ends(operand)
+  lower, upper = ends(operand)
   return IntervalBound(jnp.isfinite(lower) & jnp.isfinite(upper),
                        ~((lower == upper) & jnp.isinf(lower)))
 
@@ -343,7 +342,7 @@ def _rsqrt_rule(operand, **params):
 
   A lower end `<= 0` gives an infinite upper bound.
   """
-  lower, upper = _ends(operand)
+  lower, upper = ends(operand)
   return IntervalBound(_P.rsqrt_p.bind(jnp.maximum(upper, 0), **params),
                        _P.rsqrt_p.bind(jnp.maximum(lower, 0), **params))
 
@@ -358,8 +357,8 @@ def _comparison_rule(primitive, *, increasing_in_lhs: bool):
   """
 
   def rule(lhs, rhs, **params):
-    lhs_lower, lhs_upper = _ends(lhs)
-    rhs_lower, rhs_upper = _ends(rhs)
+    lhs_lower, lhs_upper = ends(lhs)
+    rhs_lower, rhs_upper = ends(rhs)
     if not increasing_in_lhs:
       lhs_lower, lhs_upper, rhs_lower, rhs_upper = lhs_upper, lhs_lower, rhs_upper, rhs_lower
     return IntervalBound(primitive.bind(lhs_lower, rhs_upper, **params),
@@ -370,8 +369,8 @@ def _comparison_rule(primitive, *, increasing_in_lhs: bool):
 
 def _equal_rule(lhs, rhs):
   """`eq`: surely true only for equal points, possibly true if they overlap."""
-  lhs_lower, lhs_upper = _ends(lhs)
-  rhs_lower, rhs_upper = _ends(rhs)
+  lhs_lower, lhs_upper = ends(lhs)
+  rhs_lower, rhs_upper = ends(rhs)
   overlap = (lhs_lower <= rhs_upper) & (rhs_lower <= lhs_upper)
   equal_points = ((lhs_lower == lhs_upper) & (rhs_lower == rhs_upper)
                   & (lhs_lower == rhs_lower))
@@ -403,7 +402,7 @@ def _select_n_rule(which, *cases, **params):
   """
   if not _is_bound(which):
     return _monotone_rule(_P.select_n_p)(which, *cases, **params)
-  first_lower, first_upper = _ends(cases[0])
+  first_lower, first_upper = ends(cases[0])
   if not jnp.issubdtype(jnp.result_type(first_lower), jnp.floating):
     raise NotImplementedError(
         'select_n with a bounded predicate needs floating-point cases.')
@@ -411,7 +410,7 @@ def _select_n_rule(which, *cases, **params):
   index_upper = which.upper.astype(jnp.int32)
   lower, upper = jnp.inf, -jnp.inf
   for index, case in enumerate(cases):
-    case_lower, case_upper = _ends(case)
+    case_lower, case_upper = ends(case)
     possible = (index_lower <= index) & (index <= index_upper)
     lower = jnp.where(possible, jnp.minimum(lower, case_lower), lower)
     upper = jnp.where(possible, jnp.maximum(upper, case_upper), upper)
@@ -451,177 +450,6 @@ def _bilinear_rule(primitive: jex_core.Primitive):
   return rule
 
 
-# --- L2 normalisation: a tight bound for x / ||x||. --------------------------
-
-
-def _combine_scaled_squares(first, second):
-  """Adds two sums of squares held as `(scale, ssq)` with value `scale**2 * ssq`.
-
-  The larger scale is kept and the other sum rescaled by a ratio <= 1, as LAPACK's `nrm2` does,
-  so nothing overflows or underflows before it is negligible (`scale > 0` implies `ssq >= 1`).
-  """
-  first_scale, first_ssq = first
-  second_scale, second_ssq = second
-  scale = jnp.maximum(first_scale, second_scale)
-  safe_scale = jnp.where(scale > 0, scale, 1)
-  return scale, (first_ssq * jnp.square(first_scale / safe_scale)
-                 + second_ssq * jnp.square(second_scale / safe_scale))
-
-
-def _sum_of_other_squares(magnitudes, axis: int, epsilon: float):
-  """`sum_{j != i} magnitudes_j**2 + epsilon` for every i along `axis`, as `(scale, ssq)`.
-
-  Combines the prefix and the suffix of scaled sums of squares (associative scans), rather than
-  `total - magnitudes_i**2`, which loses all precision when entry i dominates, and rather than
-  plain squares, which overflow above 1.8e19 and underflow below 1e-23 in float32.
-  """
-  magnitudes = jnp.moveaxis(magnitudes, axis, -1)
-  ones = jnp.ones_like(magnitudes)
-  last = magnitudes.ndim - 1
-  prefix = lax.associative_scan(_combine_scaled_squares, (magnitudes, ones), axis=last)
-  suffix = lax.associative_scan(_combine_scaled_squares, (magnitudes, ones), axis=last,
-                                reverse=True)
-  zeros = jnp.zeros_like(magnitudes[..., :1])
-  before = tuple(jnp.concatenate([zeros, part[..., :-1]], -1) for part in prefix)
-  after = tuple(jnp.concatenate([part[..., 1:], zeros], -1) for part in suffix)
-  root_epsilon = jnp.full_like(magnitudes, np.sqrt(epsilon))
-  scale, ssq = _combine_scaled_squares(_combine_scaled_squares(before, after),
-                                       (root_epsilon, ones))
-  return jnp.moveaxis(scale, -1, axis), jnp.moveaxis(ssq, -1, axis)
-
-
-def _ratio_to_norm(value, scale, ssq):
-  """`value / sqrt(value**2 + scale**2 * ssq)` without overflow or underflow.
-
-  With `r = value / scale`: `r / sqrt(r**2 + ssq)` for `|r| <= 1` (`ssq >= 1` dominates an
-  underflowing `r**2`) and `sign(r) / sqrt(1 + ssq / r**2)` otherwise. Where `scale = 0` (the
-  other coordinates and epsilon are 0) the value is `sign(value)`, 0 at `value = 0`.
-  """
-  positive_scale = scale > 0
-  ratio = value / jnp.where(positive_scale, scale, 1)
-  small = jnp.abs(ratio) <= 1
-  small_ratio = jnp.where(small, ratio, 0)
-  large_ratio = jnp.where(small, 1, ratio)
-  inside = small_ratio * lax.rsqrt(jnp.square(small_ratio) + ssq)
-  outside = jnp.sign(large_ratio) * lax.rsqrt(1 + ssq / jnp.square(large_ratio))
-  return jnp.where(positive_scale, jnp.where(small, inside, outside), jnp.sign(value))
-
-
-def l2_normalize_bounds(lower, upper, *, axis: int = -1,
-                        epsilon: float = 0.):
-  """Tight elementwise bounds of `x / sqrt(||x||_2**2 + epsilon)` over a box.
-
-  For coordinate i write `S = sum_{j != i} x_j**2 + epsilon`. Then
-  `g_i = x_i / sqrt(x_i**2 + S)` is non-decreasing in `x_i` for fixed `S`,
-  and for fixed `x_i` decreasing in `S` if `x_i > 0`, increasing if
-  `x_i < 0`. Over the box `S` ranges over `[S_min, S_max]` (each `|x_j|` at
-  its min or max) independently of `x_i`, so (docs/bounds.md §9)
-
-      upper_i = u_i / sqrt(u_i**2 + (S_min if u_i > 0 else S_max)),
-      lower_i = l_i / sqrt(l_i**2 + (S_min if l_i < 0 else S_max)),
-
-  each attained at a point of the box. The sums of squares are kept scaled (no overflow or
-  underflow at any finite magnitude). With `epsilon = 0` the function is undefined at `x = 0`;
-  the bounds hold everywhere else. Rows with an infinite end get `[-1, 1]`.
-
-  Args:
-    lower: lower ends of the box.
-    upper: upper ends, same shape.
-    axis: the normalised axis.
-    epsilon: added to the squared norm, as in `l2_normalize`; >= 0.
-
-  Returns:
-    `(out_lower, out_upper)`, the shape of `lower`.
-  """
-  if not epsilon >= 0:
-    raise ValueError(f'epsilon must be >= 0, got {epsilon}.')
-  lower, upper = jnp.asarray(lower), jnp.asarray(upper)
-  return _l2_normalize_bounds(lower, upper, axis=int(axis) % max(lower.ndim, 1),
-                              epsilon=float(epsilon))
-
-
-@functools.partial(jax.jit, static_argnames=('axis', 'epsilon'))
-def _l2_normalize_bounds(lower, upper, *, axis: int, epsilon: float):
-  """`l2_normalize_bounds` for a nonnegative axis and a Python-float epsilon (jitted: the scans
-  are many small operations)."""
-  min_abs, max_abs = _abs_bounds(IntervalBound(lower, upper))
-  others_min = _sum_of_other_squares(min_abs, axis, epsilon)
-  others_max = _sum_of_other_squares(max_abs, axis, epsilon)
-
-  def bound(end, use_min):
-    scale, ssq = (jnp.where(use_min, at_min, at_max)
-                  for at_min, at_max in zip(others_min, others_max))
-    return _ratio_to_norm(end, scale, ssq)
-
-  finite = jnp.all(jnp.isfinite(lower) & jnp.isfinite(upper), axis=axis, keepdims=True)
-  out_upper = jnp.where(finite, bound(upper, upper > 0), 1)
-  out_lower = jnp.where(finite, bound(lower, lower < 0), -1)
-  return out_lower.astype(lower.dtype), out_upper.astype(upper.dtype)
-
-
-def _l2_normalize_may_create_nan(operand, *, axis: int, epsilon: float):
-  """With `epsilon = 0`, `x / ||x||` is `0 / 0` where the box holds the zero vector."""
-  if epsilon > 0:
-    return False
-  lower, upper = _ends(operand)
-  return jnp.any(jnp.all((lower <= 0) & (upper >= 0), axis=axis))
-
-
-@functools.cache
-def _l2_normalize_function(axis: int, epsilon: float, ndim: int):
-  """A jitted `x / sqrt(||x||**2 + epsilon)` for `ndim`-dimensional `x` the interpreter recognises.
-
-  Under `jax.vmap` the call's body gains batch axes, so its input has more than `ndim`
-  dimensions and `axis` no longer names the normalised axis: the rule then declines and the
-  interpreter bounds the body's primitives instead (sound, looser).
-  """
-
-  def normalize(x):
-    squared_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-    return x * lax.rsqrt(squared_norm + epsilon)
-
-  name = f'jaxcert_l2_normalize(axis={axis}, epsilon={epsilon!r}, ndim={ndim})'
-  normalize.__name__ = normalize.__qualname__ = name
-
-  def rule(operand):
-    if operand.lower.ndim != ndim:
-      return None
-    return IntervalBound(*l2_normalize_bounds(
-        operand.lower, operand.upper, axis=axis, epsilon=epsilon))
-
-  NAMED_CALL_RULES[name] = rule
-  NAN_SOURCES[name] = lambda operand, **params: (
-      _l2_normalize_may_create_nan(operand, axis=axis, epsilon=epsilon)
-      if operand.lower.ndim == ndim else True)
-  return jax.jit(normalize)
-
-
-def l2_normalize(x, *, axis: int = -1, epsilon: float = 1e-12):
-  """`x / sqrt(||x||_2**2 + epsilon)` along `axis`, with a tight interval rule.
-
-  Same values as `x * rsqrt(sum(x**2) + epsilon)` written out, but `interval`
-  bounds it with `l2_normalize_bounds` (tight per coordinate) instead of
-  composing the bounds of square, sum, rsqrt and mul (sound but loose: the
-  numerator and the norm are treated as independent).
-
-  Args:
-    x: array.
-    axis: the normalised axis.
-    epsilon: added to the squared norm (keeps `x = 0` finite); a Python
-      float >= 0.
-
-  Returns:
-    The normalised array.
-  """
-  epsilon = float(epsilon)
-  if not epsilon >= 0:
-    raise ValueError(f'epsilon must be >= 0, got {epsilon}.')
-  ndim = jnp.ndim(x)
-  if not -ndim <= axis < max(ndim, 1):
-    raise ValueError(f'axis {axis} is out of range for an array of {ndim} dimension(s).')
-  return _l2_normalize_function(int(axis) % max(ndim, 1), epsilon, ndim)(x)
-
-
 # --- Integer arithmetic: wrap-around. -----------------------------------------
 
 
@@ -644,12 +472,12 @@ def _integer_overflow_guard(primitive: jex_core.Primitive, rule):
                                             value.upper.astype(float_dtype))
                               if _is_bound(value) else jnp.asarray(value).astype(float_dtype))
     reference = rule(*map(as_float, invals), **params)
-    reference_lower, reference_upper = _ends(reference)
+    reference_lower, reference_upper = ends(reference)
     margin = 1e-3 if float_dtype == jnp.float32 else 1e-9
     type_min, type_max = _integer_range_of(dtype)
     in_range = ((reference_lower >= type_min - margin * abs(type_min))
                 & (reference_upper <= type_max * (1 - margin)))
-    out_lower, out_upper = _ends(out)
+    out_lower, out_upper = ends(out)
     return IntervalBound(jnp.where(in_range, out_lower, np.asarray(type_min, dtype)),
                          jnp.where(in_range, out_upper, np.asarray(type_max, dtype)))
 
@@ -680,7 +508,7 @@ def _below(bound_min: float):
 
   def may_create_nan(operand, **params):
     del params
-    return jnp.any(_ends(operand)[0] < bound_min)
+    return jnp.any(ends(operand)[0] < bound_min)
 
   return may_create_nan
 
@@ -688,14 +516,14 @@ def _below(bound_min: float):
 def _pow_may_create_nan(base, exponent, **params):
   """`x**y` is NaN for `x < 0` and a non-integer `y`."""
   del params
-  lower, _ = _ends(base)
+  lower, _ = ends(base)
   return jnp.any((lower < 0) & (jnp.round(exponent) != exponent))
 
 
 def _div_may_create_nan(lhs, rhs, **params):
   """`0 / 0`: the divisor's interval holds 0 (the dividend's may too)."""
   del params
-  lower, upper = _ends(rhs)
+  lower, upper = ends(rhs)
   return jnp.any((lower <= 0) & (upper >= 0))
 
 
