@@ -31,8 +31,9 @@ import numpy as np
 if __package__ in (None, ''):  # Run as `python bench/crown.py`: import `bench` from the repo root.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from bench import common  # pylint: disable=wrong-import-position
+from jaxcert import checkpointing  # pylint: disable=wrong-import-position
+from jaxcert import data  # pylint: disable=wrong-import-position
 from jaxcert import models  # pylint: disable=wrong-import-position
-from jaxcert import training  # pylint: disable=wrong-import-position
 from jaxcert.bounds import input_box  # pylint: disable=wrong-import-position
 from jaxcert.bounds import interval  # pylint: disable=wrong-import-position
 from jaxcert.bounds import retrieval as certified_retrieval  # pylint: disable=wrong-import-position
@@ -131,9 +132,9 @@ def certify_main(args, parser) -> dict:
   config_module = importlib.import_module(
       str(pathlib.Path(args.config).with_suffix('')).replace('/', '.'))
   config = config_module.get_config()
-  model, variables, dataset, _ = training.load_trained(config, args.checkpoint)
+  model, variables, dataset, _ = checkpointing.load_trained(config, args.checkpoint)
   (query_images, query_labels), (candidate_images, candidate_labels) = (
-      training.query_candidate_sets(config, dataset))
+      data.query_candidate_sets(config, dataset))
   if args.limit:
     query_images, query_labels = query_images[:args.limit], query_labels[:args.limit]
     candidate_images, candidate_labels = (candidate_images[:args.limit],

@@ -431,7 +431,7 @@ def test_short_certified_run_does_not_collapse(tmp_path):
   assert records[-1]['eps'] == pytest.approx(0.2)
   assert all(np.isfinite(r['loss']) for r in records)
   dataset = data.load_dataset(config.data)
-  (queries, _), _ = training.query_candidate_sets(config, dataset)
+  (queries, _), _ = data.query_candidate_sets(config, dataset)
   embeddings = np.asarray(model.apply(state.variables(), queries))
   distances = np.linalg.norm(embeddings[:, None] - embeddings[None], axis=-1)
   assert np.median(distances) > 1e-2 * np.median(np.linalg.norm(embeddings, axis=-1))

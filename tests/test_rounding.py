@@ -336,7 +336,6 @@ def test_rigorous_float32_certification_nearly_equals_float64(tmp_path):
   from configs import default  # pylint: disable=import-outside-toplevel
   from jaxcert import certification  # pylint: disable=import-outside-toplevel
   from jaxcert import data  # pylint: disable=import-outside-toplevel
-  from jaxcert import training  # pylint: disable=import-outside-toplevel
   from jaxcert.evaluation import ibp  # pylint: disable=import-outside-toplevel
   config = default.get_config()
   config.eval.num_queries, config.eval.num_candidates = 12, 40
@@ -347,7 +346,7 @@ def test_rigorous_float32_certification_nearly_equals_float64(tmp_path):
   split = data.Split(np.asarray(test_interval._uniform(20, (60, 12, 12, 1))), labels)  # pylint: disable=protected-access
   dataset = data.Dataset('test', split, split, 3)
   (query_images, query_labels), (candidate_images, candidate_labels) = (
-      training.query_candidate_sets(config, dataset))
+      data.query_candidate_sets(config, dataset))
   inputs = certification.CertifyInputs(
       config, model, variables, jax.tree_util.Partial(model.apply, variables), dataset,
       certification.LabelledImages(query_images, query_labels),
