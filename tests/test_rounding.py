@@ -175,7 +175,11 @@ TRANSCENDENTAL = {
 }
 
 
-@pytest.mark.parametrize('name', sorted(TRANSCENDENTAL))
+# The default run keeps the functions the audit found non-monotone (tanh, erf) and exp; the rest
+# run under `-m slow` (each case compiles its own rule).
+@pytest.mark.parametrize('name', [
+    name if name in ('exp', 'tanh', 'erf') else pytest.param(name, marks=pytest.mark.slow)
+    for name in sorted(TRANSCENDENTAL)])
 def test_transcendental_rules_contain_real_values_on_consecutive_floats(name):
   """Boxes [x_i, x_{i+1}] of consecutive floats, where computed values may even decrease.
 
