@@ -26,7 +26,6 @@ with what to change.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -188,16 +187,6 @@ def _check_radius(name: str, value) -> float:
   return value
 
 
-@contextlib.contextmanager
-def _precision(dtype: str):
-  """Full-precision matmuls, with float64 enabled where `dtype` is 'float64'."""
-  with contextlib.ExitStack() as stack:
-    stack.enter_context(jax.default_matmul_precision('highest'))
-    if dtype == 'float64':
-      stack.enter_context(jax.enable_x64(True))
-    yield
-
-
 def certify_retrieval(embed: Callable, queries, query_labels, candidates, candidate_labels, *,
                       eps: float, ks: Sequence[int] = metrics.DEFAULT_KS, dtype: str = 'float64',
                       batch_size: int = 256,
@@ -242,7 +231,7 @@ def certify_retrieval(embed: Callable, queries, query_labels, candidates, candid
   # Queries and candidates go through the encoder as one set: one compiled batch shape.
   images = np.concatenate([queries, candidates])
   num_queries = len(queries)
-  with _precision(dtype):
+  with bounds_retrieval.certification_precision(dtype):
     embed = bounds_retrieval.cast_floating(retrieval.as_pytree_function(embed), dtype)
     embeddings = retrieval.embed_in_batches(embed, images.astype(dtype), batch_size)
     if embeddings.dtype != np.dtype(dtype):

@@ -55,8 +55,9 @@ def compare(inputs, radii, ks, methods, qa_bounds, slacks) -> list[dict]:
     if qa_bound not in ibp.QA_BOUNDS:
       raise ValueError(f'Unknown QA bound {qa_bound!r}; valid: {list(ibp.QA_BOUNDS)}.')
   rows = []
-  with ibp.certification_precision(ibp_config.dtype):
-    certified_inputs = ibp.in_dtype(inputs, ibp_config.dtype)
+  dtype = ibp.certification_dtype(ibp_config)  # 'auto' resolved for this backend
+  with certified_retrieval.certification_precision(dtype):
+    certified_inputs = ibp.in_dtype(inputs, dtype)
     query_emb, candidate_emb = (
         retrieval.embed_in_batches(certified_inputs.embed, images, ibp_config.batch_size)
         for images in (inputs.queries.images, inputs.candidates.images))

@@ -36,6 +36,7 @@ same total slack and also bounds its own arithmetic's rounding explicitly (docs/
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -124,6 +125,20 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
   both = retrieval.embed_in_batches(bounded, images, batch_size, sharding=sharding)
   dim = both.shape[1] // 2
   return both[:, :dim], both[:, dim:]
+
+
+@contextlib.contextmanager
+def certification_precision(dtype: str):
+  """Full-precision matmuls, and float64 enabled (`jax.enable_x64`) where `dtype` is 'float64'.
+
+  Reduced GPU/TPU matmul precision (TF32, bf16 passes) is coarser than the bounds' slack
+  (docs/bounds.md §1); on CPU 'highest' is the default.
+  """
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(jax.default_matmul_precision('highest'))
+    if dtype == 'float64':
+      stack.enter_context(jax.enable_x64(True))
+    yield
 
 
 def cast_floating(tree, dtype):

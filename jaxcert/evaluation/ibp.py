@@ -45,7 +45,6 @@ be certified; under CA every candidate's box counts against every query (results
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import time
@@ -123,20 +122,6 @@ def check_ibp_config(ibp_config, num_candidates: int) -> tuple[float, tuple[int,
     raise ValueError(f'config.ibp.ks must be integers in [1, {num_candidates}] (the candidate set '
                      f'size), got {ks}.')
   return eps, tuple(int(k) for k in ks), sorted(set(radii) | {eps})
-
-
-@contextlib.contextmanager
-def certification_precision(dtype: str):
-  """Full-precision matmuls, and float64 enabled (`jax.enable_x64`) where `dtype` is 'float64'.
-
-  Reduced GPU/TPU matmul precision (TF32, bf16 passes) is coarser than the bounds' slack
-  (docs/bounds.md §1); on CPU 'highest' is the default.
-  """
-  with contextlib.ExitStack() as stack:
-    stack.enter_context(jax.default_matmul_precision('highest'))
-    if dtype == 'float64':
-      stack.enter_context(jax.enable_x64(True))
-    yield
 
 
 def in_dtype(inputs, dtype: str):
@@ -343,7 +328,7 @@ def compute(inputs) -> dict:
   dtype = certification_dtype(config.ibp)
   if dtype == 'float32':
     outward_rounding.check_no_subnormals(inputs.variables)
-  with certification_precision(dtype):
+  with certified_retrieval.certification_precision(dtype):
     certified_inputs = in_dtype(inputs, dtype)
     start = time.perf_counter()
     query_emb = retrieval.embed_in_batches(certified_inputs.embed, inputs.queries.images,
@@ -361,7 +346,7 @@ def compute(inputs) -> dict:
     sweep = {radius: certify_at(certified_inputs, query_emb, candidate_emb, radius, ks,
                                 margins=margins)
              for radius in radii}
-  with certification_precision('float32'):  # the float32 encoder (x64 off), against float64
+  with certified_retrieval.certification_precision('float32'):  # the float32 encoder (x64 off), against float64
     rounding = rounding_check(inputs, eps)
   indices = np.asarray(sweep[eps]['rank_bounds'].indices)
   recall = metrics.recall_at_k(inputs.queries.labels, inputs.candidates.labels[indices], ks)
