@@ -30,7 +30,9 @@ import optax
 import tqdm
 
 from jaxcert import checkpointing
+from jaxcert import common
 from jaxcert import data
+from jaxcert import losses
 from jaxcert import metrics
 from jaxcert import models
 from jaxcert import objectives
@@ -145,6 +147,20 @@ def make_train_step(model: nn.Module, config, tx: optax.GradientTransformation,
   return train_step
 
 
+SAMPLERS = ('epoch', 'm_per_class')
+
+
+def check_names(config) -> None:
+  """Raises ValueError, listing the valid names, for an unknown model, loss, method or sampler.
+
+  Runs before any data is read or any function traced, so that a misspelt name costs nothing.
+  """
+  models.build_model(config.model)
+  losses.get_loss(config.loss.name)
+  objectives.get_method(config.method)
+  common.check_choice('sampler', config.sampler, SAMPLERS)
+
+
 def batch_indices(config, labels: np.ndarray, step: int) -> np.ndarray:
   """Indices of the training batch at `step`, a pure function of `(config.seed, step)`."""
   if config.sampler == 'm_per_class':
@@ -152,7 +168,7 @@ def batch_indices(config, labels: np.ndarray, step: int) -> np.ndarray:
                                   seed=config.seed, step=step)
   if config.sampler == 'epoch':
     return data.epoch_batch(len(labels), batch_size=config.batch_size, seed=config.seed, step=step)
-  raise ValueError(f"Unknown sampler {config.sampler!r}; valid samplers: ['epoch', 'm_per_class'].")
+  raise ValueError(f'config.sampler={config.sampler!r} is not one of {SAMPLERS}.')
 
 
 def _check_finite(step: int, step_metrics: dict, checkpoint_dir: str) -> None:
@@ -288,6 +304,7 @@ def train(config, workdir: str, dataset: data.Dataset | None = None) -> tuple[nn
   `config.init_from`, or afresh), trains to `total_steps` with the method's objective, and plots
   the training curves.
   """
+  check_names(config)
   os.makedirs(workdir, exist_ok=True)
   dataset = dataset if dataset is not None else data.load_dataset(config.data)
   train_images, train_labels = _training_set(config, dataset)
@@ -352,6 +369,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   Returns:
     `{'model': {...metrics}, 'raw_pixels': {...metrics}}`.
   """
+  check_names(config)
   os.makedirs(workdir, exist_ok=True)
   report_dir = parallel.primary_workdir(workdir)  # Multi-host: only process 0 writes the reports.
   with open(os.path.join(report_dir, 'config.json'), 'w', encoding='utf-8') as f:

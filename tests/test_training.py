@@ -148,15 +148,23 @@ def test_checkpoint_names_split_at_the_last_at_sign():
   assert checkpointing.split_step('/home/me@host/run@40') == ('/home/me@host/run', 40)
 
 
+@pytest.fixture(scope='module')
+def branch_source(tmp_path_factory):
+  """One tiny run (checkpoints 8 and 12) that the branch-error cases read and never write."""
+  source = tmp_path_factory.mktemp('source')
+  training.train(tiny_config(), str(source))
+  return source
+
+
 @pytest.mark.parametrize('resume_from,overrides,error,message', [
     ('{source}@5', {}, ValueError, r'no checkpoint of step 5; it holds steps \[8, 12\]'),
     ('{source}@last', {}, ValueError, 'DIR@STEP with STEP a step number'),
     ('{source}/nowhere', {}, FileNotFoundError, 'No checkpoint directory'),
     ('{source}', {'grad_clip_norm': 1.0}, ValueError, 'does not fit this config.*config.init_from'),
 ])
-def test_branch_errors_say_what_to_do(tmp_path, resume_from, overrides, error, message):
-  source = tmp_path / 'source'
-  training.train(tiny_config(), str(source))
+def test_branch_errors_say_what_to_do(tmp_path, branch_source, resume_from, overrides, error,
+                                      message):
+  source = branch_source
   config = tiny_config(resume_from=resume_from.format(source=source), **overrides)
   with pytest.raises(error, match=message):
     training.train(config, str(tmp_path / 'branch'))
