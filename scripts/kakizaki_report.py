@@ -2,8 +2,9 @@
 
 Reads `<run>/certify_ibp/results.json` (certify.py mode 'ibp') and `<run>/config.json` of every
 run given as `dataset:method=RUN_DIR`, or a copy of them in a results directory (`results.json` and
-`train_config.json` side by side, as in results/kakizaki/*; for results from before certify.py
-recorded the certified step, `newest_checkpoint.json` gives the run's newest checkpoint then), and
+`train_config.json` side by side, as in results/kakizaki/<run> and results/kakizaki/explorations/<run>;
+for results from before certify.py recorded the certified step, `newest_checkpoint.json` gives the
+run's newest checkpoint then), and
 prints (or writes with --out) one markdown table per paper table, our value first and the paper's
 in parentheses, with each run's training budget.
 The paper's tables are for the Large CNN: Small-CNN runs (read from config.json) get no paper

@@ -100,10 +100,19 @@ KAKIZAKI_TABLES = (
     'mnist:tbt=explorations/mnist_small_tbt_paper_ramp', 'mnist:tbt=mnist_small_tbt_full',
     'mnist:tbt=explorations/mnist_small_tbt_100ep', 'mnist:tbt=explorations/mnist_small_tbt_full_seed1',
     'fmnist:tbt=explorations/fmnist_small_tbt_full_rerun', 'fmnist:tbt=explorations/fmnist_small_tbt_100ep',
-    'fmnist:tbt=explorations/fmnist_small_tbt_full_seed1', 'mnist:tbt=explorations/mnist_small_tbt_full_seed2',
+    'fmnist:tbt=explorations/fmnist_small_tbt_full_seed1',
+    'mnist:tbt=explorations/mnist_small_tbt_full_seed2',
     'mnist:fctb=explorations/mnist_small_fctb_from_seed2',
     'fmnist:fctb=explorations/fmnist_small_fctb_from_seed1',
 )
+
+
+def _train(config: str, workdir: str, *flags: str) -> str:
+  return ' '.join(('python train.py --config', config, '--workdir', workdir) + flags)
+
+
+def _certify(config: str, checkpoint: str, *flags: str) -> str:
+  return ' '.join(('python certify.py --config', config, f'--config.checkpoint={checkpoint}') + flags)
 
 
 def _kakizaki_commands() -> dict:
@@ -112,30 +121,30 @@ def _kakizaki_commands() -> dict:
   for dataset, data in (('fmnist', '$FM'), ('mnist', '$MN')):
     large = f'{dataset}_large'
     for method in ('triplet', 'cibp'):
-      commands[f'{large}_{method}'] = [
-          f'python train.py --config configs/{large}_{method}.py:reduced --workdir runs/{large}_{method} {data}',
-          f'python certify.py --config configs/{large}_{method}.py --config.checkpoint=runs/{large}_{method} {data}']
+      config, run = f'configs/{large}_{method}.py', f'runs/{large}_{method}'
+      commands[f'{large}_{method}'] = [_train(f'{config}:reduced', run, data), _certify(config, run, data)]
     if dataset == 'fmnist':  # TBT starts from the Triplet run's step 1500 (the paper: 2K triplet steps).
-      start = ['mkdir -p runs/fmnist_large_triplet_step1500/checkpoints',
-               'cp -r runs/fmnist_large_triplet/checkpoints/1500 runs/fmnist_large_triplet_step1500/checkpoints/']
-      init, branch, end, decays = 'runs/fmnist_large_triplet_step1500', 5700, 7000, '10.833,11.333'
+      triplet = 'runs/fmnist_large_triplet_step1500'
+      start = [f'mkdir -p {triplet}/checkpoints',
+               f'cp -r runs/fmnist_large_triplet/checkpoints/1500 {triplet}/checkpoints/']
+      branch, end, decays = 5700, 7000, '10.833,11.333'
     else:
-      start, init, branch, end, decays = [], 'runs/mnist_large_triplet', 3000, 4300, '6.333,6.833'
+      start, triplet, branch, end, decays = [], 'runs/mnist_large_triplet', 3000, 4300, '6.333,6.833'
+    config, run = f'configs/{large}_tbt.py', f'runs/{large}_tbt_eq20'
     first = f'runs/{large}_tbt_clip_ramp2000'
     commands[f'{large}_tbt_eq20'] = start + [
-        '# T over the active triplets first (mining batch_all), then Eq. 20\'s balance from its last checkpoint',
-        f'python train.py --config configs/{large}_tbt.py:reduced --workdir {first} {data} '
-        f'--config.init_from={init} --config.loss.mining=batch_all',
-        f'python train.py --config configs/{large}_tbt.py:reduced --workdir runs/{large}_tbt_eq20 {data} '
-        f'--config.resume_from={first}@{branch} --config.num_steps={end} "--config.lr_decay_epochs=({decays})"',
-        f'python certify.py --config configs/{large}_tbt.py --config.checkpoint=runs/{large}_tbt_eq20 {data}']
+        f'# T over the active triplets (mining batch_all), then Eq. 20\'s balance from step {branch}',
+        _train(f'{config}:reduced', first, data, f'--config.init_from={triplet}',
+               '--config.loss.mining=batch_all'),
+        _train(f'{config}:reduced', run, data, f'--config.resume_from={first}@{branch}',
+               f'--config.num_steps={end}', f'"--config.lr_decay_epochs=({decays})"'),
+        _certify(config, run, data)]
+    config, run = f'configs/{large}_fctb.py', f'runs/{large}_fctb_from_eq20'
     commands[f'{large}_fctb_from_eq20'] = [
-        f'python train.py --config configs/{large}_fctb.py --workdir runs/{large}_fctb_from_eq20 {data} '
-        f'--config.init_from=runs/{large}_tbt_eq20',
-        f'python certify.py --config configs/{large}_fctb.py --config.checkpoint=runs/{large}_fctb_from_eq20 {data}']
-    commands[f'{dataset}_small_tbt_full'] = [
-        f'python train.py --config configs/{dataset}_small_tbt.py:reduced --workdir runs/{dataset}_small_tbt_full {data}',
-        f'python certify.py --config configs/{dataset}_small_tbt.py --config.checkpoint=runs/{dataset}_small_tbt_full {data}']
+        _train(config, run, data, f'--config.init_from=runs/{large}_tbt_eq20'), _certify(config, run, data)]
+    config, run = f'configs/{dataset}_small_tbt.py', f'runs/{dataset}_small_tbt_full'
+    commands[f'{dataset}_small_tbt_full'] = [_train(f'{config}:reduced', run, data),
+                                             _certify(config, run, data)]
   commands['kakizaki_attacks'] = [
       '# ACT: 200 steps of configs/fmnist_large_act.py from the Triplet run\'s step-1500 checkpoint',
       '# (the exact training command was not recorded); then both models attacked:',
@@ -143,7 +152,8 @@ def _kakizaki_commands() -> dict:
       '--workdir runs/kakizaki_attacks_reduced '
       '--model Triplet=configs/fmnist_large_triplet.py:runs/fmnist_large_triplet '
       '--model ACT=configs/fmnist_large_act.py:runs/fmnist_large_act '
-      '--data_dir /usr/share/datasets/fashion-mnist --qa_queries 200 --qa_steps 20 --ca_queries 20 --ca_steps 10']
+      '--data_dir /usr/share/datasets/fashion-mnist '
+      '--qa_queries 200 --qa_steps 20 --ca_queries 20 --ca_steps 10']
   return commands
 
 
@@ -165,8 +175,9 @@ def kakizaki(root: pathlib.Path) -> Section:
       raise ValueError(f'{run}: certified at eps {results["eps"]}, Table 2 is at 0.2.')
     recall, qa, ca = _kakizaki_values(results)
     key = (dataset, method)
-    paper = (f'R {_slash(kakizaki_report.PAPER_RECALL[key], 2)}<br>QA {_slash(kakizaki_report.PAPER_CR_QA[key], 2)}'
-             f'<br>CA {_slash(kakizaki_report.PAPER_CR_CA[key], 2)}')
+    paper = (f'R {_slash(kakizaki_report.PAPER_RECALL[key], 2)}<br>'
+             f'QA {_slash(kakizaki_report.PAPER_CR_QA[key], 2)}<br>'
+             f'CA {_slash(kakizaki_report.PAPER_CR_CA[key], 2)}')
     step = kakizaki_report.certified_step(str(directory / run), results)
     method_name = kakizaki_report.METHOD_NAMES[method]
     if model == 'Large':
@@ -177,8 +188,8 @@ def kakizaki(root: pathlib.Path) -> Section:
       reproduces = (f'{names[dataset]}, {method_name} on the Small CNN with the paper\'s schedule '
                     '(paper: its Large CNN; its Small values are in an appendix our copy lacks)')
       budget = f'step {step} (epoch 50) of the paper\'s {KAKIZAKI_PAPER_STEPS}: reduced'
-    rows.append(Row(reproduces, paper,
-                    f'R {_slash(recall)}<br>QA {_slash(qa)}<br>CA {_slash(ca)}', f'`{config}`', run, budget))
+    ours = f'R {_slash(recall)}<br>QA {_slash(qa)}<br>CA {_slash(ca)}'
+    rows.append(Row(reproduces, paper, ours, f'`{config}`', run, budget))
     if run == 'fmnist_large_tbt_eq20':
       headline_values = qa, step
   for line in _read_tsv(root / 'kakizaki_attacks' / 'table2_er_recall.tsv'):
@@ -196,8 +207,9 @@ def kakizaki(root: pathlib.Path) -> Section:
                     'queries x 100 steps): reduced'))
   qa, step = headline_values
   paper_qa = kakizaki_report.PAPER_CR_QA['fmnist', 'tbt']
-  headline = (f'FMNIST Large CNN, TBT at eps 0.2, step {step} of {KAKIZAKI_PAPER_STEPS}: QA CR-Recall@10/20/40 '
-              f'{_slash(qa[1:])} (paper {_slash(paper_qa[1:], 2)}); Triplet certifies 0, as in the paper')
+  headline = (f'FMNIST Large CNN, TBT at eps 0.2, step {step} of {KAKIZAKI_PAPER_STEPS}: QA '
+              f'CR-Recall@10/20/40 {_slash(qa[1:])} (paper {_slash(paper_qa[1:], 2)}); Triplet '
+              'certifies 0, as in the paper')
   preamble = f'FM="{FASHION_MNIST}"\nMN="{MNIST.split("  #")[0]}"  # scripts/get_mnist_idx.sh'
   return Section('Kakizaki et al. 2023', 'kakizaki', rows, _kakizaki_commands(), headline, preamble)
 
@@ -254,23 +266,25 @@ def retrievalguard(root: pathlib.Path) -> Section:
     dml = read(f'fmnist_small_margin_smoothing_sigma{sigma}_retrievalguard')
     gdml = read(f'fmnist_small_gdml{sigma}_smoothing_retrievalguard')
     rows.append(Row(
-        f'Fig. 2, sigma {sigma}: DML+RG vs GDML+RG', 'GDML+RG above DML+RG at every sigma (a plot, on CUB, '
-        'CARS, SOP)', f'certified Recall@1(0) DML {_certified_recall(dml):.2f}, GDML '
-        f'{_certified_recall(gdml):.2f}; mean certified radius {_mean_radius(dml):.4f} / {_mean_radius(gdml):.4f}',
-        f'`configs/fmnist_small_margin.py`, `configs/fmnist_small_gdml.py:{sigma}`', 'retrievalguard_curves',
-        RETRIEVALGUARD_BUDGET))
-  n_curves = {n: read(f'fmnist_small_gdml1.0_ablation_n_retrievalguard_n_{n}') for n in (1000, 10000, 100000)}
+        f'Fig. 2, sigma {sigma}: DML+RG vs GDML+RG',
+        'GDML+RG above DML+RG at every sigma (a plot, on CUB, CARS, SOP)',
+        f'certified Recall@1(0) DML {_certified_recall(dml):.2f}, GDML {_certified_recall(gdml):.2f}; '
+        f'mean certified radius {_mean_radius(dml):.4f} / {_mean_radius(gdml):.4f}',
+        f'`configs/fmnist_small_margin.py`, `configs/fmnist_small_gdml.py:{sigma}`',
+        'retrievalguard_curves', RETRIEVALGUARD_BUDGET))
+  n_curves = [read(f'fmnist_small_gdml1.0_ablation_n_retrievalguard_n_{n}') for n in (1000, 10000, 100000)]
   rows.append(Row(
       'Fig. 3 middle: n (GDML+RG, sigma 1)', 'Recall@1(r) improves significantly from n = 1,000 to 100,000',
       'certified Recall@1(0) at n = 1,000 / 10,000 / 100,000: '
-      + _slash([_certified_recall(c) for c in n_curves.values()], 3),
+      + _slash([_certified_recall(c) for c in n_curves], 3),
       '`configs/fmnist_small_gdml_ablation_n.py`', 'retrievalguard_ablations',
       '40 leave-one-out test queries, n up to 100,000'))
   alphas = ('0.0001', '0.001', '0.01', '0.1')
   alpha_curves = [read(f'fmnist_small_gdml1.0_ablation_alpha_retrievalguard_alpha_{a}') for a in alphas]
   rows.append(Row(
       'Fig. 3 right: alpha (GDML+RG, sigma 1)', 'Recall@1(r) stable under alpha',
-      f'median certified radius at alpha {" / ".join(alphas)}: {_slash([_median_radius(c) for c in alpha_curves], 4)}',
+      f'median certified radius at alpha {" / ".join(alphas)}: '
+      + _slash([_median_radius(c) for c in alpha_curves], 4),
       '`configs/fmnist_small_gdml_ablation_alpha.py`', 'retrievalguard_ablations', RETRIEVALGUARD_BUDGET))
   k_curves = [read('fmnist_small_gdml_k32_smoothing_retrievalguard'),
               read('fmnist_small_gdml1.0_smoothing_retrievalguard'),
@@ -280,7 +294,8 @@ def retrievalguard(root: pathlib.Path) -> Section:
       f'mean certified radius at k = 32 / 128 / 512: {_slash([_mean_radius(c) for c in k_curves], 4)}',
       '`configs/fmnist_small_gdml_ablation_k.py:32`, `:512`, `configs/fmnist_small_gdml.py:1.0`',
       'retrievalguard_ablations', RETRIEVALGUARD_BUDGET))
-  bisector, paper_style = read('fmnist_small_gdml0.5_smoothing_bisector'), read('fmnist_small_gdml0.5_smoothing_retrievalguard')
+  bisector = read('fmnist_small_gdml0.5_smoothing_bisector')
+  paper_style = read('fmnist_small_gdml0.5_smoothing_retrievalguard')
   rows.append(Row(
       'jaxcert\'s best: the bisector certificate (docs/smoothing.md Sec. 5), GDML sigma 0.5',
       f'RG on the same samples: certified Recall@1(0) {_certified_recall(paper_style):.2f}, mean radius '
@@ -295,7 +310,8 @@ def retrievalguard(root: pathlib.Path) -> Section:
   experiments = 'sh scripts/retrievalguard_experiments.sh'
   commands = {
       'retrievalguard_curves': [f'{experiments} train', f'{experiments} curves', f'{experiments} report'],
-      'retrievalguard_ablations': [f'{experiments} train', f'{experiments} ablations', f'{experiments} report'],
+      'retrievalguard_ablations': [f'{experiments} train', f'{experiments} ablations',
+                                   f'{experiments} report'],
   }
   return Section('RetrievalGuard (Wu et al. 2022)', 'retrievalguard', rows, commands, headline)
 
@@ -307,8 +323,9 @@ def retrievalguard(root: pathlib.Path) -> Section:
 def panum(root: pathlib.Path) -> Section:
   """Panum et al. App. E beside results/panum/synthetic.tsv (lr 1e-3) and lr1e-6/synthetic.tsv."""
   rows, headline = [], {}
-  for name, lr, path in (('panum', '1e-3', root / 'panum' / 'synthetic.tsv'),
-                         ('panum_lr1e-6', '1e-6 (the paper\'s)', root / 'panum' / 'lr1e-6' / 'synthetic.tsv')):
+  for name, lr, path in (
+      ('panum', '1e-3', root / 'panum' / 'synthetic.tsv'),
+      ('panum_lr1e-6', '1e-6 (the paper\'s)', root / 'panum' / 'lr1e-6' / 'synthetic.tsv')):
     for line in _read_tsv(path):
       if abs(float(line['eps']) - 0.01) > 1e-9:  # The paper reports eps = 0.01 only.
         continue
@@ -349,8 +366,9 @@ def ackmetric(root: pathlib.Path) -> Section:
     undefended, defended = by['undefended', eps], by['defended', eps]
     rows.append(Row(
         f'pairwise attack at eps {eps:g}, without and with the spectral defence', '- (plots only)',
-        f'attack success {undefended["success_rate"]:.3f} undefended, {defended["success_rate"]:.3f} defended '
-        f'(pair accuracy {undefended["pair_accuracy"]:.3f} / {defended["pair_accuracy"]:.3f})',
+        f'attack success {undefended["success_rate"]:.3f} undefended, '
+        f'{defended["success_rate"]:.3f} defended (pair accuracy '
+        f'{undefended["pair_accuracy"]:.3f} / {defended["pair_accuracy"]:.3f})',
         '`configs/mnist_linear_spectral.py`', 'ackmetric', budget))
   checks = sum(row['pairs'] for row in results['rows'])
   violations = sum(row['bound_violations'] for row in results['rows'])
@@ -360,12 +378,13 @@ def ackmetric(root: pathlib.Path) -> Section:
       '`configs/mnist_linear_spectral.py`', 'ackmetric', budget))
   undefended, defended = by['undefended', 0.07], by['defended', 0.07]
   headline = (f'linear metric on MNIST 3 vs 8: pairwise attack success at eps 0.07 '
-              f'{undefended["success_rate"]:.3f} undefended, {defended["success_rate"]:.3f} with the spectral '
-              f'defence; the distance bound held on all {checks:,} checks' if violations == 0 else
+              f'{undefended["success_rate"]:.3f} undefended, {defended["success_rate"]:.3f} with the '
+              f'spectral defence; the distance bound held on all {checks:,} checks' if violations == 0 else
               f'linear metric on MNIST 3 vs 8: the distance bound failed {violations} times')
   commands = {'ackmetric': [
-      'python -m scripts.ackmetric_spectral --config configs/mnist_linear_spectral.py --workdir runs/ackmetric '
-      '--results results/ackmetric --config.data.name=idx --config.data.data_dir=data/mnist']}
+      'python -m scripts.ackmetric_spectral --config configs/mnist_linear_spectral.py '
+      '--workdir runs/ackmetric --results results/ackmetric --config.data.name=idx '
+      '--config.data.data_dir=data/mnist']}
   return Section('AckMetric (Huai et al.)', 'ackmetric', rows, commands, headline)
 
 
@@ -392,11 +411,12 @@ def certificate_comparison(root: pathlib.Path) -> Section:
           f'{train_budget}; 1000 x 1000 of the embedded sample, float64, slack 1e-5'))
       if name == 'embedded_small_tbt' and eps == 0.2:
         ratios = (linear['QA@40'], theorem['QA@40'])
-  commands = {name: [f'python train.py --config configs/{name}.py --workdir runs/{name}',
+  commands = {name: [_train(f'configs/{name}.py', f'runs/{name}'),
                      _read_json(root / 'certificate_comparison' / f'{name}.json')['command']]
               for name in ('embedded_small_tbt', 'quickstart')}
-  headline = (f'the exact linear QA bound certifies {ratios[0] / ratios[1]:.2f}x Theorem 1\'s QA CR-Recall@40 on '
-              f'the same boxes (embedded TBT model, eps 0.2: {ratios[0]:.3f} vs {ratios[1]:.3f})')
+  headline = (f'the exact linear QA bound certifies {ratios[0] / ratios[1]:.2f}x Theorem 1\'s QA '
+              f'CR-Recall@40 on the same boxes (embedded TBT model, eps 0.2: {ratios[0]:.3f} vs '
+              f'{ratios[1]:.3f})')
   return Section('Certificates compared (jaxcert)', 'certificate_comparison', rows, commands, headline)
 
 
@@ -411,14 +431,16 @@ def certified_training(root: pathlib.Path) -> Section:
   """The best certified-training run and the TBT baseline, beside Kakizaki et al.'s Table 2 goal."""
   directory = root / 'certified_training'
   paper = (f'QA {_slash(kakizaki_report.PAPER_CR_QA["fmnist", "tbt"][1:], 2)}, CA '
-           f'{_slash(kakizaki_report.PAPER_CR_CA["fmnist", "tbt"][1:], 2)} (FMNIST Large TBT, full training)')
+           f'{_slash(kakizaki_report.PAPER_CR_CA["fmnist", "tbt"][1:], 2)} '
+           '(FMNIST Large TBT, full training)')
   rows, values = [], {}
   for run, what, config in (
       ('c_D_ranking', 'jaxcert\'s best, certified triplet training (ranking triplets, Shi et al.\'s '
        'initialisation), against Kakizaki et al. Table 2', 'configs/embedded_small_certified.py'),
       ('baseline_tbt', 'Kakizaki et al.\'s TBT on the same data and model',
        'configs/embedded_small_tbt.py')):
-    results, train = _read_json(directory / run / 'results.json'), _read_json(directory / run / 'train.json')
+    results = _read_json(directory / run / 'results.json')
+    train = _read_json(directory / run / 'train.json')
     for eps in (0.2, 0.1):
       row = _sweep(results, eps)
       qa, ca = ([row[attack][str(k)] for k in (10, 20, 40)] for attack in ('qa', 'ca'))
@@ -430,17 +452,14 @@ def certified_training(root: pathlib.Path) -> Section:
       values[run, eps] = qa[-1], ca[-1]
   best, baseline = values['c_D_ranking', 0.2], values['baseline_tbt', 0.2]
   headline = (f'certified triplet training on the embedded sample: QA / CA CR-Recall@40 {best[0]:.3f} / '
-              f'{best[1]:.3f} at eps 0.2 (TBT: {baseline[0]:.3f} / {baseline[1]:.3f}), short of the paper\'s '
+              f'{best[1]:.3f} at eps 0.2 (TBT: {baseline[0]:.3f} / {baseline[1]:.3f}), short of the '
+              'paper\'s '
               f'{kakizaki_report.PAPER_CR_QA["fmnist", "tbt"][-1]:.2f} / '
               f'{kakizaki_report.PAPER_CR_CA["fmnist", "tbt"][-1]:.2f}')
-  commands = {
-      'c_D_ranking': ['python train.py --config configs/embedded_small_certified.py --workdir runs/c_D_ranking',
-                      'python certify.py --config configs/embedded_small_certified.py --config.checkpoint=runs/c_D_ranking',
-                      'python results/certified_training/make_tables.py collect runs/c_D_ranking'],
-      'baseline_tbt': ['python train.py --config configs/embedded_small_tbt.py --workdir runs/baseline_tbt',
-                       'python certify.py --config configs/embedded_small_tbt.py --config.checkpoint=runs/baseline_tbt',
-                       'python results/certified_training/make_tables.py collect runs/baseline_tbt'],
-  }
+  commands = {run: [_train(config, f'runs/{run}'), _certify(config, f'runs/{run}'),
+                     f'python results/certified_training/make_tables.py collect runs/{run}']
+              for run, config in (('c_D_ranking', 'configs/embedded_small_certified.py'),
+                                  ('baseline_tbt', 'configs/embedded_small_tbt.py'))}
   return Section('Certified training (jaxcert)', 'certified_training', rows, commands, headline)
 
 
@@ -520,10 +539,10 @@ def replace_block(text: str, block: str, path: pathlib.Path) -> str:
 def index(sections: list[Section]) -> str:
   """results/README.md: one line per paper, its headline number and a link."""
   lines = ['# Results', '',
-           'One line per paper (and per measurement of jaxcert\'s own), each at a reduced CPU budget; the '
-           'README it links to has the main table (row -> config -> command -> number). Written by '
-           '`python -m scripts.results_tables` from the results files; how the runs went is in '
-           '[NOTES.md](NOTES.md) and the exploration notes of each directory.', '',
+           'One line per paper (and per measurement of jaxcert\'s own), each at a reduced CPU budget;',
+           'the README it links to has the main table: row -> config -> command -> number. Written by',
+           '`python -m scripts.results_tables` from the results files. How the runs went:',
+           '[NOTES.md](NOTES.md) and [kakizaki/explorations/NOTES.md](kakizaki/explorations/NOTES.md).', '',
            '| paper | headline | where |', '|---|---|---|']
   for section in sections:
     lines.append(f'| {section.title} | {_cell(section.headline)} | '
@@ -546,7 +565,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--check', action='store_true',
                       help='write nothing; exit 1 if a table on disk differs from what would be written')
-  parser.add_argument('--results', default=str(RESULTS), help='the results directory (default: the repo\'s)')
+  parser.add_argument('--results', default=str(RESULTS),
+                      help='the results directory (default: the repository\'s)')
   args = parser.parse_args(argv)
   files = expected_files(pathlib.Path(args.results))
   stale = [path for path, text in files.items()
