@@ -115,14 +115,29 @@ def _certify(config: str, checkpoint: str, *flags: str) -> str:
   return ' '.join(('python certify.py --config', config, f'--config.checkpoint={checkpoint}') + flags)
 
 
-def _kakizaki_commands() -> dict:
-  """The commands of the main table's runs (scripts/kakizaki_reproduce.sh runs them all)."""
+def certified_as(results: dict) -> tuple[str, ...]:
+  """The certify.py flags that certify as `results` (a results.json of mode 'ibp') was certified.
+
+  Results written before certify.py recorded them were certified in float32 (the dtype is in
+  `rounding` since float64 became the default) with Theorem 1's QA bound (`certified_by` since the
+  linear QA bound became the default, 'qa_bound' = 'kakizaki').
+  """
+  dtype = results.get('rounding', {}).get('dtype', 'float32')
+  certified_by = results.get('certified_by', {'method': 'ibp', 'qa_bound': 'kakizaki'})
+  method = () if certified_by['method'] == 'ibp' else (f'--config.ibp.method={certified_by["method"]}',)
+  return method + (f'--config.ibp.qa_bound={certified_by["qa_bound"]}', f'--config.ibp.dtype={dtype}')
+
+
+def _kakizaki_commands(flags: dict) -> dict:
+  """The commands of the main table's runs (scripts/kakizaki_reproduce.sh runs them all);
+  `flags[run]`: the certify.py flags of `certified_as` for each run."""
   commands = {}
   for dataset, data in (('fmnist', '$FM'), ('mnist', '$MN')):
     large = f'{dataset}_large'
     for method in ('triplet', 'cibp'):
       config, run = f'configs/{large}_{method}.py', f'runs/{large}_{method}'
-      commands[f'{large}_{method}'] = [_train(f'{config}:reduced', run, data), _certify(config, run, data)]
+      commands[f'{large}_{method}'] = [_train(f'{config}:reduced', run, data),
+                                       _certify(config, run, data, *flags[f'{large}_{method}'])]
     if dataset == 'fmnist':  # TBT starts from the Triplet run's step 1500 (the paper: 2K triplet steps).
       triplet = 'runs/fmnist_large_triplet_step1500'
       start = [f'mkdir -p {triplet}/checkpoints',
@@ -138,13 +153,14 @@ def _kakizaki_commands() -> dict:
                '--config.loss.mining=batch_all'),
         _train(f'{config}:reduced', run, data, f'--config.resume_from={first}@{branch}',
                f'--config.num_steps={end}', f'"--config.lr_decay_epochs=({decays})"'),
-        _certify(config, run, data)]
+        _certify(config, run, data, *flags[f'{large}_tbt_eq20'])]
     config, run = f'configs/{large}_fctb.py', f'runs/{large}_fctb_from_eq20'
     commands[f'{large}_fctb_from_eq20'] = [
-        _train(config, run, data, f'--config.init_from=runs/{large}_tbt_eq20'), _certify(config, run, data)]
+        _train(config, run, data, f'--config.init_from=runs/{large}_tbt_eq20'),
+        _certify(config, run, data, *flags[f'{large}_fctb_from_eq20'])]
     config, run = f'configs/{dataset}_small_tbt.py', f'runs/{dataset}_small_tbt_full'
     commands[f'{dataset}_small_tbt_full'] = [_train(f'{config}:reduced', run, data),
-                                             _certify(config, run, data)]
+                                             _certify(config, run, data, *flags[f'{dataset}_small_tbt_full'])]
   commands['kakizaki_attacks'] = [
       '# ACT: 200 steps of configs/fmnist_large_act.py from the Triplet run\'s step-1500 checkpoint',
       '# (the exact training command was not recorded); then both models attacked:',
@@ -168,9 +184,10 @@ def kakizaki(root: pathlib.Path) -> Section:
   """Kakizaki et al. Tables 1-2 (Large CNN) beside our runs, and our Small CNN on the paper's schedule."""
   directory = root / 'kakizaki'
   names = {'fmnist': 'FMNIST', 'mnist': 'MNIST'}
-  rows, headline_values = [], None
+  rows, headline_values, flags = [], None, {}
   for dataset, method, run, config, model in KAKIZAKI_MAIN:
     results = _read_json(directory / run / 'results.json')
+    flags[run] = certified_as(results)
     if abs(results['eps'] - 0.2) > 1e-9:
       raise ValueError(f'{run}: certified at eps {results["eps"]}, Table 2 is at 0.2.')
     recall, qa, ca = _kakizaki_values(results)
@@ -211,7 +228,7 @@ def kakizaki(root: pathlib.Path) -> Section:
               f'CR-Recall@10/20/40 {_slash(qa[1:])} (paper {_slash(paper_qa[1:], 2)}); Triplet '
               'certifies 0, as in the paper')
   preamble = f'FM="{FASHION_MNIST}"\nMN="{MNIST.split("  #")[0]}"  # scripts/get_mnist_idx.sh'
-  return Section('Kakizaki et al. 2023', 'kakizaki', rows, _kakizaki_commands(), headline, preamble)
+  return Section('Kakizaki et al. 2023', 'kakizaki', rows, _kakizaki_commands(flags), headline, preamble)
 
 
 def kakizaki_tables(root: pathlib.Path) -> str:
@@ -456,10 +473,12 @@ def certified_training(root: pathlib.Path) -> Section:
               'paper\'s '
               f'{kakizaki_report.PAPER_CR_QA["fmnist", "tbt"][-1]:.2f} / '
               f'{kakizaki_report.PAPER_CR_CA["fmnist", "tbt"][-1]:.2f}')
-  commands = {run: [_train(config, f'runs/{run}'), _certify(config, f'runs/{run}'),
-                     f'python results/certified_training/make_tables.py collect runs/{run}']
-              for run, config in (('c_D_ranking', 'configs/embedded_small_certified.py'),
-                                  ('baseline_tbt', 'configs/embedded_small_tbt.py'))}
+  commands = {
+      run: [_train(config, f'runs/{run}'),
+            _certify(config, f'runs/{run}', *certified_as(_read_json(directory / run / 'results.json'))),
+            f'python results/certified_training/make_tables.py collect runs/{run}']
+      for run, config in (('c_D_ranking', 'configs/embedded_small_certified.py'),
+                          ('baseline_tbt', 'configs/embedded_small_tbt.py'))}
   return Section('Certified training (jaxcert)', 'certified_training', rows, commands, headline)
 
 

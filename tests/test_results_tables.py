@@ -40,3 +40,12 @@ def test_check_fails_on_drift_and_rewriting_fixes_it(tmp_path, capsys):
   readme.write_text(text.replace(results_tables.END, ''))
   with pytest.raises(ValueError, match='must hold the markers once each'):
     check()
+
+
+def test_commands_certify_as_the_results_were_certified():
+  """Results from before certify.py recorded how it certified ran in float32 with Theorem 1's QA
+  bound; later ones say so in results.json, and the command repeats it."""
+  assert results_tables.certified_as({}) == ('--config.ibp.qa_bound=kakizaki', '--config.ibp.dtype=float32')
+  recorded = {'rounding': {'dtype': 'float64'}, 'certified_by': {'method': 'crown_ibp', 'qa_bound': 'linear'}}
+  assert results_tables.certified_as(recorded) == (
+      '--config.ibp.method=crown_ibp', '--config.ibp.qa_bound=linear', '--config.ibp.dtype=float64')
