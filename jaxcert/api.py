@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcert.evaluation import attack as attack_evaluation
+from jaxcert import common
 from jaxcert import metrics
 from jaxcert import retrieval
 from jaxcert import smoothing
@@ -298,9 +299,15 @@ def certify_smoothed_retrieval(embed: Callable, queries, query_labels, candidate
     raise ValueError('radii must name at least one L2 radius, e.g. (0.0, 0.1, 0.2).')
   if certificate not in smoothing.CERTIFICATES:
     raise ValueError(f'Unknown certificate {certificate!r}; valid: {list(smoothing.CERTIFICATES)}.')
+  num_samples = common.check_positive_int('num_samples', num_samples)
   if num_select is None:
-    num_select = max(100, int(num_samples) // 100)
+    num_select = max(100, num_samples // 100)
   bounded = smoothing.bounded_embedding(embed, F, bound_mode)
+  # Too few samples for any certificate is known from the labels: say so before sampling.
+  smoothing.check_num_samples(
+      certificate, query_labels, candidate_labels, query_samples=num_samples,
+      gallery_samples=num_samples, embedding_dim=jax.eval_shape(bounded, queries[:1]).shape[-1],
+      alpha=alpha, F=F)
   query_key, candidate_key = jax.random.split(key)
   settings = dict(sigma=sigma, num_samples=num_samples, num_select=num_select,
                   chunk_size=chunk_size, batch_size=batch_size, F=F)

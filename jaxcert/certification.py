@@ -109,17 +109,17 @@ def run(config, workdir: str | None = None) -> dict:
 
   Raises:
     ValueError: no checkpoint given, or an unknown mode.
-    FileNotFoundError: the checkpoint directory holds no checkpoint.
+    FileNotFoundError: the checkpoint directory holds no checkpoint (then nothing is written).
   """
   if not config.get('checkpoint'):
     raise ValueError('Set config.checkpoint to the workdir of a training run, e.g. '
                      '--config.checkpoint=runs/quickstart (train it with train.py first).')
   mode_run = get_mode(config.certify.mode)
+  inputs = load_inputs(config)  # Before writing anything: a wrong checkpoint leaves no directory.
   workdir = workdir or default_workdir(config)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
     f.write(config.to_json_best_effort(indent=2))
-  inputs = load_inputs(config)
   results = {**mode_run(inputs, workdir), 'checkpoint_step': inputs.checkpoint_step}
   report.write_json(os.path.join(workdir, 'results.json'), results)
   return results

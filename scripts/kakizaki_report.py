@@ -2,8 +2,9 @@
 
 Reads `<run>/certify_ibp/results.json` (certify.py mode 'ibp') and `<run>/config.json` of every
 run given as `dataset:method=RUN_DIR`, or a copy of them in a results directory (`results.json` and
-`train_config.json` side by side, as in results/kakizaki/*; for results from before certify.py
-recorded the certified step, `newest_checkpoint.json` gives the run's newest checkpoint then), and
+`train_config.json` side by side, as in results/kakizaki/<run> and results/kakizaki/explorations/<run>;
+for results from before certify.py recorded the certified step, `newest_checkpoint.json` gives the
+run's newest checkpoint then), and
 prints (or writes with --out) one markdown table per paper table, our value first and the paper's
 in parentheses, with each run's training budget.
 The paper's tables are for the Large CNN: Small-CNN runs (read from config.json) get no paper
@@ -63,7 +64,7 @@ def _load(run_dir: str) -> tuple[dict, dict]:
   return loaded[0], loaded[1]
 
 
-def _certified_step(run_dir: str, results: dict) -> str:
+def certified_step(run_dir: str, results: dict) -> str:
   """The step of the certified checkpoint: results.json's `checkpoint_step`, or, for results
   written before certify.py recorded it, the run's newest checkpoint (marked as such)."""
   if results.get('checkpoint_step') is not None:
@@ -83,7 +84,7 @@ def _budget(run_dir: str, config: dict, results: dict) -> str:
   """Planned training (the run's `config`), the step certified, the schedule and its origin."""
   planned = (f'{config["num_steps"]} steps' if config['num_steps'] > 0
              else f'{config["num_epochs"]} epochs')
-  text = (f'{planned} planned, checkpoint of step {_certified_step(run_dir, results)} certified, '
+  text = (f'{planned} planned, checkpoint of step {certified_step(run_dir, results)} certified, '
           f'lr {config["learning_rate"]:g}')
   if config.get('lr_decay_epochs'):
     epochs = ', '.join(f'{e:g}' for e in config['lr_decay_epochs'])

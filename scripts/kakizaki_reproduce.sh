@@ -139,4 +139,7 @@ python scripts/kakizaki_report.py fmnist:triplet=$RUNS/fmnist_large_triplet \
     mnist:cibp=$RUNS/mnist_large_cibp mnist:tbt=$RUNS/mnist_large_tbt_eq20 mnist:fctb=$RUNS/mnist_large_fctb \
     mnist:fctb=$RUNS/mnist_large_fctb_eq20 mnist:tbt=$RUNS/mnist_small_tbt mnist:tbt=$RUNS/mnist_small_tbt_full \
     mnist:tbt=$RUNS/mnist_small_tbt_100ep \
-    --out results/kakizaki/tables.md
+    --out $RUNS/kakizaki_tables.md
+# results/kakizaki/ keeps copies of the runs (results.json and config.json as train_config.json in
+# results/kakizaki/<run>/, explorations in .../explorations/<run>/); after copying one, its tables
+# (the README's main table, tables.md) are rewritten by: python -m scripts.results_tables

@@ -4,7 +4,7 @@ Reads `<run>/metrics.jsonl`, so it also plots runs still training or stopped by 
 (`train.py` writes `<workdir>/training_curves.png` itself when a run finishes).
 
   python scripts/plot_training.py runs/fmnist_large_tbt_clip_ramp2000 \
-      runs/fmnist_large_tbt_collapsed_at350 --out results/kakizaki/tbt_training.png
+      runs/fmnist_large_tbt_collapsed_at350 --out results/kakizaki/explorations/large_tbt_training.png
 """
 
 import argparse

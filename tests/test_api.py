@@ -233,3 +233,24 @@ def test_attack_and_smoothing_reject_bad_settings():
   with pytest.raises(ValueError, match="Unknown certificate 'cohen'; valid: \\['retrievalguard', 'bisector'\\]"):
     jaxcert.certify_smoothed_retrieval(_linear_embed, *data, key=jax.random.key(0), sigma=0.1,
                                        num_samples=200, certificate='cohen')
+
+
+def test_smoothing_says_too_few_samples_before_drawing_any(monkeypatch):
+  """num_samples too small for any certificate is known from the labels alone: the error comes
+  before the Monte-Carlo sampling (the expensive part), with the minimum n in its message."""
+  def sampling(*args, **kwargs):
+    raise AssertionError('sampled before checking num_samples')
+  monkeypatch.setattr(smoothing, 'smooth_select_and_estimate', sampling)
+  data = (QUERIES, QUERY_LABELS, CANDIDATES, CANDIDATE_LABELS)
+  for certificate in smoothing.CERTIFICATES:
+    minimum = smoothing.minimum_num_samples(certificate, embedding_dim=WEIGHT.shape[1])
+    with pytest.raises(ValueError, match=r'\(queries 20, gallery 20\) is too small.*Use num_samples >= '
+                       f'{minimum} for both'):
+      jaxcert.certify_smoothed_retrieval(_linear_embed, *data, key=jax.random.key(0), sigma=0.25,
+                                         num_samples=20, certificate=certificate)
+  with pytest.raises(ValueError, match='num_samples must be an integer >= 1, got 0'):
+    jaxcert.certify_smoothed_retrieval(_linear_embed, *data, key=jax.random.key(0), sigma=0.25,
+                                       num_samples=0)
+  with pytest.raises(AssertionError, match='sampled'):  # enough samples: it goes on to sample
+    jaxcert.certify_smoothed_retrieval(_linear_embed, *data, key=jax.random.key(0), sigma=0.25,
+                                       num_samples=smoothing.minimum_num_samples(embedding_dim=3))

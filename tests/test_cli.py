@@ -5,12 +5,15 @@ certification starts; each costs the imports of a driver (a few seconds), so onl
 default and the others with `-m slow`. `--traceback` brings the full trace back.
 """
 
+import importlib
 import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
+
+from jaxcert import certification
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -52,3 +55,17 @@ def test_traceback_flag_shows_the_full_trace(tmp_path):
   assert result.returncode == 1
   assert 'Traceback (most recent call last)' in result.stderr
   assert "FileNotFoundError: No checkpoint directory 'runs/missing/checkpoints'" in result.stderr
+  assert not (tmp_path / 'runs').exists()  # nothing written for a checkpoint that is not there
+
+
+def test_certification_writes_nothing_before_the_checkpoint_is_found(tmp_path):
+  """A wrong checkpoint fails before `<run>/certify_<mode>/config.json` is written, so a mistyped
+  --config.checkpoint or a run without checkpoints is left as it was."""
+  config = importlib.import_module('configs.quickstart').get_config()
+  run = tmp_path / 'run'  # a workdir without checkpoints (a typo, or a run that failed early)
+  run.mkdir()
+  for checkpoint in (run, tmp_path / 'missing'):
+    config.checkpoint = str(checkpoint)
+    with pytest.raises(FileNotFoundError, match='No checkpoint directory'):
+      certification.run(config)
+  assert [path.name for path in tmp_path.iterdir()] == ['run'] and not any(run.iterdir())

@@ -55,6 +55,16 @@ def test_kakizaki_certifies_at_the_papers_eps():
   assert importlib.import_module('configs.cifar10_large_triplet').get_config().ibp.eps == 2 / 255
 
 
+def test_kakizaki_attacks_at_the_papers_eps():
+  """Kakizaki et al. Sec. 5.1.3: PGD at eps 0.1 and 0.2 (MNIST, FMNIST), 2/255 and 3/255 (CIFAR-10)."""
+  for dataset, eps in (('mnist', (0.1, 0.2)), ('fmnist', (0.1, 0.2)), ('cifar10', (2 / 255, 3 / 255))):
+    for model in kakizaki.MODELS:
+      for method in kakizaki.METHODS:
+        assert tuple(kakizaki.get_config(dataset, model, method).attack.eps) == eps
+  cifar10 = importlib.import_module('configs.cifar10_small_tbt').get_config()
+  assert tuple(cifar10.attack.eps) == (2 / 255, 3 / 255) and cifar10.ibp.eps == 2 / 255
+
+
 def test_unknown_names_list_the_valid_ones():
   with pytest.raises(ValueError, match=r"Unknown method 'act'; valid: \['certified', 'cibp', 'fctb'"):
     kakizaki.get_config('fmnist', 'large', 'act')

@@ -40,7 +40,7 @@ float32 encoder as deployed may rank near-ties otherwise than the certified one.
 ibp.md and results.json also give, per eps, how wide the boxes are: percentiles of the box radius
 ||(upper - lower) / 2||_2 of the queries' and of the candidates' embeddings, beside the median
 distance from a query to its nearest candidate. A box wider than the gaps between distances cannot
-be certified; under CA every candidate's box counts against every query (results/kakizaki).
+be certified; under CA every candidate's box counts against every query (results/kakizaki/explorations/NOTES.md).
 """
 
 from __future__ import annotations

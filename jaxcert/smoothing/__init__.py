@@ -47,6 +47,7 @@ then bounds, which its union bound does not cover.
 from jaxcert.smoothing.certificates import Certificate
 from jaxcert.smoothing.certificates import CERTIFICATES
 from jaxcert.smoothing.certificates import certified_recall_at_1
+from jaxcert.smoothing.certificates import check_num_samples
 from jaxcert.smoothing.certificates import certify
 from jaxcert.smoothing.certificates import float64_distances
 from jaxcert.smoothing.certificates import lipschitz_radius
@@ -72,8 +73,8 @@ from jaxcert.smoothing.monte_carlo import Smoother
 __all__ = [
     'BOUND_MODES', 'CERTIFICATES', 'NORM_TOLERANCE', 'PAPER_ALPHA', 'PAPER_NUM_SAMPLES',
     'PAPER_SIGMAS', 'Certificate', 'ShardedSmoother', 'Smoothed', 'SmoothedEmbeddings', 'Smoother',
-    'bounded_embedding', 'certified_recall_at_1', 'certify', 'float64_distances',
-    'lipschitz_radius', 'minimum_num_samples', 'paper_concentration_radius', 'sharded_smoother',
-    'smooth', 'smooth_dataset', 'smooth_select_and_estimate', 'smoothed_lipschitz_bound',
+    'bounded_embedding', 'certified_recall_at_1', 'certify', 'check_num_samples',
+    'float64_distances', 'lipschitz_radius', 'minimum_num_samples', 'paper_concentration_radius',
+    'sharded_smoother', 'smooth', 'smooth_dataset', 'smooth_select_and_estimate', 'smoothed_lipschitz_bound',
     'vector_concentration_radius',
 ]

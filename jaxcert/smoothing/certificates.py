@@ -245,11 +245,38 @@ def _num_negatives(query_labels, gallery_labels, query_gallery_index) -> np.ndar
           - (in_gallery & (gallery_labels[np.maximum(query_gallery_index, 0)] != query_labels)))
 
 
-def _concentration_radii(certificate: str, num_negatives, query_estimate: monte_carlo.SmoothedEmbeddings,
-                         gallery_estimate: monte_carlo.SmoothedEmbeddings, *, alpha: float, embedding_dim: int,
-                         F: float, num_negative_pairs: int) -> tuple[np.ndarray, np.ndarray]:
-  """(Nq,) eps_query and eps_gallery of each query: the concentration radii of its union bound
-  (`_radii`, at F (1 + NORM_TOLERANCE)) plus the float32 rounding allowance of the estimates.
+def check_num_samples(certificate: str, query_labels, gallery_labels, *, query_samples: int,
+                      gallery_samples: int, embedding_dim: int, alpha: float = PAPER_ALPHA,
+                      F: float = 1.0, num_negative_pairs: int = 16,
+                      query_gallery_index=None) -> None:
+  """Raises the error `certify` would raise for too few samples, before any sample is drawn.
+
+  `certify` can give a query a radius >= 0 only if its concentration radii (Lemma 3.6 for
+  'retrievalguard', docs/smoothing.md Sec. 5.3 for 'bisector', at `query_samples` and
+  `gallery_samples` estimation samples) leave room for a margin (`_can_certify`); they depend on
+  the labels alone (the negatives of each query), so the check costs nothing next to smoothing.
+
+  Raises:
+    ValueError: bad names, labels or alpha, or no query at all could be certified with these
+      sample counts (the message gives the minimum n).
+  """
+  common.check_choice('certificate', certificate, CERTIFICATES)
+  query_labels = _check_labels('query_labels', query_labels, np.size(query_labels))
+  gallery_labels = _check_labels('gallery_labels', gallery_labels, np.size(gallery_labels))
+  query_gallery_index = _check_query_gallery_index(query_gallery_index, len(query_labels),
+                                                   len(gallery_labels))
+  _union_bound_radii(certificate, _num_negatives(query_labels, gallery_labels, query_gallery_index),
+                     alpha=_check_alpha(alpha), embedding_dim=embedding_dim, F=F,
+                     num_negative_pairs=common.check_positive_int('num_negative_pairs',
+                                                                  num_negative_pairs),
+                     query_samples=query_samples, gallery_samples=gallery_samples)
+
+
+def _union_bound_radii(certificate: str, num_negatives, *, alpha: float, embedding_dim: int,
+                       F: float, num_negative_pairs: int, query_samples: int,
+                       gallery_samples: int) -> tuple[np.ndarray, dict]:
+  """(events, eps_pairs): each query's union-bound event count and, per count, the concentration
+  radii (eps_query, eps_gallery) of `_radii` at F (1 + NORM_TOLERANCE).
 
   Raises:
     ValueError: no query at all can be certified with these sample counts (the message gives
@@ -258,18 +285,34 @@ def _concentration_radii(certificate: str, num_negatives, query_estimate: monte_
   F_cert = F * (1.0 + NORM_TOLERANCE)
   events = np.array([_event_count(certificate, num_negative_pairs, m) for m in num_negatives])
   eps_pairs = {e: _radii(certificate, alpha=alpha, embedding_dim=embedding_dim, F=F_cert, events=e,
-                         query_samples=query_estimate.num_samples,
-                         gallery_samples=gallery_estimate.num_samples)
+                         query_samples=query_samples, gallery_samples=gallery_samples)
                for e in np.unique(events)}
   best_eps = eps_pairs[min(eps_pairs)]  # Raise only when no query at all can be certified.
   if not _can_certify(certificate, *best_eps, F_cert):
     minimum = minimum_num_samples(certificate, alpha=alpha, embedding_dim=embedding_dim, F=F,
                                   num_negative_pairs=num_negative_pairs)
     raise ValueError(
-        f'num_samples (queries {query_estimate.num_samples}, gallery '
-        f'{gallery_estimate.num_samples}) is too small: with alpha={alpha}, k={embedding_dim}, '
-        f'F={F} the {certificate!r} bound is negative for every input (concentration radii '
-        f'{best_eps[0]:.3g}, {best_eps[1]:.3g}). Use num_samples >= {minimum} for both.')
+        f'num_samples (queries {query_samples}, gallery {gallery_samples}) is too small: with '
+        f'alpha={alpha}, k={embedding_dim}, F={F} the {certificate!r} bound is negative for every '
+        f'input (concentration radii {best_eps[0]:.3g}, {best_eps[1]:.3g}). Use num_samples >= '
+        f'{minimum} for both.')
+  return events, eps_pairs
+
+
+def _concentration_radii(certificate: str, num_negatives, query_estimate: monte_carlo.SmoothedEmbeddings,
+                         gallery_estimate: monte_carlo.SmoothedEmbeddings, *, alpha: float, embedding_dim: int,
+                         F: float, num_negative_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+  """(Nq,) eps_query and eps_gallery of each query: the concentration radii of its union bound
+  (`_union_bound_radii`) plus the float32 rounding allowance of the estimates.
+
+  Raises:
+    ValueError: no query at all can be certified with these sample counts (the message gives
+      the minimum n).
+  """
+  events, eps_pairs = _union_bound_radii(
+      certificate, num_negatives, alpha=alpha, embedding_dim=embedding_dim, F=F,
+      num_negative_pairs=num_negative_pairs, query_samples=query_estimate.num_samples,
+      gallery_samples=gallery_estimate.num_samples)
   return (np.array([eps_pairs[e][0] for e in events]) + query_estimate.rounding_allowance,
           np.array([eps_pairs[e][1] for e in events]) + gallery_estimate.rounding_allowance)
 
