@@ -31,6 +31,7 @@ import numpy as np
 if __package__ in (None, ''):  # Run as `python bench/crown.py`: import `bench` from the repo root.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from bench import common  # pylint: disable=wrong-import-position
+from bench import compare_torch  # pylint: disable=wrong-import-position
 from jaxcert import checkpointing  # pylint: disable=wrong-import-position
 from jaxcert import data  # pylint: disable=wrong-import-position
 from jaxcert import models  # pylint: disable=wrong-import-position
@@ -184,6 +185,83 @@ def certify_main(args, parser) -> dict:
             + ' '.join(f'{cr_recall["ca"][k]:>7.3f}' if not args.qa_only else f'{"-":>7}'
                        for k in KS), flush=True)
   return {'certify': results}
+
+
+# --- auto_LiRPA on the same weights (when it imports). -------------------------------------------
+
+
+def auto_lirpa_or_none():
+  """(torch, auto_LiRPA) when both import, else None (auto_LiRPA is optional: docs/linear_bounds.md)."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    import auto_LiRPA  # pylint: disable=import-outside-toplevel
+  except Exception:  # pylint: disable=broad-except  (its imports fail in several ways)
+    return None
+  return torch, auto_LiRPA
+
+
+def torch_sequential(torch, model, params, image_shape):
+  """`torch.nn.Sequential` (NCHW input) computing the Flax encoder `model` with `params`.
+
+  Built of `Conv2d`, `ReLU`, `Flatten` and `Linear` only, the layers auto_LiRPA bounds natively
+  (its `Pad` node rejects the explicit padding bench/compare_torch.py uses). Flax's 'SAME'
+  padding (before, after) with after = before + 1 (a stride-2 layer of the Large CNN) becomes a
+  symmetric padding `after` with one zero row and column prepended to the kernel: the window that
+  starts `before` pixels left of each output's first input then sees the same pixels with the same
+  weights. Flax flattens (H, W, C): the first Dense layer's input rows are permuted to PyTorch's
+  (C, H, W) order. Encoders with input normalisation, BatchNorm or an L2 head are refused.
+  """
+  if model.input_mean != 0.0 or model.input_std != 1.0 or getattr(model, 'batch_norm', False) \
+      or model.l2_normalize:
+    raise ValueError('torch_sequential exports plain Small/Large CNNs only (no input '
+                     'normalisation, BatchNorm or L2 head).')
+  model_name = {'SmallCNN': 'small_cnn', 'LargeCNN': 'large_cnn'}.get(type(model).__name__)
+  if model_name is None:
+    raise ValueError(f'torch_sequential exports small_cnn and large_cnn, not {type(model).__name__}.')
+  nn = torch.nn
+  as_tensor = lambda a: torch.from_numpy(np.array(a))
+  layers, (height, width, channels) = [], image_shape
+  for layer in compare_torch.LAYERS[model_name]:
+    if layer[0] == 'conv':
+      _, name, stride, padding = layer
+      kernel = np.asarray(params[name]['kernel'])  # (kh, kw, in, out)
+      pads = [(0, 0), (0, 0)]
+      if padding == 'SAME':
+        pads = [_same_padding(size, kernel.shape[axis], stride)
+                for axis, size in enumerate((height, width))]
+      height, width = ((size + sum(pad) - kernel.shape[axis]) // stride + 1
+                       for axis, (size, pad) in enumerate(zip((height, width), pads)))
+      for axis, (before, after) in enumerate(pads):
+        if after == before + 1:  # One zero row/column first: symmetric padding `after`.
+          kernel = np.concatenate([np.zeros_like(kernel.take([0], axis)), kernel], axis)
+        elif after != before:
+          raise ValueError(f'unexpected padding {(before, after)} of {name}')
+      conv = nn.Conv2d(kernel.shape[2], kernel.shape[3], kernel.shape[:2], stride=stride,
+                       padding=tuple(after for _, after in pads))
+      conv.weight.data, conv.bias.data = as_tensor(kernel.transpose(3, 2, 0, 1)), as_tensor(
+          params[name]['bias'])
+      layers.append(conv)
+      channels = kernel.shape[3]
+    elif layer[0] == 'dense':
+      kernel = np.asarray(params[layer[1]]['kernel'])  # (in, out)
+      if isinstance(layers[-1], nn.Flatten):  # Rows in Flax's (H, W, C) order -> (C, H, W).
+        kernel = kernel.reshape(height, width, channels, -1).transpose(2, 0, 1, 3).reshape(
+            kernel.shape)
+      dense = nn.Linear(*kernel.shape)
+      dense.weight.data, dense.bias.data = as_tensor(kernel.T), as_tensor(params[layer[1]]['bias'])
+      layers.append(dense)
+    elif layer[0] == 'relu':
+      layers.append(nn.ReLU())
+    else:
+      layers.append(nn.Flatten())
+  return nn.Sequential(*layers).eval()
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """(before, after) padding of Flax's 'SAME' along one axis."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
 
 
 def _methods(parser, text: str) -> list[str]:
