@@ -9,11 +9,18 @@
    their median radius, the time, and Kakizaki et al.'s CR-Recall@K under QA and CA
    (`jaxcert.bounds.retrieval.rank_bounds`, Theorems 1-2, Eq. 25), computed in float64.
 
+Beside auto_LiRPA (optional; docs/linear_bounds.md, "Against auto_LiRPA", says how to install it):
+when it imports, the cost mode also times its CROWN-IBP and CROWN (`compute_bounds`) on the same
+weights and boxes (Small and Large CNN) and prints how far its bounds are from jaxcert's; the
+certification mode takes 'auto_lirpa_crown_ibp' and 'auto_lirpa_crown' in `--methods`.
+
   python bench/crown.py
   python bench/crown.py --models small_cnn --batch_size 32 --repeats 3 --dtype float32
   python bench/crown.py --config configs/quickstart.py --checkpoint runs/quickstart --eps 0.002
   python bench/crown.py --config configs/quickstart.py --checkpoint runs/quickstart --eps 0.002 \
       --methods crown --qa_only 100
+  python bench/crown.py --config configs/quickstart.py --checkpoint runs/quickstart --eps 0.002 \
+      --methods auto_lirpa_crown_ibp,auto_lirpa_crown --batch_size 50
 """
 
 import argparse
@@ -48,6 +55,9 @@ IMAGE_SETTINGS = {
     'large_cnn': ((28, 28, 1), 0.01),
 }
 DTYPES = ('float32', 'float64')
+# jaxcert method -> auto_LiRPA's `compute_bounds(method=...)`; `--methods` takes 'auto_lirpa_' + key.
+LIRPA_METHODS = {'crown_ibp': 'CROWN-IBP', 'crown': 'CROWN'}
+LIRPA_PREFIX = 'auto_lirpa_'
 KS = (1, 10, 20, 40)
 
 
@@ -69,52 +79,110 @@ def bound_function(apply_fn, method: str, row_chunk: int):
 
 
 def time_methods(apply_fn, variables, images, eps, *, methods, repeats: int, dtype: str,
-                 row_chunk: int) -> dict:
-  """Median seconds of the float32 forward pass and of each bound method in `dtype`."""
+                 row_chunk: int, auto_lirpa_model=None) -> tuple[dict, dict]:
+  """Median seconds of the float32 forward pass and of each bound method in `dtype`, and the
+  bounds of each method.
+
+  With `auto_lirpa_model` (the Flax module of `apply_fn`) and auto_LiRPA importable, auto_LiRPA's
+  bounds by each of `methods` on the same weights and boxes too, under 'auto_lirpa_<method>'.
+  """
   forward = jax.jit(apply_fn)
   timings = {'forward': common.median_seconds(lambda: forward(variables, images),
                                               repeats=repeats)}
+  bounds = {}
   with computing_in(dtype):
     bound_variables = certified_retrieval.cast_floating(variables, dtype)
     lower, upper = input_box(certified_retrieval.cast_floating(images, dtype), eps)
     for method in ('ibp', *methods):
       bounded = bound_function(apply_fn, method, row_chunk)
-      timings[method] = common.median_seconds(
-          lambda bounded=bounded: bounded(bound_variables, lower, upper), repeats=repeats)
-  return timings
+      run = lambda bounded=bounded: bounded(bound_variables, lower, upper)
+      timings[method] = common.median_seconds(run, repeats=repeats)
+      bounds[method] = tuple(np.asarray(b) for b in run())
+  lirpa = auto_lirpa_or_none() if auto_lirpa_model is not None else None
+  if lirpa is not None:
+    for method in methods:
+      bounded = auto_lirpa_bound_function(*lirpa, auto_lirpa_model, variables, images.shape[1:],
+                                          method, dtype)
+      run = lambda bounded=bounded: bounded(lower, upper)
+      timings[LIRPA_PREFIX + method] = common.median_seconds(run, repeats=repeats)
+      bounds[LIRPA_PREFIX + method] = run()
+  return timings, bounds
+
+
+def largest_relative_difference(bounds, other) -> float:
+  """max |bound - other bound| over both ends, over the largest |bound| (at least 1)."""
+  scale = max(max(float(np.max(np.abs(b))) for b in bounds), 1.0)
+  return max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+             for a, b in zip(bounds, other)) / scale
 
 
 def cost_main(args, parser) -> dict:
   names = common.parse_model_names(parser, args.models, IMAGE_SETTINGS)
   methods = _methods(parser, args.methods)
-  print(f'{"model":<10} {"batch":>5} {"dtype":>8} {"method":>10} {"ms / image":>11} '
+  lirpa = auto_lirpa_or_none()
+  print(f'{"model":<10} {"batch":>5} {"dtype":>8} {"method":>22} {"ms / image":>11} '
         f'{"x forward":>10}   (forward pass in float32, same run)')
-  results = {}
+  results, rows = {}, []
   for name in names:
     image_shape, eps = IMAGE_SETTINGS[name]
     model = models.get_model(name, embedding_dim=args.embedding_dim)
     variables = models.init_variables(model, jax.random.key(0), (1,) + image_shape)
     images = jnp.asarray(np.random.default_rng(0).uniform(
         size=(args.batch_size,) + image_shape), jnp.float32)
-    timings = time_methods(model.apply, variables, images, eps, methods=methods,
-                           repeats=args.repeats, dtype=args.dtype, row_chunk=args.row_chunk)
+    exportable = lirpa is not None and name in compare_torch.LAYERS
+    timings, bounds = time_methods(model.apply, variables, images, eps, methods=methods,
+                                   repeats=args.repeats, dtype=args.dtype,
+                                   row_chunk=args.row_chunk,
+                                   auto_lirpa_model=model if exportable else None)
     results[name] = timings
-    for method, seconds in timings.items():
-      print(f'{name:<10} {args.batch_size:>5} {args.dtype:>8} {method:>10} '
-            f'{1e3 * seconds / args.batch_size:>11.3f} {seconds / timings["forward"]:>10.1f}',
-            flush=True)
-  return {'cost': results}
+    forward = timings['forward'] / args.batch_size
+    for method, seconds in list(timings.items()):
+      agreement = ''
+      if method.startswith(LIRPA_PREFIX):
+        difference = largest_relative_difference(bounds[method.removeprefix(LIRPA_PREFIX)],
+                                                 bounds[method])
+        results[name][method + '_relative_difference'] = difference
+        agreement = f'   max |difference| from jaxcert {difference:.1e} of the largest |bound|'
+      print(f'{name:<10} {args.batch_size:>5} {args.dtype:>8} {method:>22} '
+            f'{1e3 * seconds / args.batch_size:>11.3f} {seconds / timings["forward"]:>10.1f}'
+            + agreement, flush=True)
+      if method in LIRPA_METHODS or method.startswith(LIRPA_PREFIX):
+        base = method.removeprefix(LIRPA_PREFIX)
+        who = (f'auto_LiRPA, bounds within {difference:.0e} of jaxcert\'s'
+               if method.startswith(LIRPA_PREFIX) else 'jaxcert')
+        rows.append(common.summary_row(
+            f'{LIRPA_METHODS[base]} bounds', name,
+            f'batch {args.batch_size}, eps {eps}, {args.dtype}, {who}', 'image',
+            seconds / args.batch_size, forward))
+  if lirpa is None:
+    print('auto_LiRPA is not installed: its rows are left out (docs/linear_bounds.md says how '
+          'to install it).')
+  return {'cost': results, 'summary_rows': rows}
 
 
-def boxes(apply_fn, variables, images, eps, method, *, batch_size: int, dtype: str,
+def boxes(model, variables, images, eps, method, *, batch_size: int, dtype: str,
           row_chunk: int):
-  """Embedding boxes of `images` at `eps` by `method` in `dtype`, batch by batch; (lower, upper,
-  seconds)."""
+  """Embedding boxes of `images` at `eps` by `method` in `dtype`, batch by batch.
+
+  `method`: 'ibp', one of METHODS, or 'auto_lirpa_' + one of LIRPA_METHODS (auto_LiRPA's bounds
+  on the same weights). Returns (lower, upper, seconds, first-batch seconds); jaxcert's first
+  batch includes the compilation.
+  """
   with computing_in(dtype):
-    bounded = bound_function(apply_fn, method, row_chunk)
+    if method.startswith(LIRPA_PREFIX):
+      lirpa = auto_lirpa_or_none()
+      if lirpa is None:
+        raise ValueError(f'{method} needs auto_LiRPA, which does not import here '
+                         '(docs/linear_bounds.md says how to install it).')
+      by_auto_lirpa = auto_lirpa_bound_function(*lirpa, model, variables, images.shape[1:],
+                                                method.removeprefix(LIRPA_PREFIX), dtype)
+      bounded = lambda _, lower, upper: by_auto_lirpa(lower, upper)
+    else:
+      bounded = bound_function(model.apply, method, row_chunk)
     bound_variables = certified_retrieval.cast_floating(variables, dtype)
     lowers, uppers = [], []
     start_time = time.perf_counter()
+    first_batch_seconds = None
     for start in range(0, len(images), batch_size):
       batch = np.asarray(images[start:start + batch_size])
       padding = batch_size - len(batch)
@@ -123,13 +191,15 @@ def boxes(apply_fn, variables, images, eps, method, *, batch_size: int, dtype: s
       out_lower, out_upper = jax.block_until_ready(bounded(bound_variables, lower, upper))
       lowers.append(np.asarray(out_lower)[:batch_size - padding])
       uppers.append(np.asarray(out_upper)[:batch_size - padding])
+      if first_batch_seconds is None:
+        first_batch_seconds = time.perf_counter() - start_time
     seconds = time.perf_counter() - start_time
-  return np.concatenate(lowers), np.concatenate(uppers), seconds
+  return np.concatenate(lowers), np.concatenate(uppers), seconds, first_batch_seconds
 
 
 def certify_main(args, parser) -> dict:
   """CR-Recall@K under QA and CA of the checkpoint's boxes by IBP and each method."""
-  methods = _methods(parser, args.methods)
+  methods = _methods(parser, args.methods, auto_lirpa=True)
   config_module = importlib.import_module(
       str(pathlib.Path(args.config).with_suffix('')).replace('/', '.'))
   config = config_module.get_config()
@@ -152,19 +222,21 @@ def certify_main(args, parser) -> dict:
         f'{" (points: QA only)" if args.qa_only else ""}; boxes in '
         f'{args.dtype}, rank bounds in float64 (distance slack '
         f'{certified_retrieval.DEFAULT_DISTANCE_SLACK:g})')
-  print(f'{"eps":>6} {"method":>10} {"seconds":>8} {"median r":>9} '
+  print(f'{"eps":>6} {"method":>22} {"seconds":>8} {"first batch":>11} {"median r":>9} '
         + ' '.join(f'{"QA@" + str(k):>7}' for k in KS) + ' '
         + ' '.join(f'{"CA@" + str(k):>7}' for k in KS))
   for eps in args.eps:
+    query_boxes = {}
     for method in ('ibp', *methods):
-      query_lower, query_upper, query_s = boxes(
-          model.apply, variables, query_images, eps, method, batch_size=args.batch_size,
+      query_lower, query_upper, query_s, first_s = boxes(
+          model, variables, query_images, eps, method, batch_size=args.batch_size,
           dtype=args.dtype, row_chunk=args.row_chunk)
+      query_boxes[method] = (query_lower, query_upper)
       if args.qa_only:
         candidate_lower, candidate_upper, candidate_s = candidate_emb, candidate_emb, 0.
       else:
-        candidate_lower, candidate_upper, candidate_s = boxes(
-            model.apply, variables, candidate_images, eps, method, batch_size=args.batch_size,
+        candidate_lower, candidate_upper, candidate_s, _ = boxes(
+            model, variables, candidate_images, eps, method, batch_size=args.batch_size,
             dtype=args.dtype, row_chunk=args.row_chunk)
       with computing_in('float64'):
         as64 = lambda a: np.asarray(a, np.float64)
@@ -179,11 +251,21 @@ def certify_main(args, parser) -> dict:
       radius = float(np.median(np.linalg.norm((as64(query_upper) - as64(query_lower)) / 2,
                                               axis=1)))
       seconds = query_s + candidate_s
-      results[f'{eps}/{method}'] = {'seconds': seconds, 'median_radius': radius, **cr_recall}
-      print(f'{eps:>6g} {method:>10} {seconds:>8.1f} {radius:>9.4g} '
+      results[f'{eps}/{method}'] = {'seconds': seconds, 'first_batch_seconds': first_s,
+                                    'images': len(query_images) + (
+                                        0 if args.qa_only else len(candidate_images)),
+                                    'median_radius': radius, **cr_recall}
+      print(f'{eps:>6g} {method:>22} {seconds:>8.1f} {first_s:>11.1f} {radius:>9.4g} '
             + ' '.join(f'{cr_recall["qa"][k]:>7.3f}' for k in KS) + ' '
             + ' '.join(f'{cr_recall["ca"][k]:>7.3f}' if not args.qa_only else f'{"-":>7}'
                        for k in KS), flush=True)
+    for method in methods:  # jaxcert's boxes against auto_LiRPA's on the same queries
+      if LIRPA_PREFIX + method in query_boxes:
+        difference = largest_relative_difference(query_boxes[method],
+                                                 query_boxes[LIRPA_PREFIX + method])
+        results[f'{eps}/{method}']['auto_lirpa_relative_difference'] = difference
+        print(f'{eps:>6g} {method}: query boxes within {difference:.1e} of the largest |bound| '
+              'of auto_LiRPA\'s', flush=True)
   return {'certify': results}
 
 
@@ -257,6 +339,46 @@ def torch_sequential(torch, model, params, image_shape):
   return nn.Sequential(*layers).eval()
 
 
+@contextlib.contextmanager
+def torch_default_dtype(torch, dtype: str):
+  """PyTorch's default dtype set to `dtype` inside (auto_LiRPA builds its identity specification
+  and the IBP comparison in it)."""
+  previous = torch.get_default_dtype()
+  torch.set_default_dtype(getattr(torch, dtype))
+  try:
+    yield
+  finally:
+    torch.set_default_dtype(previous)
+
+
+def auto_lirpa_bound_function(torch, auto_lirpa, model, variables, image_shape, method: str,
+                              dtype: str):
+  """auto_LiRPA's `compute_bounds` by `method` ('crown_ibp' or 'crown') on `model`'s weights.
+
+  Returns `(lower, upper) -> (out_lower, out_upper)` on NHWC numpy boxes, numpy bounds out.
+  Like jaxcert (docs/linear_bounds.md, "Against auto_LiRPA"): every intermediate and final linear
+  bound intersected with IBP (`compare_crown_with_ibp`); auto_LiRPA's other options at their
+  defaults (adaptive ReLU lower slope, patches mode for convolutions, CROWN only for the
+  pre-activations IBP finds unstable).
+  """
+  module = torch_sequential(torch, model, jax.tree.map(np.asarray, variables['params']),
+                            image_shape).to(getattr(torch, dtype))
+  to_nchw = lambda a: torch.from_numpy(np.array(np.asarray(a).transpose(0, 3, 1, 2)))
+  with torch_default_dtype(torch, dtype):
+    bounded_module = auto_lirpa.BoundedModule(
+        module, torch.zeros((1,) + tuple(image_shape[2:]) + tuple(image_shape[:2])),
+        bound_opts={'compare_crown_with_ibp': True}, device='cpu')
+
+  def bounded(lower, upper):
+    lower, upper = to_nchw(lower), to_nchw(upper)
+    box = auto_lirpa.BoundedTensor((lower + upper) / 2, auto_lirpa.PerturbationLpNorm(
+        norm=float('inf'), x_L=lower, x_U=upper))
+    with torch_default_dtype(torch, dtype), torch.no_grad():
+      out_lower, out_upper = bounded_module.compute_bounds(x=(box,), method=LIRPA_METHODS[method])
+    return out_lower.numpy(), out_upper.numpy()
+  return bounded
+
+
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   """(before, after) padding of Flax's 'SAME' along one axis."""
   out = -(-size // stride)
@@ -264,11 +386,14 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def _methods(parser, text: str) -> list[str]:
+def _methods(parser, text: str, auto_lirpa: bool = False) -> list[str]:
+  """The comma-separated methods of `text`; with `auto_lirpa`, auto_LiRPA's too."""
+  valid = list(METHODS) + ([LIRPA_PREFIX + method for method in LIRPA_METHODS]
+                           if auto_lirpa else [])
   methods = [method for method in text.split(',') if method]
-  unknown = [method for method in methods if method not in METHODS]
+  unknown = [method for method in methods if method not in valid]
   if unknown:
-    parser.error(f'unknown methods {unknown}; valid: {list(METHODS)}')
+    parser.error(f'unknown methods {unknown}; valid: {valid}')
   return methods
 
 
@@ -276,7 +401,10 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default='small_cnn',
                       help=f'cost: comma-separated names from {sorted(IMAGE_SETTINGS)}')
-  parser.add_argument('--methods', default=','.join(METHODS))
+  parser.add_argument('--methods', default=','.join(METHODS),
+                      help=f'from {list(METHODS)}; with --checkpoint also auto_LiRPA\'s '
+                      f'{[LIRPA_PREFIX + method for method in LIRPA_METHODS]} (the cost mode '
+                      'adds those by itself when auto_LiRPA imports)')
   parser.add_argument('--batch_size', type=int, default=16, help='images per bound call')
   parser.add_argument('--embedding_dim', type=int, default=128)
   parser.add_argument('--repeats', type=int, default=3)

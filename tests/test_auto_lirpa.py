@@ -64,7 +64,7 @@ def _jaxcert_bounds(model, method):
 
 
 def _to_nchw(array):
-  return torch.from_numpy(np.ascontiguousarray(np.asarray(array).transpose(0, 3, 1, 2)))
+  return torch.from_numpy(np.array(np.asarray(array).transpose(0, 3, 1, 2)))
 
 
 def _lirpa_bounds(module, images, lower, upper, method, intersect=True):
