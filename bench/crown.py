@@ -160,28 +160,32 @@ def cost_main(args, parser) -> dict:
   return {'cost': results, 'summary_rows': rows}
 
 
-def boxes(model, variables, images, eps, method, *, batch_size: int, dtype: str,
-          row_chunk: int):
-  """Embedding boxes of `images` at `eps` by `method` in `dtype`, batch by batch.
+def bounder(model, variables, image_shape, method: str, *, dtype: str, row_chunk: int):
+  """`(variables, lower, upper) -> (out_lower, out_upper)` by `method`: 'ibp', one of METHODS
+  (jitted; built once, it compiles once), or 'auto_lirpa_' + one of LIRPA_METHODS (auto_LiRPA's
+  bounds on the same weights, numpy out)."""
+  if not method.startswith(LIRPA_PREFIX):
+    return bound_function(model.apply, method, row_chunk)
+  lirpa = auto_lirpa_or_none()
+  if lirpa is None:
+    raise ValueError(f'{method} needs auto_LiRPA, which does not import here '
+                     '(docs/linear_bounds.md says how to install it).')
+  by_auto_lirpa = auto_lirpa_bound_function(*lirpa, model, variables, image_shape,
+                                            method.removeprefix(LIRPA_PREFIX), dtype)
+  return lambda _, lower, upper: by_auto_lirpa(lower, upper)
 
-  `method`: 'ibp', one of METHODS, or 'auto_lirpa_' + one of LIRPA_METHODS (auto_LiRPA's bounds
-  on the same weights). Returns (lower, upper, seconds, first-batch seconds); jaxcert's first
-  batch includes the compilation.
+
+def boxes(bounded, variables, images, eps, *, batch_size: int, dtype: str):
+  """Embedding boxes of `images` at `eps` by `bounded` (`bounder`) in `dtype`, batch by batch.
+
+  Returns (lower, upper, seconds, first-batch seconds, CPU seconds): the first batch of a jitted
+  method includes its compilation; the CPU seconds are the process's (all threads; on a shared
+  machine steadier than the wall time).
   """
   with computing_in(dtype):
-    if method.startswith(LIRPA_PREFIX):
-      lirpa = auto_lirpa_or_none()
-      if lirpa is None:
-        raise ValueError(f'{method} needs auto_LiRPA, which does not import here '
-                         '(docs/linear_bounds.md says how to install it).')
-      by_auto_lirpa = auto_lirpa_bound_function(*lirpa, model, variables, images.shape[1:],
-                                                method.removeprefix(LIRPA_PREFIX), dtype)
-      bounded = lambda _, lower, upper: by_auto_lirpa(lower, upper)
-    else:
-      bounded = bound_function(model.apply, method, row_chunk)
     bound_variables = certified_retrieval.cast_floating(variables, dtype)
     lowers, uppers = [], []
-    start_time = time.perf_counter()
+    start_time, start_cpu = time.perf_counter(), time.process_time()
     first_batch_seconds = None
     for start in range(0, len(images), batch_size):
       batch = np.asarray(images[start:start + batch_size])
@@ -193,8 +197,9 @@ def boxes(model, variables, images, eps, method, *, batch_size: int, dtype: str,
       uppers.append(np.asarray(out_upper)[:batch_size - padding])
       if first_batch_seconds is None:
         first_batch_seconds = time.perf_counter() - start_time
-    seconds = time.perf_counter() - start_time
-  return np.concatenate(lowers), np.concatenate(uppers), seconds, first_batch_seconds
+    seconds, cpu_seconds = time.perf_counter() - start_time, time.process_time() - start_cpu
+  return (np.concatenate(lowers), np.concatenate(uppers), seconds, first_batch_seconds,
+          cpu_seconds)
 
 
 def certify_main(args, parser) -> dict:
@@ -222,22 +227,26 @@ def certify_main(args, parser) -> dict:
         f'{" (points: QA only)" if args.qa_only else ""}; boxes in '
         f'{args.dtype}, rank bounds in float64 (distance slack '
         f'{certified_retrieval.DEFAULT_DISTANCE_SLACK:g})')
-  print(f'{"eps":>6} {"method":>22} {"seconds":>8} {"first batch":>11} {"median r":>9} '
+  print(f'{"eps":>6} {"method":>22} {"seconds":>8} {"first batch":>11} {"CPU s":>8} '
+        f'{"median r":>9} '
         + ' '.join(f'{"QA@" + str(k):>7}' for k in KS) + ' '
         + ' '.join(f'{"CA@" + str(k):>7}' for k in KS))
   for eps in args.eps:
     query_boxes = {}
     for method in ('ibp', *methods):
-      query_lower, query_upper, query_s, first_s = boxes(
-          model, variables, query_images, eps, method, batch_size=args.batch_size,
-          dtype=args.dtype, row_chunk=args.row_chunk)
+      with computing_in(args.dtype):
+        bounded = bounder(model, variables, query_images.shape[1:], method, dtype=args.dtype,
+                          row_chunk=args.row_chunk)
+      query_lower, query_upper, query_s, first_s, query_cpu_s = boxes(
+          bounded, variables, query_images, eps, batch_size=args.batch_size, dtype=args.dtype)
       query_boxes[method] = (query_lower, query_upper)
       if args.qa_only:
-        candidate_lower, candidate_upper, candidate_s = candidate_emb, candidate_emb, 0.
+        candidate_lower, candidate_upper, candidate_s, candidate_cpu_s = (
+            candidate_emb, candidate_emb, 0., 0.)
       else:
-        candidate_lower, candidate_upper, candidate_s, _ = boxes(
-            model, variables, candidate_images, eps, method, batch_size=args.batch_size,
-            dtype=args.dtype, row_chunk=args.row_chunk)
+        candidate_lower, candidate_upper, candidate_s, _, candidate_cpu_s = boxes(
+            bounded, variables, candidate_images, eps, batch_size=args.batch_size,
+            dtype=args.dtype)
       with computing_in('float64'):
         as64 = lambda a: np.asarray(a, np.float64)
         kakizaki = ({'qa_bound': 'kakizaki'} if 'qa_bound' in inspect.signature(
@@ -251,11 +260,14 @@ def certify_main(args, parser) -> dict:
       radius = float(np.median(np.linalg.norm((as64(query_upper) - as64(query_lower)) / 2,
                                               axis=1)))
       seconds = query_s + candidate_s
+      cpu_seconds = query_cpu_s + candidate_cpu_s
       results[f'{eps}/{method}'] = {'seconds': seconds, 'first_batch_seconds': first_s,
+                                    'cpu_seconds': cpu_seconds,
                                     'images': len(query_images) + (
                                         0 if args.qa_only else len(candidate_images)),
                                     'median_radius': radius, **cr_recall}
-      print(f'{eps:>6g} {method:>22} {seconds:>8.1f} {first_s:>11.1f} {radius:>9.4g} '
+      print(f'{eps:>6g} {method:>22} {seconds:>8.1f} {first_s:>11.1f} {cpu_seconds:>8.1f} '
+            f'{radius:>9.4g} '
             + ' '.join(f'{cr_recall["qa"][k]:>7.3f}' for k in KS) + ' '
             + ' '.join(f'{cr_recall["ca"][k]:>7.3f}' if not args.qa_only else f'{"-":>7}'
                        for k in KS), flush=True)

@@ -12,9 +12,12 @@ intermediate and final linear bound with its interval bound, which auto_LiRPA do
 `bound_opts={'compare_crown_with_ibp': True}`; auto_LiRPA's default ReLU relaxation ('adaptive':
 lower slope 1 where u > -l, else 0) is CROWN's adaptive slope that jaxcert uses. Both tighten by
 CROWN only the pre-activations that IBP finds unstable (auto_LiRPA's sparse intermediate bounds)
-and take the first layer's pre-activations from IBP (exact there). The large-eps case, where
-CROWN-IBP's bound is looser than IBP on some outputs, exercises the intersections. Points sampled
-inside each box must lie inside jaxcert's bounds, so an agreement on an unsound bound fails too.
+and take the first layer's pre-activations from IBP (exact there). (At `u = -l` exactly jaxcert
+takes slope 1 and auto_LiRPA 0, both sound; random boxes never hit the tie.) On random weights
+CROWN is tighter than IBP everywhere, so half of the embedding rows are made `-relu(h_j)` of one
+hidden unit (`_setup`), where the final intersection decides: the test checks that it did, i.e.
+that auto_LiRPA without the option gives a different bound there. Points sampled inside each box
+must lie inside jaxcert's bounds, so an agreement on an unsound bound fails too.
 
 auto_LiRPA is not a dependency: the module skips unless torch and auto_LiRPA import (install as
 in docs/linear_bounds.md).
