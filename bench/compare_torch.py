@@ -194,7 +194,11 @@ def compare_ibp(torch, model_name: str, *, batch_size: int, repeats: int, seed: 
   if auto_lirpa is None:
     result['auto_lirpa'] = {'skipped': reason}
     return result
-  bounded_module = auto_lirpa.BoundedModule(module, torch.zeros((1,) + torch_images.shape[1:]))
+  # auto_LiRPA's Pad node rejects `module`'s explicit padding: its layers as Conv2d/Linear only.
+  from bench import crown  # pylint: disable=import-outside-toplevel  (crown imports this module)
+  bounded_module = auto_lirpa.BoundedModule(
+      crown.torch_sequential(torch, model, variables['params'], IMAGE_SHAPE),
+      torch.zeros((1,) + torch_images.shape[1:]))
   perturbation = auto_lirpa.PerturbationLpNorm(norm=float('inf'), x_L=torch_lower, x_U=torch_upper)
   box = auto_lirpa.BoundedTensor(torch_images, perturbation)
   run = lambda: bounded_module.compute_bounds(x=(box,), method='IBP')

@@ -21,7 +21,9 @@ run `python -m bench.run --scaling_worker` on the real devices.
 
 Side by side (bench/compare_torch.py, when PyTorch is installed: pip install -e '.[compare]'):
 IBP bounds against auto_LiRPA (where it imports) and a plain PyTorch IBP loop on the same weights,
-and smoothing against a Cohen et al.-style PyTorch Monte-Carlo loop.
+and smoothing against a Cohen et al.-style PyTorch Monte-Carlo loop. bench/crown.py's rows
+(CROWN-IBP and CROWN bounds) include auto_LiRPA's on the same weights where it imports
+(docs/linear_bounds.md, "Against auto_LiRPA").
 """
 
 from __future__ import annotations
@@ -56,11 +58,14 @@ QUICK_ARGV = {
     'attack': ['--models', 'small_cnn,large_cnn', '--batch_size', '32', '--num_steps', '5',
                '--repeats', '2'],
     'topk': ['--grid', '1000x1000,10000x10000', '--repeats', '3'],
+    # Random weights leave most ReLUs unstable: CROWN costs seconds per image, so a small batch.
+    'crown': ['--models', 'small_cnn', '--batch_size', '2', '--repeats', '1'],
     'compare_torch': ['--models', 'small_cnn,large_cnn', '--batch_size', '32',
                       '--smoothing_batch_size', '2', '--chunk_size', '32', '--num_samples', '256',
                       '--repeats', '3'],
 }
-HOT_PATH_ORDER = ('forward', 'train step', 'IBP bounds', 'QA/CA verification', 'smoothing',
+HOT_PATH_ORDER = ('forward', 'train step', 'IBP bounds', 'CROWN-IBP bounds', 'CROWN bounds',
+                  'QA/CA verification', 'smoothing',
                   'PGD step', 'blocked top-k')
 
 
