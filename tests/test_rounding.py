@@ -308,16 +308,82 @@ def test_point_margins_widen_boxes_to_cover_real_points():
       assert exact <= Fraction(float(max_distance[i, j])) ** 2
 
 
-def test_round_up_and_down_never_return_subnormals():
-  tiny = np.finfo(np.float32).tiny
-  values = jnp.asarray([0., -0., tiny, -tiny, 2 * tiny, -2 * tiny, 1e-40, -1e-40, 1., -np.inf,
-                        np.inf], jnp.float32)
-  for fn, ok in ((rounding.round_up, lambda r, v: r > v), (rounding.round_down, lambda r, v: r < v)):
-    result = np.asarray(fn(values))
-    magnitude = np.abs(result)
-    assert not ((magnitude > 0) & (magnitude < tiny)).any()
-    finite = np.isfinite(np.asarray(values))
-    assert ok(result[finite], np.asarray(values)[finite]).all()
+def test_round_up_and_down_bound_every_real_that_rounds_to_the_value():
+  """`round_up(w) >= v` for the largest real `v` with `fl(v) = w`, `w + gap / 2` (Fractions).
+
+  Powers of two of both signs (where the gap changes), the smallest normals, the largest floats,
+  zeros, random floats over the whole range; a subnormal result (possible only below 0) is a
+  bound also when read as 0 (denormals-are-zero)."""
+  tiny, largest = np.finfo(np.float32).tiny, np.finfo(np.float32).max
+  rng = np.random.default_rng(9)
+  powers = np.ldexp(np.float32(1), np.arange(-126, 128)).astype(np.float32)
+  special = np.asarray([0., -0., tiny, 2 * tiny, 3 * tiny, largest, np.nextafter(largest, 0),
+                        1., 1.5, 2 ** -103, 2 ** -102, 2 ** -104], np.float32)
+  bits = rng.integers(0, 2 ** 31 - 2 ** 23, 20000, dtype=np.uint32).view(np.float32)
+  values = np.concatenate([powers, np.nextafter(powers, np.float32(0)), special, bits])
+  values = values[(np.abs(values) >= tiny) | (values == 0)]
+  values = np.concatenate([values, -values])
+  for fn, sign in ((rounding.round_up, 1), (rounding.round_down, -1)):
+    result = np.asarray(jax.jit(fn)(jnp.asarray(values)))
+    with np.errstate(over='ignore'):
+      neighbour = np.nextafter(values, np.float32(sign * np.inf))
+    finite_neighbour = np.isfinite(neighbour)
+    for w, r, n in zip(values[finite_neighbour], result[finite_neighbour],
+                       neighbour[finite_neighbour]):
+      if not np.isfinite(r):  # overflowed outwards: a bound
+        assert sign * r > 0
+        continue
+      extreme = (Fraction(float(w)) + Fraction(float(n))) / 2  # rounds to w (or ties to it)
+      for read in ({float(r), 0.} if 0 < abs(r) < tiny else {float(r)}):
+        assert sign * (Fraction(read) - extreme) >= 0, (fn, w, r)
+    # At most two ulps (plus tiny near zero) outwards.
+    two_ulps = np.nextafter(neighbour, np.float32(sign * np.inf))
+    tight = finite_neighbour & np.isfinite(result) & (np.abs(values) >= 2 ** -100)
+    assert (sign * (result - two_ulps) <= 0)[tight].all()
+  assert float(rounding.round_up(jnp.float32(-np.inf))) == -largest
+  assert float(rounding.round_up(jnp.float32(np.inf))) == np.inf
+  assert float(rounding.round_down(jnp.float32(np.inf))) == largest
+
+
+def _blocked_order_case(block: int, blocks: int):
+  """Terms 2^24 (block 0), then `block - 1` ones and -2^24 (block 1), zeros elsewhere: summed block
+  by block the sum is exactly `block - 1` in any order within the blocks (every partial is an
+  integer below 2^24 in magnitude), while one accumulator taking block 0 first loses the ones
+  (2^24 + 1 rounds to 2^24)."""
+  terms = np.zeros(block * blocks, np.float32)
+  terms[0] = 2. ** 24
+  terms[block:2 * block - 1] = 1.
+  terms[2 * block - 1] = -2. ** 24
+  return terms, float(block - 1)
+
+
+def test_blocked_dot_general_centre_is_summed_block_by_block():
+  """The blocked gamma (docs/rigorous_float32.md §4) assumes each block's partial sum is a float of
+  its own; were the blocks fused into one accumulation (by XLA), the centre of the rigorous
+  bounds would be 0 here, not 19 (n = 200: 10 blocks of 20)."""
+  assert rounding._block_count(200, 200) == 10  # pylint: disable=protected-access
+  terms, exact = _blocked_order_case(20, 10)
+  x = jnp.asarray(np.stack([terms, terms[::-1] * 0]))
+  weights = jnp.ones((200, 3), jnp.float32)
+  out_lower, out_upper = jax.jit(interval(lambda v: v @ weights, rounding='outward'))(x, x)
+  centre = (np.asarray(out_lower, np.float64) + np.asarray(out_upper, np.float64)) / 2
+  np.testing.assert_allclose(centre[0], exact, atol=1e-3)
+  _assert_contains(out_lower, out_upper, _exact_dot(np.asarray(x), np.asarray(weights)))
+
+
+def test_blocked_conv_centre_is_summed_block_by_block():
+  """The same for a 1x1 convolution over 128 channels, cut into 4 blocks of 32 channels."""
+  terms, exact = _blocked_order_case(32, 4)
+  image = jnp.asarray(np.broadcast_to(terms, (1, 2, 2, 128)))
+  kernel = jnp.ones((1, 1, 128, 2), jnp.float32)
+
+  def conv(v):
+    return lax.conv_general_dilated(v, kernel, (1, 1), 'VALID',
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  out_lower, out_upper = jax.jit(interval(conv, rounding='outward'))(image, image)
+  centre = (np.asarray(out_lower, np.float64) + np.asarray(out_upper, np.float64)) / 2
+  np.testing.assert_allclose(centre, exact, atol=1e-3)
 
 
 def test_check_no_subnormals():
