@@ -98,6 +98,20 @@ def test_dot_general_underflow_is_covered():
   assert float(out_upper.max()) < 1e-30  # and the bound stays small
 
 
+def test_dot_general_boxes_at_the_smallest_normals_with_huge_weights():
+  """Box ends of a few `tiny` (their halves and midpoints flush to zero on XLA:CPU) times weights
+  of 1e30: the real products are ~1e-8, so any radius lost to flushing would show (Fractions)."""
+  tiny = np.finfo(np.float32).tiny
+  lower = np.asarray([[-1.5, 0., 1., -3.], [-1., -1., 2.5, 0.5]], np.float32) * tiny
+  upper = np.asarray([[1.5, 0.75, 1., -0.5], [3., 1., 2.5, 0.75]], np.float32) * tiny
+  lower, upper = (np.asarray(end, np.float32) for end in (lower, upper))
+  weights = (np.asarray([[1., -2.], [3., 1.], [-1., 1.], [2., 2.]]) * 1e30).astype(np.float32)
+  out_lower, out_upper = interval(lambda x: x @ weights, rounding='outward')(lower, upper)
+  for point in _corners_and_samples(lower, upper, 16):
+    _assert_contains(out_lower, out_upper, _exact_dot(point.astype(np.float32), weights))
+  assert float(np.abs(np.asarray(out_upper)).max()) < 1e-6  # and small
+
+
 def _exact_conv(image, kernel, stride):
   """VALID NHWC x HWIO convolution in Fractions."""
   image, kernel = _exact(image), _exact(kernel)
