@@ -447,3 +447,54 @@ def test_rigorous_float32_certification_nearly_equals_float64(tmp_path):
     for eps in ('0.0', '0.01'):
       for attack in ('qa', 'ca'):
         assert abs(rigorous['sweep'][eps][attack][k] - float64['sweep'][eps][attack][k]) <= 2 / 12
+
+
+def test_linear_query_attack_point_margin_covers_real_points():
+  """The linear QA certificate at slack 0 with `point_margin = p` (docs/bounds.md §13): real
+  candidate embeddings anywhere within `p` of the computed ones keep every real rank inside the
+  bounds (exact rational distances at the query box's corners and inside). Crafted: `c1` is
+  farther than the top candidate `c0` by 1.5e-4 < 2 p on the whole box; moving the real points
+  by `p` towards and away from the query swaps them. Without the margin the certificate would
+  claim that `c0` stays first, which the same real points contradict."""
+  from jaxcert.bounds.retrieval import rank_bounds  # pylint: disable=import-outside-toplevel
+  p = 1e-4
+  computed = np.asarray([[1., 0., 0., 0.], [1. + 1.5e-4, 0., 0., 0.], [0., 3., 0., 0.],
+                         [0., 0., -2., 0.5], [-0.5, 0.2, 0.1, 1.]], np.float32)
+  query = np.zeros((1, 4), np.float32)
+  query_lower, query_upper = query - np.float32(1e-3), query + np.float32(1e-3)
+  candidate_lower, candidate_upper = computed - np.float32(1e-6), computed + np.float32(1e-6)
+
+  def bounds(point_margin):
+    result = rank_bounds(query, query_lower, query_upper, computed, candidate_lower,
+                         candidate_upper, 5, distance_slack=0., rounding='outward',
+                         point_margin=point_margin)
+    return (np.asarray(result.indices[0]), np.asarray(result.query_attack_lower[0]),
+            np.asarray(result.query_attack_upper[0]))
+
+  rng = np.random.default_rng(11)
+  direction = np.zeros(4)
+  direction[0] = 1.
+  adversarial = computed.astype(np.float64) - 0.999 * p * direction * np.asarray([[-1], [1], [0], [0], [0]])
+  reals = [adversarial] + [computed + rng.normal(size=computed.shape) * (0.999 * p / 2 / 2)
+                           for _ in range(10)]  # ||offset|| <= p with overwhelming probability
+  points = _corners_and_samples(query_lower[0], query_upper[0], 12)
+
+  def real_ranks(real):
+    real_q = _exact(real)
+    ranks = []
+    for z in points:
+      squared = np.sum((_exact(z)[None] - real_q) ** 2, axis=1)
+      ranks.append([1 + sum(squared[c] < squared[j] for c in range(5) if c != j) for j in range(5)])
+    return np.asarray(ranks)  # (points, candidate)
+
+  indices, lower, upper = bounds(p)
+  for real in reals:
+    offsets = np.linalg.norm(real - computed.astype(np.float64), axis=1)
+    if not (offsets <= p).all():
+      continue
+    ranks = real_ranks(real)[:, indices]
+    assert (lower[None] <= ranks).all() and (ranks <= upper[None]).all()
+  assert indices[0] == 0 and upper[0] >= 2  # c1 is not certified farther than c0
+  _, _, upper_without_margin = bounds(0.)
+  assert upper_without_margin[0] == 1  # ... without the margin it would be,
+  assert (real_ranks(adversarial)[:, 0] == 2).all()  # and the adversarial real points swap them
