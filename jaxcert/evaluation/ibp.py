@@ -206,7 +206,10 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None
   point_margin = 0.
   if outward:
     margins = margins if margins is not None else point_margins(inputs, query_emb, candidate_emb)
-    compared_query_box = outward_rounding.widen_for_points(*query_box, margins['candidate'])
+    if ibp_config.qa_bound == 'kakizaki':  # Theorem 1's distance bounds need the widened box;
+      # the linear specification takes the candidates' rounding from `point_margin` alone
+      # (docs/bounds.md §13, "Rigorous float32: the point margin").
+      compared_query_box = outward_rounding.widen_for_points(*query_box, margins['candidate'])
     compared_candidate_box = outward_rounding.widen_for_points(*candidate_box, margins['query'])
     # ||y - y~||_2 of every candidate, for the linear QA specification; the norm in float64 and
     # a relative 1e-6 above it (its rounding is ~1e-16).
