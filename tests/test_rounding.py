@@ -488,13 +488,26 @@ def test_linear_query_attack_point_margin_covers_real_points():
     return np.asarray(ranks)  # (points, candidate)
 
   indices, lower, upper = bounds(p)
+  # One margin per candidate: p for c0 and c1, 1e-7 for the others, whose real points stay closer.
+  per_candidate = np.asarray([p, p, 1e-7, 1e-7, 1e-7], np.float32)
+  indices_each, lower_each, upper_each = bounds(per_candidate)
   for real in reals:
     offsets = np.linalg.norm(real - computed.astype(np.float64), axis=1)
-    if not (offsets <= p).all():
-      continue
-    ranks = real_ranks(real)[:, indices]
-    assert (lower[None] <= ranks).all() and (ranks <= upper[None]).all()
+    ranks = real_ranks(real)
+    if (offsets <= p).all():
+      assert (lower[None] <= ranks[:, indices]).all() and (ranks[:, indices] <= upper[None]).all()
+    if (offsets <= per_candidate).all():
+      assert ((lower_each[None] <= ranks[:, indices_each]).all()
+              and (ranks[:, indices_each] <= upper_each[None]).all())
+  reals_each = [adversarial] + [
+      computed + rng.normal(size=computed.shape) * (0.999 * per_candidate[:, None] / 4)
+      for _ in range(10)]
+  for real in reals_each:
+    if (np.linalg.norm(real - computed.astype(np.float64), axis=1) <= per_candidate).all():
+      ranks = real_ranks(real)[:, indices_each]
+      assert (lower_each[None] <= ranks).all() and (ranks <= upper_each[None]).all()
   assert indices[0] == 0 and upper[0] >= 2  # c1 is not certified farther than c0
+  assert upper_each[0] >= 2
   _, _, upper_without_margin = bounds(0.)
   assert upper_without_margin[0] == 1  # ... without the margin it would be,
   assert (real_ranks(adversarial)[:, 0] == 2).all()  # and the adversarial real points swap them

@@ -166,7 +166,8 @@ def point_margins(inputs, query_emb, candidate_emb) -> dict:
   (`rounding.widen_for_points`, docs/rigorous_float32.md §6).
 
   Returns:
-    {'query': (below, above), 'candidate': (below, above)}, each (d,) arrays.
+    {'query': (below, above), 'candidate': (below, above)}, each (d,) arrays, and
+    'candidate_distance': (N,) upper bounds of each candidate's ||y - y~||_2.
   """
   ibp_config = inputs.config.ibp
   margins = {}
@@ -176,6 +177,9 @@ def point_margins(inputs, query_emb, candidate_emb) -> dict:
         inputs.embed, images, 0., batch_size=ibp_config.batch_size, sharding=inputs.batch_sharding,
         dtype=emb.dtype, bound=certified_retrieval.outward_interval)
     margins[side] = outward_rounding.point_margins(emb, *point_box)
+    if side == 'candidate':  # ||y - y~||_2 per candidate, for the linear QA specification
+      margins['candidate_distance'] = outward_rounding.outward_distance_bounds(
+          point_box[0], point_box[1], emb)[1]
   return margins
 
 
@@ -211,10 +215,7 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None
       # (docs/bounds.md §13, "Rigorous float32: the point margin").
       compared_query_box = outward_rounding.widen_for_points(*query_box, margins['candidate'])
     compared_candidate_box = outward_rounding.widen_for_points(*candidate_box, margins['query'])
-    # ||y - y~||_2 of every candidate, for the linear QA specification; the norm in float64 and
-    # a relative 1e-6 above it (its rounding is ~1e-16).
-    point_margin = float(np.linalg.norm(np.maximum(*margins['candidate']).astype(np.float64)))
-    point_margin *= 1 + 1e-6
+    point_margin = margins['candidate_distance']  # rounded outwards (docs/bounds.md §13)
   bounds_s = time.perf_counter() - start
   start = time.perf_counter()
   rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
