@@ -148,19 +148,24 @@ def write_table(names, workdir: str, out: str, checkpoint_root: str) -> str:
       path = pathlib.Path(workdir) / f'{name}_{dtype}' / RUN_LOG
       if path.exists():
         log[f'{name}_{dtype}'] = json.loads(path.read_text())
-  commands = [' '.join(['python'] + certify_command(name, checkpoint_root, dtype, workdir)[1:])
+  # The checkpoint root is machine-specific: the table names it as a placeholder.
+  del checkpoint_root
+  commands = [' '.join(['python'] + certify_command(name, '<checkpoint_root>', dtype, workdir)[1:])
               for name in names for dtype in DTYPES]
   text = '\n'.join([
       '# Rigorous float32 against float64: certified numbers', '',
       'Written by `python scripts/rigorous_float32_table.py` '
       f'({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, '
-      f'{jax.default_backend()}); the runs, one at a time:', '',
+      f'{jax.default_backend()}, `--checkpoint_root` holding the trained checkpoints); the runs, '
+      'one at a time:', '',
       *[f'    {command}' for command in commands], '',
       'Full budgets (the configs\' 1000 queries x 1000 candidates). Rigorous float32 is certify.py\'s '
       '`--config.ibp.dtype=float32`: outward-rounded interval bounds of the real-valued encoder, '
       'distance slack 0 (docs/rigorous_float32.md); float64 rounds to nearest with slack 1e-5 '
       '(docs/bounds.md §10). Recall@K is from each run\'s own embeddings (float32 for the rigorous '
-      'run, float64 for the other). "queries" is the difference in certified queries.', '',
+      'run, float64 for the other). "queries" is the difference in certified queries. The config\'s '
+      'own eps (`config.ibp.eps`) is always certified too. Why the cells differ: '
+      'docs/rigorous_float32.md §9.', '',
       *sections,
       *(['Wall time of each run (2 shared CPU cores; load average before -> after): '
          + '; '.join(f'{run} {entry["s"]:.0f} s (load {entry["load"]})'
