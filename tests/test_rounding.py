@@ -511,3 +511,41 @@ def test_linear_query_attack_point_margin_covers_real_points():
   _, _, upper_without_margin = bounds(0.)
   assert upper_without_margin[0] == 1  # ... without the margin it would be,
   assert (real_ranks(adversarial)[:, 0] == 2).all()  # and the adversarial real points swap them
+
+
+def test_candidate_attack_query_point_margin_covers_real_query_points():
+  """Theorem 2 in the rigorous mode with `query_point_margin = p_q`: the real query embedding
+  anywhere within `p_q` of the computed one keeps every real rank in the CA bounds (Fractions, at
+  the candidate boxes' corners). Crafted: c^ = (-1, 0) and c = (1 + 1.5e-4, 0) on either side of
+  the query at 0; the real query moved by 0.999 p_q towards c swaps them (p_q = 1e-4), which the
+  bounds must allow and, without the margin, do not."""
+  from jaxcert.bounds.retrieval import rank_bounds  # pylint: disable=import-outside-toplevel
+  p = 1e-4
+  computed = np.asarray([[-1., 0.], [1. + 1.5e-4, 0.], [0., 3.], [2., -2.]], np.float32)
+  query = np.zeros((1, 2), np.float32)
+  candidate_lower = computed - np.float32(1e-6)
+  candidate_upper = computed + np.float32(1e-6)
+
+  def bounds(query_point_margin):
+    result = rank_bounds(query, query - np.float32(1e-6), query + np.float32(1e-6), computed,
+                         candidate_lower, candidate_upper, 4, distance_slack=0.,
+                         rounding='outward', query_point_margin=query_point_margin)
+    return (np.asarray(result.indices[0]), np.asarray(result.candidate_attack_lower[0]),
+            np.asarray(result.candidate_attack_upper[0]))
+
+  indices, lower, upper = bounds(np.asarray([p], np.float32))
+  rng = np.random.default_rng(12)
+  real_queries = [np.asarray([0.999 * p, 0.])] + [rng.normal(size=2) * p / 3 for _ in range(20)]
+  boxes = [_corners_and_samples(candidate_lower[i], candidate_upper[i], 4) for i in range(4)]
+  for y in real_queries:
+    if np.linalg.norm(y) > p:
+      continue
+    for sample in range(len(boxes[0])):  # every candidate at its own sampled point of its box
+      points = np.stack([boxes[i][sample] for i in range(4)])
+      squared = np.sum((_exact(points) - _exact(y)[None]) ** 2, axis=1)
+      for column, j in enumerate(indices):
+        rank = 1 + sum(squared[c] < squared[j] for c in range(4) if c != j)
+        assert lower[column] <= rank <= upper[column]
+  assert indices[0] == 0 and upper[0] >= 2
+  _, _, upper_without_margin = bounds(0.)
+  assert upper_without_margin[0] == 1

@@ -52,6 +52,8 @@ from jaxcert.bounds.interval import interval
 from jaxcert.bounds.interval import is_concrete
 from jaxcert.bounds.interval import ROUNDING_MODES
 from jaxcert.bounds.rounding import outward_distance_bounds
+from jaxcert.bounds.rounding import round_down
+from jaxcert.bounds.rounding import round_up
 from jaxcert import common
 
 DEFAULT_DISTANCE_SLACK = 1e-5
@@ -436,8 +438,8 @@ def _linear_query_attack_counts(q_lower, q_upper, top_emb, top_norm, top_margin,
                    static_argnames=('k', 'block_size', 'candidate_block_size', 'qa_bound',
                                     'outward'))
 def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
-                 candidate_upper, slack, point_margin, *, k: int, block_size: int,
-                 candidate_block_size: int, qa_bound: str, outward: bool):
+                 candidate_upper, slack, point_margin, query_point_margin, *, k: int,
+                 block_size: int, candidate_block_size: int, qa_bound: str, outward: bool):
   num_candidates = candidate_emb.shape[0]
   candidate_block_size = min(candidate_block_size, num_candidates)
   candidate_norm = jnp.linalg.norm(candidate_emb, axis=-1)
@@ -447,7 +449,16 @@ def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_l
                                       candidate_block_size)
   kakizaki_qa = qa_bound == 'kakizaki'
 
-  def per_query_block(sq, index, q_emb, q_lower, q_upper):
+  def query_point_widened(bounds, q_margin):
+    """CA distance bounds from the computed query point widened by its margin (rigorous mode):
+    ||z - y|| lies within ||z - y~|| -+ p_q for the real query embedding y."""
+    if not outward:
+      return bounds
+    lower, upper = bounds
+    return (jnp.maximum(round_down(lower - q_margin[:, None]), 0),
+            round_up(upper + q_margin[:, None]))
+
+  def per_query_block(sq, index, q_emb, q_lower, q_upper, q_margin):
     del sq  # The clean ranking is `index`.
     q_norm = jnp.linalg.norm(q_emb, axis=-1)[:, None]
     q_magnitude = _box_magnitude(q_lower, q_upper)[:, None]
@@ -457,15 +468,16 @@ def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_l
       qa_top_min, qa_top_max = _widened_distance_bounds(
           q_lower[:, None], q_upper[:, None], candidate_emb[index], q_magnitude,
           candidate_norm[index], slack, outward)
-    ca_top_min, ca_top_max = _widened_distance_bounds(
+    ca_top_min, ca_top_max = query_point_widened(_widened_distance_bounds(
         candidate_lower[index], candidate_upper[index], q_emb[:, None],
-        candidate_magnitude[index], q_norm, slack, outward)
+        candidate_magnitude[index], q_norm, slack, outward), q_margin)
 
     def count_candidate_block(counts, block):
       (c_emb, c_lower, c_upper, c_norm, c_magnitude, _), start = block
       valid = start + jnp.arange(candidate_block_size) < num_candidates
-      ca_min, ca_max = _widened_distance_bounds(c_lower[None], c_upper[None], q_emb[:, None],
-                                                c_magnitude[None], q_norm, slack, outward)
+      ca_min, ca_max = query_point_widened(_widened_distance_bounds(
+          c_lower[None], c_upper[None], q_emb[:, None], c_magnitude[None], q_norm, slack,
+          outward), q_margin)
       columns = (valid, ca_min.T, ca_max.T)
       if kakizaki_qa:
         qa_min, qa_max = _widened_distance_bounds(q_lower[:, None], q_upper[:, None], c_emb[None],
@@ -501,7 +513,8 @@ def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_l
                       num_candidates - ca_farther)
 
   return retrieval.map_over_query_blocks(
-      per_query_block, query_emb, candidate_emb, query_emb, query_lower, query_upper, k=k,
+      per_query_block, query_emb, candidate_emb, query_emb, query_lower, query_upper,
+      query_point_margin, k=k,
       block_size=block_size, gallery_block_size=candidate_block_size, exclude_self=False)
 
 
@@ -530,20 +543,20 @@ def _as_box(emb, lower, upper, name: str, distance_slack: float):
   return emb, lower, upper
 
 
-def _per_candidate(point_margin, candidate_emb):
-  """`point_margin` as an (N,) array of the embeddings' dtype; ValueError for another shape."""
-  margin = jnp.asarray(point_margin, candidate_emb.dtype)
-  if margin.ndim and margin.shape != candidate_emb.shape[:1]:
-    raise ValueError(f'point_margin must be a scalar or have shape {candidate_emb.shape[:1]} (one '
-                     f'per candidate), got {margin.shape}.')
-  return jnp.broadcast_to(margin, candidate_emb.shape[:1])
+def _per_row(margin, embeddings, name: str):
+  """A margin as an (N,) array of the embeddings' dtype; ValueError for another shape."""
+  margin = jnp.asarray(margin, embeddings.dtype)
+  if margin.ndim and margin.shape != embeddings.shape[:1]:
+    raise ValueError(f'{name} must be a scalar or have shape {embeddings.shape[:1]} (one per '
+                     f'embedding), got {margin.shape}.')
+  return jnp.broadcast_to(margin, embeddings.shape[:1])
 
 
 def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
                 candidate_upper, k: int, *, block_size: int = 256, candidate_block_size: int = 256,
                 distance_slack: float = DEFAULT_DISTANCE_SLACK,
                 qa_bound: str = 'linear', rounding: str = 'nearest',
-                point_margin=0.) -> RankBounds:
+                point_margin=0., query_point_margin=0.) -> RankBounds:
   """Rank bounds under QA and CA of every query's k nearest candidates.
 
   For query q and c^ = IR_f(q, C)_j, every c in C (c^ included; it never counts) is compared
@@ -587,7 +600,10 @@ def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lo
       i, as a scalar (for every candidate) or an (N,) array (one per candidate,
       `rounding.outward_distance_bounds` of its eps = 0 box to `candidate_emb[i]`)
       embedding (rigorous mode); the linear QA specification widens its decisions by it
-      (docs/bounds.md §13), the distance bounds of Theorems 1-2 take it through the widened boxes.
+      (docs/bounds.md §13), the distance bounds of Theorem 1 take it through the widened boxes.
+    query_point_margin: the same for the queries, a scalar or (Nq,) (rigorous mode): Theorem 2's
+      distance bounds from the computed query point to candidate boxes are widened by it
+      (docs/rigorous_float32.md §6).
 
   Returns:
     A `RankBounds` of (Nq, k) int32 arrays.
@@ -602,8 +618,9 @@ def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lo
     raise ValueError(f'distance_slack must be >= 0, got {distance_slack}.')
   if rounding not in ROUNDING_MODES:
     raise ValueError(f'Unknown rounding {rounding!r}; valid: {list(ROUNDING_MODES)}.')
-  if is_concrete(point_margin) and not np.all(np.asarray(point_margin) >= 0):
-    raise ValueError(f'point_margin must be >= 0, got {np.asarray(point_margin).min()}.')
+  for name, margin in (('point_margin', point_margin), ('query_point_margin', query_point_margin)):
+    if is_concrete(margin) and not np.all(np.asarray(margin) >= 0):
+      raise ValueError(f'{name} must be >= 0, got {np.asarray(margin).min()}.')
   query_emb, query_lower, query_upper = _as_box(query_emb, query_lower, query_upper, 'query',
                                                 distance_slack)
   candidate_emb, candidate_lower, candidate_upper = _as_box(
@@ -612,7 +629,8 @@ def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lo
       query_emb, candidate_emb, k, block_size, candidate_block_size, exclude_self=False)
   return _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
                       candidate_upper, jnp.asarray(distance_slack, query_emb.dtype),
-                      _per_candidate(point_margin, candidate_emb), k=int(k),
+                      _per_row(point_margin, candidate_emb, 'point_margin'),
+                      _per_row(query_point_margin, query_emb, 'query_point_margin'), k=int(k),
                       block_size=int(block_size), candidate_block_size=candidate_block_size,
                       qa_bound=qa_bound, outward=rounding == 'outward')
 
