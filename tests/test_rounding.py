@@ -351,9 +351,11 @@ def test_round_up_and_down_bound_every_real_that_rounds_to_the_value():
       for read in ({float(r), 0.} if 0 < abs(r) < tiny else {float(r)}):
         assert sign * (Fraction(read) - extreme) >= 0, (fn, w, r)
     # At most two ulps (plus tiny near zero) outwards.
-    two_ulps = np.nextafter(neighbour, np.float32(sign * np.inf))
-    tight = finite_neighbour & np.isfinite(result) & (np.abs(values) >= 2 ** -100)
-    assert (sign * (result - two_ulps) <= 0)[tight].all()
+    with np.errstate(over='ignore'):
+      two_ulps = np.nextafter(neighbour, np.float32(sign * np.inf))
+    tight = (finite_neighbour & np.isfinite(result) & np.isfinite(two_ulps)
+             & (np.abs(values) >= 2 ** -100))
+    assert (sign * (result[tight] - two_ulps[tight]) <= 0).all()
   assert float(rounding.round_up(jnp.float32(-np.inf))) == -largest
   assert float(rounding.round_up(jnp.float32(np.inf))) == np.inf
   assert float(rounding.round_down(jnp.float32(np.inf))) == largest
