@@ -98,6 +98,20 @@ def test_dot_general_underflow_is_covered():
   assert float(out_upper.max()) < 1e-30  # and the bound stays small
 
 
+def test_dot_general_boxes_at_the_smallest_normals_with_huge_weights():
+  """Box ends of a few `tiny` (their halves and midpoints flush to zero on XLA:CPU) times weights
+  of 1e30: the real products are ~1e-8, so any radius lost to flushing would show (Fractions)."""
+  tiny = np.finfo(np.float32).tiny
+  lower = np.asarray([[-1.5, 0., 1., -3.], [-1., -1., 2.5, 0.5]], np.float32) * tiny
+  upper = np.asarray([[1.5, 0.75, 1., -0.5], [3., 1., 2.5, 0.75]], np.float32) * tiny
+  lower, upper = (np.asarray(end, np.float32) for end in (lower, upper))
+  weights = (np.asarray([[1., -2.], [3., 1.], [-1., 1.], [2., 2.]]) * 1e30).astype(np.float32)
+  out_lower, out_upper = interval(lambda x: x @ weights, rounding='outward')(lower, upper)
+  for point in _corners_and_samples(lower, upper, 16):
+    _assert_contains(out_lower, out_upper, _exact_dot(point.astype(np.float32), weights))
+  assert float(np.abs(np.asarray(out_upper)).max()) < 1e-6  # and small
+
+
 def _exact_conv(image, kernel, stride):
   """VALID NHWC x HWIO convolution in Fractions."""
   image, kernel = _exact(image), _exact(kernel)
@@ -308,16 +322,84 @@ def test_point_margins_widen_boxes_to_cover_real_points():
       assert exact <= Fraction(float(max_distance[i, j])) ** 2
 
 
-def test_round_up_and_down_never_return_subnormals():
-  tiny = np.finfo(np.float32).tiny
-  values = jnp.asarray([0., -0., tiny, -tiny, 2 * tiny, -2 * tiny, 1e-40, -1e-40, 1., -np.inf,
-                        np.inf], jnp.float32)
-  for fn, ok in ((rounding.round_up, lambda r, v: r > v), (rounding.round_down, lambda r, v: r < v)):
-    result = np.asarray(fn(values))
-    magnitude = np.abs(result)
-    assert not ((magnitude > 0) & (magnitude < tiny)).any()
-    finite = np.isfinite(np.asarray(values))
-    assert ok(result[finite], np.asarray(values)[finite]).all()
+def test_round_up_and_down_bound_every_real_that_rounds_to_the_value():
+  """`round_up(w) >= v` for the largest real `v` with `fl(v) = w`, `w + gap / 2` (Fractions).
+
+  Powers of two of both signs (where the gap changes), the smallest normals, the largest floats,
+  zeros, random floats over the whole range; a subnormal result (possible only below 0) is a
+  bound also when read as 0 (denormals-are-zero)."""
+  tiny, largest = np.finfo(np.float32).tiny, np.finfo(np.float32).max
+  rng = np.random.default_rng(9)
+  powers = np.ldexp(np.float32(1), np.arange(-126, 128)).astype(np.float32)
+  special = np.asarray([0., -0., tiny, 2 * tiny, 3 * tiny, largest, np.nextafter(largest, 0),
+                        1., 1.5, 2 ** -103, 2 ** -102, 2 ** -104], np.float32)
+  bits = rng.integers(0, 2 ** 31 - 2 ** 23, 20000, dtype=np.uint32).view(np.float32)
+  values = np.concatenate([powers, np.nextafter(powers, np.float32(0)), special, bits])
+  values = values[(np.abs(values) >= tiny) | (values == 0)]
+  values = np.concatenate([values, -values])
+  for fn, sign in ((rounding.round_up, 1), (rounding.round_down, -1)):
+    result = np.asarray(jax.jit(fn)(jnp.asarray(values)))
+    with np.errstate(over='ignore'):
+      neighbour = np.nextafter(values, np.float32(sign * np.inf))
+    finite_neighbour = np.isfinite(neighbour)
+    for w, r, n in zip(values[finite_neighbour], result[finite_neighbour],
+                       neighbour[finite_neighbour]):
+      if not np.isfinite(r):  # overflowed outwards: a bound
+        assert sign * r > 0
+        continue
+      extreme = (Fraction(float(w)) + Fraction(float(n))) / 2  # rounds to w (or ties to it)
+      for read in ({float(r), 0.} if 0 < abs(r) < tiny else {float(r)}):
+        assert sign * (Fraction(read) - extreme) >= 0, (fn, w, r)
+    # At most two ulps (plus tiny near zero) outwards.
+    with np.errstate(over='ignore'):
+      two_ulps = np.nextafter(neighbour, np.float32(sign * np.inf))
+    tight = (finite_neighbour & np.isfinite(result) & np.isfinite(two_ulps)
+             & (np.abs(values) >= 2 ** -100))
+    assert (sign * (result[tight] - two_ulps[tight]) <= 0).all()
+  assert float(rounding.round_up(jnp.float32(-np.inf))) == -largest
+  assert float(rounding.round_up(jnp.float32(np.inf))) == np.inf
+  assert float(rounding.round_down(jnp.float32(np.inf))) == largest
+
+
+def _blocked_order_case(block: int, blocks: int):
+  """Terms 2^24 (block 0), then `block - 1` ones and -2^24 (block 1), zeros elsewhere: summed block
+  by block the sum is exactly `block - 1` in any order within the blocks (every partial is an
+  integer below 2^24 in magnitude), while one accumulator taking block 0 first loses the ones
+  (2^24 + 1 rounds to 2^24)."""
+  terms = np.zeros(block * blocks, np.float32)
+  terms[0] = 2. ** 24
+  terms[block:2 * block - 1] = 1.
+  terms[2 * block - 1] = -2. ** 24
+  return terms, float(block - 1)
+
+
+def test_blocked_dot_general_centre_is_summed_block_by_block():
+  """The blocked gamma (docs/rigorous_float32.md §4) assumes each block's partial sum is a float of
+  its own; were the blocks fused into one accumulation (by XLA), the centre of the rigorous
+  bounds would be 0 here, not 19 (n = 200: 10 blocks of 20)."""
+  assert rounding._block_count(200, 200) == 10  # pylint: disable=protected-access
+  terms, exact = _blocked_order_case(20, 10)
+  x = jnp.asarray(np.stack([terms, terms[::-1] * 0]))
+  weights = jnp.ones((200, 3), jnp.float32)
+  out_lower, out_upper = jax.jit(interval(lambda v: v @ weights, rounding='outward'))(x, x)
+  centre = (np.asarray(out_lower, np.float64) + np.asarray(out_upper, np.float64)) / 2
+  np.testing.assert_allclose(centre[0], exact, atol=1e-3)
+  _assert_contains(out_lower, out_upper, _exact_dot(np.asarray(x), np.asarray(weights)))
+
+
+def test_blocked_conv_centre_is_summed_block_by_block():
+  """The same for a 1x1 convolution over 128 channels, cut into 4 blocks of 32 channels."""
+  terms, exact = _blocked_order_case(32, 4)
+  image = jnp.asarray(np.broadcast_to(terms, (1, 2, 2, 128)))
+  kernel = jnp.ones((1, 1, 128, 2), jnp.float32)
+
+  def conv(v):
+    return lax.conv_general_dilated(v, kernel, (1, 1), 'VALID',
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  out_lower, out_upper = jax.jit(interval(conv, rounding='outward'))(image, image)
+  centre = (np.asarray(out_lower, np.float64) + np.asarray(out_upper, np.float64)) / 2
+  np.testing.assert_allclose(centre, exact, atol=1e-3)
 
 
 def test_check_no_subnormals():
@@ -367,3 +449,105 @@ def test_rigorous_float32_certification_nearly_equals_float64(tmp_path):
     for eps in ('0.0', '0.01'):
       for attack in ('qa', 'ca'):
         assert abs(rigorous['sweep'][eps][attack][k] - float64['sweep'][eps][attack][k]) <= 2 / 12
+
+
+def test_linear_query_attack_point_margin_covers_real_points():
+  """The linear QA certificate at slack 0 with `point_margin = p` (docs/bounds.md §13): real
+  candidate embeddings anywhere within `p` of the computed ones keep every real rank inside the
+  bounds (exact rational distances at the query box's corners and inside). Crafted: `c1` is
+  farther than the top candidate `c0` by 1.5e-4 < 2 p on the whole box; moving the real points
+  by `p` towards and away from the query swaps them. Without the margin the certificate would
+  claim that `c0` stays first, which the same real points contradict."""
+  from jaxcert.bounds.retrieval import rank_bounds  # pylint: disable=import-outside-toplevel
+  p = 1e-4
+  computed = np.asarray([[1., 0., 0., 0.], [1. + 1.5e-4, 0., 0., 0.], [0., 3., 0., 0.],
+                         [0., 0., -2., 0.5], [-0.5, 0.2, 0.1, 1.]], np.float32)
+  query = np.zeros((1, 4), np.float32)
+  query_lower, query_upper = query - np.float32(1e-3), query + np.float32(1e-3)
+  candidate_lower, candidate_upper = computed - np.float32(1e-6), computed + np.float32(1e-6)
+
+  def bounds(point_margin):
+    result = rank_bounds(query, query_lower, query_upper, computed, candidate_lower,
+                         candidate_upper, 5, distance_slack=0., rounding='outward',
+                         point_margin=point_margin)
+    return (np.asarray(result.indices[0]), np.asarray(result.query_attack_lower[0]),
+            np.asarray(result.query_attack_upper[0]))
+
+  rng = np.random.default_rng(11)
+  direction = np.zeros(4)
+  direction[0] = 1.
+  adversarial = computed.astype(np.float64) - 0.999 * p * direction * np.asarray([[-1], [1], [0], [0], [0]])
+  reals = [adversarial] + [computed + rng.normal(size=computed.shape) * (0.999 * p / 2 / 2)
+                           for _ in range(10)]  # ||offset|| <= p with overwhelming probability
+  points = _corners_and_samples(query_lower[0], query_upper[0], 12)
+
+  def real_ranks(real):
+    real_q = _exact(real)
+    ranks = []
+    for z in points:
+      squared = np.sum((_exact(z)[None] - real_q) ** 2, axis=1)
+      ranks.append([1 + sum(squared[c] < squared[j] for c in range(5) if c != j) for j in range(5)])
+    return np.asarray(ranks)  # (points, candidate)
+
+  indices, lower, upper = bounds(p)
+  # One margin per candidate: p for c0 and c1, 1e-7 for the others, whose real points stay closer.
+  per_candidate = np.asarray([p, p, 1e-7, 1e-7, 1e-7], np.float32)
+  indices_each, lower_each, upper_each = bounds(per_candidate)
+  for real in reals:
+    offsets = np.linalg.norm(real - computed.astype(np.float64), axis=1)
+    ranks = real_ranks(real)
+    if (offsets <= p).all():
+      assert (lower[None] <= ranks[:, indices]).all() and (ranks[:, indices] <= upper[None]).all()
+    if (offsets <= per_candidate).all():
+      assert ((lower_each[None] <= ranks[:, indices_each]).all()
+              and (ranks[:, indices_each] <= upper_each[None]).all())
+  reals_each = [adversarial] + [
+      computed + rng.normal(size=computed.shape) * (0.999 * per_candidate[:, None] / 4)
+      for _ in range(10)]
+  for real in reals_each:
+    if (np.linalg.norm(real - computed.astype(np.float64), axis=1) <= per_candidate).all():
+      ranks = real_ranks(real)[:, indices_each]
+      assert (lower_each[None] <= ranks).all() and (ranks <= upper_each[None]).all()
+  assert indices[0] == 0 and upper[0] >= 2  # c1 is not certified farther than c0
+  assert upper_each[0] >= 2
+  _, _, upper_without_margin = bounds(0.)
+  assert upper_without_margin[0] == 1  # ... without the margin it would be,
+  assert (real_ranks(adversarial)[:, 0] == 2).all()  # and the adversarial real points swap them
+
+
+def test_candidate_attack_query_point_margin_covers_real_query_points():
+  """Theorem 2 in the rigorous mode with `query_point_margin = p_q`: the real query embedding
+  anywhere within `p_q` of the computed one keeps every real rank in the CA bounds (Fractions, at
+  the candidate boxes' corners). Crafted: c^ = (-1, 0) and c = (1 + 1.5e-4, 0) on either side of
+  the query at 0; the real query moved by 0.999 p_q towards c swaps them (p_q = 1e-4), which the
+  bounds must allow and, without the margin, do not."""
+  from jaxcert.bounds.retrieval import rank_bounds  # pylint: disable=import-outside-toplevel
+  p = 1e-4
+  computed = np.asarray([[-1., 0.], [1. + 1.5e-4, 0.], [0., 3.], [2., -2.]], np.float32)
+  query = np.zeros((1, 2), np.float32)
+  candidate_lower = computed - np.float32(1e-6)
+  candidate_upper = computed + np.float32(1e-6)
+
+  def bounds(query_point_margin):
+    result = rank_bounds(query, query - np.float32(1e-6), query + np.float32(1e-6), computed,
+                         candidate_lower, candidate_upper, 4, distance_slack=0.,
+                         rounding='outward', query_point_margin=query_point_margin)
+    return (np.asarray(result.indices[0]), np.asarray(result.candidate_attack_lower[0]),
+            np.asarray(result.candidate_attack_upper[0]))
+
+  indices, lower, upper = bounds(np.asarray([p], np.float32))
+  rng = np.random.default_rng(12)
+  real_queries = [np.asarray([0.999 * p, 0.])] + [rng.normal(size=2) * p / 3 for _ in range(20)]
+  boxes = [_corners_and_samples(candidate_lower[i], candidate_upper[i], 4) for i in range(4)]
+  for y in real_queries:
+    if np.linalg.norm(y) > p:
+      continue
+    for sample in range(len(boxes[0])):  # every candidate at its own sampled point of its box
+      points = np.stack([boxes[i][sample] for i in range(4)])
+      squared = np.sum((_exact(points) - _exact(y)[None]) ** 2, axis=1)
+      for column, j in enumerate(indices):
+        rank = 1 + sum(squared[c] < squared[j] for c in range(4) if c != j)
+        assert lower[column] <= rank <= upper[column]
+  assert indices[0] == 0 and upper[0] >= 2
+  _, _, upper_without_margin = bounds(0.)
+  assert upper_without_margin[0] == 1

@@ -49,8 +49,11 @@ import numpy as np
 from jaxcert import retrieval
 from jaxcert.bounds.interval import input_box
 from jaxcert.bounds.interval import interval
+from jaxcert.bounds.interval import is_concrete
 from jaxcert.bounds.interval import ROUNDING_MODES
 from jaxcert.bounds.rounding import outward_distance_bounds
+from jaxcert.bounds.rounding import round_down
+from jaxcert.bounds.rounding import round_up
 from jaxcert import common
 
 DEFAULT_DISTANCE_SLACK = 1e-5
@@ -373,9 +376,13 @@ def linear_query_attack_order(query_lower, query_upper, candidates, targets, *,
                                  width, _rounding_factor(dtype, centre.shape[-1]))
 
 
-def _linear_query_attack_counts(q_lower, q_upper, top_emb, top_norm, candidate_blocks,
-                                num_candidates: int, slack, point_margin):
+def _linear_query_attack_counts(q_lower, q_upper, top_emb, top_norm, top_margin, candidate_blocks,
+                                num_candidates: int, slack):
   """#{c surely closer than c^} and #{c surely farther}, (B, k) each, by the linear specification.
+
+  `top_margin` (B, k) and the blocks' margins bound how far the real embeddings of c^ and c lie
+  from the computed ones (rigorous mode; zeros otherwise): each pair's decision is widened by
+  their sum (docs/bounds.md §13, "Rigorous float32: the point margin").
 
   Per query (`lax.map`) and candidate block, one scan over the d coordinates accumulates
   r . |c - c^| for the (k, block) pairs with ||m - c||^2 and max_z ||z - c||; on a 2-core CPU this
@@ -388,16 +395,16 @@ def _linear_query_attack_counts(q_lower, q_upper, top_emb, top_norm, candidate_b
   top_sq = jnp.sum(jnp.square(top_offset), axis=-1)
   top_far = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(top_offset) + radius[:, None]), axis=-1))
   rounding = _rounding_factor(centre.dtype, centre.shape[-1])
-  (candidate_emb, candidate_norm), starts = candidate_blocks
+  (candidate_emb, candidate_norm, candidate_margin), starts = candidate_blocks
   block_size = candidate_emb.shape[1]
   num_top = top_emb.shape[1]
 
   def count_candidate_block(counts, block):
-    c_emb, c_norm, start = block
+    c_emb, c_norm, c_margin, start = block
     valid = start + jnp.arange(block_size) < num_candidates
 
     def per_query(args):
-      q_centre, q_radius, q_top, q_top_sq, q_top_far, q_top_norm, magnitude = args
+      q_centre, q_radius, q_top, q_top_sq, q_top_far, q_top_norm, q_top_margin, magnitude = args
 
       def add_coordinate(sums, coordinate):
         centre_i, radius_i, top_i, c_i = coordinate
@@ -411,7 +418,7 @@ def _linear_query_attack_counts(q_lower, q_upper, top_emb, top_norm, candidate_b
           add_coordinate, (jnp.zeros((num_top, block_size), q_centre.dtype), zeros, zeros),
           (q_centre, q_radius, q_top.T, c_emb.T), unroll=8)
       width = (slack * (2 * magnitude + q_top_norm[:, None] + c_norm[None, :])
-               + 2 * point_margin)
+               + (q_top_margin[:, None] + c_margin[None, :]))
       farther, closer = _linear_order_from_sums(c_sq[None], q_top_sq[:, None], cross_radius,
                                                 jnp.sqrt(c_far_sq)[None], q_top_far[:, None],
                                                 width, rounding)
@@ -419,29 +426,39 @@ def _linear_query_attack_counts(q_lower, q_upper, top_emb, top_norm, candidate_b
               jnp.sum(farther & valid, axis=-1, dtype=jnp.int32))
 
     closer, farther = lax.map(per_query, (centre, radius, top_emb, top_sq, top_far, top_norm,
-                                          q_magnitude))
+                                          top_margin, q_magnitude))
     return (counts[0] + closer, counts[1] + farther), None
 
   zeros = jnp.zeros(top_emb.shape[:2], jnp.int32)
   return lax.scan(count_candidate_block, (zeros, zeros),
-                  (candidate_emb, candidate_norm, starts))[0]
+                  (candidate_emb, candidate_norm, candidate_margin, starts))[0]
 
 
 @functools.partial(jax.jit,
                    static_argnames=('k', 'block_size', 'candidate_block_size', 'qa_bound',
                                     'outward'))
 def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
-                 candidate_upper, slack, point_margin, *, k: int, block_size: int,
-                 candidate_block_size: int, qa_bound: str, outward: bool):
+                 candidate_upper, slack, point_margin, query_point_margin, *, k: int,
+                 block_size: int, candidate_block_size: int, qa_bound: str, outward: bool):
   num_candidates = candidate_emb.shape[0]
   candidate_block_size = min(candidate_block_size, num_candidates)
   candidate_norm = jnp.linalg.norm(candidate_emb, axis=-1)
   candidate_magnitude = _box_magnitude(candidate_lower, candidate_upper)
   candidate_blocks = _cut_into_blocks((candidate_emb, candidate_lower, candidate_upper,
-                                       candidate_norm, candidate_magnitude), candidate_block_size)
+                                       candidate_norm, candidate_magnitude, point_margin),
+                                      candidate_block_size)
   kakizaki_qa = qa_bound == 'kakizaki'
 
-  def per_query_block(sq, index, q_emb, q_lower, q_upper):
+  def query_point_widened(bounds, q_margin):
+    """CA distance bounds from the computed query point widened by its margin (rigorous mode):
+    ||z - y|| lies within ||z - y~|| -+ p_q for the real query embedding y."""
+    if not outward:
+      return bounds
+    lower, upper = bounds
+    return (jnp.maximum(round_down(lower - q_margin[:, None]), 0),
+            round_up(upper + q_margin[:, None]))
+
+  def per_query_block(sq, index, q_emb, q_lower, q_upper, q_margin):
     del sq  # The clean ranking is `index`.
     q_norm = jnp.linalg.norm(q_emb, axis=-1)[:, None]
     q_magnitude = _box_magnitude(q_lower, q_upper)[:, None]
@@ -451,15 +468,16 @@ def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_l
       qa_top_min, qa_top_max = _widened_distance_bounds(
           q_lower[:, None], q_upper[:, None], candidate_emb[index], q_magnitude,
           candidate_norm[index], slack, outward)
-    ca_top_min, ca_top_max = _widened_distance_bounds(
+    ca_top_min, ca_top_max = query_point_widened(_widened_distance_bounds(
         candidate_lower[index], candidate_upper[index], q_emb[:, None],
-        candidate_magnitude[index], q_norm, slack, outward)
+        candidate_magnitude[index], q_norm, slack, outward), q_margin)
 
     def count_candidate_block(counts, block):
-      (c_emb, c_lower, c_upper, c_norm, c_magnitude), start = block
+      (c_emb, c_lower, c_upper, c_norm, c_magnitude, _), start = block
       valid = start + jnp.arange(candidate_block_size) < num_candidates
-      ca_min, ca_max = _widened_distance_bounds(c_lower[None], c_upper[None], q_emb[:, None],
-                                                c_magnitude[None], q_norm, slack, outward)
+      ca_min, ca_max = query_point_widened(_widened_distance_bounds(
+          c_lower[None], c_upper[None], q_emb[:, None], c_magnitude[None], q_norm, slack,
+          outward), q_margin)
       columns = (valid, ca_min.T, ca_max.T)
       if kakizaki_qa:
         qa_min, qa_max = _widened_distance_bounds(q_lower[:, None], q_upper[:, None], c_emb[None],
@@ -488,14 +506,15 @@ def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_l
     if not kakizaki_qa:
       (blocks, starts) = candidate_blocks
       qa_counts = _linear_query_attack_counts(
-          q_lower, q_upper, candidate_emb[index], candidate_norm[index],
-          ((blocks[0], blocks[3]), starts), num_candidates, slack, point_margin)
+          q_lower, q_upper, candidate_emb[index], candidate_norm[index], point_margin[index],
+          ((blocks[0], blocks[3], blocks[5]), starts), num_candidates, slack)
     qa_closer, qa_farther = qa_counts
     return RankBounds(index, qa_closer + 1, num_candidates - qa_farther, ca_closer + 1,
                       num_candidates - ca_farther)
 
   return retrieval.map_over_query_blocks(
-      per_query_block, query_emb, candidate_emb, query_emb, query_lower, query_upper, k=k,
+      per_query_block, query_emb, candidate_emb, query_emb, query_lower, query_upper,
+      query_point_margin, k=k,
       block_size=block_size, gallery_block_size=candidate_block_size, exclude_self=False)
 
 
@@ -524,11 +543,20 @@ def _as_box(emb, lower, upper, name: str, distance_slack: float):
   return emb, lower, upper
 
 
+def _per_row(margin, embeddings, name: str):
+  """A margin as an (N,) array of the embeddings' dtype; ValueError for another shape."""
+  margin = jnp.asarray(margin, embeddings.dtype)
+  if margin.ndim and margin.shape != embeddings.shape[:1]:
+    raise ValueError(f'{name} must be a scalar or have shape {embeddings.shape[:1]} (one per '
+                     f'embedding), got {margin.shape}.')
+  return jnp.broadcast_to(margin, embeddings.shape[:1])
+
+
 def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
                 candidate_upper, k: int, *, block_size: int = 256, candidate_block_size: int = 256,
                 distance_slack: float = DEFAULT_DISTANCE_SLACK,
                 qa_bound: str = 'linear', rounding: str = 'nearest',
-                point_margin: float = 0.) -> RankBounds:
+                point_margin=0., query_point_margin=0.) -> RankBounds:
   """Rank bounds under QA and CA of every query's k nearest candidates.
 
   For query q and c^ = IR_f(q, C)_j, every c in C (c^ included; it never counts) is compared
@@ -568,9 +596,14 @@ def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lo
       `jaxcert.bounds.rounding.widen_for_points`, and `point_margin` bounding how far the real
       candidate embeddings lie from `candidate_emb`, the rank bounds hold for the real-valued
       encoder with `distance_slack = 0` (docs/rigorous_float32.md §6).
-    point_margin: an upper bound of ||y - candidate_emb[i]||_2 over the candidates, y the real
+    point_margin: an upper bound of ||y - candidate_emb[i]||_2, y the real embedding of candidate
+      i, as a scalar (for every candidate) or an (N,) array (one per candidate,
+      `rounding.outward_distance_bounds` of its eps = 0 box to `candidate_emb[i]`)
       embedding (rigorous mode); the linear QA specification widens its decisions by it
-      (docs/bounds.md §13), the distance bounds of Theorems 1-2 take it through the widened boxes.
+      (docs/bounds.md §13), the distance bounds of Theorem 1 take it through the widened boxes.
+    query_point_margin: the same for the queries, a scalar or (Nq,) (rigorous mode): Theorem 2's
+      distance bounds from the computed query point to candidate boxes are widened by it
+      (docs/rigorous_float32.md §6).
 
   Returns:
     A `RankBounds` of (Nq, k) int32 arrays.
@@ -585,8 +618,9 @@ def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lo
     raise ValueError(f'distance_slack must be >= 0, got {distance_slack}.')
   if rounding not in ROUNDING_MODES:
     raise ValueError(f'Unknown rounding {rounding!r}; valid: {list(ROUNDING_MODES)}.')
-  if not point_margin >= 0:
-    raise ValueError(f'point_margin must be >= 0, got {point_margin}.')
+  for name, margin in (('point_margin', point_margin), ('query_point_margin', query_point_margin)):
+    if is_concrete(margin) and not np.all(np.asarray(margin) >= 0):
+      raise ValueError(f'{name} must be >= 0, got {np.asarray(margin).min()}.')
   query_emb, query_lower, query_upper = _as_box(query_emb, query_lower, query_upper, 'query',
                                                 distance_slack)
   candidate_emb, candidate_lower, candidate_upper = _as_box(
@@ -595,7 +629,8 @@ def rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lo
       query_emb, candidate_emb, k, block_size, candidate_block_size, exclude_self=False)
   return _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_lower,
                       candidate_upper, jnp.asarray(distance_slack, query_emb.dtype),
-                      jnp.asarray(point_margin, query_emb.dtype), k=int(k),
+                      _per_row(point_margin, candidate_emb, 'point_margin'),
+                      _per_row(query_point_margin, query_emb, 'query_point_margin'), k=int(k),
                       block_size=int(block_size), candidate_block_size=candidate_block_size,
                       qa_bound=qa_bound, outward=rounding == 'outward')
 

@@ -13,8 +13,8 @@ scripts/measure_ulp_errors.py with a margin); the `tiny` term covers results flu
 (XLA:CPU flushes subnormal results to zero, as GPUs do by default) and subnormal results. Three
 widenings follow:
 
-* `round_down` / `round_up`: one step outwards from a round-to-nearest result, never to a
-  subnormal number (which a later operation could read as 0): `round_down(fl(v)) <= v`.
+* `round_down` / `round_up`: one or two ulps outwards from a round-to-nearest result,
+  `round_down(fl(v)) <= v`, still a bound where a later operation reads a subnormal result as 0.
 * `widen_by_ulps`: `[lower, upper]` widened by `k eps |end| + (k + 2) tiny` with outward steps,
   for a function evaluated at the ends of its input box (the rule never assumes that the
   computed function is monotone, only that the real one is).
@@ -113,14 +113,21 @@ def _constant_above(value: float, dtype) -> jax.Array:
 def round_up(value: jax.Array) -> jax.Array:
   """A number above `value`, for `value` a round-to-nearest result: `round_up(fl(v)) >= v`.
 
-  `fl(v)` is the nearest float to `v`, so the next float above it is >= `v`. Values in
-  `[-2 tiny, tiny)` go to `tiny` rather than to a subnormal neighbour, which a later operation
-  under denormals-are-zero would read as 0 (below `v`); `-inf` becomes the most negative float.
+  `w = fl(v)` is the float nearest `v`, so `v <= w + g / 2` with `g` the gap from `w` to the next
+  float above. Computed as `fl(w + fl(fl(|w| eps) + tiny))` (docs/rigorous_float32.md §1): the
+  step `delta` is at least `max(|w| eps, tiny) >= g` (`|w| eps` is exact, a power-of-two scaling,
+  unless it underflows, and round-to-nearest is monotone), so `w + delta >= succ(w)` and, `succ(w)`
+  being a float, so is its rounding. One to two ulps above `w` in four elementwise operations (no
+  `nextafter`, whose bit manipulation cost more in the rigorous matmul layers, §10); an FMA for
+  `|w| eps + tiny` keeps the argument. `-inf` becomes the most negative float, `+inf` stays.
+
+  The result can be subnormal only where `w < 0` (else it is `>= tiny`), and then `v <= succ(w)
+  <= 0`: read as 0 by a later operation under denormals-are-zero, it is still `>= v`.
   """
   value = jnp.asarray(value)
-  tiny = jnp.asarray(jnp.finfo(value.dtype).tiny, value.dtype)
-  step = jnp.nextafter(value, jnp.asarray(jnp.inf, value.dtype))
-  return jnp.where((value >= -2 * tiny) & (value < tiny), tiny, step)
+  eps, tiny, largest = _format(value.dtype)
+  step = value + (jnp.abs(value) * jnp.asarray(eps, value.dtype) + jnp.asarray(tiny, value.dtype))
+  return jnp.where(value == -jnp.inf, jnp.asarray(-largest, value.dtype), step)
 
 
 def round_down(value: jax.Array) -> jax.Array:
@@ -132,8 +139,8 @@ def flush_outwards(lower, upper) -> tuple[jax.Array, jax.Array]:
   """`[lower, upper]` with subnormal ends moved outwards to 0 or -+tiny.
 
   XLA:CPU (and GPUs by default) read subnormal operands as 0 (denormals-are-zero), which could
-  move an end inwards; the rigorous rules never produce subnormal ends (`round_up`), and this
-  makes the input box the same.
+  move an upper end below a real input; a subnormal end that a rigorous rule outputs is a bound
+  also when read as 0 (`round_up`), and this makes the input box the same.
   """
   lower, upper = jnp.asarray(lower), jnp.asarray(upper)
   tiny = jnp.asarray(jnp.finfo(lower.dtype).tiny, lower.dtype)
@@ -193,11 +200,6 @@ def center_radius(bound: IntervalBound) -> tuple[jax.Array, jax.Array]:
   return center, radius
 
 
-def _with_radius(center, radius_bound) -> IntervalBound:
-  """`[round_down(c - R), round_up(c + R)]`: contains the real `[c - R, c + R]`."""
-  return _stepped_outwards(center - radius_bound, center + radius_bound)
-
-
 def _contraction_length(primitive, lhs_shape, rhs_shape, params) -> int:
   """How many products each output of `dot_general` / `conv_general_dilated` sums."""
   if primitive is _P.dot_general_p:
@@ -212,19 +214,19 @@ def _accumulation_dtype(*dtypes):
   return max((jnp.dtype(d) for d in dtypes), key=lambda d: _format(d)[0])
 
 
-def _matmul_error_terms(n: int, dtype, terms: int):
-  """Constants `(kappa, nu)` of `bilinear_rule` for products of length `n`.
+def _matmul_error_terms(n: int, dtype, terms: int) -> tuple[float, float]:
+  """Constants `(kappa, nu)` of `bilinear_rule` for products of length `n` (Python floats).
 
-  The radius bound is `fl(fl(S kappa) + nu)` for `S` the float sum of `terms` computed
-  magnitudes: `kappa = (1 + (2 + 2 terms) u) / (1 - gamma_n)` and `nu = (6 n + 4) terms tiny`
-  cover their rounding, the `gamma_n` of the magnitudes' own products and `2 n tiny` of flushed
-  products per matmul (docs/rigorous_float32.md §4).
+  For `S` the float sum of `terms` computed magnitudes, the real `S kappa + nu` bounds the radius:
+  `kappa = (1 + 2 terms u) / (1 - gamma_n)` and `nu = (6 n + 4) terms tiny` cover the
+  roundings of the sum of the `terms` matmuls, the `gamma_n` of the magnitudes' own products and
+  `2 n tiny` of flushed products per matmul (docs/rigorous_float32.md §4).
   """
   eps, tiny, _ = _format(dtype)
   unit_roundoff = eps / 2
   gamma_n = gamma(n, dtype)
-  kappa = _constant_above((1 + (2 + 2 * terms) * unit_roundoff) / (1 - gamma_n), dtype)
-  nu = _constant_above((6 * n + 4) * terms * tiny * (1 + 4 * unit_roundoff), dtype)
+  kappa = (1 + 2 * terms * unit_roundoff) / (1 - gamma_n)
+  nu = (6 * n + 4) * terms * tiny * (1 + 4 * unit_roundoff)
   return kappa, nu
 
 
@@ -255,10 +257,12 @@ def _blocked_gamma(n: int, blocks: int, dtype) -> float:
 def _blocked_dot_general(lhs, rhs, n: int, params):
   """`dot_general(lhs, rhs)` with the longest contracted axis cut into blocks summed apart.
 
-  The blocks become one more batch axis (the same products and FLOPs), then summed. Returns
-  the product and the number of blocks.
+  One `dot_general` per block, on slices of both operands (the same products and FLOPs), then
+  the partial products added one after the other. As one batched `dot_general` with the blocks
+  as a batch axis, reduced after, the Large CNN's rigorous bounds cost ~0.3 forward passes more
+  on XLA:CPU (docs/rigorous_float32.md §10). Returns the product and the number of blocks.
   """
-  (lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch) = params['dimension_numbers']
+  (lhs_contracting, rhs_contracting), _ = params['dimension_numbers']
   if not lhs_contracting:
     return _P.dot_general_p.bind(lhs, rhs, **params), 1
   axis = max(range(len(lhs_contracting)), key=lambda i: lhs.shape[lhs_contracting[i]])
@@ -266,26 +270,14 @@ def _blocked_dot_general(lhs, rhs, n: int, params):
   blocks = _block_count(length, n)
   if blocks == 1:
     return _P.dot_general_p.bind(lhs, rhs, **params), 1
-
-  def split(operand, contracting, batch):
-    moved = contracting[axis]
-    operand = jnp.moveaxis(operand, moved, -1)
-    operand = operand.reshape(operand.shape[:-1] + (blocks, length // blocks))
-
-    def renumber(d):
-      return d if d < moved else d - 1
-
-    block_axis, within_axis = operand.ndim - 2, operand.ndim - 1
-    new_contracting = tuple(renumber(d) for i, d in enumerate(contracting) if i != axis)
-    new_batch = tuple(renumber(d) for d in batch)
-    return operand, new_contracting + (within_axis,), new_batch + (block_axis,)
-
-  lhs, lhs_contracting, lhs_batch = split(lhs, lhs_contracting, lhs_batch)
-  rhs, rhs_contracting, rhs_batch = split(rhs, rhs_contracting, rhs_batch)
-  partial = _P.dot_general_p.bind(
-      lhs, rhs, **dict(params, dimension_numbers=((lhs_contracting, rhs_contracting),
-                                                  (lhs_batch, rhs_batch))))
-  return jnp.sum(partial, axis=len(lhs_batch) - 1), blocks
+  width = length // blocks
+  partials = [
+      _P.dot_general_p.bind(
+          lax.slice_in_dim(lhs, block * width, (block + 1) * width, axis=lhs_contracting[axis]),
+          lax.slice_in_dim(rhs, block * width, (block + 1) * width, axis=rhs_contracting[axis]),
+          **params)
+      for block in range(blocks)]
+  return functools.reduce(jnp.add, partials), blocks
 
 
 # Convolutions are cut into at most this many blocks of input channels (`_blocked_conv`).
@@ -319,22 +311,64 @@ def _blocked_conv(lhs, rhs, n: int, params):
 
 def _centre_product(primitive, lhs, rhs, n: int, dtype, params):
   """`primitive(lhs, rhs)` summed in blocks (`_blocked_dot_general`, `_blocked_conv`), and its
-  error factor `gamma'` (>= the blocked gamma, with room for the rounding of `gamma' |c| + tiny`).
+  error factor `gamma`: `|fl(W c) - W c| <= gamma |W| |c| + 2 n tiny` (a Python float).
 
-  The blocks of a convolution are added one after the other, `blocks - 1` additions: `gamma_b`
-  covers them as it covers any order of a sum of `b` terms.
+  The blocks are added one after the other, `blocks - 1` additions: `gamma_b` covers them as it
+  covers any order of a sum of `b` terms.
   """
   blocked = _blocked_dot_general if primitive is _P.dot_general_p else _blocked_conv
   product, blocks = blocked(lhs, rhs, n, params)
-  error = gamma(n, dtype) if blocks == 1 else _blocked_gamma(n, blocks, dtype)
-  unit_roundoff = _format(dtype)[0] / 2
-  return product, _constant_above(error * (1 + 4 * unit_roundoff), dtype)
+  return product, gamma(n, dtype) if blocks == 1 else _blocked_gamma(n, blocks, dtype)
 
 
-def _inflate(radius, center, gamma_prime):
-  """`round_up(r + fl(gamma' |c| + tiny))` >= `r + gamma |c|` (the tiny covers a flushed product)."""
-  tiny = jnp.asarray(jnp.finfo(radius.dtype).tiny, radius.dtype)
-  return round_up(radius + (jnp.abs(center) * gamma_prime.astype(radius.dtype) + tiny))
+def _elementwise_format(*dtypes) -> tuple[float, float]:
+  """`(eps, tiny)` covering every dtype in `dtypes` (the largest of each)."""
+  formats = [_format(dtype) for dtype in dtypes]
+  return max(f[0] for f in formats), max(f[1] for f in formats)
+
+
+def _inflate(radius, center, error: float, dtype):
+  """`round_up(r + fl(gamma' |c| + tiny))` >= `r + error |c|`, `gamma' = error (1 + 4 u)` rounded up
+  (the tiny covers a flushed product)."""
+  eps, tiny = _elementwise_format(dtype, radius.dtype)
+  gamma_prime = _constant_above(error * (1 + 2 * eps), radius.dtype)
+  return round_up(radius + (jnp.abs(center) * gamma_prime + jnp.asarray(tiny, radius.dtype)))
+
+
+def _inflated_radius(bound: IntervalBound, center, error: float, dtype):
+  """`rho >= max(upper - c, c - lower) + error |c|` in reals, for `c = fl(lower / 2 + upper / 2)`.
+
+  `rho = round_up(fl(fl(upper - lower) h) + fl(fl(|c| g) + 8 tiny))` with `h = (1 + 3 u) / 2` and
+  `g = (u + error)(1 + 3 u)`, rounded up: `c` is within `u |c| + 3 tiny` of the real midpoint, so
+  `max(upper - c, c - lower) <= (upper - lower) / 2 + u |c| + 3 tiny`, and the roundings of
+  `upper - lower`, of the products and of the sums are inside `h`, `g` and the tinies
+  (docs/rigorous_float32.md §4, step 4). One outward step where `center_radius` and `_inflate`
+  take two.
+  """
+  eps, tiny = _elementwise_format(dtype, center.dtype)
+  unit_roundoff = eps / 2
+  half = _constant_above((1 + 3 * unit_roundoff) / 2, center.dtype)
+  slope = _constant_above((unit_roundoff + error) * (1 + 3 * unit_roundoff), center.dtype)
+  width = bound.upper - bound.lower
+  return round_up(width * half + (jnp.abs(center) * slope
+                                  + jnp.asarray(8 * tiny, center.dtype)))
+
+
+def _outward_from_centre(center, magnitude, kappa: float, nu: float, dtype) -> IntervalBound:
+  """`[fl(m - R2), fl(m + R2)]` containing the real `[m - R, m + R]` for every `R <= S kappa + nu`.
+
+  `R2 = fl(fl(S kappa2) + fl(fl(|m| mu) + nu2))` with `kappa2 = kappa (1 + 4 u)`,
+  `mu = u (1 + 5 u)`, `nu2 = (nu + 5 tiny)(1 + 4 u)`: then `R2 (1 - u) >= R + u |m| + tiny`,
+  which covers the rounding of `m -+ R2` themselves (each within `u |m -+ R2| + tiny`, the tiny
+  for a flushed result), so no outward step is needed (docs/rigorous_float32.md §4, step 5).
+  """
+  eps, tiny = _elementwise_format(dtype, center.dtype, magnitude.dtype)
+  unit_roundoff = eps / 2
+  kappa2 = _constant_above(kappa * (1 + 4 * unit_roundoff), center.dtype)
+  mu = _constant_above(unit_roundoff * (1 + 5 * unit_roundoff), center.dtype)
+  nu2 = _constant_above((nu + 5 * tiny) * (1 + 4 * unit_roundoff), center.dtype)
+  radius = magnitude.astype(center.dtype) * kappa2 + (jnp.abs(center) * mu + nu2)
+  return IntervalBound(center - radius, center + radius)
 
 
 def bilinear_rule(primitive: jex_core.Primitive):
@@ -367,21 +401,18 @@ def bilinear_rule(primitive: jex_core.Primitive):
     if lhs_bounded and rhs_bounded:
       lhs_center, lhs_radius = center_radius(lhs)
       rhs_center, rhs_radius = center_radius(rhs)
-      center, gamma_prime = _centre_product(primitive, lhs_center, rhs_center, n, dtype, params)
-      magnitude = (bind(jnp.abs(lhs_center), _inflate(rhs_radius, rhs_center, gamma_prime))
+      center, error = _centre_product(primitive, lhs_center, rhs_center, n, dtype, params)
+      magnitude = (bind(jnp.abs(lhs_center), _inflate(rhs_radius, rhs_center, error, dtype))
                    + bind(lhs_radius, round_up(jnp.abs(rhs_center) + rhs_radius)))
     elif lhs_bounded:
-      lhs_center, lhs_radius = center_radius(lhs)
-      center, gamma_prime = _centre_product(primitive, lhs_center, jnp.asarray(rhs), n, dtype,
-                                            params)
-      magnitude = bind(_inflate(lhs_radius, lhs_center, gamma_prime), jnp.abs(rhs))
+      lhs_center = lhs.lower / 2 + lhs.upper / 2
+      center, error = _centre_product(primitive, lhs_center, jnp.asarray(rhs), n, dtype, params)
+      magnitude = bind(_inflated_radius(lhs, lhs_center, error, dtype), jnp.abs(rhs))
     else:
-      rhs_center, rhs_radius = center_radius(rhs)
-      center, gamma_prime = _centre_product(primitive, jnp.asarray(lhs), rhs_center, n, dtype,
-                                            params)
-      magnitude = bind(jnp.abs(lhs), _inflate(rhs_radius, rhs_center, gamma_prime))
-    radius_bound = magnitude * kappa.astype(magnitude.dtype) + nu.astype(magnitude.dtype)
-    return _with_radius(center, radius_bound)
+      rhs_center = rhs.lower / 2 + rhs.upper / 2
+      center, error = _centre_product(primitive, jnp.asarray(lhs), rhs_center, n, dtype, params)
+      magnitude = bind(jnp.abs(lhs), _inflated_radius(rhs, rhs_center, error, dtype))
+    return _outward_from_centre(center, magnitude, kappa, nu, dtype)
 
   return rule
 

@@ -161,12 +161,14 @@ def point_margins(inputs, query_emb, candidate_emb) -> dict:
   """How far the real-valued encoder's embeddings are from the computed ones (rigorous float32).
 
   Outward-rounded boxes at eps = 0 of the queries and candidates, reduced to per-coordinate
-  margins (`rounding.point_margins`): `certify_at` widens the boxes compared with candidate
-  embeddings by the candidates' margins and those compared with query embeddings by the queries'
-  (`rounding.widen_for_points`, docs/rigorous_float32.md §6).
+  margins over all of them (`rounding.point_margins`; `certify_at` widens the query boxes by the
+  candidates' for Theorem 1, `rounding.widen_for_points`) and to one distance per embedding (the
+  linear QA specification widens each pair by its candidates', Theorem 2's distance bounds are
+  widened by the query's; docs/rigorous_float32.md §6, docs/bounds.md §13).
 
   Returns:
-    {'query': (below, above), 'candidate': (below, above)}, each (d,) arrays.
+    {'query': (below, above), 'candidate': (below, above)}, each (d,) arrays, and
+    'query_distance', 'candidate_distance': (N,) upper bounds of each embedding's ||y - y~||_2.
   """
   ibp_config = inputs.config.ibp
   margins = {}
@@ -176,6 +178,10 @@ def point_margins(inputs, query_emb, candidate_emb) -> dict:
         inputs.embed, images, 0., batch_size=ibp_config.batch_size, sharding=inputs.batch_sharding,
         dtype=emb.dtype, bound=certified_retrieval.outward_interval)
     margins[side] = outward_rounding.point_margins(emb, *point_box)
+    # ||y - y~||_2 per embedding: for the linear QA specification (candidates) and the CA
+    # distance bounds (queries).
+    margins[f'{side}_distance'] = outward_rounding.outward_distance_bounds(
+        point_box[0], point_box[1], emb)[1]
   return margins
 
 
@@ -203,15 +209,15 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None
                                            bound=bound)
       for images in (inputs.queries.images, inputs.candidates.images))
   compared_query_box, compared_candidate_box = query_box, candidate_box
-  point_margin = 0.
+  point_margin = query_point_margin = 0.
   if outward:
     margins = margins if margins is not None else point_margins(inputs, query_emb, candidate_emb)
-    compared_query_box = outward_rounding.widen_for_points(*query_box, margins['candidate'])
-    compared_candidate_box = outward_rounding.widen_for_points(*candidate_box, margins['query'])
-    # ||y - y~||_2 of every candidate, for the linear QA specification; the norm in float64 and
-    # a relative 1e-6 above it (its rounding is ~1e-16).
-    point_margin = float(np.linalg.norm(np.maximum(*margins['candidate']).astype(np.float64)))
-    point_margin *= 1 + 1e-6
+    if ibp_config.qa_bound == 'kakizaki':  # Theorem 1's distance bounds need the widened box;
+      # the linear specification takes the candidates' rounding from `point_margin` alone
+      # (docs/bounds.md §13, "Rigorous float32: the point margin").
+      compared_query_box = outward_rounding.widen_for_points(*query_box, margins['candidate'])
+    point_margin = margins['candidate_distance']  # rounded outwards (docs/bounds.md §13)
+    query_point_margin = margins['query_distance']  # for CA (docs/rigorous_float32.md §6)
   bounds_s = time.perf_counter() - start
   start = time.perf_counter()
   rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
@@ -219,7 +225,8 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None
       block_size=ibp_config.query_block_size,
       candidate_block_size=ibp_config.candidate_block_size,
       distance_slack=distance_slack(ibp_config), qa_bound=ibp_config.qa_bound,
-      rounding='outward' if outward else 'nearest', point_margin=point_margin))
+      rounding='outward' if outward else 'nearest', point_margin=point_margin,
+      query_point_margin=query_point_margin))
   verify_s = time.perf_counter() - start
   certified = certified_retrieval.certified_retrieval(
       rank_bounds, inputs.queries.labels, inputs.candidates.labels, ks)
