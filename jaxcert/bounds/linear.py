@@ -48,6 +48,7 @@ from jax import lax
 import numpy as np
 
 from jaxcert.bounds import linear_graph
+from jaxcert.bounds import linear_patches
 from jaxcert.bounds import linear_rules
 from jaxcert.bounds import rules  # pylint: disable=unused-import  (fills RULES)
 from jaxcert.bounds.interval import IntervalBound
@@ -148,9 +149,10 @@ def _interval_of(eqn, invals, enclosing_calls):
 class _Graph:
   """The steps and nodes of one interpreted jaxpr, built in order by `_interpret`."""
 
-  def __init__(self, method: str, input_bound: IntervalBound, row_chunk: int):
+  def __init__(self, method: str, input_bound: IntervalBound, row_chunk: int, patches: bool):
     self.method = method
     self.row_chunk = row_chunk
+    self.patches = patches
     self.input = linear_graph.Node(0, input_bound, -1, exact=True, coordinatewise=True)
     self.nodes = [self.input]
     self.steps: list[linear_graph.Step] = []
@@ -413,6 +415,13 @@ def _tightened(graph: _Graph, node: linear_graph.Node, relevant) -> IntervalBoun
   on the bounds) are bounded, `graph.row_chunk` at a time in a `while_loop` that stops after the
   last one, so the cost follows their number, not the node's size.
   """
+  chain = linear_patches.patch_chain(graph.steps, node) if graph.patches else None
+  if chain is not None:  # All coordinates at once in patches (docs/linear_bounds.md §5.1).
+    patched = linear_patches.patch_bounds(chain, node)
+    relevant = jnp.broadcast_to(relevant, node.shape)
+    lower = jnp.where(relevant, jnp.fmax(node.bound.lower, patched.lower), node.bound.lower)
+    upper = jnp.where(relevant, jnp.fmin(node.bound.upper, patched.upper), node.bound.upper)
+    return IntervalBound(lower, jnp.maximum(upper, lower))
   size = math.prod(node.shape)
   chunk = min(graph.row_chunk, size)
   relevant = jnp.broadcast_to(relevant, node.shape).reshape(size)
@@ -460,11 +469,11 @@ def _validate_box(lower, upper) -> tuple[jax.Array, jax.Array]:
   return lower, upper
 
 
-def _example_graph(fn, method, row_chunk, lower, upper):
+def _example_graph(fn, method, row_chunk, patches, lower, upper):
   """Interprets `fn` on one example's box (shape (1, ...)); returns (graph, outputs, treedef)."""
   placeholder = jax.ShapeDtypeStruct(lower.shape, lower.dtype)
   closed_jaxpr, out_shape = jax.make_jaxpr(fn, return_shape=True)(placeholder)
-  graph = _Graph(method, IntervalBound(lower, upper), row_chunk)
+  graph = _Graph(method, IntervalBound(lower, upper), row_chunk, patches)
   outputs = _interpret(graph, closed_jaxpr.jaxpr, closed_jaxpr.consts, [graph.input])
   for leaf in jax.tree.leaves(out_shape):
     if not leaf.shape or leaf.shape[0] != 1:
@@ -492,7 +501,8 @@ def _output_bounds(graph: _Graph, output) -> tuple[jax.Array, jax.Array]:
 
 
 def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
-                  row_chunk: int = DEFAULT_ROW_CHUNK) -> Callable[..., tuple[Any, Any]]:
+                  row_chunk: int = DEFAULT_ROW_CHUNK,
+                  patches: bool = True) -> Callable[..., tuple[Any, Any]]:
   """Transforms `fn` into a function computing CROWN-family bounds of it, intersected with IBP.
 
   Same calling convention as `jaxcert.bounds.interval.interval(fn)`: `(lower, upper)` batched
@@ -508,6 +518,8 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
       (intermediate bounds by backward passes; Zhang et al. 2018), see `METHODS`.
     row_chunk: output coordinates bounded per backward pass (memory: about 2 * row_chunk times
       the largest intermediate value, per example).
+    patches: method 'crown' bounds the outputs of convolutions in patches
+      (`jaxcert.bounds.linear_patches`; the same bounds, much faster); False: dense passes.
 
   Returns:
     `bounded(lower, upper) -> (out_lower, out_upper)`.
@@ -522,8 +534,8 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
     lower, upper = _validate_box(lower, upper)
 
     def one_example(example_lower, example_upper):
-      graph, outputs, treedef = _example_graph(fn, method, row_chunk, example_lower[None],
-                                               example_upper[None])
+      graph, outputs, treedef = _example_graph(fn, method, row_chunk, patches,
+                                               example_lower[None], example_upper[None])
       pairs = [_output_bounds(graph, output) for output in outputs]
       return (jax.tree.unflatten(treedef, [lo[0] for lo, _ in pairs]),
               jax.tree.unflatten(treedef, [hi[0] for _, hi in pairs]))
@@ -534,7 +546,8 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
 
 
 def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crown', *,
-                       row_chunk: int = DEFAULT_ROW_CHUNK) -> Callable[..., tuple[Any, Any]]:
+                       row_chunk: int = DEFAULT_ROW_CHUNK,
+                       patches: bool = True) -> Callable[..., tuple[Any, Any]]:
   """Bounds of `c . fn(x)` for a batch of specification rows `c`, propagated through `fn`.
 
   Bounding `c . f(x)` by one backward pass from the output with coefficients `c` is tighter than
@@ -545,6 +558,7 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
     fn: function of one batch, batch elements independent, returning one array (batch, out_dim).
     method: one of `METHODS`.
     row_chunk: specification rows per backward pass.
+    patches: as in `linear_bounds`.
 
   Returns:
     `bounded(lower, upper, spec) -> (spec_lower, spec_upper)`, with `spec` of shape
@@ -561,7 +575,7 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
                        f'{lower.shape[0]}, got {spec.shape}.')
 
     def one_example(example_lower, example_upper, rows_of_spec):
-      graph, outputs, _ = _example_graph(fn, method, row_chunk, example_lower[None],
+      graph, outputs, _ = _example_graph(fn, method, row_chunk, patches, example_lower[None],
                                          example_upper[None])
       if len(outputs) != 1 or len(_leaf_shape(outputs[0])) != 2:
         raise ValueError('linear_spec_bounds needs fn to return one array (batch, out_dim).')
