@@ -118,14 +118,21 @@ def patch_chain(steps, node: linear_graph.Node) -> list[linear_graph.Step] | Non
 
 def _gather(values, window: _Window, positions, dtype):
   """`values` (broadcastable to (1, H, W, C)) on every position's window: (P_h, P_w, h, w, C);
-  zero outside the map."""
+  zero outside the map. Strided slices, one per window row and one per window column (exact,
+  also where values are infinite)."""
   values = jnp.asarray(values, dtype)
   rows, cols = window.indices(positions)
   pad = [(max(0, -int(index.min())), max(0, int(index.max()) + 1 - extent))
          for index, extent in zip((rows, cols), window.extent)]
   padded = jnp.pad(values[0], (*pad, (0, 0)))
-  rows, cols = rows + pad[0][0], cols + pad[1][0]
-  return padded[rows[:, None, :, None], cols[None, :, None, :]]
+  for axis in (0, 2):  # (H, W, C) -> (P_h, h, W, C) -> (P_h, h, P_w, w, C).
+    dim = axis // 2
+    first = window.start[dim] + pad[dim][0]
+    stride, count = window.stride[dim], positions[dim]
+    padded = jnp.stack([lax.slice_in_dim(padded, first + i, first + i + stride * (count - 1) + 1,
+                                         stride, axis)
+                        for i in range(window.size[dim])], axis=axis + 1)
+  return jnp.transpose(padded, (0, 2, 1, 3, 4))
 
 
 def _inside_mask(window: _Window, positions):
@@ -167,18 +174,66 @@ def _hwio_kernel(step: linear_graph.Step):
   return jnp.transpose(jnp.asarray(step.invals[1]), (*spatial, in_feature, out_feature))
 
 
+def _own_values(values, start, chunk: int, node: linear_graph.Node):
+  """`values` (broadcastable to `node`'s shape) at each row's own coordinate, channels
+  `start, ..., start + chunk - 1` (zero past the last): (1, P_h, P_w, chunk)."""
+  channels = node.shape[3]
+  values = jnp.broadcast_to(jnp.asarray(values, node.dtype), node.shape)[0]
+  padded = jnp.pad(values, ((0, 0), (0, 0), (0, -(-channels // chunk) * chunk - channels)))
+  return lax.dynamic_slice_in_dim(padded, start, chunk, 2)[None]
+
+
+def _diagonal_to_first_conv(chain, node: linear_graph.Node, start, chunk: int):
+  """The rows `+-e_(p,o)` carried through the elementwise steps above the first convolution,
+  where each row is still a multiple `scale` of its own coordinate, and then through that
+  convolution, where it becomes `scale` times the kernel of channel `o` on `p`'s window.
+
+  Returns (coefficients (2, P_h, P_w, chunk, kh, kw, C_in), bias (2, P_h, P_w, chunk), window,
+  index of the next step of the chain).
+  """
+  dtype = node.dtype
+  positions = node.shape[1:3]
+  scale = jnp.concatenate([jnp.ones((1, *positions, chunk), dtype),
+                           -jnp.ones((1, *positions, chunk), dtype)])
+  bias = jnp.zeros_like(scale)
+  current = node
+  for index, step in enumerate(chain):
+    own = lambda values: _own_values(values, start, chunk, current)
+    if step.primitive is _P.conv_general_dilated_p:
+      kernel = _hwio_kernel(step).astype(dtype)
+      kernel = jnp.pad(kernel, ((0, 0),) * 3 + ((0, -(-kernel.shape[3] // chunk) * chunk
+                                                 - kernel.shape[3]),))
+      rows = jnp.moveaxis(lax.dynamic_slice_in_dim(kernel, start, chunk, 3), -1, 0)
+      coeffs = scale[..., None, None, None] * rows[None, None, None]
+      strides, padding = step.params['window_strides'], step.params['padding']
+      node_in = step.invals[0]
+      window = _Window(start=(-padding[0][0], -padding[1][0]), stride=tuple(strides),
+                       size=rows.shape[1:3], extent=node_in.shape[1:3])
+      coeffs = coeffs * _expand(_inside_mask(window, positions)).astype(dtype)
+      return coeffs, bias, window, index + 1
+    if step.kind == 'relaxed':
+      relaxation = step.relaxation
+      positive, negative = jnp.maximum(scale, 0), jnp.minimum(scale, 0)
+      bias = bias + (jnp.where(positive != 0, positive * own(relaxation.lower_offset), 0)
+                     + jnp.where(negative != 0, negative * own(relaxation.upper_offset), 0))
+      scale = positive * own(relaxation.lower_slopes[0]) + negative * own(
+          relaxation.upper_slopes[0])
+    else:  # Elementwise affine: y = slope * x + offset.
+      offset, slope = _elementwise_affine(step, step.invals[
+          linear_graph.bounded_positions(step.invals)[0]])
+      bias = bias + jnp.where(scale != 0, scale * own(offset), 0)
+      scale = scale * own(slope)
+    current = step.invals[linear_graph.bounded_positions(step.invals)[0]]
+  raise AssertionError('A patch chain without a convolution (patch_chain admits none).')
+
+
 def _chunk_lower_bounds(chain, node: linear_graph.Node, start, chunk: int):
   """Lower bounds of `+-e_(p,o) . node` for every position p and the channels
   `start, ..., start + chunk - 1`: (2, P_h, P_w, chunk) (channels past the node's are zero rows)."""
   dtype = node.dtype
-  positions, channels = node.shape[1:3], node.shape[3]
-  window = _Window(start=(0, 0), stride=(1, 1), size=(1, 1), extent=positions)
-  one_hot = lax.dynamic_slice_in_dim(jnp.eye(-(-channels // chunk) * chunk, channels, dtype=dtype),
-                                     start, chunk)
-  rows = one_hot[None, None, None, :, None, None, :]  # (1, 1, 1, chunk, 1, 1, channels)
-  coeffs = jnp.concatenate([rows, -rows])
-  bias = jnp.zeros((2, *positions, chunk), dtype)
-  for step in chain:
+  positions = node.shape[1:3]
+  coeffs, bias, window, first = _diagonal_to_first_conv(chain, node, start, chunk)
+  for step in chain[first:]:
     if step.kind == 'interval':  # A fallback value: min over its interval bound.
       return bias + _concretize(coeffs, step.outputs[0].bound, window, positions, dtype)
     node_in = step.invals[linear_graph.bounded_positions(step.invals)[0]]
@@ -234,18 +289,19 @@ def _concretize(coeffs, bound: IntervalBound, window: _Window, positions, dtype)
           + _weighted_sum(jnp.minimum(coeffs, 0), upper))
 
 
-def patch_bounds(chain, node: linear_graph.Node,
-                 budget: int = DEFAULT_PATCH_BUDGET) -> IntervalBound:
+def patch_bounds(chain, node: linear_graph.Node, budget: int | None = None) -> IntervalBound:
   """CROWN bounds of every coordinate of `node` by the patches pass.
 
   Args:
     chain: `patch_chain(steps, node)`.
     node: shape (1, H, W, C).
-    budget: patch entries carried at once; the channels are split in chunks under it.
+    budget: patch entries carried at once per example, `DEFAULT_PATCH_BUDGET` if None; the
+      channels are split in chunks under it.
 
   Returns:
     The bounds (not intersected with the node's interval bound), shaped like `node`.
   """
+  budget = DEFAULT_PATCH_BUDGET if budget is None else budget
   positions, channels = node.shape[1:3], node.shape[3]
   per_channel = 2 * math.prod(positions) * _largest_window(chain, channels)
   chunk = max(1, min(channels, budget // per_channel))
