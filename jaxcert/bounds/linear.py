@@ -54,6 +54,7 @@ from jaxcert.bounds import rules  # pylint: disable=unused-import  (fills RULES)
 from jaxcert.bounds.interval import IntervalBound
 from jaxcert.bounds.interval import is_concrete
 from jaxcert.bounds.interval import NAMED_CALL_RULES
+from jaxcert.bounds.interval import nan_aware_outputs
 from jaxcert.bounds.interval import RULES
 from jaxcert.bounds.interval import SAME_OPERAND_RULES
 from jaxcert.bounds.interval import source_location
@@ -121,21 +122,29 @@ def _is_affine(primitive, invals, params) -> bool:
 # --- Forward interpretation. ------------------------------------------------------------------
 
 
-def _interval_of(eqn, invals, enclosing_calls):
-  """The interval rule of `eqn` on `IntervalBound`s and constants, as `interval` applies it."""
+def _interval_of(eqn, invals, in_nan, enclosing_calls):
+  """The interval rule of `eqn` on `IntervalBound`s and constants, as `interval` applies it,
+  NaN-aware like it (`jaxcert.bounds.interval.nan_aware_outputs`): where an operand may be NaN
+  somewhere in the box, comparisons, `isnan` and casts are undecided.
+
+  Returns:
+    (outputs, whether each may be NaN), or None for a call to inline.
+  """
   primitive = eqn.primitive
   if primitive is _P.jit_p and eqn.params.get('name') in NAMED_CALL_RULES:
-    outvals = NAMED_CALL_RULES[eqn.params['name']](*invals)
+    name = eqn.params['name']
+    outvals = NAMED_CALL_RULES[name](*invals)
     if outvals is None:  # The named rule declines: the caller interprets the call's body.
       return None
-    return [outvals] if len(eqn.outvars) == 1 else list(outvals)
+    outvals = [outvals] if len(eqn.outvars) == 1 else list(outvals)
+    return nan_aware_outputs(eqn, name, invals, in_nan, outvals)
   if primitive in _CALL_PRIMITIVES:
     return None
   rule = RULES.get(primitive)
   if (primitive in SAME_OPERAND_RULES and len(eqn.invars) == 2
       and isinstance(eqn.invars[0], jex_core.Var) and eqn.invars[0] is eqn.invars[1]):
     rule = SAME_OPERAND_RULES[primitive]
-    invals = invals[:1]
+    invals, in_nan = invals[:1], in_nan[:1]
   if rule is None:
     raise NotImplementedError(
         f'No interval rule for primitive `{primitive.name}` (applied to a value that depends on '
@@ -143,7 +152,19 @@ def _interval_of(eqn, invals, enclosing_calls):
         'to the interval rule of steps they cannot relax. Add a rule to jaxcert.bounds.rules '
         f'(supported: {", ".join(sorted(p.name for p in RULES))}).')
   outvals = rule(*invals, **eqn.params)
-  return list(outvals) if primitive.multiple_results else [outvals]
+  outvals = list(outvals) if primitive.multiple_results else [outvals]
+  return nan_aware_outputs(eqn, primitive, invals, in_nan, outvals)
+
+
+def _may_be_nan(value):
+  """Whether an operand may be NaN somewhere in the box: a node's flag, or a NaN constant."""
+  if isinstance(value, linear_graph.Node):
+    return value.may_be_nan
+  if not linear_graph.is_float(value):
+    return False
+  if is_concrete(value):
+    return bool(np.isnan(np.asarray(value)).any())
+  return jnp.any(jnp.isnan(value))
 
 
 class _Graph:
@@ -157,8 +178,10 @@ class _Graph:
     self.nodes = [self.input]
     self.steps: list[linear_graph.Step] = []
 
-  def _new_node(self, bound, exact=False, coordinatewise=False) -> linear_graph.Node:
-    node = linear_graph.Node(len(self.nodes), bound, len(self.steps), exact, coordinatewise)
+  def _new_node(self, bound, exact=False, coordinatewise=False,
+                may_be_nan=False) -> linear_graph.Node:
+    node = linear_graph.Node(len(self.nodes), bound, len(self.steps), exact, coordinatewise,
+                             may_be_nan)
     self.nodes.append(node)
     return node
 
@@ -187,12 +210,14 @@ class _Graph:
           self.tighten(value, _relevant_coordinates(primitive, invals, value))
     as_bounds = [v.bound if isinstance(v, linear_graph.Node) else v for v in invals]
     try:
-      out_bounds = _interval_of(eqn, as_bounds, enclosing_calls)
+      interval_outputs = _interval_of(eqn, as_bounds, [_may_be_nan(v) for v in invals],
+                                      enclosing_calls)
     except (ValueError, NotImplementedError) as error:
       raise type(error)(f'{error} (primitive `{primitive.name}` '
                         f'{source_location(eqn, enclosing_calls)})') from error
-    if out_bounds is None:  # A call without a rule of its own: interpret its body.
+    if interval_outputs is None:  # A call without a rule of its own: interpret its body.
       return None
+    out_bounds, out_nan = interval_outputs
     kind, relaxation = 'interval', None
     if affine:
       kind = 'affine'
@@ -211,8 +236,8 @@ class _Graph:
             (primitive in _MIXING_PRIMITIVES and invals[positions[0]].coordinatewise)
             or (primitive in _COORDINATEWISE_PRIMITIVES | {_P.broadcast_in_dim_p}
                 and invals[positions[0]].exact)))
-    outputs = [self._new_node(b, exact, coordinatewise) if isinstance(b, IntervalBound) else b
-               for b in out_bounds]
+    outputs = [self._new_node(b, exact, coordinatewise, nan) if isinstance(b, IntervalBound)
+               else b for b, nan in zip(out_bounds, out_nan)]
     self.steps.append(linear_graph.Step(primitive, params, list(invals), outputs, kind, relaxation))
     return outputs
 
