@@ -259,10 +259,10 @@ def _chunk_lower_bounds(chain, node: linear_graph.Node, start, chunk: int):
       offset, slope = _elementwise_affine(step, node_in)
       bias = bias + _weighted_sum(coeffs, _expand(_gather(offset, window, positions, dtype)))
       coeffs = coeffs * _expand(_gather(slope, window, positions, dtype))
-  return bias + _concretize(coeffs, chain_input_bound(chain), window, positions, dtype)
+  return bias + _concretize(coeffs, _chain_input_bound(chain), window, positions, dtype)
 
 
-def chain_input_bound(chain) -> IntervalBound:
+def _chain_input_bound(chain) -> IntervalBound:
   """The bound of the value at the bottom of a chain (the input box)."""
   last = chain[-1]
   return last.invals[linear_graph.bounded_positions(last.invals)[0]].bound
