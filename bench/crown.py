@@ -21,6 +21,12 @@ certification mode takes 'auto_lirpa_crown_ibp' and 'auto_lirpa_crown' in `--met
       --methods crown --qa_only 100
   python bench/crown.py --config configs/quickstart.py --checkpoint runs/quickstart --eps 0.002 \
       --methods auto_lirpa_crown_ibp,auto_lirpa_crown --batch_size 50
+  python bench/crown.py --config configs/quickstart.py --checkpoint runs/quickstart --eps 0.002 \
+      --cost --dense --dtype float64 --batch_size 8
+
+`--cost` with `--checkpoint` times the methods (1.) on the checkpoint's first `--batch_size`
+queries at the first `--eps` instead of certifying; `--dense` adds 'crown (dense)', CROWN without
+the patches pass of its convolutions' intermediate bounds (`linear_bounds(..., patches=False)`).
 """
 
 import argparse
@@ -59,6 +65,7 @@ DTYPES = ('float32', 'float64')
 LIRPA_METHODS = {'crown_ibp': 'CROWN-IBP', 'crown': 'CROWN'}
 LIRPA_PREFIX = 'auto_lirpa_'
 KS = (1, 10, 20, 40)
+DENSE_CROWN = 'crown (dense)'
 
 
 @contextlib.contextmanager
@@ -69,11 +76,14 @@ def computing_in(dtype: str):
 
 
 def bound_function(apply_fn, method: str, row_chunk: int):
-  """`(variables, lower, upper) -> (out_lower, out_upper)`, jitted, by IBP or `method`."""
+  """`(variables, lower, upper) -> (out_lower, out_upper)`, jitted, by IBP or `method` (or
+  'crown (dense)': CROWN without patches)."""
   def bounded(variables, lower, upper):
     embed = lambda x: apply_fn(variables, x)
     if method == 'ibp':
       return interval(embed)(lower, upper)
+    if method == DENSE_CROWN:
+      return linear_bounds(embed, 'crown', row_chunk=row_chunk, patches=False)(lower, upper)
     return linear_bounds(embed, method, row_chunk=row_chunk)(lower, upper)
   return jax.jit(bounded)
 
@@ -117,18 +127,23 @@ def largest_relative_difference(bounds, other) -> float:
 
 
 def cost_main(args, parser) -> dict:
-  names = common.parse_model_names(parser, args.models, IMAGE_SETTINGS)
+  names = ([_config(args).model.name] if args.checkpoint
+           else common.parse_model_names(parser, args.models, IMAGE_SETTINGS))
   methods = _methods(parser, args.methods)
+  methods += [DENSE_CROWN] if args.dense else []
   lirpa = auto_lirpa_or_none()
   print(f'{"model":<10} {"batch":>5} {"dtype":>8} {"method":>22} {"ms / image":>11} '
         f'{"x forward":>10}   (forward pass in float32, same run)')
   results, rows = {}, []
   for name in names:
-    image_shape, eps = IMAGE_SETTINGS[name]
-    model = models.get_model(name, embedding_dim=args.embedding_dim)
-    variables = models.init_variables(model, jax.random.key(0), (1,) + image_shape)
-    images = jnp.asarray(np.random.default_rng(0).uniform(
-        size=(args.batch_size,) + image_shape), jnp.float32)
+    if args.checkpoint:  # The checkpoint's encoder on its first queries.
+      model, variables, images, eps = _checkpoint_queries(args)
+    else:
+      image_shape, eps = IMAGE_SETTINGS[name]
+      model = models.get_model(name, embedding_dim=args.embedding_dim)
+      variables = models.init_variables(model, jax.random.key(0), (1,) + image_shape)
+      images = jnp.asarray(np.random.default_rng(0).uniform(
+          size=(args.batch_size,) + image_shape), jnp.float32)
     exportable = lirpa is not None and name in compare_torch.LAYERS
     timings, bounds = time_methods(model.apply, variables, images, eps, methods=methods,
                                    repeats=args.repeats, dtype=args.dtype,
@@ -158,6 +173,21 @@ def cost_main(args, parser) -> dict:
     print('auto_LiRPA is not installed: its rows are left out (docs/linear_bounds.md says how '
           'to install it).')
   return {'cost': results, 'summary_rows': rows}
+
+
+def _config(args):
+  """The config of `--config` (a path such as configs/quickstart.py)."""
+  return importlib.import_module(
+      str(pathlib.Path(args.config).with_suffix('')).replace('/', '.')).get_config()
+
+
+def _checkpoint_queries(args):
+  """(model, variables, the first `--batch_size` query images, the first `--eps`)."""
+  config = _config(args)
+  model, variables, dataset, _ = checkpointing.load_trained(config, args.checkpoint)
+  (query_images, _), _ = data.query_candidate_sets(config, dataset)
+  return (model, variables, jnp.asarray(query_images[:args.batch_size], jnp.float32),
+          args.eps[0])
 
 
 def bounder(model, variables, image_shape, method: str, *, dtype: str, row_chunk: int):
@@ -205,9 +235,7 @@ def boxes(bounded, variables, images, eps, *, batch_size: int, dtype: str):
 def certify_main(args, parser) -> dict:
   """CR-Recall@K under QA and CA of the checkpoint's boxes by IBP and each method."""
   methods = _methods(parser, args.methods, auto_lirpa=True)
-  config_module = importlib.import_module(
-      str(pathlib.Path(args.config).with_suffix('')).replace('/', '.'))
-  config = config_module.get_config()
+  config = _config(args)
   model, variables, dataset, _ = checkpointing.load_trained(config, args.checkpoint)
   (query_images, query_labels), (candidate_images, candidate_labels) = (
       data.query_candidate_sets(config, dataset))
@@ -432,12 +460,16 @@ def main(argv=None) -> dict:
   parser.add_argument('--qa_only', type=int, default=0,
                       help='certification: QA only, on the first QA_ONLY queries against all '
                       'candidates (their boxes are not computed; CA is not reported)')
+  parser.add_argument('--cost', action='store_true',
+                      help='with --checkpoint: time the methods on its first queries (1.)')
+  parser.add_argument('--dense', action='store_true',
+                      help="cost: also time 'crown (dense)', CROWN without patches")
   args = parser.parse_args(argv)
   env = common.environment()
   common.print_environment(env)
-  if args.checkpoint:
-    if not args.config:
-      parser.error('--checkpoint needs --config (the config the model was trained with)')
+  if args.checkpoint and not args.config:
+    parser.error('--checkpoint needs --config (the config the model was trained with)')
+  if args.checkpoint and not args.cost:
     return {'environment': env, **certify_main(args, parser)}
   return {'environment': env, **cost_main(args, parser)}
 

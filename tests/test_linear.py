@@ -363,3 +363,20 @@ def test_linear_network_bounds_are_its_exact_range(dimension_numbers):
                                atol=TOLERANCE_64)
     np.testing.assert_allclose(out_upper[0], value + np.abs(jacobian) @ radius, rtol=0,
                                atol=TOLERANCE_64)
+
+
+def test_values_that_may_be_nan_keep_comparisons_undecided():
+  """`sqrt` of a range reaching below 0 is NaN there; `isnan` of it must then be undecided
+  (docs/linear_bounds.md §8), so `where(isnan(y), 5, y)` may be 5 and the bounds must allow it."""
+  w = np.array([[1., -2.], [0.5, 1.]])
+
+  def fn(x):
+    y = jnp.sqrt(x)
+    return jax.nn.relu(jnp.where(jnp.isnan(y), 5., y) @ w) @ w
+
+  lower, upper = np.array([[-0.5, 0.2], [0.1, 0.3]]), np.array([[0.5, 0.6], [0.4, 0.9]])
+  points = _sample(np.random.default_rng(14), lower, upper, 300)
+  assert (points < 0).any()  # the box holds points where sqrt is NaN
+  for method in METHODS:
+    out_lower, out_upper = jax.jit(linear_bounds(fn, method))(lower, upper)
+    _assert_inside(fn, points, out_lower, out_upper, TOLERANCE_64)

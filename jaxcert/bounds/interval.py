@@ -113,7 +113,7 @@ NAMED_CALL_RULES: dict[str, Rule] = {}
 # scalar: whether the equation can output NaN at a point of its input bounds
 # where no input is NaN or infinite (`sqrt` of a negative, `0 / 0`). Filled by
 # `jaxcert.bounds.rules`. NaN from infinite inputs (`inf - inf`, `0 * inf`) is
-# assumed possible for every equation (see `_nan_aware_outputs`).
+# assumed possible for every equation (see `nan_aware_outputs`).
 NAN_SOURCES: dict[jex_core.Primitive | str, Callable[..., Any]] = {}
 
 # Primitives whose floating-point output can be a number where an input is NaN
@@ -250,7 +250,7 @@ def _widen_where(flag, outval: IntervalBound, lowest, highest) -> IntervalBound:
                        jnp.where(flag, np.asarray(highest, dtype), outval.upper))
 
 
-def _nan_aware_outputs(eqn: jex_core.JaxprEqn, key, invals: list, in_nan: list,
+def nan_aware_outputs(eqn: jex_core.JaxprEqn, key, invals: list, in_nan: list,
                        outvals: list) -> tuple[list, list]:
   """The rule's outputs made safe for NaN, and whether each may be NaN.
 
@@ -315,7 +315,7 @@ def _apply_rule(eqn: jex_core.JaxprEqn, invals: list, in_nan: list,
       outvals = named_call_rules[name](*invals)
       if outvals is not None:  # None: the rule declines (a vmapped body), interpret the body.
         outvals = [outvals] if len(eqn.outvars) == 1 else list(outvals)
-        return _nan_aware_outputs(eqn, name, invals, in_nan, outvals)
+        return nan_aware_outputs(eqn, name, invals, in_nan, outvals)
     inner_jaxpr, inner_consts = _call_jaxpr(eqn)
     return _interpret(inner_jaxpr, inner_consts, invals,
                       (*enclosing_calls, eqn), in_nan, rounding)
@@ -348,7 +348,7 @@ def _apply_rule(eqn: jex_core.JaxprEqn, invals: list, in_nan: list,
         f'{error} (primitive `{primitive.name}` '
         f'{source_location(eqn, enclosing_calls)})') from error
   outvals = list(outvals) if primitive.multiple_results else [outvals]
-  return _nan_aware_outputs(eqn, primitive, invals, in_nan, outvals)
+  return nan_aware_outputs(eqn, primitive, invals, in_nan, outvals)
 
 
 def _check_output(eqn: jex_core.JaxprEqn, outvar, outval,

@@ -48,11 +48,13 @@ from jax import lax
 import numpy as np
 
 from jaxcert.bounds import linear_graph
+from jaxcert.bounds import linear_patches
 from jaxcert.bounds import linear_rules
 from jaxcert.bounds import rules  # pylint: disable=unused-import  (fills RULES)
 from jaxcert.bounds.interval import IntervalBound
 from jaxcert.bounds.interval import is_concrete
 from jaxcert.bounds.interval import NAMED_CALL_RULES
+from jaxcert.bounds.interval import nan_aware_outputs
 from jaxcert.bounds.interval import RULES
 from jaxcert.bounds.interval import SAME_OPERAND_RULES
 from jaxcert.bounds.interval import source_location
@@ -120,21 +122,29 @@ def _is_affine(primitive, invals, params) -> bool:
 # --- Forward interpretation. ------------------------------------------------------------------
 
 
-def _interval_of(eqn, invals, enclosing_calls):
-  """The interval rule of `eqn` on `IntervalBound`s and constants, as `interval` applies it."""
+def _interval_of(eqn, invals, in_nan, enclosing_calls):
+  """The interval rule of `eqn` on `IntervalBound`s and constants, as `interval` applies it,
+  NaN-aware like it (`jaxcert.bounds.interval.nan_aware_outputs`): where an operand may be NaN
+  somewhere in the box, comparisons, `isnan` and casts are undecided.
+
+  Returns:
+    (outputs, whether each may be NaN), or None for a call to inline.
+  """
   primitive = eqn.primitive
   if primitive is _P.jit_p and eqn.params.get('name') in NAMED_CALL_RULES:
-    outvals = NAMED_CALL_RULES[eqn.params['name']](*invals)
+    name = eqn.params['name']
+    outvals = NAMED_CALL_RULES[name](*invals)
     if outvals is None:  # The named rule declines: the caller interprets the call's body.
       return None
-    return [outvals] if len(eqn.outvars) == 1 else list(outvals)
+    outvals = [outvals] if len(eqn.outvars) == 1 else list(outvals)
+    return nan_aware_outputs(eqn, name, invals, in_nan, outvals)
   if primitive in _CALL_PRIMITIVES:
     return None
   rule = RULES.get(primitive)
   if (primitive in SAME_OPERAND_RULES and len(eqn.invars) == 2
       and isinstance(eqn.invars[0], jex_core.Var) and eqn.invars[0] is eqn.invars[1]):
     rule = SAME_OPERAND_RULES[primitive]
-    invals = invals[:1]
+    invals, in_nan = invals[:1], in_nan[:1]
   if rule is None:
     raise NotImplementedError(
         f'No interval rule for primitive `{primitive.name}` (applied to a value that depends on '
@@ -142,21 +152,36 @@ def _interval_of(eqn, invals, enclosing_calls):
         'to the interval rule of steps they cannot relax. Add a rule to jaxcert.bounds.rules '
         f'(supported: {", ".join(sorted(p.name for p in RULES))}).')
   outvals = rule(*invals, **eqn.params)
-  return list(outvals) if primitive.multiple_results else [outvals]
+  outvals = list(outvals) if primitive.multiple_results else [outvals]
+  return nan_aware_outputs(eqn, primitive, invals, in_nan, outvals)
+
+
+def _may_be_nan(value):
+  """Whether an operand may be NaN somewhere in the box: a node's flag, or a NaN constant."""
+  if isinstance(value, linear_graph.Node):
+    return value.may_be_nan
+  if not linear_graph.is_float(value):
+    return False
+  if is_concrete(value):
+    return bool(np.isnan(np.asarray(value)).any())
+  return jnp.any(jnp.isnan(value))
 
 
 class _Graph:
   """The steps and nodes of one interpreted jaxpr, built in order by `_interpret`."""
 
-  def __init__(self, method: str, input_bound: IntervalBound, row_chunk: int):
+  def __init__(self, method: str, input_bound: IntervalBound, row_chunk: int, patches: bool):
     self.method = method
     self.row_chunk = row_chunk
+    self.patches = patches
     self.input = linear_graph.Node(0, input_bound, -1, exact=True, coordinatewise=True)
     self.nodes = [self.input]
     self.steps: list[linear_graph.Step] = []
 
-  def _new_node(self, bound, exact=False, coordinatewise=False) -> linear_graph.Node:
-    node = linear_graph.Node(len(self.nodes), bound, len(self.steps), exact, coordinatewise)
+  def _new_node(self, bound, exact=False, coordinatewise=False,
+                may_be_nan=False) -> linear_graph.Node:
+    node = linear_graph.Node(len(self.nodes), bound, len(self.steps), exact, coordinatewise,
+                             may_be_nan)
     self.nodes.append(node)
     return node
 
@@ -185,12 +210,14 @@ class _Graph:
           self.tighten(value, _relevant_coordinates(primitive, invals, value))
     as_bounds = [v.bound if isinstance(v, linear_graph.Node) else v for v in invals]
     try:
-      out_bounds = _interval_of(eqn, as_bounds, enclosing_calls)
+      interval_outputs = _interval_of(eqn, as_bounds, [_may_be_nan(v) for v in invals],
+                                      enclosing_calls)
     except (ValueError, NotImplementedError) as error:
       raise type(error)(f'{error} (primitive `{primitive.name}` '
                         f'{source_location(eqn, enclosing_calls)})') from error
-    if out_bounds is None:  # A call without a rule of its own: interpret its body.
+    if interval_outputs is None:  # A call without a rule of its own: interpret its body.
       return None
+    out_bounds, out_nan = interval_outputs
     kind, relaxation = 'interval', None
     if affine:
       kind = 'affine'
@@ -209,8 +236,8 @@ class _Graph:
             (primitive in _MIXING_PRIMITIVES and invals[positions[0]].coordinatewise)
             or (primitive in _COORDINATEWISE_PRIMITIVES | {_P.broadcast_in_dim_p}
                 and invals[positions[0]].exact)))
-    outputs = [self._new_node(b, exact, coordinatewise) if isinstance(b, IntervalBound) else b
-               for b in out_bounds]
+    outputs = [self._new_node(b, exact, coordinatewise, nan) if isinstance(b, IntervalBound)
+               else b for b, nan in zip(out_bounds, out_nan)]
     self.steps.append(linear_graph.Step(primitive, params, list(invals), outputs, kind, relaxation))
     return outputs
 
@@ -413,6 +440,13 @@ def _tightened(graph: _Graph, node: linear_graph.Node, relevant) -> IntervalBoun
   on the bounds) are bounded, `graph.row_chunk` at a time in a `while_loop` that stops after the
   last one, so the cost follows their number, not the node's size.
   """
+  chain = linear_patches.patch_chain(graph.steps, node) if graph.patches else None
+  if chain is not None:  # All coordinates at once in patches (docs/linear_bounds.md §5.1).
+    patched = linear_patches.patch_bounds(chain, node)
+    relevant = jnp.broadcast_to(relevant, node.shape)
+    lower = jnp.where(relevant, jnp.fmax(node.bound.lower, patched.lower), node.bound.lower)
+    upper = jnp.where(relevant, jnp.fmin(node.bound.upper, patched.upper), node.bound.upper)
+    return IntervalBound(lower, jnp.maximum(upper, lower))
   size = math.prod(node.shape)
   chunk = min(graph.row_chunk, size)
   relevant = jnp.broadcast_to(relevant, node.shape).reshape(size)
@@ -460,11 +494,11 @@ def _validate_box(lower, upper) -> tuple[jax.Array, jax.Array]:
   return lower, upper
 
 
-def _example_graph(fn, method, row_chunk, lower, upper):
+def _example_graph(fn, method, row_chunk, patches, lower, upper):
   """Interprets `fn` on one example's box (shape (1, ...)); returns (graph, outputs, treedef)."""
   placeholder = jax.ShapeDtypeStruct(lower.shape, lower.dtype)
   closed_jaxpr, out_shape = jax.make_jaxpr(fn, return_shape=True)(placeholder)
-  graph = _Graph(method, IntervalBound(lower, upper), row_chunk)
+  graph = _Graph(method, IntervalBound(lower, upper), row_chunk, patches)
   outputs = _interpret(graph, closed_jaxpr.jaxpr, closed_jaxpr.consts, [graph.input])
   for leaf in jax.tree.leaves(out_shape):
     if not leaf.shape or leaf.shape[0] != 1:
@@ -492,7 +526,8 @@ def _output_bounds(graph: _Graph, output) -> tuple[jax.Array, jax.Array]:
 
 
 def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
-                  row_chunk: int = DEFAULT_ROW_CHUNK) -> Callable[..., tuple[Any, Any]]:
+                  row_chunk: int = DEFAULT_ROW_CHUNK,
+                  patches: bool = True) -> Callable[..., tuple[Any, Any]]:
   """Transforms `fn` into a function computing CROWN-family bounds of it, intersected with IBP.
 
   Same calling convention as `jaxcert.bounds.interval.interval(fn)`: `(lower, upper)` batched
@@ -508,6 +543,8 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
       (intermediate bounds by backward passes; Zhang et al. 2018), see `METHODS`.
     row_chunk: output coordinates bounded per backward pass (memory: about 2 * row_chunk times
       the largest intermediate value, per example).
+    patches: method 'crown' bounds the outputs of convolutions in patches
+      (`jaxcert.bounds.linear_patches`; the same bounds, much faster); False: dense passes.
 
   Returns:
     `bounded(lower, upper) -> (out_lower, out_upper)`.
@@ -522,8 +559,8 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
     lower, upper = _validate_box(lower, upper)
 
     def one_example(example_lower, example_upper):
-      graph, outputs, treedef = _example_graph(fn, method, row_chunk, example_lower[None],
-                                               example_upper[None])
+      graph, outputs, treedef = _example_graph(fn, method, row_chunk, patches,
+                                               example_lower[None], example_upper[None])
       pairs = [_output_bounds(graph, output) for output in outputs]
       return (jax.tree.unflatten(treedef, [lo[0] for lo, _ in pairs]),
               jax.tree.unflatten(treedef, [hi[0] for _, hi in pairs]))
@@ -534,7 +571,8 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
 
 
 def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crown', *,
-                       row_chunk: int = DEFAULT_ROW_CHUNK) -> Callable[..., tuple[Any, Any]]:
+                       row_chunk: int = DEFAULT_ROW_CHUNK,
+                       patches: bool = True) -> Callable[..., tuple[Any, Any]]:
   """Bounds of `c . fn(x)` for a batch of specification rows `c`, propagated through `fn`.
 
   Bounding `c . f(x)` by one backward pass from the output with coefficients `c` is tighter than
@@ -545,6 +583,7 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
     fn: function of one batch, batch elements independent, returning one array (batch, out_dim).
     method: one of `METHODS`.
     row_chunk: specification rows per backward pass.
+    patches: as in `linear_bounds`.
 
   Returns:
     `bounded(lower, upper, spec) -> (spec_lower, spec_upper)`, with `spec` of shape
@@ -561,7 +600,7 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
                        f'{lower.shape[0]}, got {spec.shape}.')
 
     def one_example(example_lower, example_upper, rows_of_spec):
-      graph, outputs, _ = _example_graph(fn, method, row_chunk, example_lower[None],
+      graph, outputs, _ = _example_graph(fn, method, row_chunk, patches, example_lower[None],
                                          example_upper[None])
       if len(outputs) != 1 or len(_leaf_shape(outputs[0])) != 2:
         raise ValueError('linear_spec_bounds needs fn to return one array (batch, out_dim).')

@@ -33,12 +33,15 @@ class Node:
     exact: IBP is exact on it (docs/linear_bounds.md §5), so CROWN cannot tighten it.
     coordinatewise: each coordinate is an affine function of one input coordinate, distinct
       coordinates of distinct ones.
+    may_be_nan: whether the value may be NaN somewhere in the box (a bool, or a traced boolean
+      scalar), as `jaxcert.bounds.interval` tracks it: the value is NaN or lies in `bound`.
   """
   index: int
   bound: IntervalBound
   producer: int
   exact: bool = False
   coordinatewise: bool = False
+  may_be_nan: Any = False
 
   @property
   def shape(self):
