@@ -199,7 +199,7 @@ def kakizaki(root: pathlib.Path) -> Section:
     method_name = kakizaki_report.METHOD_NAMES[method]
     if model == 'Large':
       reproduces = f'Tables 1-2, {names[dataset]}, {method_name}'
-      budget = (f'200 steps on the 1000 candidates after the TBT row (the paper\'s are in its appendix)'
+      budget = ('200 steps on the 1000 candidates after the TBT row (the paper\'s are in its appendix)'
                 if method == 'fctb' else f'step {step} of the paper\'s {KAKIZAKI_PAPER_STEPS}: reduced')
     else:  # The paper's Small CNN values are in its appendix, which our copy lacks.
       reproduces = (f'{names[dataset]}, {method_name} on the Small CNN with the paper\'s schedule '
