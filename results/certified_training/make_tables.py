@@ -28,8 +28,8 @@ CERTIFICATIONS = (('certify_ibp', ''), ('certify_ibp_kakizaki', '_kakizaki'))
 # The settings of configs/embedded_small_certified.py before issue 23's second round; a row's
 # setting names the fields where its run differs from these (besides method, triplets, kappa).
 REFERENCE = {'eps': 0.2, 'ramp': '100-800', 'margin': 1.0, 'qa_weight': 1.0, 'ca_weight': 1.0,
-             'tbt_weight': 0.0, 'learning_rate': 0.001, 'embedding_dim': 128, 'batch_size': 100,
-             'm_per_class': 10}
+             'tbt_weight': 0.0, 'learning_rate': 0.001, 'lr_decay_epochs': [17], 'embedding_dim': 128,
+             'batch_size': 100, 'm_per_class': 10}
 
 
 def _read_jsonl(path):
@@ -80,10 +80,12 @@ def _differences(train: dict) -> list[str]:
             for name in ('eps', 'margin', 'qa_weight', 'ca_weight', 'tbt_weight')}
   values['ramp'] = f'{certified.get("ramp_start_steps")}-{certified.get("ramp_end_steps")}'
   values['learning_rate'] = train['learning_rate']
+  values['lr_decay_epochs'] = list(train['lr_decay_epochs'])
   values['embedding_dim'] = train['model'].get('embedding_dim') or REFERENCE['embedding_dim']
   for name in ('batch_size', 'm_per_class'):
     values[name] = train.get(name, REFERENCE[name])
-  names = {'eps': 'train eps', 'learning_rate': 'lr', 'embedding_dim': 'dim'}
+  names = {'eps': 'train eps', 'learning_rate': 'lr', 'lr_decay_epochs': 'lr x0.1 at epochs',
+           'embedding_dim': 'dim'}
   return [f'{names.get(name, name)} {value}' for name, value in values.items()
           if value != REFERENCE[name]]
 
