@@ -23,16 +23,16 @@ def get_config():
   config.model.ibp_init = True
   config.model.batch_norm = True
   config.model.embedding_dim = 32
-  # 1200 steps of batch 100 (20 epochs of the 6000 images): eps 0 -> 0.2 and kappa 1 -> 0.3 over
-  # steps 100-800, learning rate x0.1 at epoch 17 (step 1020).
-  config.num_steps = 1200
+  # 1500 steps of batch 100 (25 epochs of the 6000 images): eps 0 -> 0.2 and kappa 1 -> 0.3 over
+  # steps 100-1000, learning rate x0.1 at epoch 21.25 (step 1275).
+  config.num_steps = 1500
   config.certified.ramp_start_steps = 100
-  config.certified.ramp_end_steps = 800
+  config.certified.ramp_end_steps = 1000
   config.certified.kappa = 0.3
   config.certified.triplets = 'ranking'
   config.certified.exclude_nearest = 3
   config.certified.warmup_weight = 0.5
   config.certified.ca_weight = 6.0
-  config.lr_decay_epochs = (17,)
-  config.checkpoint_every_steps = 400
+  config.lr_decay_epochs = (21.25,)
+  config.checkpoint_every_steps = 500
   return config
