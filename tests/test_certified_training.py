@@ -334,9 +334,11 @@ def test_certified_triplet_bounds_hold_for_the_encoder(batch_norm):
     assert np.all(to_p[:, :, None] - to_p[:, None, :] <= ca + 1e-4 * (1 + np.abs(ca)))
 
 
-def test_certified_triplet_objective_finite_and_clean_at_zero_eps():
+@pytest.mark.parametrize('triplets', ['all', 'ranking'])  # full (B, B, B) bounds; target rows
+def test_certified_triplet_objective_finite_and_clean_at_zero_eps(triplets):
   """One compilation: the step (traced) picks eps 0 (before the ramp) or 0.05 (after it)."""
-  inputs = _certified_inputs(0.05, ramp_start_steps=1, ramp_end_steps=1)
+  inputs = _certified_inputs(0.05, ramp_start_steps=1, ramp_end_steps=1, triplets=triplets,
+                             exclude_nearest=2)
   objective = objectives.get_method(inputs.config.method).objective
 
   @jax.jit
