@@ -361,9 +361,9 @@ def selected_triplets(labels, embeddings, selection: str, exclude_nearest: int =
   """
   if selection == 'all':
     return valid_triplets(labels)
-  targets, others = target_triplets(labels, embeddings, selection, exclude_nearest)
+  targets, mask = target_triplets(labels, embeddings, selection, exclude_nearest)
   is_target = jnp.arange(labels.shape[0])[None, :] == targets[:, None]
-  return is_target[:, :, None] & others
+  return is_target[:, :, None] & mask
 
 
 def target_triplets(labels, embeddings, selection: str,
