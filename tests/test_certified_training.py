@@ -334,9 +334,11 @@ def test_certified_triplet_bounds_hold_for_the_encoder(batch_norm):
     assert np.all(to_p[:, :, None] - to_p[:, None, :] <= ca + 1e-4 * (1 + np.abs(ca)))
 
 
-def test_certified_triplet_objective_finite_and_clean_at_zero_eps():
+@pytest.mark.parametrize('triplets', ['all', 'ranking'])  # full (B, B, B) bounds; target rows
+def test_certified_triplet_objective_finite_and_clean_at_zero_eps(triplets):
   """One compilation: the step (traced) picks eps 0 (before the ramp) or 0.05 (after it)."""
-  inputs = _certified_inputs(0.05, ramp_start_steps=1, ramp_end_steps=1)
+  inputs = _certified_inputs(0.05, ramp_start_steps=1, ramp_end_steps=1, triplets=triplets,
+                             exclude_nearest=2)
   objective = objectives.get_method(inputs.config.method).objective
 
   @jax.jit
@@ -455,3 +457,35 @@ def test_selected_triplets_by_value():
   assert {n for a, _, n in ranking if a == 5} == {0, 1, 2}  # 5 -> 4; 3 (nearest other) left out.
   with pytest.raises(ValueError, match="valid: \\['all', 'nearest_positive', 'ranking'\\]"):
     certified.selected_triplets(labels, embeddings, 'hard')
+
+
+@pytest.mark.parametrize('selection', ['nearest_positive', 'ranking'])
+def test_target_rows_equal_the_full_triplet_bounds(selection):
+  """The target-row form (one positive per anchor, O(B^2 d)) gives exactly the entries
+  [a, targets[a], n] of the full (B, B, B) bounds, and the same mean hinge over the selection."""
+  rng = np.random.default_rng(3)
+  size, dim = 12, 5
+  labels = jnp.asarray(np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 4]))  # Class 4: no positive.
+  embeddings = jnp.asarray(rng.normal(size=(size, dim)))
+  center = embeddings + rng.normal(scale=0.3, size=(size, dim))
+  radius = rng.uniform(0, 0.5, (size, dim))
+  with jax.enable_x64(True):
+    lower, upper = jnp.asarray(center - radius), jnp.asarray(center + radius)
+    targets, mask = certified.target_triplets(labels, embeddings, selection, exclude_nearest=2)
+    full_mask = certified.selected_triplets(labels, embeddings, selection, exclude_nearest=2)
+    rows = np.arange(size)
+    np.testing.assert_array_equal(np.asarray(full_mask)[rows, np.asarray(targets)],
+                                  np.asarray(mask)[:, 0])
+    assert int(jnp.sum(mask)) == int(jnp.sum(full_mask)) > 0
+    assert not np.any(np.asarray(mask)[-1])  # The anchor without positives selects nothing.
+    pairs = [(certified.query_attack_triplet_bounds(lower, upper, embeddings, form),
+              certified.query_attack_triplet_bounds(lower, upper, embeddings, form, targets))
+             for form in certified.QA_BOUNDS]
+    pairs.append((certified.candidate_attack_triplet_bounds(embeddings, lower, upper),
+                  certified.candidate_attack_triplet_bounds(embeddings, lower, upper, targets)))
+    for full, target_rows in pairs:
+      assert target_rows.shape == (size, 1, size)
+      np.testing.assert_allclose(np.asarray(full)[rows, np.asarray(targets)],
+                                 np.asarray(target_rows)[:, 0], rtol=1e-13, atol=1e-13)
+      np.testing.assert_allclose(certified.mean_hinge(full, 1.0, full_mask),
+                                 certified.mean_hinge(target_rows, 1.0, mask), rtol=1e-13)

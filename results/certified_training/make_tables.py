@@ -3,16 +3,19 @@
   python results/certified_training/make_tables.py collect runs/<name> [<name> ...]
   python results/certified_training/make_tables.py tables
 
-`collect` copies each run's certification (`certify_ibp/results.json`, `ibp.md`) and a summary
-of its training (`train.json`: steps, the schedule, training wall time from the run's config.json
-to its last checkpoint, i.e. with compilation, and the median images/s of its log intervals) into
-results/certified_training/<name>/; `tables` writes tables.md from every such directory: Recall@K,
-and CR-Recall@K under QA and CA at eps = 0.1 and 0.2 (Kakizaki et al., Eq. 25; the paper's
-Theorem 1-2 bounds as certify.py computed them).
+`collect` copies each run's certification by certify.py's default certificate
+(`<run>/certify_ibp/results.json`, `ibp.md`) and, where the run has one, by Kakizaki et al.'s
+Theorem 1 for QA (`<run>/certify_ibp_kakizaki/`, certify.py `--config.ibp.qa_bound=kakizaki
+--workdir runs/<name>/certify_ibp_kakizaki`, copied as `results_kakizaki.json`, `ibp_kakizaki.md`),
+and a summary of its training (`train.json`: steps, the schedule and settings, training wall time
+from the run's config.json to its last checkpoint, i.e. with compilation, and the median images/s
+of its log intervals) into results/certified_training/<name>/; `tables` writes tables.md from every
+such directory: Recall@K, and CR-Recall@K under QA and CA at eps = 0.1 and 0.2 (Kakizaki et al.,
+Eq. 25), one row per run and certificate. Runs collected before certify.py's linear QA bound
+existed hold only a Theorem 1 certification (their results.json names no `certified_by`).
 """
 
 import json
-import os
 import pathlib
 import shutil
 import sys
@@ -20,6 +23,13 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 KS = (10, 20, 40)
 PAPER = 'Kakizaki et al. Table 2, FMNIST Large TBT at eps 0.2: QA 0.20 / 0.30 / 0.45, CA 0.07 / 0.24 / 0.64'
+# certify.py's certifications of a run: (its directory in the run, the suffix of the copies here).
+CERTIFICATIONS = (('certify_ibp', ''), ('certify_ibp_kakizaki', '_kakizaki'))
+# The settings of configs/embedded_small_certified.py before issue 23's second round; a row's
+# setting names the fields where its run differs from these (besides method, triplets, kappa).
+REFERENCE = {'eps': 0.2, 'ramp': '100-800', 'margin': 1.0, 'qa_weight': 1.0, 'ca_weight': 1.0,
+             'tbt_weight': 0.0, 'learning_rate': 0.001, 'lr_decay_epochs': [17], 'embedding_dim': 128,
+             'batch_size': 100, 'm_per_class': 10}
 
 
 def _read_jsonl(path):
@@ -31,8 +41,10 @@ def collect(run_dir: str) -> None:
   run = pathlib.Path(run_dir)
   out = HERE / run.name
   out.mkdir(exist_ok=True)
-  for name in ('results.json', 'ibp.md'):
-    shutil.copyfile(run / 'certify_ibp' / name, out / name)
+  for directory, suffix in CERTIFICATIONS:
+    if (run / directory).is_dir():
+      shutil.copyfile(run / directory / 'results.json', out / f'results{suffix}.json')
+      shutil.copyfile(run / directory / 'ibp.md', out / f'ibp{suffix}.md')
   config = json.loads((run / 'config.json').read_text())
   records = _read_jsonl(run / 'metrics.jsonl')
   rates = sorted(r['images_per_second'] for r in records[1:])
@@ -41,9 +53,11 @@ def collect(run_dir: str) -> None:
   end = max(p.stat().st_mtime for p in checkpoints)
   train = {
       'method': config['method'], 'steps': records[-1]['step'] + 1,
-      'model': {k: config['model'].get(k) for k in ('name', 'batch_norm', 'ibp_init')},
+      'model': {k: config['model'].get(k) for k in ('name', 'batch_norm', 'ibp_init',
+                                                    'embedding_dim')},
       'certified': config.get('certified'), 'grad_clip_norm': config.get('grad_clip_norm'),
       'learning_rate': config['learning_rate'], 'lr_decay_epochs': config['lr_decay_epochs'],
+      'batch_size': config['batch_size'], 'm_per_class': config['m_per_class'],
       'wall_s': round(end - (run / 'config.json').stat().st_mtime),
       'median_images_per_second': rates[len(rates) // 2] if rates else None,
   }
@@ -59,8 +73,26 @@ def _sweep_row(results, eps):
   raise KeyError(f'eps {eps} not in the sweep {list(results["sweep"])}')
 
 
+def _differences(train: dict) -> list[str]:
+  """The fields of `REFERENCE` where the run's setting differs, as 'name value'."""
+  certified = train['certified'] or {}
+  values = {name: certified.get(name, REFERENCE[name])
+            for name in ('eps', 'margin', 'qa_weight', 'ca_weight', 'tbt_weight')}
+  values['ramp'] = f'{certified.get("ramp_start_steps")}-{certified.get("ramp_end_steps")}'
+  values['learning_rate'] = train['learning_rate']
+  values['lr_decay_epochs'] = list(train['lr_decay_epochs'])
+  values['embedding_dim'] = train['model'].get('embedding_dim') or REFERENCE['embedding_dim']
+  for name in ('batch_size', 'm_per_class'):
+    values[name] = train.get(name, REFERENCE[name])
+  names = {'eps': 'train eps', 'learning_rate': 'lr', 'lr_decay_epochs': 'lr x0.1 at epochs',
+           'embedding_dim': 'dim'}
+  return [f'{names.get(name, name)} {value}' for name, value in values.items()
+          if value != REFERENCE[name]]
+
+
 def setting(train: dict) -> str:
-  """What distinguishes a run: the method, its triplets and kappa, and Shi et al.'s parts."""
+  """What distinguishes a run: the method, its triplets and kappa, Shi et al.'s parts, and the
+  fields where it differs from `REFERENCE`."""
   certified = train['certified'] or {}
   parts = [train['method']]
   if train['method'] == 'certified_triplet':
@@ -76,24 +108,37 @@ def setting(train: dict) -> str:
                                   ('BatchNorm', model.get('batch_norm')),
                                   ('warm-up reg', certified.get('warmup_weight'))) if on]
   parts.append(f'clip {train["grad_clip_norm"]}' if train['grad_clip_norm'] else 'no clip')
+  if train['method'] != 'tbt':
+    parts += _differences(train)
   return ', '.join(parts)
 
 
+def _qa_certificate(results: dict) -> str:
+  qa_bound = (results.get('certified_by') or {}).get('qa_bound', 'kakizaki')
+  return {'linear': 'linear', 'kakizaki': 'Theorem 1'}.get(qa_bound, qa_bound)
+
+
 def tables() -> str:
-  lines = [f'Written by `make_tables.py tables`. Reference: {PAPER}.', '']
-  header = ('| run | setting | steps | train wall s (load) | R@1 / 10 / 20 / 40 | eps | '
+  lines = [f'Written by `make_tables.py tables`. Reference: {PAPER}.',
+           '"QA cert": the QA certificate (linear: certify.py\'s default, exact over the query\'s '
+           'embedding box; Theorem 1: Kakizaki et al.\'s); CA is always Theorem 2.', '']
+  header = ('| run | setting | steps | train wall s (img/s) | R@1 / 10 / 20 / 40 | QA cert | eps | '
             'QA@10 / 20 / 40 | CA@10 / 20 / 40 |')
-  lines += [header, '|---|---|---|---|---|---|---|---|']
-  for run in sorted(p for p in HERE.iterdir() if (p / 'results.json').exists()):
-    results = json.loads((run / 'results.json').read_text())
+  lines += [header, '|---|---|---|---|---|---|---|---|---|']
+  for run in sorted(p for p in HERE.iterdir() if (p / 'train.json').exists()):
     train = json.loads((run / 'train.json').read_text())
-    recall = ' / '.join(f'{results[f"recall@{k}"]:.3f}' for k in (1, 10, 20, 40))
-    for eps in (0.1, 0.2):
-      row = _sweep_row(results, eps)
-      qa, ca = (' / '.join(f'{row[attack][str(k)]:.3f}' for k in KS) for attack in ('qa', 'ca'))
-      lines.append(f'| `{run.name}` | {setting(train)} | {train["steps"]} | '
-                   f'{train["wall_s"]} ({train["median_images_per_second"]:.0f} img/s) | '
-                   f'{recall} | {eps} | {qa} | {ca} |')
+    for _, suffix in CERTIFICATIONS:
+      path = run / f'results{suffix}.json'
+      if not path.exists():
+        continue
+      results = json.loads(path.read_text())
+      recall = ' / '.join(f'{results[f"recall@{k}"]:.3f}' for k in (1, 10, 20, 40))
+      for eps in (0.1, 0.2):
+        row = _sweep_row(results, eps)
+        qa, ca = (' / '.join(f'{row[attack][str(k)]:.3f}' for k in KS) for attack in ('qa', 'ca'))
+        lines.append(f'| `{run.name}` | {setting(train)} | {train["steps"]} | '
+                     f'{train["wall_s"]} ({train["median_images_per_second"]:.0f}) | '
+                     f'{recall} | {_qa_certificate(results)} | {eps} | {qa} | {ca} |')
   text = '\n'.join(lines) + '\n'
   (HERE / 'tables.md').write_text(text)
   return text
