@@ -112,7 +112,7 @@ def main(argv):
   command = 'python -m scripts.certificate_comparison ' + ' '.join(sys.argv[1:])
   header = (f'# {_NAME.value}: CR-Recall@K by embedding-bound method, QA bound and slack\n\n'
             f'Checkpoint step {inputs.checkpoint_step}, {len(inputs.queries.labels)} queries, '
-            f'{len(inputs.candidates.labels)} candidates, certified in {config.ibp.dtype}. '
+            f'{len(inputs.candidates.labels)} candidates, certified in {ibp.certification_dtype(config.ibp)}. '
             f'Times in seconds on this machine, compilation excluded (bounds_s: the query and '
             f'candidate embedding boxes at that eps, shared by the rows of one method and eps; '
             f'rank_bounds_s: QA and CA rank bounds).\n\n    {command}\n\n')
