@@ -131,16 +131,8 @@ def tbt_objective(inputs: base.ObjectiveInputs):
                                                     inputs.batch_stats, inputs.images)
   triplet = base.metric_learning_loss(config.loss, embeddings, inputs.labels,
                                       inputs.params['objective'], inputs.key)
-  same = inputs.labels[:, None] == inputs.labels[None, :]
-  positive = same & ~jnp.eye(same.shape[0], dtype=bool)
-  negative = ~same
-  num_positives = jnp.sum(positive, axis=1, keepdims=True)
-  num_negatives = jnp.sum(negative, axis=1, keepdims=True)
-  weights = jnp.where(positive, num_negatives, 0) + jnp.where(negative, num_positives, 0)
-  num_triplets = jnp.maximum(jnp.sum(num_positives * num_negatives), 1)
-
   lower, upper = _inference_embedding_bounds(inputs, eps)
-  reg = jnp.sum(weights * tightness_regularizer(embeddings, lower, upper, embeddings)) / num_triplets
+  reg = _tbt_regularizer(embeddings, lower, upper, inputs.labels)
   loss = kappa * triplet + (1 - kappa) * reg
   return loss, ({'eps': eps, 'kappa': kappa, 'triplet': triplet, 'reg': reg}, batch_stats)
 
@@ -576,7 +568,9 @@ def certified_triplet_objective(inputs: base.ObjectiveInputs):
 
 
 def _tbt_regularizer(embeddings, lower, upper, labels) -> jax.Array:
-  """Kakizaki et al.'s Reg summed over {p, n} and averaged over valid triplets (as `tbt_objective`)."""
+  """Kakizaki et al.'s Reg summed over {p, n} and averaged over the batch's valid triplets (a, p, n):
+  Reg(a, p) weighted by a's number of negatives, Reg(a, n) by its number of positives, over the
+  number of triplets (`tbt_objective`; the TBT term of `certified_triplet_objective`)."""
   same = labels[:, None] == labels[None, :]
   positive = same & ~jnp.eye(same.shape[0], dtype=bool)
   negative = ~same
