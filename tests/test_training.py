@@ -164,8 +164,7 @@ def branch_source(tmp_path_factory):
 ])
 def test_branch_errors_say_what_to_do(tmp_path, branch_source, resume_from, overrides, error,
                                       message):
-  source = branch_source
-  config = tiny_config(resume_from=resume_from.format(source=source), **overrides)
+  config = tiny_config(resume_from=resume_from.format(source=branch_source), **overrides)
   with pytest.raises(error, match=message):
     training.train(config, str(tmp_path / 'branch'))
 
