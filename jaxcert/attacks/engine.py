@@ -155,6 +155,13 @@ def check_nonnegative(name: str, value) -> None:
     raise ValueError(f'{name} must be >= 0, got {value}.')
 
 
+def check_num_steps(num_steps) -> int:
+  """`num_steps` as an int; ValueError unless it is an integer >= 0."""
+  if int(num_steps) != num_steps or num_steps < 0:
+    raise ValueError(f'num_steps must be an integer >= 0, got {num_steps}.')
+  return int(num_steps)
+
+
 def check_clip(clip) -> tuple[float, float]:
   low, high = (float(c) for c in clip)
   if not low < high:
@@ -206,9 +213,7 @@ def pgd(loss_fn: LossFn, *, eps, step_size, num_steps: int,
   loop = resolve_loop(loop)
   check_nonnegative('eps', eps)
   check_nonnegative('step_size', step_size)
-  if int(num_steps) != num_steps or num_steps < 0:
-    raise ValueError(f'num_steps must be an integer >= 0, got {num_steps}.')
-  num_steps = int(num_steps)
+  num_steps = check_num_steps(num_steps)
   clip = check_clip(clip)
   statics = dict(loss_fn=loss_fn, norm=norm, clip=clip)
 
@@ -308,8 +313,7 @@ def carlini_wagner_linf(loss_fn: LossFn, *, eps, num_steps: int = 50,
   """
   check_nonnegative('eps', eps)
   check_nonnegative('const', const)
-  if int(num_steps) != num_steps or num_steps < 0:
-    raise ValueError(f'num_steps must be an integer >= 0, got {num_steps}.')
+  num_steps = check_num_steps(num_steps)
   clip = check_clip(clip)
   learning_rate = float(learning_rate)
 
@@ -317,7 +321,7 @@ def carlini_wagner_linf(loss_fn: LossFn, *, eps, num_steps: int = 50,
     del key  # Deterministic: starts at x.
     w = _to_tanh_space(x, clip)
     opt_state = optax.adam(learning_rate).init(w)
-    for _ in range(int(num_steps)):
+    for _ in range(num_steps):
       w, opt_state = _cw_step(w, opt_state, x, eps, const, *loss_args,
                               loss_fn=loss_fn, learning_rate=learning_rate,
                               clip=clip)
