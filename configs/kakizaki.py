@@ -11,7 +11,8 @@ by PGD (Sec. 5.1.3, `config.attack`) at eps 0.1 and 0.2 (MNIST, FMNIST) or 2/255
   cibp     C-IBP: an IBP-trained classifier head (Gowal et al. 2018), same eps/kappa schedule as TBT
   tbt      TBT (Eq. 20): eps 0 -> eps_e and kappa 1 -> 0.5 linearly between steps 2K and 10K
   certified  certified triplet training (not the paper's): the triplet hinge bounded over the
-           query- and candidate-attack boxes (`jaxcert.objectives.certified`)
+           query- and candidate-attack boxes (`jaxcert.objectives.certified`); the
+           `configs/*_certified.py` files add `certified_recipe` below, scaled to their step budget
   fctb     TBT+FCTB (Eq. 21): fine-tunes the TBT run `runs/<dataset>_<model>_tbt` on the candidate
            set at fixed eps_e and kappa (0.2 MNIST, 0.1 FMNIST and CIFAR-10)
 
@@ -96,6 +97,32 @@ def get_config(dataset: str, model: str, method: str, variant: str = ''):
   if variant == 'reduced':
     _set_fields(config, default.choice('reduced-budget row', (dataset, model, method), REDUCED))
   return config
+
+
+def certified_recipe(config, num_steps: int, train_size: int) -> None:
+  """jaxcert's certified-training recipe (results/certified_training/README.md), over `num_steps`.
+
+  Shi et al. 2021's fast certified training (IBP initialisation, BatchNorm after every hidden
+  layer, their warm-up regularisers at weight 0.5 during the eps ramp), ranking triplets (each
+  anchor's nearest positive against every other point but its 3 nearest), a 32-dimensional
+  embedding, the candidate-attack hinge weighted 6x the query-attack one, kappa 1 -> 0.3. The
+  schedule scales with the budget as the embedded sample's 1500 steps set it: eps 0 -> eps_e and
+  kappa ramped over steps [num_steps / 15, 2 num_steps / 3], the learning rate x0.1 at 85% of the
+  steps (`train_size` images per epoch, batch `config.batch_size`).
+  """
+  config.model.ibp_init = True
+  config.model.batch_norm = True
+  config.model.embedding_dim = 32
+  config.num_steps = num_steps
+  config.certified.ramp_start_steps = round(num_steps / 15)
+  config.certified.ramp_end_steps = round(2 * num_steps / 3)
+  config.certified.kappa = 0.3
+  config.certified.triplets = 'ranking'
+  config.certified.exclude_nearest = 3
+  config.certified.warmup_weight = 0.5
+  config.certified.ca_weight = 6.0
+  config.lr_decay_epochs = (round(0.85 * num_steps * config.batch_size / train_size, 4),)
+  config.checkpoint_every_steps = 500
 
 
 def _set_fields(config, fields: dict) -> None:
