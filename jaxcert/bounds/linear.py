@@ -15,12 +15,14 @@ analysis for scalable certified robustness and beyond"):
   mul/div by constants, reshape, transpose, broadcast, pad, slicing, reductions by sums, average
   pooling, concatenation, float casts, ...): it is transposed exactly with `jax.vjp` of the
   equation with its constant operands closed over, vmapped over the specification rows;
-* a step is *relaxed* (max/min with a constant, i.e. ReLU; leaky ReLU; abs; tanh; sigmoid;
-  square; the product of two bounded factors): its output is sandwiched between two linear
-  functions of its inputs, valid on the input's interval (docs/linear_bounds.md §3);
-* any other step (max pooling, `l2_normalize`, rsqrt, division by a bounded value, ...) falls back
-  to its interval bound: its output is treated as a fresh input box where the backward pass stops
-  (never unsound, only looser);
+* a step is *relaxed* (max/min with a constant, i.e. ReLU; max/min of two bounded values;
+  a `select_n` of a comparison with branches affine in the compared value, i.e. leaky ReLU; abs;
+  tanh; sigmoid; square; the product of two bounded factors): its output is sandwiched between
+  two linear functions of its inputs, valid on the input's interval (docs/linear_bounds.md §3);
+  max pooling and `reduce_max` are interpreted as gathers and maxes of two values;
+* any other step (`l2_normalize`, rsqrt, division by a bounded value, ...) falls back to its
+  interval bound: its output is treated as a fresh input box where the backward pass stops
+  (never unsound, only looser; docs/linear_bounds.md §3.6 lists what is relaxed);
 * a backward pass from a node with coefficients `A` (one row per bound wanted) carries `A` to the
   input and concretises `A x` over the input box (docs/linear_bounds.md §2, §4).
 
@@ -254,7 +256,8 @@ def _relevant_coordinates(primitive, invals, node: linear_graph.Node, steps):
     threshold = invals[1 - positions[0]]
     return (node.bound.lower < threshold) & (node.bound.upper > threshold)
   if (primitive in (_P.ge_p, _P.gt_p, _P.le_p, _P.lt_p) and len(invals) == 2
-      and positions == [invals.index(node)] and linear_graph.is_float(invals[1 - positions[0]])):
+      and positions == [invals.index(node)] and linear_graph.is_float(invals[1 - positions[0]])
+      and np.ndim(invals[1 - positions[0]]) <= node.bound.lower.ndim):
     threshold = invals[1 - positions[0]]
     return (node.bound.lower <= threshold) & (node.bound.upper >= threshold)
   if primitive in (_P.max_p, _P.min_p) and len(positions) == 2 and invals[0] is not invals[1]:

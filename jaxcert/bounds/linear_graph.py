@@ -68,7 +68,9 @@ class Step:
 
   Attributes:
     primitive, params: the equation's.
-    invals: its operands: `Node`s and constants.
+    invals: its operands: `Node`s and constants. For a relaxed step, the values its relaxation
+      is linear in are the bounded ones (for a `select_n` of a comparison, the compared value
+      alone, `piecewise_select`).
     outputs: its results: `Node`s (bounded) or constants.
     kind: 'affine' (exact transpose), 'relaxed' (`relaxation`) or 'interval' (fallback).
     relaxation: the linear sandwich of a relaxed step.
