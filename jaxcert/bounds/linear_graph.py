@@ -290,7 +290,7 @@ def relaxation(primitive, invals, params, out_bound: IntervalBound, steps) -> tu
     if first is second:
       x = first.bound
       ls, lo, us, uo = linear_rules.square_relaxation(x.lower, x.upper)
-      return finite_or_constant(((ls,), lo, (us,), uo), [x], out_bound), [first]
+      return finite_or_constant(((ls,), lo, (us,), uo), [x], out_bound), recorded(invals, [0])
     # McCormick: xy >= l_y x + l_x y - l_x l_y and xy <= u_y x + l_x y - l_x u_y.
     x, y = first.bound, second.bound
     slopes = ((y.lower, x.lower), -x.lower * y.lower, (y.upper, x.lower), -x.lower * y.upper)
