@@ -48,8 +48,8 @@ def patch_calls(monkeypatch):
 def _convnet(rng, pool: bool):
   """Normalisation, conv (stride 2, asymmetric padding) + bias + ReLU, conv (SAME) and conv
   (padded; two convolutions in a row, so coefficients on the padding must be dropped) with a
-  BatchNorm-style scale/shift and tanh, optionally max pooling (an interval step: the
-  next chain ends there), a third conv (stride 1, VALID) + ReLU, then dense."""
+  BatchNorm-style scale/shift and tanh, optionally min pooling (an interval step, unlike max
+  pooling: the next chain ends there), a third conv (stride 1, VALID) + ReLU, then dense."""
   k1 = rng.normal(size=(3, 3, 2, 5)) / 3
   b1 = rng.normal(size=5) * 0.1
   k2 = rng.normal(size=(2, 2, 5, 6)) / 4
@@ -66,7 +66,7 @@ def _convnet(rng, pool: bool):
     h = jax.lax.conv_general_dilated(h, k2b, (1, 1), ((1, 0), (0, 1)), dimension_numbers=NHWC)
     h = jnp.tanh(h * scale + shift)
     if pool:
-      h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 1, 1, 1), 'VALID')
+      h = jax.lax.reduce_window(h, jnp.inf, jax.lax.min, (1, 2, 2, 1), (1, 1, 1, 1), 'VALID')
     h = jax.nn.relu(jax.lax.conv_general_dilated(h, k3, (1, 1), 'VALID',
                                                  dimension_numbers=NHWC))
     return h.reshape(h.shape[0], -1) @ dense
@@ -81,7 +81,7 @@ def test_patches_equal_dense_pass(patch_calls, pool):
   fn = _convnet(rng, pool)
   lower, upper = input_box(rng.uniform(size=(2, 8, 8, 2)), 0.08)
   patched = jax.jit(linear_bounds(fn, 'crown'))(lower, upper)
-  # The inputs of the tanh, of the max pool if any, and of the last ReLU.
+  # The inputs of the tanh, of the min pool if any, and of the last ReLU.
   assert len(patch_calls) == (3 if pool else 2)
   dense = jax.jit(linear_bounds(fn, 'crown', patches=False))(lower, upper)
   ibp_lower, ibp_upper = interval(fn)(lower, upper)

@@ -15,12 +15,14 @@ analysis for scalable certified robustness and beyond"):
   mul/div by constants, reshape, transpose, broadcast, pad, slicing, reductions by sums, average
   pooling, concatenation, float casts, ...): it is transposed exactly with `jax.vjp` of the
   equation with its constant operands closed over, vmapped over the specification rows;
-* a step is *relaxed* (max/min with a constant, i.e. ReLU; leaky ReLU; abs; tanh; sigmoid;
-  square; the product of two bounded factors): its output is sandwiched between two linear
-  functions of its inputs, valid on the input's interval (docs/linear_bounds.md §3);
-* any other step (max pooling, `l2_normalize`, rsqrt, division by a bounded value, ...) falls back
-  to its interval bound: its output is treated as a fresh input box where the backward pass stops
-  (never unsound, only looser);
+* a step is *relaxed* (max/min with a constant, i.e. ReLU; max/min of two bounded values;
+  a `select_n` of a comparison with branches affine in the compared value, i.e. leaky ReLU; abs;
+  tanh; sigmoid; square; the product of two bounded factors): its output is sandwiched between
+  two linear functions of its inputs, valid on the input's interval (docs/linear_bounds.md §3);
+  max pooling and `reduce_max` are interpreted as gathers and maxes of two values;
+* any other step (`l2_normalize`, rsqrt, division by a bounded value, ...) falls back to its
+  interval bound: its output is treated as a fresh input box where the backward pass stops
+  (never unsound, only looser; docs/linear_bounds.md §3.6 lists what is relaxed);
 * a backward pass from a node with coefficients `A` (one row per bound wanted) carries `A` to the
   input and concretises `A x` over the input box (docs/linear_bounds.md §2, §4).
 
@@ -207,7 +209,9 @@ class _Graph:
     if self.method == 'crown' and not affine:
       for value in invals:
         if isinstance(value, linear_graph.Node):
-          self.tighten(value, _relevant_coordinates(primitive, invals, value))
+          relevant = _relevant_coordinates(primitive, invals, value, self.steps)
+          if relevant is not False:
+            self.tighten(value, relevant)
     as_bounds = [v.bound if isinstance(v, linear_graph.Node) else v for v in invals]
     try:
       interval_outputs = _interval_of(eqn, as_bounds, [_may_be_nan(v) for v in invals],
@@ -226,8 +230,7 @@ class _Graph:
       relaxed = linear_graph.relaxation(primitive, invals, params, out_bounds[0], self.steps)
       if relaxed is not None:
         kind = 'relaxed'
-        relaxation, positions = relaxed
-        invals = [v if i in positions else _constant_of(v) for i, v in enumerate(invals)]
+        relaxation, invals = relaxed
     positions = linear_graph.bounded_positions(invals)
     coordinatewise = (kind == 'affine' and primitive in _COORDINATEWISE_PRIMITIVES
                       and len(positions) == 1 and invals[positions[0]].coordinatewise)
@@ -242,19 +245,29 @@ class _Graph:
     return outputs
 
 
-def _relevant_coordinates(primitive, invals, node: linear_graph.Node):
+def _relevant_coordinates(primitive, invals, node: linear_graph.Node, steps):
   """Where a step's relaxation depends on `node`'s bounds: `max`/`min` with a constant only where
-  the interval straddles the constant (elsewhere the relaxation is exact); all coordinates else."""
+  the interval straddles the constant (elsewhere the relaxation is exact), and likewise a
+  comparison with a constant (elsewhere decided); `max`/`min` of two bounded values where neither
+  dominates; none for a `select_n` relaxed in its predicate's operand (tightened at the
+  comparison); all coordinates else."""
   positions = linear_graph.bounded_positions(invals)
   if primitive in (_P.max_p, _P.min_p) and positions == [invals.index(node)] and len(invals) == 2:
     threshold = invals[1 - positions[0]]
     return (node.bound.lower < threshold) & (node.bound.upper > threshold)
+  if (primitive in (_P.ge_p, _P.gt_p, _P.le_p, _P.lt_p) and len(invals) == 2
+      and positions == [invals.index(node)] and linear_graph.is_float(invals[1 - positions[0]])
+      and np.ndim(invals[1 - positions[0]]) <= node.bound.lower.ndim):
+    threshold = invals[1 - positions[0]]
+    return (node.bound.lower <= threshold) & (node.bound.upper >= threshold)
+  if primitive in (_P.max_p, _P.min_p) and len(positions) == 2 and invals[0] is not invals[1]:
+    x, y = invals[0].bound, invals[1].bound
+    if primitive is _P.min_p:
+      x, y = IntervalBound(-x.upper, -x.lower), IntervalBound(-y.upper, -y.lower)
+    return (x.lower < y.upper) & (y.lower < x.upper)
+  if primitive is _P.select_n_p and linear_graph.piecewise_select(steps, invals) is not None:
+    return False
   return True
-
-
-def _constant_of(value):
-  """A relaxed step's operand that the relaxation does not use (leaky ReLU's predicate)."""
-  return value.bound.lower if isinstance(value, linear_graph.Node) else value
 
 
 def _interpret(graph: _Graph, jaxpr, consts, args, enclosing_calls=()) -> list:
@@ -275,7 +288,11 @@ def _interpret(graph: _Graph, jaxpr, consts, args, enclosing_calls=()) -> list:
         outvals = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
         outvals = outvals if eqn.primitive.multiple_results else [outvals]
       else:
-        outvals = graph.add_step(eqn, invals, enclosing_calls)
+        # Max pooling: interpreted as gathers and maxes of two values, which are relaxed.
+        decomposed = linear_graph.window_max_decomposition(eqn.primitive, eqn.params, invals)
+        outvals = (graph.add_step(eqn, invals, enclosing_calls) if decomposed is None else
+                   _interpret(graph, decomposed.jaxpr, decomposed.consts, invals,
+                              (*enclosing_calls, eqn)))
         if outvals is None:  # A call (jit, custom_jvp, ...): inlined.
           inner = eqn.params['jaxpr'] if 'jaxpr' in eqn.params else eqn.params['call_jaxpr']
           inner_jaxpr, inner_consts = (

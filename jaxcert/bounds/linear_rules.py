@@ -10,6 +10,7 @@ interval. Derivations: docs/linear_bounds.md §3.
 import jax
 import jax.extend.core as jex_core
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 
@@ -29,18 +30,6 @@ def relu_like(lower, upper, threshold):
                                                 (upper - threshold >= threshold - lower) * 1.))
   lower_offset = (1 - lower_slope) * threshold
   return lower_slope, lower_offset, upper_slope, upper_offset
-
-
-def leaky_relu(lower, upper, slope):
-  """`max(x, a x)` for `0 <= a <= 1`: convex, two pieces (docs/linear_bounds.md §3.2)."""
-  active, inactive = lower >= 0, upper <= 0
-  width = jnp.where(active | inactive, 1, upper - lower)
-  secant = (upper - slope * lower) / width
-  upper_slope = jnp.where(active, 1, jnp.where(inactive, slope, secant))
-  upper_offset = jnp.where(active | inactive, 0, slope * lower - secant * lower)
-  lower_slope = jnp.where(active, 1, jnp.where(inactive, slope,
-                                                jnp.where(upper >= -lower, 1., slope)))
-  return lower_slope, jnp.zeros_like(lower_slope), upper_slope, upper_offset
 
 
 def abs_relaxation(lower, upper):
@@ -92,6 +81,126 @@ def sigmoid_shaped(function, derivative):
 
   return relax
 
+
+def piecewise_linear(lower, upper, threshold, below, above):
+  """Relaxation of a function with two affine pieces on `[lower, upper]`: `below = (slope,
+  offset)` for `x < threshold`, `above` for `x > threshold`, either at the threshold itself
+  (`where(x >= t, ...)`, leaky ReLU, `where(x > 0, x, 0)`, steps; continuous or not).
+
+  For a slope `k`, `f(x) - k x` is affine on each piece, so its maximum over `[l, u]` is at an end
+  of a piece's part of the interval: the offsets are the max (upper line) or min (lower line) of
+  `f(p) - k p` over those ends, with both pieces' values at the threshold. Of the slopes of the two
+  pieces and the secant, each bound keeps the line lowest (upper) or highest (lower) at the
+  midpoint: the least area between line and function (CROWN's adaptive choice). For leaky ReLU
+  (`0 <= a <= 1`, convex) this is the secant above and `x` or `a x` below (docs/linear_bounds.md
+  §3.2). An interval on one side of the threshold gets that piece exactly.
+  """
+  threshold = jnp.broadcast_to(threshold, lower.shape).astype(lower.dtype)
+  (below_slope, below_offset), (above_slope, above_offset) = below, above
+
+  def below_at(x):
+    return below_slope * x + below_offset
+
+  def above_at(x):
+    return above_slope * x + above_offset
+
+  has_below, has_above = lower <= threshold, upper >= threshold
+  points = [lower, jnp.minimum(upper, threshold), jnp.maximum(lower, threshold), upper]
+  values = [below_at(points[0]), below_at(points[1]), above_at(points[2]), above_at(points[3])]
+  valid = [has_below, has_below, has_above, has_above]
+  width = upper - lower
+  at_lower = jnp.where(lower < threshold, values[0], above_at(lower))
+  at_upper = jnp.where(upper > threshold, values[3], below_at(upper))
+  secant = jnp.where(width > 0, (at_upper - at_lower) / jnp.where(width > 0, width, 1), 0)
+  slopes = jnp.stack([jnp.broadcast_to(k, lower.shape).astype(lower.dtype)
+                      for k in (above_slope, below_slope, secant)])
+  gaps = jnp.stack([value - slopes * point for point, value in zip(points, values)])
+  valid = jnp.stack(valid)[:, None]
+  upper_offsets = jnp.max(jnp.where(valid, gaps, -jnp.inf), axis=0)
+  lower_offsets = jnp.min(jnp.where(valid, gaps, jnp.inf), axis=0)
+  midpoint = (lower + upper) / 2
+
+  def pick(index, offsets):
+    return (jnp.take_along_axis(slopes, index[None], 0)[0],
+            jnp.take_along_axis(offsets, index[None], 0)[0])
+
+  lower_slope, lower_offset = pick(jnp.argmax(slopes * midpoint + lower_offsets, axis=0),
+                                   lower_offsets)
+  upper_slope, upper_offset = pick(jnp.argmin(slopes * midpoint + upper_offsets, axis=0),
+                                   upper_offsets)
+  return lower_slope, lower_offset, upper_slope, upper_offset
+
+
+def max_of_two(lower_x, upper_x, lower_y, upper_y):
+  """Relaxation of `max(x, y)` of two bounded values (docs/linear_bounds.md §3.2).
+
+  Returns `((lower slope on x, on y), lower offset, (upper slope on x, on y), upper offset)`.
+  Below, `max(x, y) >= x` and `>= y`: the operand with the larger lower bound (the interval's
+  lower bound when concretised alone). Above: where one operand's lower bound is at least the
+  other's upper bound, that operand exactly; elsewhere, with `x` the operand with the larger upper
+  bound, `max(x, y) <= max(x, u_y)`, at most its secant over `[l_x, u_x]`, the line through
+  `(l_x, u_y)` and `(u_x, u_x)` (no higher than `max(u_x, u_y)` on the box; auto_LiRPA's
+  `BoundMinMax` with its default slopes).
+  """
+  pick_x = lower_x >= lower_y
+  x_dominates, y_dominates = lower_x >= upper_y, lower_y >= upper_x
+  x_bigger = upper_x >= upper_y
+  big_lower = jnp.where(x_bigger, lower_x, lower_y)
+  big_upper = jnp.where(x_bigger, upper_x, upper_y)
+  small_upper = jnp.where(x_bigger, upper_y, upper_x)
+  width = big_upper - big_lower
+  slope = jnp.where(width > 0, (big_upper - small_upper) / jnp.where(width > 0, width, 1), 0)
+  offset = small_upper - slope * big_lower
+  upper_x_slope = jnp.where(x_dominates, 1., jnp.where(y_dominates, 0.,
+                                                        jnp.where(x_bigger, slope, 0.)))
+  upper_y_slope = jnp.where(x_dominates, 0., jnp.where(y_dominates, 1.,
+                                                        jnp.where(x_bigger, 0., slope)))
+  upper_offset = jnp.where(x_dominates | y_dominates, 0., offset)
+  return ((pick_x * 1., (~pick_x) * 1.), jnp.zeros_like(lower_x),
+          (upper_x_slope, upper_y_slope), upper_offset)
+
+
+def window_max_gathers(shape, window_dimensions, window_strides, padding, base_dilation,
+                       window_dilation) -> list[np.ndarray] | None:
+  """`lax.reduce_window(x, -inf, lax.max, ...)` (max pooling) of an `x` of `shape` as the
+  elementwise max of gathers of `x`: the flat indices into `x` of each gather (arrays of the
+  output's shape), one per window offset; None if a window holds no element of `x`
+  (docs/linear_bounds.md §3.5).
+
+  Offset `k` gathers, for every output position, the element of `x` at `k` in its window; where
+  that is padding (or a hole of the base dilation), an element of `x` in the same window (in each
+  dimension, the window's first offset inside `x`). Duplicates leave the maximum unchanged, so
+  `max_of_gathers` equals the pooling.
+  """
+  per_dimension = []  # For each dimension: (outputs, window) indices into x.
+  for size, window, stride, (low, high), base, dilation in zip(
+      shape, window_dimensions, window_strides, padding, base_dilation, window_dilation):
+    padded = (size - 1) * base + 1 + low + high
+    outputs = max((padded - (window - 1) * dilation - 1) // stride + 1, 0)
+    position = (stride * np.arange(outputs)[:, None] + dilation * np.arange(window)[None]
+                - low)
+    inside = (position % base == 0) & (position >= 0) & (position <= (size - 1) * base)
+    if not inside.any(axis=1).all():
+      return None
+    first_inside = np.take_along_axis(position, np.argmax(inside, axis=1)[:, None], 1)
+    per_dimension.append(np.where(inside, position, first_inside) // base)
+  element_strides = np.cumprod((1,) + tuple(shape)[:0:-1])[::-1]
+  ndim = len(shape)
+  return [sum(np.expand_dims(table[:, k] * stride, [d for d in range(ndim) if d != axis])
+              for axis, (table, k, stride) in enumerate(zip(per_dimension, offset,
+                                                          element_strides)))
+          for offset in np.ndindex(*window_dimensions)]
+
+
+def max_of_gathers(x, indices):
+  """The elementwise max of `x.reshape(-1)` gathered at each of `indices` (`window_max_gathers`):
+  gathers with constant indices (affine) and maxes of two bounded values (`max_of_two`)."""
+  flat = x.reshape(-1)
+  pieces = [jnp.take(flat, jnp.asarray(index, jnp.int32), mode='clip') for index in indices]
+  result = pieces[0]
+  for piece in pieces[1:]:
+    result = lax.max(result, piece)
+  return result
 
 ELEMENTWISE_RELAXATIONS = {
     jex_core.primitives.abs_p: abs_relaxation,
