@@ -135,3 +135,56 @@ def conv_lhs_transpose(coeffs, kernel, params, lhs_shape):
   canonical_axis = {lhs_batch: 1, lhs_feature: 2 + spatial,
                     **{d: 2 + i for i, d in enumerate(lhs_spatial)}}
   return jnp.transpose(cropped, (0, *(canonical_axis[d] for d in range(len(lhs_shape)))))
+
+
+def conv_lhs_transpose_padding(params, lhs_shape, out_shape):
+  """Per spatial axis, the `(before, after)` padding of the convolution computing `L^T A` of
+  `conv_lhs_transpose_by_conv`: `(k_e - 1 - lo, in + lo - (out - 1) s - 1)` with `k_e` the dilated
+  kernel size, `lo` the forward padding before, `s` the stride (docs/linear_bounds.md §3.1)."""
+  numbers = params['dimension_numbers']
+  kernel_sizes = params['rhs_shape_spatial']
+  padding = []
+  for axis, (lhs_dim, out_dim) in enumerate(zip(numbers.lhs_spec[2:], numbers.out_spec[2:])):
+    dilated = (kernel_sizes[axis] - 1) * params['rhs_dilation'][axis] + 1
+    low = params['padding'][axis][0]
+    padding.append((dilated - 1 - low, lhs_shape[lhs_dim] + low
+                    - (out_shape[out_dim] - 1) * params['window_strides'][axis] - 1))
+  return padding
+
+
+def conv_lhs_transpose_by_conv(coeffs, kernel, params, lhs_shape):
+  """`L^T A` for `L x = conv(x, kernel)` as one convolution of the rows with the flipped kernel.
+
+  The rows (shape (rows, *output shape)) are folded into the convolution's batch axis, moved to
+  NHWC, dilated by the forward strides (`lhs_dilation`) and convolved with the kernel flipped in
+  space and with its input and output features swapped, physically laid out as HWIO: the
+  layout XLA's CPU convolution runs fast on (the VJP's convolution, whose kernel is a reversed
+  view with swapped feature dimensions, runs about 20x slower on CPU inside a loop). Needs
+  `feature_group_count == batch_group_count == 1`, no input dilation and non-negative transposed
+  padding (`conv_lhs_transpose_padding`); equal to the VJP (tested).
+  """
+  numbers = params['dimension_numbers']
+  spatial = len(params['window_strides'])
+  out_batch, out_feature, *out_spatial = numbers.out_spec
+  rows = coeffs.shape[0]
+  # (rows, *out) -> (rows * n, *out spatial, o): channels last, rows folded into the batch.
+  nhwc = jnp.transpose(coeffs, (0, 1 + out_batch, *(1 + d for d in out_spatial),
+                                1 + out_feature))
+  folded = nhwc.reshape((-1,) + nhwc.shape[2:])
+  out_feature_dim, in_feature_dim, *kernel_spatial = numbers.rhs_spec
+  flipped = jnp.flip(jnp.transpose(kernel, (*kernel_spatial, out_feature_dim, in_feature_dim)),
+                     tuple(range(spatial))).astype(coeffs.dtype)
+  out_shape = coeffs.shape[1:]
+  padding = conv_lhs_transpose_padding(
+      dict(params, rhs_shape_spatial=[kernel.shape[d] for d in kernel_spatial]), lhs_shape,
+      out_shape)
+  letters = 'HWDXYZ'[:spatial]
+  result = jax.lax.conv_general_dilated(
+      folded, flipped, (1,) * spatial, padding, lhs_dilation=params['window_strides'],
+      rhs_dilation=params['rhs_dilation'],
+      dimension_numbers=(f'N{letters}C', f'{letters}IO', f'N{letters}C'))
+  lhs_batch, lhs_feature, *lhs_spatial = numbers.lhs_spec
+  result = result.reshape((rows, nhwc.shape[1]) + result.shape[1:])
+  canonical_axis = {lhs_batch: 1, lhs_feature: 1 + spatial + 1,
+                    **{d: 2 + i for i, d in enumerate(lhs_spatial)}}
+  return jnp.transpose(result, (0, *(canonical_axis[d] for d in range(len(lhs_shape)))))
