@@ -103,11 +103,13 @@ ELEMENTWISE_RELAXATIONS = {
 
 
 def conv_lhs_transpose(coeffs, kernel, params, lhs_shape):
-  """`L^T A` for `L x = conv(x, kernel)`: one matmul with the kernel, then shifted adds.
+  """`L^T A` for `L x = conv(x, kernel)`: one matmul with the kernel, then one padded sum.
 
   The transposed convolution written as im2col transposed (docs/linear_bounds.md §3.1): each
-  output position's coefficients times the kernel give a patch of input coefficients, added at
-  the window of that position.
+  output position's coefficients times the kernel give a patch of input coefficients; the
+  patches of one kernel offset are spread to their input positions by one `lax.pad` (interior
+  padding `stride - 1`, the forward padding cropped by negative edge padding), and the spread
+  arrays of all kernel offsets are summed (one fused loop for XLA).
   """
   numbers = params['dimension_numbers']
   strides, dilation, padding = (params['window_strides'], params['rhs_dilation'],
@@ -122,19 +124,17 @@ def conv_lhs_transpose(coeffs, kernel, params, lhs_shape):
   lhs_batch, lhs_feature, *lhs_spatial = numbers.lhs_spec
   in_sizes = [lhs_shape[d] for d in lhs_spatial]
   out_sizes = coeffs.shape[2:2 + spatial]
-  padded = jnp.zeros(coeffs.shape[:2] + tuple(size + lo + hi for size, (lo, hi) in
-                                             zip(in_sizes, padding)) + (kernel.shape[-2],),
-                     coeffs.dtype)
+  zero = jnp.zeros((), coeffs.dtype)
+  total = 0
   for offset in np.ndindex(*kernel.shape[:spatial]):
-    window = tuple(slice(k * dil, k * dil + stride * (size - 1) + 1, stride)
-                   for k, dil, stride, size in zip(offset, dilation, strides, out_sizes))
     patch = patches[(slice(None),) * (2 + spatial) + offset]
-    padded = padded.at[(slice(None), slice(None)) + window].add(patch)
-  cropped = padded[(slice(None), slice(None))
-                   + tuple(slice(lo, lo + size) for (lo, _), size in zip(padding, in_sizes))]
+    edges = [(k * dil - lo, in_size - (k * dil - lo + stride * (size - 1) + 1), stride - 1)
+             for k, dil, (lo, _), stride, size, in_size in zip(offset, dilation, padding,
+                                                               strides, out_sizes, in_sizes)]
+    total = total + jax.lax.pad(patch, zero, [(0, 0, 0), (0, 0, 0), *edges, (0, 0, 0)])
   canonical_axis = {lhs_batch: 1, lhs_feature: 2 + spatial,
                     **{d: 2 + i for i, d in enumerate(lhs_spatial)}}
-  return jnp.transpose(cropped, (0, *(canonical_axis[d] for d in range(len(lhs_shape)))))
+  return jnp.transpose(total, (0, *(canonical_axis[d] for d in range(len(lhs_shape)))))
 
 
 def conv_lhs_transpose_padding(params, lhs_shape, out_shape):
