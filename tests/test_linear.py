@@ -392,6 +392,33 @@ def test_conv_transpositions_equal_the_vjp(transpose):
     np.testing.assert_allclose(transposed, expected, rtol=0, atol=1e-12)
 
 
+def test_float32_convolutions_bound_like_float64():
+  """In float32 the convolutions are transposed by `conv_lhs_transpose_by_conv`, in float64 on CPU
+  by `conv_lhs_transpose` (docs/linear_bounds.md §3.1): CROWN's bounds of a small ReLU convnet
+  (its output and intermediate passes both transpose convolutions) agree to float32 rounding,
+  and sampled points lie inside the float32 bounds."""
+  rng = np.random.default_rng(13)
+  k1, k2 = rng.normal(size=(3, 3, 2, 4)) / 3, rng.normal(size=(2, 2, 4, 3)) / 3
+  dense = rng.normal(size=(2 * 2 * 3, 3)) / 2
+  numbers = ('NHWC', 'HWIO', 'NHWC')
+
+  def fn(x):
+    h = jax.nn.relu(jax.lax.conv_general_dilated(x, k1.astype(x.dtype), (2, 2), 'VALID',
+                                                 dimension_numbers=numbers))
+    h = jax.nn.relu(jax.lax.conv_general_dilated(h, k2.astype(x.dtype), (1, 1), 'VALID',
+                                                 dimension_numbers=numbers))
+    return h.reshape(h.shape[0], -1) @ dense.astype(x.dtype)
+
+  lower, upper = _random_box(rng, 2, (7, 7, 2), 0.05)
+  expected = jax.jit(linear_bounds(fn, 'crown'))(lower, upper)
+  with jax.enable_x64(False):
+    lower32, upper32 = np.float32(lower), np.float32(upper)
+    got = jax.jit(linear_bounds(fn, 'crown'))(lower32, upper32)
+    assert got[0].dtype == jnp.float32
+    _assert_inside(fn, _sample(rng, lower32, upper32, 200).astype(np.float32), *got, 1e-5)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0, atol=1e-5)
+
+
 def test_values_that_may_be_nan_keep_comparisons_undecided():
   """`sqrt` of a range reaching below 0 is NaN there; `isnan` of it must then be undecided
   (docs/linear_bounds.md §8), so `where(isnan(y), 5, y)` may be 5 and the bounds must allow it."""

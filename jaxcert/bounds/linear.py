@@ -62,9 +62,9 @@ from jaxcert.bounds.interval import source_location
 METHODS = ('crown_ibp', 'crown')
 
 # Specification rows per backward pass; bounds memory at rows x (largest intermediate) per example
-# (times the batch under `vmap`). 32 keeps the Small CNN's CROWN at batch 50 under 300 MB of XLA
-# temporaries and is no slower than 256 on CPU (docs/linear_bounds.md §7).
-DEFAULT_ROW_CHUNK = 32
+# (times the batch under `vmap`). 8 keeps the Small CNN's CROWN at batch 50 under 500 MB of XLA
+# temporaries in float64 and is no slower than 256 on CPU (docs/linear_bounds.md §7).
+DEFAULT_ROW_CHUNK = 8
 
 _P = jex_core.primitives
 
