@@ -324,8 +324,8 @@ def _conv_transposition(step: linear_graph.Step, coeffs):
     return 'matmul'
   kernel_spatial = params['dimension_numbers'].rhs_spec[2:]
   padding = linear_rules.conv_lhs_transpose_padding(
-      dict(params, rhs_shape_spatial=[jnp.shape(step.invals[1])[d] for d in kernel_spatial]),
-      step.invals[0].shape, step.outputs[0].shape)
+      params, [jnp.shape(step.invals[1])[d] for d in kernel_spatial], step.invals[0].shape,
+      step.outputs[0].shape)
   return 'conv' if all(lo >= 0 and hi >= 0 for lo, hi in padding) else None
 
 

@@ -1,4 +1,4 @@
-"""Linear relaxations of elementwise functions, and a matmul form of the transposed convolution.
+"""Linear relaxations of elementwise functions, and two explicit transposed convolutions.
 
 Used by `jaxcert.bounds.linear` (CROWN family; Zhang et al. 2018, Xu et al. 2020). Each
 relaxation maps the interval `[lower, upper]` of an input (arrays) to
@@ -137,12 +137,12 @@ def conv_lhs_transpose(coeffs, kernel, params, lhs_shape):
   return jnp.transpose(total, (0, *(canonical_axis[d] for d in range(len(lhs_shape)))))
 
 
-def conv_lhs_transpose_padding(params, lhs_shape, out_shape):
+def conv_lhs_transpose_padding(params, kernel_sizes, lhs_shape, out_shape):
   """Per spatial axis, the `(before, after)` padding of the convolution computing `L^T A` of
   `conv_lhs_transpose_by_conv`: `(k_e - 1 - lo, in + lo - (out - 1) s - 1)` with `k_e` the dilated
-  kernel size, `lo` the forward padding before, `s` the stride (docs/linear_bounds.md §3.1)."""
+  kernel size, `lo` the forward padding before, `s` the stride (docs/linear_bounds.md §3.1).
+  `kernel_sizes`: the kernel's spatial sizes, in the order of the spatial dimensions."""
   numbers = params['dimension_numbers']
-  kernel_sizes = params['rhs_shape_spatial']
   padding = []
   for axis, (lhs_dim, out_dim) in enumerate(zip(numbers.lhs_spec[2:], numbers.out_spec[2:])):
     dilated = (kernel_sizes[axis] - 1) * params['rhs_dilation'][axis] + 1
@@ -175,9 +175,8 @@ def conv_lhs_transpose_by_conv(coeffs, kernel, params, lhs_shape):
   flipped = jnp.flip(jnp.transpose(kernel, (*kernel_spatial, out_feature_dim, in_feature_dim)),
                      tuple(range(spatial))).astype(coeffs.dtype)
   out_shape = coeffs.shape[1:]
-  padding = conv_lhs_transpose_padding(
-      dict(params, rhs_shape_spatial=[kernel.shape[d] for d in kernel_spatial]), lhs_shape,
-      out_shape)
+  padding = conv_lhs_transpose_padding(params, [kernel.shape[d] for d in kernel_spatial],
+                                       lhs_shape, out_shape)
   letters = 'HWDXYZ'[:spatial]
   result = jax.lax.conv_general_dilated(
       folded, flipped, (1,) * spatial, padding, lhs_dilation=params['window_strides'],
@@ -185,6 +184,6 @@ def conv_lhs_transpose_by_conv(coeffs, kernel, params, lhs_shape):
       dimension_numbers=(f'N{letters}C', f'{letters}IO', f'N{letters}C'))
   lhs_batch, lhs_feature, *lhs_spatial = numbers.lhs_spec
   result = result.reshape((rows, nhwc.shape[1]) + result.shape[1:])
-  canonical_axis = {lhs_batch: 1, lhs_feature: 1 + spatial + 1,
+  canonical_axis = {lhs_batch: 1, lhs_feature: 2 + spatial,
                     **{d: 2 + i for i, d in enumerate(lhs_spatial)}}
   return jnp.transpose(result, (0, *(canonical_axis[d] for d in range(len(lhs_shape)))))
