@@ -34,6 +34,7 @@ import contextlib
 import importlib
 import inspect
 import pathlib
+import resource
 import sys
 import time
 
@@ -51,6 +52,7 @@ from jaxcert import models  # pylint: disable=wrong-import-position
 from jaxcert.bounds import input_box  # pylint: disable=wrong-import-position
 from jaxcert.bounds import interval  # pylint: disable=wrong-import-position
 from jaxcert.bounds import retrieval as certified_retrieval  # pylint: disable=wrong-import-position
+from jaxcert.bounds.linear import DEFAULT_ROW_CHUNK  # pylint: disable=wrong-import-position
 from jaxcert.bounds.linear import linear_bounds  # pylint: disable=wrong-import-position
 from jaxcert.bounds.linear import METHODS  # pylint: disable=wrong-import-position
 
@@ -208,16 +210,17 @@ def bounder(model, variables, image_shape, method: str, *, dtype: str, row_chunk
 def boxes(bounded, variables, images, eps, *, batch_size: int, dtype: str):
   """Embedding boxes of `images` at `eps` by `bounded` (`bounder`) in `dtype`, batch by batch.
 
-  Returns (lower, upper, seconds, first-batch seconds, CPU seconds): the first batch of a jitted
-  method includes its compilation; the CPU seconds are the process's (all threads; on a shared
-  machine steadier than the wall time).
+  Returns (lower, upper, seconds, first-batch seconds, CPU seconds, median seconds of the later
+  batches (None with one batch)): the first batch of a jitted method includes its compilation;
+  the CPU seconds are the process's (all threads; on a shared machine steadier than the wall
+  time).
   """
   with computing_in(dtype):
     bound_variables = certified_retrieval.cast_floating(variables, dtype)
-    lowers, uppers = [], []
+    lowers, uppers, batch_seconds = [], [], []
     start_time, start_cpu = time.perf_counter(), time.process_time()
-    first_batch_seconds = None
     for start in range(0, len(images), batch_size):
+      batch_start = time.perf_counter()
       batch = np.asarray(images[start:start + batch_size])
       padding = batch_size - len(batch)
       batch = np.concatenate([batch, np.repeat(batch[-1:], padding, 0)]) if padding else batch
@@ -225,11 +228,22 @@ def boxes(bounded, variables, images, eps, *, batch_size: int, dtype: str):
       out_lower, out_upper = jax.block_until_ready(bounded(bound_variables, lower, upper))
       lowers.append(np.asarray(out_lower)[:batch_size - padding])
       uppers.append(np.asarray(out_upper)[:batch_size - padding])
-      if first_batch_seconds is None:
-        first_batch_seconds = time.perf_counter() - start_time
+      batch_seconds.append(time.perf_counter() - batch_start)
     seconds, cpu_seconds = time.perf_counter() - start_time, time.process_time() - start_cpu
-  return (np.concatenate(lowers), np.concatenate(uppers), seconds, first_batch_seconds,
-          cpu_seconds)
+  later = float(np.median(batch_seconds[1:])) if len(batch_seconds) > 1 else None
+  return (np.concatenate(lowers), np.concatenate(uppers), seconds, batch_seconds[0], cpu_seconds,
+          later)
+
+
+def xla_temp_megabytes(bounded, variables, images, eps, *, batch_size: int, dtype: str):
+  """The temporary memory XLA allocates for one call of a jitted `bounded` on a batch (its
+  `memory_analysis`), in MB: the bound computation's working memory, without the process's."""
+  with computing_in(dtype):
+    batch = certified_retrieval.cast_floating(np.asarray(images[:batch_size]), dtype)
+    lower, upper = input_box(batch, eps)
+    compiled = bounded.lower(certified_retrieval.cast_floating(variables, dtype), lower,
+                             upper).compile()
+  return compiled.memory_analysis().temp_size_in_bytes / 1e6
 
 
 def certify_main(args, parser) -> dict:
@@ -265,16 +279,20 @@ def certify_main(args, parser) -> dict:
       with computing_in(args.dtype):
         bounded = bounder(model, variables, query_images.shape[1:], method, dtype=args.dtype,
                           row_chunk=args.row_chunk)
-      query_lower, query_upper, query_s, first_s, query_cpu_s = boxes(
+      query_lower, query_upper, query_s, first_s, query_cpu_s, later_s = boxes(
           bounded, variables, query_images, eps, batch_size=args.batch_size, dtype=args.dtype)
+      temp_mb = (None if method.startswith(LIRPA_PREFIX) else xla_temp_megabytes(
+          bounded, variables, query_images, eps, batch_size=args.batch_size, dtype=args.dtype))
       query_boxes[method] = (query_lower, query_upper)
       if args.qa_only:
-        candidate_lower, candidate_upper, candidate_s, candidate_cpu_s = (
-            candidate_emb, candidate_emb, 0., 0.)
+        candidate_lower, candidate_upper, candidate_s, candidate_first_s, candidate_cpu_s = (
+            candidate_emb, candidate_emb, 0., None, 0.)
       else:
-        candidate_lower, candidate_upper, candidate_s, _, candidate_cpu_s = boxes(
-            bounded, variables, candidate_images, eps, batch_size=args.batch_size,
-            dtype=args.dtype)
+        (candidate_lower, candidate_upper, candidate_s, candidate_first_s, candidate_cpu_s,
+         _) = boxes(bounded, variables, candidate_images, eps, batch_size=args.batch_size,
+                    dtype=args.dtype)
+      # A batch after compilation: the queries' later batches, else the candidates' first.
+      later_s = later_s if later_s is not None else candidate_first_s
       with computing_in('float64'):
         as64 = lambda a: np.asarray(a, np.float64)
         kakizaki = ({'qa_bound': 'kakizaki'} if 'qa_bound' in inspect.signature(
@@ -290,6 +308,8 @@ def certify_main(args, parser) -> dict:
       seconds = query_s + candidate_s
       cpu_seconds = query_cpu_s + candidate_cpu_s
       results[f'{eps}/{method}'] = {'seconds': seconds, 'first_batch_seconds': first_s,
+                                    'later_batch_seconds': later_s, 'xla_temp_mb': temp_mb,
+                                    'peak_rss_mb': _peak_rss_megabytes(),
                                     'cpu_seconds': cpu_seconds,
                                     'images': len(query_images) + (
                                         0 if args.qa_only else len(candidate_images)),
@@ -298,7 +318,10 @@ def certify_main(args, parser) -> dict:
             f'{radius:>9.4g} '
             + ' '.join(f'{cr_recall["qa"][k]:>7.3f}' for k in KS) + ' '
             + ' '.join(f'{cr_recall["ca"][k]:>7.3f}' if not args.qa_only else f'{"-":>7}'
-                       for k in KS), flush=True)
+                       for k in KS)
+            + (f'   a batch after compilation {later_s:.2f} s' if later_s is not None else '')
+            + (f', XLA temp {temp_mb:.0f} MB' if temp_mb is not None else '')
+            + f', peak RSS so far {_peak_rss_megabytes():.0f} MB', flush=True)
     for method in methods:  # jaxcert's boxes against auto_LiRPA's on the same queries
       if LIRPA_PREFIX + method in query_boxes:
         difference = largest_relative_difference(query_boxes[method],
@@ -307,6 +330,11 @@ def certify_main(args, parser) -> dict:
         print(f'{eps:>6g} {method}: query boxes within {difference:.1e} of the largest |bound| '
               'of auto_LiRPA\'s', flush=True)
   return {'certify': results}
+
+
+def _peak_rss_megabytes() -> float:
+  """The process's peak resident memory so far (Linux: `ru_maxrss` in KB), in MB."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
 
 
 # --- auto_LiRPA on the same weights (when it imports). -------------------------------------------
@@ -448,7 +476,7 @@ def main(argv=None) -> dict:
   parser.add_argument('--batch_size', type=int, default=16, help='images per bound call')
   parser.add_argument('--embedding_dim', type=int, default=128)
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--row_chunk', type=int, default=256,
+  parser.add_argument('--row_chunk', type=int, default=DEFAULT_ROW_CHUNK,
                       help='specification rows per backward pass (memory)')
   parser.add_argument('--dtype', default='float32', choices=DTYPES,
                       help='what the bounds are computed in')

@@ -17,6 +17,7 @@ from jaxcert import models
 from jaxcert.bounds import input_box
 from jaxcert.bounds import interval
 from jaxcert.bounds import l2_normalize
+from jaxcert.bounds import linear_rules
 from jaxcert.bounds.linear import linear_bounds
 from jaxcert.bounds.linear import linear_spec_bounds
 from jaxcert.bounds.linear import METHODS
@@ -363,6 +364,59 @@ def test_linear_network_bounds_are_its_exact_range(dimension_numbers):
                                atol=TOLERANCE_64)
     np.testing.assert_allclose(out_upper[0], value + np.abs(jacobian) @ radius, rtol=0,
                                atol=TOLERANCE_64)
+
+
+@pytest.mark.parametrize('transpose', [linear_rules.conv_lhs_transpose,
+                                       linear_rules.conv_lhs_transpose_by_conv])
+def test_conv_transpositions_equal_the_vjp(transpose):
+  """Both explicit transposed convolutions (docs/linear_bounds.md §3.1) equal the VJP of the
+  convolution on random rows: strides, asymmetric and 'SAME' padding, kernel dilation, NCHW."""
+  rng = np.random.default_rng(12)
+  nhwc, nchw = ('NHWC', 'HWIO', 'NHWC'), ('NCHW', 'OIHW', 'NCHW')
+  cases = [(nhwc, (1, 13, 11, 3), (3, 2, 3, 5), (2, 1), ((1, 2), (0, 1)), (1, 1)),
+           (nhwc, (1, 28, 28, 1), (4, 4, 1, 16), (2, 2), 'VALID', (1, 1)),
+           (nhwc, (1, 14, 14, 4), (3, 3, 4, 6), (2, 2), 'SAME', (1, 1)),
+           (nchw, (1, 3, 12, 9), (5, 3, 3, 3), (3, 2), ((2, 1), (1, 1)), (2, 1))]
+  for numbers, lhs_shape, kernel_shape, strides, padding, dilation in cases:
+    kernel = jnp.asarray(rng.normal(size=kernel_shape))
+    conv = lambda x, kernel=kernel, numbers=numbers, strides=strides, padding=padding, \
+        dilation=dilation: jax.lax.conv_general_dilated(
+            x, kernel, strides, padding, rhs_dilation=dilation, dimension_numbers=numbers)
+    zeros = jnp.zeros(lhs_shape)
+    out, vjp = jax.vjp(conv, zeros)
+    rows = jnp.asarray(rng.normal(size=(5,) + out.shape))
+    expected = jax.vmap(lambda row, vjp=vjp: vjp(row)[0])(rows)
+    params = jax.make_jaxpr(conv)(zeros).jaxpr.eqns[-1].params
+    transposed = jax.jit(lambda rows, kernel, params=params, lhs_shape=lhs_shape: transpose(
+        rows, kernel, params, lhs_shape))(rows, kernel)
+    np.testing.assert_allclose(transposed, expected, rtol=0, atol=1e-12)
+
+
+def test_float32_convolutions_bound_like_float64():
+  """In float32 the convolutions are transposed by `conv_lhs_transpose_by_conv`, in float64 on CPU
+  by `conv_lhs_transpose` (docs/linear_bounds.md §3.1): CROWN's bounds of a small ReLU convnet
+  (its output and intermediate passes both transpose convolutions) agree to float32 rounding,
+  and sampled points lie inside the float32 bounds."""
+  rng = np.random.default_rng(13)
+  k1, k2 = rng.normal(size=(3, 3, 2, 4)) / 3, rng.normal(size=(2, 2, 4, 3)) / 3
+  dense = rng.normal(size=(2 * 2 * 3, 3)) / 2
+  numbers = ('NHWC', 'HWIO', 'NHWC')
+
+  def fn(x):
+    h = jax.nn.relu(jax.lax.conv_general_dilated(x, k1.astype(x.dtype), (2, 2), 'VALID',
+                                                 dimension_numbers=numbers))
+    h = jax.nn.relu(jax.lax.conv_general_dilated(h, k2.astype(x.dtype), (1, 1), 'VALID',
+                                                 dimension_numbers=numbers))
+    return h.reshape(h.shape[0], -1) @ dense.astype(x.dtype)
+
+  lower, upper = _random_box(rng, 2, (7, 7, 2), 0.05)
+  expected = jax.jit(linear_bounds(fn, 'crown'))(lower, upper)
+  with jax.enable_x64(False):
+    lower32, upper32 = np.float32(lower), np.float32(upper)
+    got = jax.jit(linear_bounds(fn, 'crown'))(lower32, upper32)
+    assert got[0].dtype == jnp.float32
+    _assert_inside(fn, _sample(rng, lower32, upper32, 200).astype(np.float32), *got, 1e-5)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0, atol=1e-5)
 
 
 def test_values_that_may_be_nan_keep_comparisons_undecided():

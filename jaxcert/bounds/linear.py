@@ -63,8 +63,10 @@ from jaxcert.bounds.interval import source_location
 
 METHODS = ('crown_ibp', 'crown')
 
-# Specification rows per backward pass; bounds memory at rows x (largest intermediate) per example.
-DEFAULT_ROW_CHUNK = 256
+# Specification rows per backward pass; bounds memory at rows x (largest intermediate) per example
+# (times the batch under `vmap`). 8 keeps the Small CNN's CROWN at batch 50 under 500 MB of XLA
+# temporaries in float64 and is no slower than 256 on CPU (docs/linear_bounds.md §7).
+DEFAULT_ROW_CHUNK = 8
 
 _P = jex_core.primitives
 
@@ -322,26 +324,38 @@ def _concretize(coeffs, bound: IntervalBound):
           + _weighted_sum(jnp.minimum(coeffs, 0), bound.upper))
 
 
-def _conv_transposable_by_matmul(step: linear_graph.Step, coeffs) -> bool:
-  """Whether `linear_rules.conv_lhs_transpose` applies: a float64 convolution on CPU (whose XLA
-  kernel is several times slower than a matmul), bounded image operand, no groups or input
-  dilation."""
+def _conv_transposition(step: linear_graph.Step, coeffs):
+  """How an affine convolution step is transposed (docs/linear_bounds.md §3.1): 'matmul'
+  (`linear_rules.conv_lhs_transpose`: a float64 convolution on CPU, whose XLA kernel is several
+  times slower than a matmul), 'conv' (`linear_rules.conv_lhs_transpose_by_conv`: one convolution
+  with the flipped HWIO kernel, fast in float32), or None (the generic VJP: grouped or
+  input-dilated convolutions, a bounded kernel, or padding larger than the kernel)."""
   params = step.params
-  return (step.primitive is _P.conv_general_dilated_p and linear_graph.bounded_positions(step.invals) == [0]
-          and coeffs is not None and coeffs.dtype == jnp.float64
-          and jax.default_backend() == 'cpu'
+  if not (step.primitive is _P.conv_general_dilated_p
+          and linear_graph.bounded_positions(step.invals) == [0] and coeffs is not None
           and params['feature_group_count'] == 1 and params['batch_group_count'] == 1
           and all(d == 1 for d in params['lhs_dilation'])
-          and all(lo >= 0 and hi >= 0 for lo, hi in params['padding']))
+          and all(lo >= 0 and hi >= 0 for lo, hi in params['padding'])):
+    return None
+  if coeffs.dtype == jnp.float64 and jax.default_backend() == 'cpu':
+    return 'matmul'
+  kernel_spatial = params['dimension_numbers'].rhs_spec[2:]
+  padding = linear_rules.conv_lhs_transpose_padding(
+      params, [jnp.shape(step.invals[1])[d] for d in kernel_spatial], step.invals[0].shape,
+      step.outputs[0].shape)
+  return 'conv' if all(lo >= 0 and hi >= 0 for lo, hi in padding) else None
 
 
 def _transpose_affine(step: linear_graph.Step, out_coeffs: list):
   """`(coefficients of each bounded operand, offset term per row)` of an affine step."""
   positions = linear_graph.bounded_positions(step.invals)
   nodes = [step.invals[i] for i in positions]
-  if _conv_transposable_by_matmul(step, out_coeffs[0]):
-    in_coeffs = linear_rules.conv_lhs_transpose(out_coeffs[0], step.invals[1], step.params,
-                                                nodes[0].shape)
+  transposition = _conv_transposition(step, out_coeffs[0])
+  if transposition is not None:
+    transpose = (linear_rules.conv_lhs_transpose if transposition == 'matmul'
+                 else linear_rules.conv_lhs_transpose_by_conv)
+    in_coeffs = transpose(out_coeffs[0], jnp.asarray(step.invals[1]), step.params,
+                          nodes[0].shape)
     return [(nodes[0], in_coeffs)], jnp.zeros(out_coeffs[0].shape[:1], out_coeffs[0].dtype)
 
   def affine(*bounded):

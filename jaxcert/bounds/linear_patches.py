@@ -44,8 +44,9 @@ _ELEMENTWISE_AFFINE = frozenset([_P.add_p, _P.sub_p, _P.mul_p, _P.div_p, _P.neg_
                                  _P.convert_element_type_p, _P.copy_p])
 
 # Entries of the patches carried at once per example (the output channels are split in chunks
-# under it): 2**21 float64 entries are 16 MB per example.
-DEFAULT_PATCH_BUDGET = 2 ** 21
+# under it): 2**15 float64 entries are 256 KB per example, 13 MB for a batch of 50 (a larger
+# budget was not faster on CPU; docs/linear_bounds.md §7).
+DEFAULT_PATCH_BUDGET = 2 ** 15
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Linear relaxations of elementwise functions, and a matmul form of the transposed convolution.
+"""Linear relaxations of elementwise functions, and two explicit transposed convolutions.
 
 Used by `jaxcert.bounds.linear` (CROWN family; Zhang et al. 2018, Xu et al. 2020). Each
 relaxation maps the interval `[lower, upper]` of an input (arrays) to
@@ -212,11 +212,13 @@ ELEMENTWISE_RELAXATIONS = {
 
 
 def conv_lhs_transpose(coeffs, kernel, params, lhs_shape):
-  """`L^T A` for `L x = conv(x, kernel)`: one matmul with the kernel, then shifted adds.
+  """`L^T A` for `L x = conv(x, kernel)`: one matmul with the kernel, then one padded sum.
 
   The transposed convolution written as im2col transposed (docs/linear_bounds.md §3.1): each
-  output position's coefficients times the kernel give a patch of input coefficients, added at
-  the window of that position.
+  output position's coefficients times the kernel give a patch of input coefficients; the
+  patches of one kernel offset are spread to their input positions by one `lax.pad` (interior
+  padding `stride - 1`, the forward padding cropped by negative edge padding), and the spread
+  arrays of all kernel offsets are summed (one fused loop for XLA).
   """
   numbers = params['dimension_numbers']
   strides, dilation, padding = (params['window_strides'], params['rhs_dilation'],
@@ -231,16 +233,66 @@ def conv_lhs_transpose(coeffs, kernel, params, lhs_shape):
   lhs_batch, lhs_feature, *lhs_spatial = numbers.lhs_spec
   in_sizes = [lhs_shape[d] for d in lhs_spatial]
   out_sizes = coeffs.shape[2:2 + spatial]
-  padded = jnp.zeros(coeffs.shape[:2] + tuple(size + lo + hi for size, (lo, hi) in
-                                             zip(in_sizes, padding)) + (kernel.shape[-2],),
-                     coeffs.dtype)
+  zero = jnp.zeros((), coeffs.dtype)
+  total = 0
   for offset in np.ndindex(*kernel.shape[:spatial]):
-    window = tuple(slice(k * dil, k * dil + stride * (size - 1) + 1, stride)
-                   for k, dil, stride, size in zip(offset, dilation, strides, out_sizes))
     patch = patches[(slice(None),) * (2 + spatial) + offset]
-    padded = padded.at[(slice(None), slice(None)) + window].add(patch)
-  cropped = padded[(slice(None), slice(None))
-                   + tuple(slice(lo, lo + size) for (lo, _), size in zip(padding, in_sizes))]
+    edges = [(k * dil - lo, in_size - (k * dil - lo + stride * (size - 1) + 1), stride - 1)
+             for k, dil, (lo, _), stride, size, in_size in zip(offset, dilation, padding,
+                                                               strides, out_sizes, in_sizes)]
+    total = total + jax.lax.pad(patch, zero, [(0, 0, 0), (0, 0, 0), *edges, (0, 0, 0)])
   canonical_axis = {lhs_batch: 1, lhs_feature: 2 + spatial,
                     **{d: 2 + i for i, d in enumerate(lhs_spatial)}}
-  return jnp.transpose(cropped, (0, *(canonical_axis[d] for d in range(len(lhs_shape)))))
+  return jnp.transpose(total, (0, *(canonical_axis[d] for d in range(len(lhs_shape)))))
+
+
+def conv_lhs_transpose_padding(params, kernel_sizes, lhs_shape, out_shape):
+  """Per spatial axis, the `(before, after)` padding of the convolution computing `L^T A` of
+  `conv_lhs_transpose_by_conv`: `(k_e - 1 - lo, in + lo - (out - 1) s - 1)` with `k_e` the dilated
+  kernel size, `lo` the forward padding before, `s` the stride (docs/linear_bounds.md §3.1).
+  `kernel_sizes`: the kernel's spatial sizes, in the order of the spatial dimensions."""
+  numbers = params['dimension_numbers']
+  padding = []
+  for axis, (lhs_dim, out_dim) in enumerate(zip(numbers.lhs_spec[2:], numbers.out_spec[2:])):
+    dilated = (kernel_sizes[axis] - 1) * params['rhs_dilation'][axis] + 1
+    low = params['padding'][axis][0]
+    padding.append((dilated - 1 - low, lhs_shape[lhs_dim] + low
+                    - (out_shape[out_dim] - 1) * params['window_strides'][axis] - 1))
+  return padding
+
+
+def conv_lhs_transpose_by_conv(coeffs, kernel, params, lhs_shape):
+  """`L^T A` for `L x = conv(x, kernel)` as one convolution of the rows with the flipped kernel.
+
+  The rows (shape (rows, *output shape)) are folded into the convolution's batch axis, moved to
+  NHWC, dilated by the forward strides (`lhs_dilation`) and convolved with the kernel flipped in
+  space and with its input and output features swapped, physically laid out as HWIO: the
+  layout XLA's CPU convolution runs fast on (the VJP's convolution, whose kernel is a reversed
+  view with swapped feature dimensions, runs about 20x slower on CPU inside a loop). Needs
+  `feature_group_count == batch_group_count == 1`, no input dilation and non-negative transposed
+  padding (`conv_lhs_transpose_padding`); equal to the VJP (tested).
+  """
+  numbers = params['dimension_numbers']
+  spatial = len(params['window_strides'])
+  out_batch, out_feature, *out_spatial = numbers.out_spec
+  rows = coeffs.shape[0]
+  # (rows, *out) -> (rows * n, *out spatial, o): channels last, rows folded into the batch.
+  nhwc = jnp.transpose(coeffs, (0, 1 + out_batch, *(1 + d for d in out_spatial),
+                                1 + out_feature))
+  folded = nhwc.reshape((-1,) + nhwc.shape[2:])
+  out_feature_dim, in_feature_dim, *kernel_spatial = numbers.rhs_spec
+  flipped = jnp.flip(jnp.transpose(kernel, (*kernel_spatial, out_feature_dim, in_feature_dim)),
+                     tuple(range(spatial))).astype(coeffs.dtype)
+  out_shape = coeffs.shape[1:]
+  padding = conv_lhs_transpose_padding(params, [kernel.shape[d] for d in kernel_spatial],
+                                       lhs_shape, out_shape)
+  letters = 'HWDXYZ'[:spatial]
+  result = jax.lax.conv_general_dilated(
+      folded, flipped, (1,) * spatial, padding, lhs_dilation=params['window_strides'],
+      rhs_dilation=params['rhs_dilation'],
+      dimension_numbers=(f'N{letters}C', f'{letters}IO', f'N{letters}C'))
+  lhs_batch, lhs_feature, *lhs_spatial = numbers.lhs_spec
+  result = result.reshape((rows, nhwc.shape[1]) + result.shape[1:])
+  canonical_axis = {lhs_batch: 1, lhs_feature: 2 + spatial,
+                    **{d: 2 + i for i, d in enumerate(lhs_spatial)}}
+  return jnp.transpose(result, (0, *(canonical_axis[d] for d in range(len(lhs_shape)))))
