@@ -100,8 +100,11 @@ def setting(train: dict) -> str:
     if triplets == 'ranking':
       triplets += f' (exclude {certified.get("exclude_nearest", 0)})'
     parts += [f'triplets {triplets}', f'QA {certified.get("qa_bound", "linear")}']
-    if certified.get('adversarial', 'none') != 'none':
-      parts.append(certified['adversarial'])
+    adversarial = certified.get('adversarial', 'none')
+    if adversarial != 'none':
+      share = (f'alpha {certified["mtl_alpha"]}' if adversarial == 'mtl_ibp'
+               else f'lambda {certified["sabr_lambda"]}')
+      parts.append(f'{adversarial} ({certified["pgd_steps"]} PGD steps, {share})')
   parts.append(f'kappa {certified.get("kappa")}')
   model = train['model']
   parts += [name for name, on in (('IBP init', model.get('ibp_init')),
