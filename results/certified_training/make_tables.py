@@ -58,6 +58,7 @@ def collect(run_dir: str) -> None:
       'certified': config.get('certified'), 'grad_clip_norm': config.get('grad_clip_norm'),
       'learning_rate': config['learning_rate'], 'lr_decay_epochs': config['lr_decay_epochs'],
       'batch_size': config['batch_size'], 'm_per_class': config['m_per_class'],
+      'seed': config.get('seed', 0),
       'wall_s': round(end - (run / 'config.json').stat().st_mtime),
       'median_images_per_second': rates[len(rates) // 2] if rates else None,
   }
@@ -100,8 +101,11 @@ def setting(train: dict) -> str:
     if triplets == 'ranking':
       triplets += f' (exclude {certified.get("exclude_nearest", 0)})'
     parts += [f'triplets {triplets}', f'QA {certified.get("qa_bound", "linear")}']
-    if certified.get('adversarial', 'none') != 'none':
-      parts.append(certified['adversarial'])
+    adversarial = certified.get('adversarial', 'none')
+    if adversarial != 'none':
+      share = (f'alpha {certified["mtl_alpha"]}' if adversarial == 'mtl_ibp'
+               else f'lambda {certified["sabr_lambda"]}')
+      parts.append(f'{adversarial} ({certified["pgd_steps"]} PGD steps, {share})')
   parts.append(f'kappa {certified.get("kappa")}')
   model = train['model']
   parts += [name for name, on in (('IBP init', model.get('ibp_init')),
@@ -110,6 +114,8 @@ def setting(train: dict) -> str:
   parts.append(f'clip {train["grad_clip_norm"]}' if train['grad_clip_norm'] else 'no clip')
   if train['method'] != 'tbt':
     parts += _differences(train)
+  if train.get('seed', 0):  # runs collected before the seed was recorded used seed 0
+    parts.append(f'seed {train["seed"]}')
   return ', '.join(parts)
 
 
