@@ -431,10 +431,54 @@ def certificate_comparison(root: pathlib.Path) -> Section:
   commands = {name: [_train(f'configs/{name}.py', f'runs/{name}'),
                      _read_json(root / 'certificate_comparison' / f'{name}.json')['command']]
               for name in ('embedded_small_tbt', 'quickstart')}
+  method_rows, method_commands = certificates_by_method(root)
+  commands.update(method_commands)
   headline = (f'the exact linear QA bound certifies {ratios[0] / ratios[1]:.2f}x Theorem 1\'s QA '
               f'CR-Recall@40 on the same boxes (embedded TBT model, eps 0.2: {ratios[0]:.3f} vs '
               f'{ratios[1]:.3f})')
-  return Section('Certificates compared (jaxcert)', 'certificate_comparison', rows, commands, headline)
+  return Section('Certificates compared (jaxcert)', 'certificate_comparison', rows + method_rows,
+                 commands, headline)
+
+
+# Issue 22's table: each certified checkpoint by certificate, from scripts/certificate_comparison.py's
+# files. (file name, config, training, data flags of its commands)
+METHOD_CHECKPOINTS = (
+    ('embedded_small_tbt_methods', 'configs/embedded_small_tbt.py',
+     'Kakizaki et al.\'s TBT, 1500 steps on the embedded sample (the config\'s budget)', ''),
+    ('embedded_small_certified', 'configs/embedded_small_certified.py',
+     'certified triplet training, 1500 steps on the embedded sample (the config\'s budget)', ''),
+)
+# (embedding-bound method, QA bound, label): the certificates of each checkpoint's rows.
+CERTIFICATES = (('ibp', 'kakizaki', 'IBP boxes, Theorem 1 (Kakizaki et al.)'),
+                ('ibp', 'linear', 'IBP boxes, linear QA'),
+                ('crown_ibp', 'linear', 'CROWN-IBP boxes, linear QA'),
+                ('crown', 'linear', 'CROWN boxes, linear QA'))
+
+
+def certificates_by_method(root: pathlib.Path) -> tuple[list, dict]:
+  """Rows: CR-Recall@1/10/20/40 under QA and CA of each checkpoint at eps 0.1 and 0.2, one line per
+  certificate of `CERTIFICATES` with its time (boxes of the 2000 images + rank bounds)."""
+  rows, commands = [], {}
+  ks = (1, 10, 20, 40)
+  for name, config, training, data in METHOD_CHECKPOINTS:
+    results = _read_json(root / 'certificate_comparison' / f'{name}.json')
+    by = {(row['method'], row['qa_bound'], round(row['eps'], 9)): row for row in results['rows']
+          if row['slack'] == 1e-5}
+    for eps in (0.1, 0.2):
+      lines = []
+      for method, qa_bound, label in CERTIFICATES:
+        row = by.get((method, qa_bound, eps))
+        lines.append(f'{label}: not run' if row is None else
+                     f'{label}: QA {_slash([row[f"QA@{k}"] for k in ks])}, CA '
+                     f'{_slash([row[f"CA@{k}"] for k in ks])} '
+                     f'({row["bounds_s"] + row["rank_bounds_s"]:.1f} s)')
+      rows.append(Row(f'CR-Recall@1/10/20/40 by certificate, `{name}`, eps {eps:g}', '-',
+                      '<br>'.join(lines), f'`{config}`', name,
+                      f'{training}; 1000 x 1000 test images, float64, slack 1e-5; times: boxes of '
+                      'the 2000 images and rank bounds, compilation excluded, 2 shared CPU cores'))
+    run = 'runs/' + name.removesuffix('_methods')
+    commands[name] = [_train(config, run, *([data] if data else [])), results['command']]
+  return rows, commands
 
 
 def _sweep(results: dict, eps: float) -> dict:
@@ -478,6 +522,9 @@ def certified_training(root: pathlib.Path) -> Section:
     commands[anchor] = [_train(config, f'runs/{run}'),
                         _certify(config, f'runs/{run}', *certified_as(results)),
                         f'python results/certified_training/make_tables.py collect runs/{run}']
+  full_rows, full_commands = certified_training_full_data(root)
+  rows += full_rows
+  commands.update(full_commands)
   best = values['t_dim32_ca6_3000_results', 0.2]
   theorem_1 = values['t_dim32_ca6_3000_results_kakizaki', 0.2]
   baseline = values['baseline_tbt_results_kakizaki', 0.2]
@@ -487,6 +534,54 @@ def certified_training(root: pathlib.Path) -> Section:
               f'{best[1]:.3f} at eps 0.2 (QA {theorem_1[0]:.3f} by Theorem 1; TBT: {baseline[0]:.3f} / '
               f'{baseline[1]:.3f}); the paper\'s FMNIST Large TBT: {paper_qa:.2f} / {paper_ca:.2f}')
   return Section('Certified training (jaxcert)', 'certified_training', rows, commands, headline)
+
+
+# Certified training on the full datasets: (run, dataset, model, the previous best run of
+# results/kakizaki on that dataset, which the row quotes beside ours).
+CERTIFIED_FULL_DATA_RUNS = (
+    ('fmnist_small_certified', 'fmnist', 'Small', 'fmnist_large_tbt_eq20'),
+    ('mnist_small_certified', 'mnist', 'Small', 'mnist_small_tbt_full'),
+    ('fmnist_large_certified', 'fmnist', 'Large', 'fmnist_large_tbt_eq20'),
+)
+
+
+def certified_training_full_data(root: pathlib.Path) -> tuple[list, dict]:
+  """Certified triplet training on full FMNIST / MNIST against Kakizaki et al.'s Table 2 (TBT and
+  TBT+FCTB, Large CNN) and our best Kakizaki et al. run on that dataset: Recall@K and CR-Recall@K at
+  eps 0.2, certify.py's default certificate (and Theorem 1 for QA)."""
+  directory = root / 'certified_training'
+  names = {'fmnist': 'FMNIST', 'mnist': 'MNIST'}
+  rows, commands = [], {}
+  for run, dataset, model, previous in CERTIFIED_FULL_DATA_RUNS:
+    if not (directory / run / 'results.json').exists():
+      continue
+    results = _read_json(directory / run / 'results.json')
+    theorem_1 = _read_json(directory / run / 'results_kakizaki.json')
+    train = _read_json(directory / run / 'train.json')
+    recall, qa, ca = _kakizaki_values(results)
+    _, qa_theorem_1, _ = _kakizaki_values(theorem_1)
+    before = _read_json(root / 'kakizaki' / previous / 'results.json')
+    _, qa_before, ca_before = _kakizaki_values(before)
+    paper = '<br>'.join(
+        f'{kakizaki_report.METHOD_NAMES[method]}: R {_slash(kakizaki_report.PAPER_RECALL[dataset, method], 2)}, '
+        f'QA {_slash(kakizaki_report.PAPER_CR_QA[dataset, method], 2)}, '
+        f'CA {_slash(kakizaki_report.PAPER_CR_CA[dataset, method], 2)}' for method in ('tbt', 'fctb'))
+    ours = (f'R {_slash(recall)}<br>QA {_slash(qa)} (Theorem 1: {_slash(qa_theorem_1)})<br>'
+            f'CA {_slash(ca)}<br>before (`{previous}`, Theorem 1): QA {_slash(qa_before)}, '
+            f'CA {_slash(ca_before)}')
+    config = f'configs/{run}.py'
+    data = FASHION_MNIST if dataset == 'fmnist' else MNIST.split('  #')[0]
+    rows.append(Row(f'Tables 1-2, {names[dataset]}, certified triplet training, {model} CNN: K = 1 / '
+                    '10 / 20 / 40 at eps 0.2', paper, ours, f'`{config}`', run,
+                    f'{train["steps"]} steps ({train["steps"] * train["batch_size"] / 60_000:g} epochs; '
+                    f'paper: 100 epochs), {train["wall_s"]} s of training on 2 shared CPU cores: '
+                    'reduced'))
+    commands[run] = [_train(config, f'runs/{run}', data),
+                     _certify(config, f'runs/{run}', data, *certified_as(results)),
+                     _certify(config, f'runs/{run}', data, *certified_as(theorem_1),
+                              f'--workdir runs/{run}/certify_ibp_kakizaki'),
+                     f'python results/certified_training/make_tables.py collect runs/{run}']
+  return rows, commands
 
 
 BENCH_ROWS = ('train step', 'IBP bounds', 'smoothing', 'PGD step')
