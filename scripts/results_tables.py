@@ -446,7 +446,11 @@ METHOD_CHECKPOINTS = (
     ('embedded_small_tbt_methods', 'configs/embedded_small_tbt.py',
      'Kakizaki et al.\'s TBT, 1500 steps on the embedded sample (the config\'s budget)', ''),
     ('embedded_small_certified', 'configs/embedded_small_certified.py',
-     'certified triplet training, 1500 steps on the embedded sample (the config\'s budget)', ''),
+     'certified triplet training, 3000 steps on the embedded sample (the config\'s budget)', ''),
+    ('fmnist_small_certified', 'configs/fmnist_small_certified.py',
+     'certified triplet training, 9000 steps on full Fashion-MNIST (15 epochs: reduced)', FASHION_MNIST),
+    ('mnist_small_certified', 'configs/mnist_small_certified.py',
+     'certified triplet training, 9000 steps on full MNIST (15 epochs: reduced)', MNIST.split('  #')[0]),
 )
 # (embedding-bound method, QA bound, label): the certificates of each checkpoint's rows.
 CERTIFICATES = (('ibp', 'kakizaki', 'IBP boxes, Theorem 1 (Kakizaki et al.)'),
