@@ -32,7 +32,7 @@ BEGIN = '<!-- results_tables.py: begin (written by python -m scripts.results_tab
 END = '<!-- results_tables.py: end -->'
 COLUMNS = ('reproduces', 'paper', 'ours', 'config', 'command', 'budget')
 FASHION_MNIST = '--config.data.name=idx --config.data.data_dir=/usr/share/datasets/fashion-mnist'
-MNIST = '--config.data.name=idx --config.data.data_dir=data/mnist  # scripts/get_mnist_idx.sh'
+MNIST = '--config.data.name=idx --config.data.data_dir=data/mnist'  # from scripts/get_mnist_idx.sh
 
 
 class Row(NamedTuple):
@@ -227,7 +227,7 @@ def kakizaki(root: pathlib.Path) -> Section:
   headline = (f'FMNIST Large CNN, TBT at eps 0.2, step {step} of {KAKIZAKI_PAPER_STEPS}: QA '
               f'CR-Recall@10/20/40 {_slash(qa[1:])} (paper {_slash(paper_qa[1:], 2)}); Triplet '
               'certifies 0, as in the paper')
-  preamble = f'FM="{FASHION_MNIST}"\nMN="{MNIST.split("  #")[0]}"  # scripts/get_mnist_idx.sh'
+  preamble = f'FM="{FASHION_MNIST}"\nMN="{MNIST}"  # scripts/get_mnist_idx.sh'
   return Section('Kakizaki et al. 2023', 'kakizaki', rows, _kakizaki_commands(flags), headline, preamble)
 
 
@@ -450,7 +450,7 @@ METHOD_CHECKPOINTS = (
     ('fmnist_small_certified', 'configs/fmnist_small_certified.py',
      'certified triplet training, 9000 steps on full Fashion-MNIST (15 epochs: reduced)', FASHION_MNIST),
     ('mnist_small_certified', 'configs/mnist_small_certified.py',
-     'certified triplet training, 9000 steps on full MNIST (15 epochs: reduced)', MNIST.split('  #')[0]),
+     'certified triplet training, 9000 steps on full MNIST (15 epochs: reduced)', MNIST),
 )
 # (embedding-bound method, QA bound, label): the certificates of each checkpoint's rows.
 CERTIFICATES = (('ibp', 'kakizaki', 'IBP boxes, Theorem 1 (Kakizaki et al.)'),
@@ -574,7 +574,7 @@ def certified_training_full_data(root: pathlib.Path) -> tuple[list, dict]:
             f'CA {_slash(ca)}<br>before (`{previous}`, Theorem 1): QA {_slash(qa_before)}, '
             f'CA {_slash(ca_before)}')
     config = f'configs/{run}.py'
-    data = FASHION_MNIST if dataset == 'fmnist' else MNIST.split('  #')[0]
+    data = FASHION_MNIST if dataset == 'fmnist' else MNIST
     rows.append(Row(f'Tables 1-2, {names[dataset]}, certified triplet training, {model} CNN: K = 1 / '
                     '10 / 20 / 40 at eps 0.2', paper, ours, f'`{config}`', run,
                     f'{train["steps"]} steps ({train["steps"] * train["batch_size"] / 60_000:g} epochs; '
