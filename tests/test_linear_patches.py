@@ -32,15 +32,15 @@ def _float64():
 
 @pytest.fixture
 def patch_calls(monkeypatch):
-  """Counts the patches passes run (at trace time) and forces small channel chunks."""
+  """Counts the patches passes traced (one per tightened node) and forces small chunks."""
   calls = []
-  original = linear_patches.patch_bounds
+  original = linear_patches.patch_lower_bounds
 
-  def counted(chain, node, budget=None):
+  def counted(chain, node, flat_indices):
     calls.append(node.shape)
-    return original(chain, node, budget)
+    return original(chain, node, flat_indices)
 
-  monkeypatch.setattr(linear_patches, 'patch_bounds', counted)
+  monkeypatch.setattr(linear_patches, 'patch_lower_bounds', counted)
   monkeypatch.setattr(linear_patches, 'DEFAULT_PATCH_BUDGET', 3000)  # several chunks
   return calls
 

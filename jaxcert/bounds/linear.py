@@ -468,18 +468,22 @@ def _tightened(graph: _Graph, node: linear_graph.Node, relevant) -> IntervalBoun
   """The node's bound intersected with backward-pass bounds at its `relevant` coordinates.
 
   Only the relevant coordinates (e.g. the unstable inputs of a ReLU, where its relaxation depends
-  on the bounds) are bounded, `graph.row_chunk` at a time in a `while_loop` that stops after the
-  last one, so the cost follows their number, not the node's size.
+  on the bounds) are bounded, `graph.row_chunk` at a time (or `neurons_per_pass` at a time in
+  patches) in a `while_loop` that stops after the last one, so the cost follows their number,
+  not the node's size.
   """
   chain = linear_patches.patch_chain(graph.steps, node) if graph.patches else None
-  if chain is not None:  # All coordinates at once in patches (docs/linear_bounds.md §5.1).
-    patched = linear_patches.patch_bounds(chain, node)
-    relevant = jnp.broadcast_to(relevant, node.shape)
-    lower = jnp.where(relevant, jnp.fmax(node.bound.lower, patched.lower), node.bound.lower)
-    upper = jnp.where(relevant, jnp.fmin(node.bound.upper, patched.upper), node.bound.upper)
-    return IntervalBound(lower, jnp.maximum(upper, lower))
   size = math.prod(node.shape)
-  chunk = min(graph.row_chunk, size)
+  if chain is None:
+    chunk = min(graph.row_chunk, size)
+
+    def lower_bounds(indices, valid):  # (2, chunk) by a dense backward pass.
+      rows = jax.nn.one_hot(indices, size, dtype=node.dtype) * valid[:, None]
+      return _backward(graph, node, rows.reshape((chunk,) + node.shape),
+                       symmetric=True).reshape(2, chunk)
+  else:  # On each neuron's receptive field (docs/linear_bounds.md §5.1).
+    chunk = linear_patches.neurons_per_pass(chain, node)
+    lower_bounds = lambda indices, valid: linear_patches.patch_lower_bounds(chain, node, indices)
   relevant = jnp.broadcast_to(relevant, node.shape).reshape(size)
   count = relevant.sum()
   order = jnp.concatenate([jnp.argsort(~relevant, stable=True),
@@ -490,10 +494,11 @@ def _tightened(graph: _Graph, node: linear_graph.Node, relevant) -> IntervalBoun
     start, lower, upper = state
     indices = lax.dynamic_slice_in_dim(order, start, chunk)
     valid = start + jnp.arange(chunk) < count
-    rows = jax.nn.one_hot(indices, size, dtype=node.dtype) * valid[:, None]
-    bounds = _backward(graph, node, rows.reshape((chunk,) + node.shape), symmetric=True)
-    lower = lower.at[indices].max(jnp.where(valid, bounds[:chunk], -jnp.inf))
-    upper = upper.at[indices].min(jnp.where(valid, -bounds[chunk:], jnp.inf))
+    bounds = lower_bounds(indices, valid)
+    # A NaN bound (inf - inf in the pass) leaves the interval bound alone.
+    keep = valid & ~jnp.isnan(bounds)
+    lower = lower.at[indices].max(jnp.where(keep[0], bounds[0], -jnp.inf))
+    upper = upper.at[indices].min(jnp.where(keep[1], -bounds[1], jnp.inf))
     return start + chunk, lower, upper
 
   _, lower, upper = lax.while_loop(lambda state: state[0] < count, body,

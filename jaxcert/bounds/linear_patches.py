@@ -1,18 +1,19 @@
-"""CROWN bounds of every neuron of a convolution's output at once, in patches (docs/linear_bounds.md §5.1).
+"""CROWN bounds of a convolution's output neurons in patches (docs/linear_bounds.md §5.1).
 
 Method 'crown' of `jaxcert.bounds.linear` tightens the input of every ReLU by a backward pass
 from it. For the output `y` of a convolution `y = conv(x, K)`, the row of neuron `(p, o)`
 (position `p`, output channel `o`) is `K[..., o]` on the window of `p` in `x`, zero elsewhere;
 through elementwise steps (ReLU relaxations, bias, BatchNorm scale and shift) it stays on that
 window, and through an earlier convolution the window grows by that convolution's kernel. So
-the rows of all neurons are carried as *patches*, one window-shaped array per position and
-output channel (shape (2, positions, channels, window_h, window_w, in_channels): the lower and
-upper bound rows), instead of dense arrays over the whole feature map; this is auto_LiRPA's
-patches mode (Xu et al. 2020, "Automatic perturbation analysis for scalable certified
-robustness and beyond", Sec. 3.3 and their `Patches` class). Elementwise quantities (slopes,
-offsets, interval bounds) are gathered on each position's window; coefficients on the zero
-padding of a convolution are dropped (the padding is a constant 0 there). The bounds equal the
-dense backward pass's (`linear._backward`) up to rounding (tested).
+the rows of the neurons to bound are carried as *patches*, one window-shaped array per neuron
+(shape (2, neurons, window_h, window_w, in_channels): the lower and upper bound rows), instead of
+dense arrays over the whole feature map; this is auto_LiRPA's patches mode (Xu et al. 2020,
+"Automatic perturbation analysis for scalable certified robustness and beyond", Sec. 3.3 and
+their `Patches` class), restricted to the neurons whose bounds matter (the unstable ones, chosen
+by the caller), as auto_LiRPA's sparse intermediate bounds do for dense layers. Elementwise
+quantities (slopes, offsets, interval bounds) are gathered on each neuron's window;
+coefficients on the zero padding of a convolution are dropped (the padding is a constant 0
+there). The bounds equal the dense backward pass's (`linear._backward`) up to rounding (tested).
 
 The pass applies when the node's producer chain is, back to the input or to an interval
 (fallback) step, a sequence of: 2-D convolutions in NHWC with a constant kernel (any stride and
@@ -30,8 +31,6 @@ import math
 import jax
 import jax.extend.core as jex_core
 import jax.numpy as jnp
-from jax import lax
-import numpy as np
 
 from jaxcert.bounds import linear_graph
 from jaxcert.bounds import linear_rules
@@ -51,18 +50,26 @@ DEFAULT_PATCH_BUDGET = 2 ** 15
 
 @dataclasses.dataclass(frozen=True)
 class _Window:
-  """Where each position's patch lies on a feature map: rows `start + stride * p + i` for
-  `0 <= i < size` (and the same for columns), on a map of `extent` rows and columns."""
+  """Where each neuron's patch lies on a feature map: for the neuron at position `p` of the
+  node, rows `start + stride * p + i` for `0 <= i < size` (and the same for columns), on a map of
+  `extent` rows and columns; `positions` is the node's number of positions (rows, columns)."""
   start: tuple[int, int]
   stride: tuple[int, int]
   size: tuple[int, int]
   extent: tuple[int, int]
+  positions: tuple[int, int]
 
-  def indices(self, positions: tuple[int, int]):
-    """Row and column indices of every position's window: ((P_h, size_h), (P_w, size_w))."""
-    return tuple(start + stride * np.arange(count)[:, None] + np.arange(size)[None]
-                 for start, stride, size, count in zip(self.start, self.stride, self.size,
-                                                       positions))
+  def indices(self, neuron_rows, neuron_cols):
+    """Row and column indices of each neuron's window: ((n, size_h), (n, size_w))."""
+    return tuple(start + stride * neuron[:, None] + jnp.arange(size)[None]
+                 for start, stride, size, neuron in zip(self.start, self.stride, self.size,
+                                                        (neuron_rows, neuron_cols)))
+
+  def padding(self):
+    """(before, after) zero padding of the map that holds every neuron's window."""
+    return [(max(0, -start), max(0, start + stride * (count - 1) + size - extent))
+            for start, stride, size, count, extent in zip(self.start, self.stride, self.size,
+                                                          self.positions, self.extent)]
 
 
 def _is_nhwc_conv(step: linear_graph.Step) -> bool:
@@ -117,40 +124,42 @@ def patch_chain(steps, node: linear_graph.Node) -> list[linear_graph.Step] | Non
   return chain
 
 
-def _gather(values, window: _Window, positions, dtype):
-  """`values` (broadcastable to (1, H, W, C)) on every position's window: (P_h, P_w, h, w, C);
-  zero outside the map. Strided slices, one per window row and one per window column (exact,
-  also where values are infinite)."""
+@dataclasses.dataclass(frozen=True)
+class _Neurons:
+  """The neurons of a pass: position (row, column) and channel of each, shape (n,) each."""
+  rows: jax.Array
+  cols: jax.Array
+  channels: jax.Array
+  flat: jax.Array  # Index into the node's (H, W, C) values.
+
+  @classmethod
+  def of(cls, flat, node: linear_graph.Node):
+    _, _, width, channels = node.shape
+    return cls(rows=flat // (width * channels), cols=(flat // channels) % width,
+               channels=flat % channels, flat=flat)
+
+
+def _gather(values, window: _Window, neurons: _Neurons, dtype):
+  """`values` (broadcastable to (1, H, W, C), H and W the map's) on each neuron's window:
+  (n, h, w, C), zero outside the map (exact, also where values are infinite)."""
   values = jnp.asarray(values, dtype)
-  rows, cols = window.indices(positions)
-  pad = [(max(0, -int(index.min())), max(0, int(index.max()) + 1 - extent))
-         for index, extent in zip((rows, cols), window.extent)]
+  values = jnp.broadcast_to(values, (1, *window.extent, values.shape[-1] if values.ndim else 1))
+  pad = window.padding()
   padded = jnp.pad(values[0], (*pad, (0, 0)))
-  for axis in (0, 2):  # (H, W, C) -> (P_h, h, W, C) -> (P_h, h, P_w, w, C).
-    dim = axis // 2
-    first = window.start[dim] + pad[dim][0]
-    stride, count = window.stride[dim], positions[dim]
-    padded = jnp.stack([lax.slice_in_dim(padded, first + i, first + i + stride * (count - 1) + 1,
-                                         stride, axis)
-                        for i in range(window.size[dim])], axis=axis + 1)
-  return jnp.transpose(padded, (0, 2, 1, 3, 4))
+  rows, cols = window.indices(neurons.rows, neurons.cols)
+  return padded[rows[:, :, None] + pad[0][0], cols[:, None, :] + pad[1][0]]
 
 
-def _inside_mask(window: _Window, positions):
-  """1 where a window entry lies on the map, 0 on the padding: (P_h, P_w, h, w, 1)."""
-  rows, cols = window.indices(positions)
-  inside = ((rows >= 0) & (rows < window.extent[0]))[:, None, :, None] & (
-      (cols >= 0) & (cols < window.extent[1]))[None, :, None, :]
+def _inside_mask(window: _Window, neurons: _Neurons):
+  """1 where a window entry lies on the map, 0 on the padding: (n, h, w, 1)."""
+  rows, cols = window.indices(neurons.rows, neurons.cols)
+  inside = ((rows >= 0) & (rows < window.extent[0]))[:, :, None] & (
+      (cols >= 0) & (cols < window.extent[1]))[:, None, :]
   return inside[..., None]
 
 
-def _expand(array):
-  """(P_h, P_w, h, w, C) -> (1, P_h, P_w, 1, h, w, C): broadcast over signs and channels."""
-  return array[None, :, :, None]
-
-
 def _weighted_sum(coeffs, values):
-  """Sum of `coeffs * values` over the window axes, with 0 * inf = 0: (2, P_h, P_w, O)."""
+  """Sum of `coeffs * values` over the window axes, with 0 * inf = 0: (2, n)."""
   products = jnp.where(coeffs != 0, coeffs * values, 0)
   return products.sum(axis=(-3, -2, -1))
 
@@ -175,42 +184,37 @@ def _hwio_kernel(step: linear_graph.Step):
   return jnp.transpose(jnp.asarray(step.invals[1]), (*spatial, in_feature, out_feature))
 
 
-def _own_values(values, start, chunk: int, node: linear_graph.Node):
-  """`values` (broadcastable to `node`'s shape) at each row's own coordinate, channels
-  `start, ..., start + chunk - 1` (zero past the last): (1, P_h, P_w, chunk)."""
-  channels = node.shape[3]
-  values = jnp.broadcast_to(jnp.asarray(values, node.dtype), node.shape)[0]
-  padded = jnp.pad(values, ((0, 0), (0, 0), (0, -(-channels // chunk) * chunk - channels)))
-  return lax.dynamic_slice_in_dim(padded, start, chunk, 2)[None]
+def _own_values(values, neurons: _Neurons, node: linear_graph.Node):
+  """`values` (broadcastable to `node`'s shape) at each neuron's own coordinate: (n,)."""
+  values = jnp.broadcast_to(jnp.asarray(values, node.dtype), node.shape)
+  return values.reshape(-1)[neurons.flat]
 
 
-def _diagonal_to_first_conv(chain, node: linear_graph.Node, start, chunk: int):
+def _diagonal_to_first_conv(chain, node: linear_graph.Node, neurons: _Neurons):
   """The rows `+-e_(p,o)` carried through the elementwise steps above the first convolution,
   where each row is still a multiple `scale` of its own coordinate, and then through that
   convolution, where it becomes `scale` times the kernel of channel `o` on `p`'s window.
 
-  Returns (coefficients (2, P_h, P_w, chunk, kh, kw, C_in), bias (2, P_h, P_w, chunk), window,
-  index of the next step of the chain).
+  Returns (coefficients (2, n, kh, kw, C_in), bias (2, n), window, index of the next step of
+  the chain).
   """
   dtype = node.dtype
-  positions = node.shape[1:3]
-  scale = jnp.concatenate([jnp.ones((1, *positions, chunk), dtype),
-                           -jnp.ones((1, *positions, chunk), dtype)])
+  count = neurons.flat.shape[0]
+  scale = jnp.concatenate([jnp.ones((1, count), dtype), -jnp.ones((1, count), dtype)])
   bias = jnp.zeros_like(scale)
   current = node
   for index, step in enumerate(chain):
-    own = lambda values: _own_values(values, start, chunk, current)
+    own = lambda values: _own_values(values, neurons, current)
     if step.primitive is _P.conv_general_dilated_p:
       kernel = _hwio_kernel(step).astype(dtype)
-      kernel = jnp.pad(kernel, ((0, 0),) * 3 + ((0, -(-kernel.shape[3] // chunk) * chunk
-                                                 - kernel.shape[3]),))
-      rows = jnp.moveaxis(lax.dynamic_slice_in_dim(kernel, start, chunk, 3), -1, 0)
-      coeffs = scale[..., None, None, None] * rows[None, None, None]
+      rows = jnp.moveaxis(kernel[..., neurons.channels], -1, 0)  # (n, kh, kw, C_in).
+      coeffs = scale[..., None, None, None] * rows[None]
       strides, padding = step.params['window_strides'], step.params['padding']
       node_in = step.invals[0]
       window = _Window(start=(-padding[0][0], -padding[1][0]), stride=tuple(strides),
-                       size=rows.shape[1:3], extent=node_in.shape[1:3])
-      coeffs = coeffs * _expand(_inside_mask(window, positions)).astype(dtype)
+                       size=rows.shape[1:3], extent=node_in.shape[1:3],
+                       positions=node.shape[1:3])
+      coeffs = coeffs * _inside_mask(window, neurons)[None].astype(dtype)
       return coeffs, bias, window, index + 1
     if step.kind == 'relaxed':
       relaxation = step.relaxation
@@ -228,20 +232,29 @@ def _diagonal_to_first_conv(chain, node: linear_graph.Node, start, chunk: int):
   raise AssertionError('A patch chain without a convolution (patch_chain admits none).')
 
 
-def _chunk_lower_bounds(chain, node: linear_graph.Node, start, chunk: int):
-  """Lower bounds of `+-e_(p,o) . node` for every position p and the channels
-  `start, ..., start + chunk - 1`: (2, P_h, P_w, chunk) (channels past the node's are zero rows)."""
+def patch_lower_bounds(chain, node: linear_graph.Node, flat_indices) -> jax.Array:
+  """Lower bounds of `e_i . node` and of `-e_i . node` for the coordinates `i` of `flat_indices`.
+
+  Args:
+    chain: `patch_chain(steps, node)`.
+    node: shape (1, H, W, C).
+    flat_indices: (n,) integer indices into the node's H * W * C coordinates (row-major).
+
+  Returns:
+    (2, n): the lower bounds, then the negated upper bounds (not intersected with the node's
+    interval bound).
+  """
   dtype = node.dtype
-  positions = node.shape[1:3]
-  coeffs, bias, window, first = _diagonal_to_first_conv(chain, node, start, chunk)
+  neurons = _Neurons.of(flat_indices, node)
+  coeffs, bias, window, first = _diagonal_to_first_conv(chain, node, neurons)
   for step in chain[first:]:
     if step.kind == 'interval':  # A fallback value: min over its interval bound.
-      return bias + _concretize(coeffs, step.outputs[0].bound, window, positions, dtype)
+      return bias + _concretize(coeffs, step.outputs[0].bound, window, neurons, dtype)
     node_in = step.invals[linear_graph.bounded_positions(step.invals)[0]]
+    gather = lambda values: _gather(values, window, neurons, dtype)[None]
     if step.kind == 'relaxed':
       relaxation = step.relaxation
       positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
-      gather = lambda values: _expand(_gather(values, window, positions, dtype))
       bias = bias + _weighted_sum(positive, gather(relaxation.lower_offset)) + _weighted_sum(
           negative, gather(relaxation.upper_offset))
       coeffs = (positive * gather(relaxation.lower_slopes[0])
@@ -254,13 +267,13 @@ def _chunk_lower_bounds(chain, node: linear_graph.Node, start, chunk: int):
           start=tuple(s * stride - lo for s, stride, (lo, _) in zip(window.start, strides,
                                                                     padding)),
           stride=tuple(a * b for a, b in zip(window.stride, strides)),
-          size=coeffs.shape[-3:-1], extent=node_in.shape[1:3])
-      coeffs = coeffs * _expand(_inside_mask(window, positions)).astype(dtype)
+          size=coeffs.shape[-3:-1], extent=node_in.shape[1:3], positions=window.positions)
+      coeffs = coeffs * _inside_mask(window, neurons)[None].astype(dtype)
     else:  # Elementwise affine: y = slope * x + offset, slope and offset from a JVP at zero.
       offset, slope = _elementwise_affine(step, node_in)
-      bias = bias + _weighted_sum(coeffs, _expand(_gather(offset, window, positions, dtype)))
-      coeffs = coeffs * _expand(_gather(slope, window, positions, dtype))
-  return bias + _concretize(coeffs, _chain_input_bound(chain), window, positions, dtype)
+      bias = bias + _weighted_sum(coeffs, gather(offset))
+      coeffs = coeffs * gather(slope)
+  return bias + _concretize(coeffs, _chain_input_bound(chain), window, neurons, dtype)
 
 
 def _chain_input_bound(chain) -> IntervalBound:
@@ -282,40 +295,19 @@ def _elementwise_affine(step: linear_graph.Step, node_in: linear_graph.Node):
   return jax.jvp(affine, (zeros,), (jnp.ones_like(zeros),))
 
 
-def _concretize(coeffs, bound: IntervalBound, window: _Window, positions, dtype):
+def _concretize(coeffs, bound: IntervalBound, window: _Window, neurons: _Neurons, dtype):
   """`min over the box of coeffs . v` per row, the box gathered on each window."""
-  lower = _expand(_gather(bound.lower, window, positions, dtype))
-  upper = _expand(_gather(bound.upper, window, positions, dtype))
+  lower = _gather(bound.lower, window, neurons, dtype)[None]
+  upper = _gather(bound.upper, window, neurons, dtype)[None]
   return (_weighted_sum(jnp.maximum(coeffs, 0), lower)
           + _weighted_sum(jnp.minimum(coeffs, 0), upper))
 
 
-def patch_bounds(chain, node: linear_graph.Node, budget: int | None = None) -> IntervalBound:
-  """CROWN bounds of every coordinate of `node` by the patches pass.
-
-  Args:
-    chain: `patch_chain(steps, node)`.
-    node: shape (1, H, W, C).
-    budget: patch entries carried at once per example, `DEFAULT_PATCH_BUDGET` if None; the
-      channels are split in chunks under it.
-
-  Returns:
-    The bounds (not intersected with the node's interval bound), shaped like `node`.
-  """
+def neurons_per_pass(chain, node: linear_graph.Node, budget: int | None = None) -> int:
+  """How many neurons one patches pass carries: at most `budget` (`DEFAULT_PATCH_BUDGET` if
+  None) window entries per example, lower and upper rows together."""
   budget = DEFAULT_PATCH_BUDGET if budget is None else budget
-  positions, channels = node.shape[1:3], node.shape[3]
-  per_channel = 2 * math.prod(positions) * _largest_window(chain, channels)
-  chunk = max(1, min(channels, budget // per_channel))
-  num_chunks = -(-channels // chunk)
-  one_chunk = lambda start: _chunk_lower_bounds(chain, node, start, chunk)
-  starts = jnp.arange(num_chunks) * chunk
-  if num_chunks == 1:
-    both = one_chunk(starts[0])
-  else:  # (num_chunks, 2, P_h, P_w, chunk) -> (2, P_h, P_w, num_chunks * chunk).
-    both = jnp.moveaxis(lax.map(one_chunk, starts), 0, -2).reshape(
-        (2, *positions, num_chunks * chunk))
-  both = both[..., :channels]
-  return IntervalBound(both[0][None], -both[1][None])
+  return max(1, min(math.prod(node.shape), budget // (2 * _largest_window(chain, node.shape[3]))))
 
 
 def _largest_window(chain, channels: int) -> int:
@@ -331,4 +323,4 @@ def _largest_window(chain, channels: int) -> int:
   return largest
 
 
-__all__ = ['DEFAULT_PATCH_BUDGET', 'patch_bounds', 'patch_chain']
+__all__ = ['DEFAULT_PATCH_BUDGET', 'neurons_per_pass', 'patch_chain', 'patch_lower_bounds']
