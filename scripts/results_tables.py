@@ -481,7 +481,8 @@ def certificates_by_method(root: pathlib.Path) -> tuple[list, dict]:
                       f'{training}; 1000 x 1000 test images, float64, slack 1e-5; times: boxes of '
                       'the 2000 images and rank bounds, compilation excluded, 2 shared CPU cores'))
     run = 'runs/' + name.removesuffix('_methods')
-    commands[name] = [_train(config, run, *([data] if data else [])), results['command']]
+    commands[name] = [_train(config, run, *([data] if data else [])), results['command'],
+                      *results.get('more_commands', [])]
   return rows, commands
 
 
