@@ -451,6 +451,9 @@ METHOD_CHECKPOINTS = (
      'certified triplet training, 9000 steps on full Fashion-MNIST (15 epochs: reduced)', FASHION_MNIST),
     ('mnist_small_certified', 'configs/mnist_small_certified.py',
      'certified triplet training, 9000 steps on full MNIST (15 epochs: reduced)', MNIST),
+    ('fmnist_large_certified', 'configs/fmnist_large_certified.py',
+     'certified triplet training, Large CNN, 1200 steps on full Fashion-MNIST (2 epochs: reduced)',
+     FASHION_MNIST),
 )
 # (embedding-bound method, QA bound, label): the certificates of each checkpoint's rows.
 CERTIFICATES = (('ibp', 'kakizaki', 'IBP boxes, Theorem 1 (Kakizaki et al.)'),
