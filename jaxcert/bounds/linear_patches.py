@@ -303,11 +303,11 @@ def _concretize(coeffs, bound: IntervalBound, window: _Window, neurons: _Neurons
           + _weighted_sum(jnp.minimum(coeffs, 0), upper))
 
 
-def neurons_per_pass(chain, node: linear_graph.Node, budget: int | None = None) -> int:
-  """How many neurons one patches pass carries: at most `budget` (`DEFAULT_PATCH_BUDGET` if
-  None) window entries per example, lower and upper rows together."""
-  budget = DEFAULT_PATCH_BUDGET if budget is None else budget
-  return max(1, min(math.prod(node.shape), budget // (2 * _largest_window(chain, node.shape[3]))))
+def neurons_per_pass(chain, node: linear_graph.Node) -> int:
+  """How many neurons one patches pass carries: at most `DEFAULT_PATCH_BUDGET` window entries per
+  example, lower and upper rows together."""
+  largest = _largest_window(chain, node.shape[3])
+  return max(1, min(math.prod(node.shape), DEFAULT_PATCH_BUDGET // (2 * largest)))
 
 
 def _largest_window(chain, channels: int) -> int:
