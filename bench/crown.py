@@ -1,9 +1,9 @@
 """Benchmark: CROWN-family linear bounds (`jaxcert.bounds.linear`) against a forward pass and IBP.
 
 1. Cost (default): for each encoder, times `jax.jit` of `linear_bounds(embed, method)` for the
-   methods 'crown_ibp' and 'crown', of `interval(embed)` and of `embed` on the same batch of
-   random-weight encoders (weights as jit arguments), and prints each per image and as a multiple
-   of the forward pass measured in the same run.
+   methods of `--methods` (all of `METHODS` by default), of `interval(embed)` and of `embed` on
+   the same batch of random-weight encoders (weights as jit arguments), and prints each per
+   image and as a multiple of the forward pass measured in the same run.
 2. Certification (`--checkpoint`): on a trained checkpoint, the embedding boxes of the query and
    candidate sets (`config.eval`) at each `--eps` by IBP and by each method (intersected with IBP),
    their median radius, the time, and Kakizaki et al.'s CR-Recall@K under QA and CA
@@ -12,7 +12,8 @@
 Beside auto_LiRPA (optional; docs/linear_bounds.md, "Against auto_LiRPA", says how to install it):
 when it imports, the cost mode also times its CROWN-IBP and CROWN (`compute_bounds`) on the same
 weights and boxes (Small and Large CNN) and prints how far its bounds are from jaxcert's; the
-certification mode takes 'auto_lirpa_crown_ibp' and 'auto_lirpa_crown' in `--methods`.
+certification mode takes 'auto_lirpa_crown_ibp', 'auto_lirpa_crown' and 'auto_lirpa_alpha_crown'
+in `--methods`.
 
   python bench/crown.py
   python bench/crown.py --models small_cnn --batch_size 32 --repeats 3 --dtype float32
@@ -64,7 +65,7 @@ IMAGE_SETTINGS = {
 }
 DTYPES = ('float32', 'float64')
 # jaxcert method -> auto_LiRPA's `compute_bounds(method=...)`; `--methods` takes 'auto_lirpa_' + key.
-LIRPA_METHODS = {'crown_ibp': 'CROWN-IBP', 'crown': 'CROWN'}
+LIRPA_METHODS = {'crown_ibp': 'CROWN-IBP', 'crown': 'CROWN', 'alpha_crown': 'alpha-CROWN'}
 LIRPA_PREFIX = 'auto_lirpa_'
 KS = (1, 10, 20, 40)
 DENSE_CROWN = 'crown (dense)'
@@ -421,13 +422,15 @@ def torch_default_dtype(torch, dtype: str):
 
 def auto_lirpa_bound_function(torch, auto_lirpa, model, variables, image_shape, method: str,
                               dtype: str):
-  """auto_LiRPA's `compute_bounds` by `method` ('crown_ibp' or 'crown') on `model`'s weights.
+  """auto_LiRPA's `compute_bounds` by `method` (a key of LIRPA_METHODS) on `model`'s weights.
 
   Returns `(lower, upper) -> (out_lower, out_upper)` on NHWC numpy boxes, numpy bounds out.
   Like jaxcert (docs/linear_bounds.md, "Against auto_LiRPA"): every intermediate and final linear
   bound intersected with IBP (`compare_crown_with_ibp`); auto_LiRPA's other options at their
   defaults (adaptive ReLU lower slope, patches mode for convolutions, CROWN only for the
-  pre-activations IBP finds unstable).
+  pre-activations IBP finds unstable; alpha-CROWN with its `optimize_bound_args` defaults, which
+  jaxcert's 'alpha_crown' copies: 20 Adam steps, learning rate 0.5 x 0.98 a step, intermediate
+  bounds fixed, the best bound kept).
   """
   module = torch_sequential(torch, model, jax.tree.map(np.asarray, variables['params']),
                             image_shape).to(getattr(torch, dtype))
@@ -441,7 +444,9 @@ def auto_lirpa_bound_function(torch, auto_lirpa, model, variables, image_shape, 
     lower, upper = to_nchw(lower), to_nchw(upper)
     box = auto_lirpa.BoundedTensor((lower + upper) / 2, auto_lirpa.PerturbationLpNorm(
         norm=float('inf'), x_L=lower, x_U=upper))
-    with torch_default_dtype(torch, dtype), torch.no_grad():
+    # alpha-CROWN differentiates its bounds with respect to its slopes.
+    gradients = contextlib.nullcontext() if method == 'alpha_crown' else torch.no_grad()
+    with torch_default_dtype(torch, dtype), gradients:
       out_lower, out_upper = bounded_module.compute_bounds(x=(box,), method=LIRPA_METHODS[method])
     return out_lower.numpy(), out_upper.numpy()
   return bounded

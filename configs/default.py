@@ -126,8 +126,9 @@ def get_config() -> ml_collections.ConfigDict:
   # The QA certificate: 'linear' (the pairwise linear specification, exact over the query's
   # embedding box, docs/bounds.md §13) or 'kakizaki' (Kakizaki et al. Theorem 1, as in the paper).
   config.ibp.qa_bound = 'linear'
-  # How the embedding boxes are computed: 'ibp' (interval bound propagation), 'crown_ibp' or
-  # 'crown' (linear relaxation bounds of jaxcert.bounds.linear, intersected with IBP).
+  # How the embedding boxes are computed: 'ibp' (interval bound propagation), 'crown_ibp',
+  # 'crown' or 'alpha_crown' (linear relaxation bounds of jaxcert.bounds.linear, intersected
+  # with IBP; docs/linear_bounds.md compares their cost and tightness).
   config.ibp.method = 'ibp'
   # Certified training (methods 'tbt', 'fctb', 'cibp'; Kakizaki et al. Sec. 5.1.4): eps rises 0 -> eps and
   # kappa falls 1 -> kappa linearly between the ramp steps (equal steps: fixed from that step).

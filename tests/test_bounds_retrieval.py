@@ -726,8 +726,9 @@ def test_ibp_mode_method_and_qa_bound_choices(monkeypatch):
   config.ibp.eps, config.ibp.eps_sweep, config.ibp.ks = 3e-5, (), (1, 5, 10)
   config.ibp.batch_size = config.ibp.query_block_size = config.ibp.candidate_block_size = 16
   inputs = _ibp_inputs(config)
-  for field, value, valid in (('method', 'alpha_crown', "['ibp', 'crown_ibp', 'crown']"),
-                              ('qa_bound', 'theorem1', "['linear', 'kakizaki']")):
+  for field, value, valid in (
+      ('method', 'beta_crown', "['ibp', 'crown_ibp', 'crown', 'alpha_crown']"),
+      ('qa_bound', 'theorem1', "['linear', 'kakizaki']")):
     bad = config.ibp.copy_and_resolve_references()
     bad[field] = value
     with pytest.raises(ValueError, match=rf'config.ibp.{field} .*valid: {re.escape(valid)}'):

@@ -29,7 +29,11 @@ analysis for scalable certified robustness and beyond"):
 Methods (`METHODS`): 'crown_ibp' relaxes with the IBP bounds of every intermediate value
 (Zhang et al. 2020, "Towards stable and efficient training of verifiably robust neural
 networks"); 'crown' first tightens the input of every non-affine step by a backward pass from it
-(intersected with IBP). The results are intersected with the IBP bounds, so they are never looser.
+(intersected with IBP); 'alpha_crown' is 'crown' with the lower slopes of the straddling ReLUs
+optimised by gradient ascent on the output bounds, per output row, the intermediate bounds fixed
+(Xu et al. 2021, "Fast and complete: enabling complete neural network verification with rapid
+and massively parallel incomplete verifiers", their alpha-CROWN; docs/linear_bounds.md §5.2).
+The results are intersected with the IBP bounds, so they are never looser.
 
 The batch axis must be one of independent examples (`fn(x)[b]` depends on `x[b]` only, true of
 every encoder in inference mode): `fn` is traced on a batch of one and the bounds are vmapped
@@ -48,6 +52,7 @@ import jax.extend.source_info_util as source_info_util
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
+import optax
 
 from jaxcert.bounds import linear_graph
 from jaxcert.bounds import linear_patches
@@ -61,7 +66,14 @@ from jaxcert.bounds.interval import RULES
 from jaxcert.bounds.interval import SAME_OPERAND_RULES
 from jaxcert.bounds.interval import source_location
 
-METHODS = ('crown_ibp', 'crown')
+METHODS = ('crown_ibp', 'crown', 'alpha_crown')
+# Methods whose intermediate bounds come from backward passes (the others' from IBP).
+_TIGHTENING_METHODS = ('crown', 'alpha_crown')
+# alpha-CROWN's optimisation, auto_LiRPA's defaults (`optimize_bound_args`): Adam steps on the
+# slopes, its learning rate and per-step decay; the best bound of all steps is kept.
+ALPHA_STEPS = 20
+ALPHA_LEARNING_RATE = 0.5
+ALPHA_LEARNING_RATE_DECAY = 0.98
 
 # Specification rows per backward pass; bounds memory at rows x (largest intermediate) per example
 # (times the batch under `vmap`). 8 keeps the Small CNN's CROWN at batch 50 under 500 MB of XLA
@@ -190,7 +202,8 @@ class _Graph:
     return node
 
   def tighten(self, node: linear_graph.Node, relevant=True) -> None:
-    """Method 'crown': the node's bound intersected with backward passes from it (`_tightened`).
+    """Methods 'crown', 'alpha_crown': the node's bound intersected with backward passes from it
+    (`_tightened`).
 
     `relevant` (a mask or True) names the coordinates whose bounds the consuming step's
     relaxation depends on; the others keep their interval bound (sound either way).
@@ -208,7 +221,7 @@ class _Graph:
         primitive is _P.jit_p and params.get('name') in NAMED_CALL_RULES):
       return None  # Inlined by the caller.
     affine = primitive not in _CALL_PRIMITIVES and _is_affine(primitive, invals, params)
-    if self.method == 'crown' and not affine:
+    if self.method in _TIGHTENING_METHODS and not affine:
       for value in invals:
         if isinstance(value, linear_graph.Node):
           relevant = _relevant_coordinates(primitive, invals, value, self.steps)
@@ -375,25 +388,39 @@ def _transpose_affine(step: linear_graph.Step, out_coeffs: list):
   return list(zip(nodes, in_coeffs)), bias
 
 
-def _transpose_relaxed(step: linear_graph.Step, coeffs):
-  """Lower bound of `A . y` through `y`'s relaxation: `A+` takes the lower line, `A-` the upper."""
+def _transpose_relaxed(step: linear_graph.Step, coeffs, alpha=None):
+  """Lower bound of `A . y` through `y`'s relaxation: `A+` takes the lower line, `A-` the upper.
+
+  `alpha` (rows, *shape) in [0, 1], for a step with `optimizable` slopes: row r's lower line is
+  `alpha[r] (x - pivot) + pivot` where optimizable (alpha-CROWN), the relaxation's elsewhere.
+  """
   relaxation = step.relaxation
   positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
   nodes = [step.invals[i] for i in linear_graph.bounded_positions(step.invals)]
+  lower_slopes, lower_offset = relaxation.lower_slopes, relaxation.lower_offset
+  if alpha is not None:
+    lower_slopes = (jnp.where(relaxation.optimizable, alpha, lower_slopes[0]),)
+    lower_offset = jnp.where(relaxation.optimizable, (1 - alpha) * relaxation.pivot,
+                             lower_offset)
+    lower_bias = jnp.where(positive != 0, positive * lower_offset, 0)
+    lower_bias = lower_bias.reshape(lower_bias.shape[0], -1).sum(axis=1)
+  else:
+    lower_bias = _weighted_sum(positive, lower_offset)
   in_coeffs = [(node, positive * lower + negative * upper) for node, lower, upper in
-               zip(nodes, relaxation.lower_slopes, relaxation.upper_slopes)]
-  bias = (_weighted_sum(positive, relaxation.lower_offset)
-          + _weighted_sum(negative, relaxation.upper_offset))
-  return in_coeffs, bias
+               zip(nodes, lower_slopes, relaxation.upper_slopes)]
+  return in_coeffs, lower_bias + _weighted_sum(negative, relaxation.upper_offset)
 
 
-def _backward(graph: _Graph, node: linear_graph.Node, coeffs, *, symmetric: bool = False) -> jax.Array:
+def _backward(graph: _Graph, node: linear_graph.Node, coeffs, *, symmetric: bool = False,
+              alphas: dict | None = None) -> jax.Array:
   """Lower bounds of `coeffs[r] . node` over the input box, one per row r.
 
   With `symmetric`, the rows are `[coeffs; -coeffs]` (a lower and an upper bound of each row):
   up to the first non-affine step the negated half is the negation of the first, so only the
-  first is carried there (docs/linear_bounds.md §4).
+  first is carried there (docs/linear_bounds.md §4). `alphas` maps the position of a step in
+  `graph.steps` to its rows' lower slopes (`_transpose_relaxed`; all rows, after unfolding).
   """
+  alphas = alphas or {}
   pending = {node.index: coeffs}
   bias = jnp.zeros(coeffs.shape[:1], coeffs.dtype)
 
@@ -403,7 +430,8 @@ def _backward(graph: _Graph, node: linear_graph.Node, coeffs, *, symmetric: bool
       pending[index] = jnp.concatenate([c, -c])
     bias = jnp.concatenate([bias, -bias])
 
-  for step in reversed(graph.steps[:node.producer + 1]):
+  for position in reversed(range(node.producer + 1)):
+    step = graph.steps[position]
     out_coeffs = [pending.pop(out.index, None) if isinstance(out, linear_graph.Node) else None
                   for out in step.outputs]
     if all(c is None for c in out_coeffs):
@@ -424,7 +452,7 @@ def _backward(graph: _Graph, node: linear_graph.Node, coeffs, *, symmetric: bool
     if step.kind == 'affine':
       in_coeffs, step_bias = _transpose_affine(step, out_coeffs)
     else:
-      in_coeffs, step_bias = _transpose_relaxed(step, out_coeffs[0])
+      in_coeffs, step_bias = _transpose_relaxed(step, out_coeffs[0], alphas.get(position))
     bias = bias + step_bias.astype(bias.dtype)
     for in_node, c in in_coeffs:
       c = c.astype(in_node.dtype)
@@ -456,12 +484,53 @@ def _chunked_lower_bounds(graph: _Graph, node: linear_graph.Node, rows: Callable
   num_chunks = -(-count // chunk)
 
   def one_chunk(start):
-    bounds = _backward(graph, node, rows(start, chunk), symmetric=True).reshape(2, chunk)
-    return bounds * jnp.asarray([[1], [-1]], bounds.dtype)
+    if graph.method == 'alpha_crown':
+      bounds = _optimized_backward(graph, node, rows(start, chunk))
+    else:
+      bounds = _backward(graph, node, rows(start, chunk), symmetric=True)
+    return bounds.reshape(2, chunk) * jnp.asarray([[1], [-1]], bounds.dtype)
 
   starts = jnp.arange(num_chunks) * chunk
   both = lax.map(one_chunk, starts) if num_chunks > 1 else one_chunk(starts[0])[None]
   return jnp.moveaxis(both, 1, 0).reshape(2, num_chunks * chunk)[:, :count]
+
+
+def _optimized_backward(graph: _Graph, node: linear_graph.Node, coeffs) -> jax.Array:
+  """`_backward(graph, node, coeffs, symmetric=True)` with alpha-CROWN's slopes (Xu et al. 2021,
+  Sec. 3.1): the lower slope of every straddling ReLU, one per row, in [0, 1], optimised by Adam
+  on the sum of the rows' bounds (each row's bound depends on its own slopes only), started at
+  CROWN's slopes; the best bound of each row over the steps is returned, so never below CROWN's.
+  Every step's slopes are valid (clipped to [0, 1] before use), so every bound kept is sound.
+  """
+  rows = 2 * coeffs.shape[0]
+  initial = {position: jnp.broadcast_to(step.relaxation.lower_slopes[0],
+                                        (rows,) + step.relaxation.optimizable.shape)
+             for position, step in enumerate(graph.steps[:node.producer + 1])
+             if step.kind == 'relaxed' and step.relaxation.optimizable is not None}
+  if not initial:
+    return _backward(graph, node, coeffs, symmetric=True)
+
+  def bounds_of(alphas):
+    alphas = jax.tree.map(lambda a: jnp.clip(a, 0, 1), alphas)
+    bounds = _backward(graph, node, coeffs, symmetric=True, alphas=alphas)
+    return -jnp.sum(jnp.where(jnp.isfinite(bounds), bounds, 0)), bounds
+
+  optimizer = optax.adam(optax.exponential_decay(ALPHA_LEARNING_RATE, 1,
+                                                 ALPHA_LEARNING_RATE_DECAY))
+  grad_fn = jax.grad(bounds_of, has_aux=True)
+
+  def step(_, state):
+    alphas, opt_state, best = state
+    gradients, bounds = grad_fn(alphas)
+    gradients = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0), gradients)
+    updates, opt_state = optimizer.update(gradients, opt_state, alphas)
+    alphas = jax.tree.map(lambda a: jnp.clip(a, 0, 1), optax.apply_updates(alphas, updates))
+    return alphas, opt_state, jnp.fmax(best, bounds)
+
+  best = jnp.full((rows,), -jnp.inf, coeffs.dtype)
+  alphas, _, best = lax.fori_loop(0, ALPHA_STEPS, step,
+                                  (initial, optimizer.init(initial), best))
+  return jnp.fmax(best, bounds_of(alphas)[1])
 
 
 def _tightened(graph: _Graph, node: linear_graph.Node, relevant) -> IntervalBound:
@@ -575,11 +644,13 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
     fn: function of one batch of inputs, batch elements independent (`fn(x)[b]` depends only on
       `x[b]`; true of every encoder in inference mode), returning a pytree of arrays with a
       leading batch axis.
-    method: 'crown_ibp' (intermediate bounds by IBP; Zhang et al. 2020) or 'crown'
-      (intermediate bounds by backward passes; Zhang et al. 2018), see `METHODS`.
+    method: 'crown_ibp' (intermediate bounds by IBP; Zhang et al. 2020), 'crown' (intermediate
+      bounds by backward passes; Zhang et al. 2018) or 'alpha_crown' ('crown' with the output
+      pass's ReLU slopes optimised, `ALPHA_STEPS` Adam steps: about 60x the output pass of
+      'crown'; Xu et al. 2021), see `METHODS`.
     row_chunk: output coordinates bounded per backward pass (memory: about 2 * row_chunk times
       the largest intermediate value, per example).
-    patches: method 'crown' bounds the outputs of convolutions in patches
+    patches: methods 'crown', 'alpha_crown' bound the outputs of convolutions in patches
       (`jaxcert.bounds.linear_patches`; the same bounds, much faster); False: dense passes.
 
   Returns:

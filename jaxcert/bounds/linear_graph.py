@@ -55,11 +55,18 @@ class Node:
 @dataclasses.dataclass(frozen=True)
 class Relaxation:
   """Linear sandwich `sum_k lower_slopes[k] x_k + lower_offset <= y <= sum_k upper_slopes[k] x_k +
-  upper_offset` of an elementwise step, one slope per bounded operand (output-shaped arrays)."""
+  upper_offset` of an elementwise step, one slope per bounded operand (output-shaped arrays).
+
+  `optimizable` (a boolean mask, or None): where `y = max(x, pivot)` of one operand straddles the
+  pivot, so every line `alpha (x - pivot) + pivot` with `0 <= alpha <= 1` is a valid lower line
+  (alpha-CROWN's slopes, Xu et al. 2021; docs/linear_bounds.md §3.2); `pivot` is the threshold.
+  """
   lower_slopes: tuple
   lower_offset: jax.Array
   upper_slopes: tuple
   upper_offset: jax.Array
+  optimizable: jax.Array | None = None
+  pivot: jax.Array | None = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -266,7 +273,13 @@ def relaxation(primitive, invals, params, out_bound: IntervalBound, steps) -> tu
       ls, lo, us, uo = linear_rules.relu_like(-x.upper, -x.lower, -threshold)
       slopes = (us, -uo, ls, -lo)
     slopes = ((slopes[0],), slopes[1], (slopes[2],), slopes[3])
-    return finite_or_constant(slopes, [x], out_bound), recorded(invals, positions)
+    relaxed = finite_or_constant(slopes, [x], out_bound)
+    if primitive is _P.max_p and is_float(threshold):
+      pivot = jnp.broadcast_to(threshold, shape).astype(out_bound.lower.dtype)
+      straddles = ((x.lower < pivot) & (x.upper > pivot) & jnp.isfinite(x.lower)
+                   & jnp.isfinite(x.upper))
+      relaxed = dataclasses.replace(relaxed, optimizable=straddles, pivot=pivot)
+    return relaxed, recorded(invals, positions)
   if primitive in (_P.max_p, _P.min_p) and len(positions) == 2:
     x, y = invals
     if x is y:  # max(x, x) = x.

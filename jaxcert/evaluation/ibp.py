@@ -11,8 +11,9 @@ outwards, so it holds for the real-valued encoder with no slack, docs/rigorous_f
 'auto' (the default) is float64 on CPU and float32 on GPU and TPU. Two more choices, named in
 ibp.md and results.json ('certified_by'):
   config.ibp.method    how the embedding boxes are bounded: 'ibp' (interval bound propagation,
-                       Eqs. 15-16), 'crown_ibp' or 'crown' (linear relaxations of
-                       `jaxcert.bounds.linear`, intersected with IBP; float64 only);
+                       Eqs. 15-16), 'crown_ibp', 'crown' or 'alpha_crown' (linear
+                       relaxations of `jaxcert.bounds.linear`, intersected with IBP;
+                       float64 only);
   config.ibp.qa_bound  the QA certificate: 'linear' (the exact linear specification over the
                        query's embedding box, docs/bounds.md §13) or 'kakizaki' (Theorem 1).
 
@@ -71,6 +72,8 @@ METHODS = {
     'ibp': 'interval bound propagation (Kakizaki et al. Eqs. 15-16)',
     'crown_ibp': 'CROWN-IBP linear bounds intersected with IBP (jaxcert.bounds.linear)',
     'crown': 'CROWN linear bounds intersected with IBP (jaxcert.bounds.linear)',
+    'alpha_crown': ('alpha-CROWN linear bounds (CROWN with optimised ReLU slopes) intersected '
+                    'with IBP (jaxcert.bounds.linear)'),
 }
 # config.ibp.qa_bound: the query-attack certificate (`rank_bounds`'s qa_bound) -> its description.
 QA_BOUNDS = {
@@ -139,9 +142,9 @@ def embedding_bound_transform(method: str, outward: bool = False):
   """The bound transform of `config.ibp.method` for `certified_retrieval.embedding_bounds`.
 
   'ibp': `interval` (`outward_interval` if `outward`, the rigorous float32). 'crown_ibp',
-  'crown': `jaxcert.bounds.linear.linear_bounds(fn, method=...)` (same calling convention as
-  `interval(fn)`, already intersected with the IBP bounds). Cached: one function object per
-  method, so jit reuses its compilations.
+  'crown', 'alpha_crown': `jaxcert.bounds.linear.linear_bounds(fn, method=...)` (same calling
+  convention as `interval(fn)`, already intersected with the IBP bounds). Cached: one function
+  object per method, so jit reuses its compilations.
 
   Raises:
     ValueError: an unknown method, or a linear method with `outward` (the linear bounds round to
