@@ -136,7 +136,8 @@ def cost_main(args, parser) -> dict:
   methods += [DENSE_CROWN] if args.dense else []
   lirpa = auto_lirpa_or_none()
   print(f'{"model":<10} {"batch":>5} {"dtype":>8} {"method":>22} {"ms / image":>11} '
-        f'{"x forward":>10}   (forward pass in float32, same run)')
+        f'{"x forward":>10} {"mean width":>11}   (forward pass in float32, same run; width: '
+        'upper - lower, auto_LiRPA\'s intersected with IBP as jaxcert\'s are)')
   results, rows = {}, []
   for name in names:
     if args.checkpoint:  # The checkpoint's encoder on its first queries.
@@ -155,15 +156,21 @@ def cost_main(args, parser) -> dict:
     results[name] = timings
     forward = timings['forward'] / args.batch_size
     for method, seconds in list(timings.items()):
-      agreement = ''
+      agreement, width = '', ''
+      if method in bounds:
+        lower, upper = bounds[method]
+        if method.startswith(LIRPA_PREFIX):
+          lower, upper = np.maximum(lower, bounds['ibp'][0]), np.minimum(upper, bounds['ibp'][1])
+        results[name][method + '_mean_width'] = float(np.mean(upper - lower))
+        width = f'{np.mean(upper - lower):.5g}'
       if method.startswith(LIRPA_PREFIX):
         difference = largest_relative_difference(bounds[method.removeprefix(LIRPA_PREFIX)],
                                                  bounds[method])
         results[name][method + '_relative_difference'] = difference
         agreement = f'   max |difference| from jaxcert {difference:.1e} of the largest |bound|'
       print(f'{name:<10} {args.batch_size:>5} {args.dtype:>8} {method:>22} '
-            f'{1e3 * seconds / args.batch_size:>11.3f} {seconds / timings["forward"]:>10.1f}'
-            + agreement, flush=True)
+            f'{1e3 * seconds / args.batch_size:>11.3f} {seconds / timings["forward"]:>10.1f} '
+            f'{width:>11}' + agreement, flush=True)
       if method in LIRPA_METHODS or method.startswith(LIRPA_PREFIX):
         base = method.removeprefix(LIRPA_PREFIX)
         who = (f'auto_LiRPA, bounds within {difference:.0e} of jaxcert\'s'
