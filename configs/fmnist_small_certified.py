@@ -15,10 +15,9 @@ Compared with Kakizaki et al.'s Table 2 in results/certified_training/README.md.
 from configs import kakizaki
 
 NUM_STEPS = 9000
-TRAIN_IMAGES = 60_000
 
 
 def get_config():
   config = kakizaki.get_config('fmnist', 'small', 'certified')
-  kakizaki.certified_recipe(config, num_steps=NUM_STEPS, train_size=TRAIN_IMAGES)
+  kakizaki.certified_recipe(config, num_steps=NUM_STEPS, train_size=kakizaki.TRAIN_IMAGES['fmnist'])
   return config

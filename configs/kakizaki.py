@@ -36,6 +36,7 @@ MODELS = {'small': 'small_cnn', 'large': 'large_cnn'}
 METHODS = {'triplet': 'metric', 'cibp': 'cibp', 'tbt': 'tbt', 'fctb': 'fctb',
            'certified': 'certified_triplet'}
 EPS = {'mnist': 0.2, 'fmnist': 0.2, 'cifar10': 2 / 255}
+TRAIN_IMAGES = {'mnist': 60_000, 'fmnist': 60_000, 'cifar10': 50_000}  # training-split sizes
 ATTACK_EPS = {'mnist': (0.1, 0.2), 'fmnist': (0.1, 0.2), 'cifar10': (2 / 255, 3 / 255)}  # Sec. 5.1.3
 FCTB_KAPPA = {'mnist': 0.2, 'fmnist': 0.1, 'cifar10': 0.1}
 FCTB_EPOCHS = 20  # passes over the candidate set (our choice, see the module docstring)
