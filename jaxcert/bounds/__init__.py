@@ -4,8 +4,9 @@
 `jaxcert.bounds.rules`; `input_box` builds the L-infinity box of an image;
 `l2_normalize` is an L2 normalisation with a tight interval rule;
 `interval(fn, rounding='outward')` bounds the real-valued function in any dtype
-(`jaxcert.bounds.rounding`); `linear_bounds(fn, method)` computes CROWN-IBP or
-CROWN bounds over the same jaxpr, intersected with IBP (`jaxcert.bounds.linear`).
+(`jaxcert.bounds.rounding`); `linear_bounds(fn, method)` computes CROWN-IBP,
+CROWN or alpha-CROWN bounds over the same jaxpr, intersected with IBP
+(`jaxcert.bounds.linear`).
 `jaxcert.bounds.retrieval` turns embedding bounds into distance bounds, rank
 bounds and certified retrieval (Kakizaki et al., Theorems 1-6, Eqs. 19 and 25).
 """
