@@ -435,9 +435,9 @@ def auto_lirpa_bound_function(torch, auto_lirpa, model, variables, image_shape, 
   Like jaxcert (docs/linear_bounds.md, "Against auto_LiRPA"): every intermediate and final linear
   bound intersected with IBP (`compare_crown_with_ibp`); auto_LiRPA's other options at their
   defaults (adaptive ReLU lower slope, patches mode for convolutions, CROWN only for the
-  pre-activations IBP finds unstable; alpha-CROWN with its `optimize_bound_args` defaults, which
-  jaxcert's 'alpha_crown' copies: 20 Adam steps, learning rate 0.5 x 0.98 a step, intermediate
-  bounds fixed, the best bound kept).
+  pre-activations IBP finds unstable; alpha-CROWN with its `optimize_bound_args` defaults, 20
+  Adam steps at learning rate 0.5 x 0.98 a step as jaxcert's 'alpha_crown', but also optimising
+  the intermediate layers' slopes, which jaxcert's keeps at CROWN's: docs/linear_bounds.md §5.2).
   """
   module = torch_sequential(torch, model, jax.tree.map(np.asarray, variables['params']),
                             image_shape).to(getattr(torch, dtype))
