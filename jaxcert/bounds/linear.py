@@ -510,7 +510,7 @@ def _optimized_backward(graph: _Graph, node: linear_graph.Node, coeffs) -> jax.A
   if not initial:
     return _backward(graph, node, coeffs, symmetric=True)
 
-  def bounds_of(alphas):
+  def bounds_of(alphas):  # (the loss to minimise, the rows' bounds)
     alphas = jax.tree.map(lambda a: jnp.clip(a, 0, 1), alphas)
     bounds = _backward(graph, node, coeffs, symmetric=True, alphas=alphas)
     return -jnp.sum(jnp.where(jnp.isfinite(bounds), bounds, 0)), bounds
@@ -519,7 +519,7 @@ def _optimized_backward(graph: _Graph, node: linear_graph.Node, coeffs) -> jax.A
                                                  ALPHA_LEARNING_RATE_DECAY))
   grad_fn = jax.grad(bounds_of, has_aux=True)
 
-  def step(_, state):
+  def adam_step(_, state):
     alphas, opt_state, best = state
     gradients, bounds = grad_fn(alphas)
     gradients = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0), gradients)
@@ -528,7 +528,7 @@ def _optimized_backward(graph: _Graph, node: linear_graph.Node, coeffs) -> jax.A
     return alphas, opt_state, jnp.fmax(best, bounds)
 
   best = jnp.full((rows,), -jnp.inf, coeffs.dtype)
-  alphas, _, best = lax.fori_loop(0, ALPHA_STEPS, step,
+  alphas, _, best = lax.fori_loop(0, ALPHA_STEPS, adam_step,
                                   (initial, optimizer.init(initial), best))
   return jnp.fmax(best, bounds_of(alphas)[1])
 

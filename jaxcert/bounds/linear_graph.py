@@ -59,7 +59,7 @@ class Relaxation:
 
   `optimizable` (a boolean mask, or None): where `y = max(x, pivot)` of one operand straddles the
   pivot, so every line `alpha (x - pivot) + pivot` with `0 <= alpha <= 1` is a valid lower line
-  (alpha-CROWN's slopes, Xu et al. 2021; docs/linear_bounds.md §3.2); `pivot` is the threshold.
+  (alpha-CROWN's slopes, Xu et al. 2021; docs/linear_bounds.md §5.2); `pivot` is the threshold.
   """
   lower_slopes: tuple
   lower_offset: jax.Array
