@@ -22,7 +22,7 @@ run `python -m bench.run --scaling_worker` on the real devices.
 Side by side (bench/compare_torch.py, when PyTorch is installed: pip install -e '.[compare]'):
 IBP bounds against auto_LiRPA (where it imports) and a plain PyTorch IBP loop on the same weights,
 and smoothing against a Cohen et al.-style PyTorch Monte-Carlo loop. bench/crown.py's rows
-(CROWN-IBP and CROWN bounds) include auto_LiRPA's on the same weights where it imports
+(CROWN-IBP, CROWN and alpha-CROWN bounds) include auto_LiRPA's on the same weights where it imports
 (docs/linear_bounds.md, "Against auto_LiRPA").
 """
 
@@ -65,7 +65,7 @@ QUICK_ARGV = {
                       '--repeats', '3'],
 }
 HOT_PATH_ORDER = ('forward', 'train step', 'IBP bounds', 'CROWN-IBP bounds', 'CROWN bounds',
-                  'QA/CA verification', 'smoothing',
+                  'alpha-CROWN bounds', 'QA/CA verification', 'smoothing',
                   'PGD step', 'blocked top-k')
 
 
