@@ -132,7 +132,7 @@ def test_relu_mlp_sound_and_tighter_than_ibp():
   widths = _assert_sound(fn, lower, upper, 4)
   assert widths['crown'] < widths['ibp']
   assert widths['crown_ibp'] < widths['ibp']
-  assert widths['crown'] < widths['crown_ibp']
+  assert widths['alpha_crown'] < widths['crown'] < widths['crown_ibp']
 
 
 def _small_conv_net(rng):
@@ -184,25 +184,24 @@ def test_alpha_crown_sound_for_any_slopes_in_the_unit_interval():
     assert not np.allclose(bounds, crown)  # the slopes were used
 
 
-def test_alpha_crown_never_looser_than_crown_and_tighter_on_standard_networks():
+def test_alpha_crown_never_looser_than_crown_and_tighter_on_a_cnn():
   """The optimised slopes start at CROWN's and the best bound is kept: never looser than CROWN,
-  strictly tighter on average on untrained networks (dense and convolutional), and sound at
-  samples and PGD ends."""
+  strictly tighter on average on an untrained CNN (patches intermediate bounds), and sound at
+  samples and PGD ends. (The MLP of `test_relu_mlp_sound_and_tighter_than_ibp` checks the same
+  on dense layers, on average.)"""
   rng = np.random.default_rng(12)
-  mlp, _ = _mlp(rng, [6, 32, 32, 32, 4])
-  cases = [(mlp, _random_box(rng, 3, (6,), 0.2), 4),
-           (_small_conv_net(rng), _random_box(rng, 2, (10, 10, 1), 0.15), 3)]
-  for fn, (lower, upper), num_outputs in cases:
-    points = np.concatenate([_sample(rng, lower, upper, 200),
-                             np.asarray(_pgd_ends(fn, lower, upper, num_outputs))])
-    crown_lower, crown_upper = (np.asarray(b) for b in
-                                jax.jit(linear_bounds(fn, 'crown'))(lower, upper))
-    alpha_lower, alpha_upper = (np.asarray(b) for b in
-                                jax.jit(linear_bounds(fn, 'alpha_crown'))(lower, upper))
-    _assert_inside(fn, points, alpha_lower, alpha_upper, TOLERANCE_64)
-    assert np.all(alpha_lower >= crown_lower - TOLERANCE_64)
-    assert np.all(alpha_upper <= crown_upper + TOLERANCE_64)
-    assert np.mean(alpha_upper - alpha_lower) < np.mean(crown_upper - crown_lower)
+  fn = _small_conv_net(rng)
+  lower, upper = _random_box(rng, 2, (10, 10, 1), 0.15)
+  points = np.concatenate([_sample(rng, lower, upper, 200),
+                           np.asarray(_pgd_ends(fn, lower, upper, 3))])
+  crown_lower, crown_upper = (np.asarray(b) for b in
+                              jax.jit(linear_bounds(fn, 'crown'))(lower, upper))
+  alpha_lower, alpha_upper = (np.asarray(b) for b in
+                              jax.jit(linear_bounds(fn, 'alpha_crown'))(lower, upper))
+  _assert_inside(fn, points, alpha_lower, alpha_upper, TOLERANCE_64)
+  assert np.all(alpha_lower >= crown_lower - TOLERANCE_64)
+  assert np.all(alpha_upper <= crown_upper + TOLERANCE_64)
+  assert np.mean(alpha_upper - alpha_lower) < np.mean(crown_upper - crown_lower)
 
 
 def test_two_layer_relu_equals_hand_derived_crown():
