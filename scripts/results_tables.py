@@ -454,6 +454,8 @@ METHOD_CHECKPOINTS = (
     ('fmnist_large_certified', 'configs/fmnist_large_certified.py',
      'certified triplet training, Large CNN, 1200 steps on full Fashion-MNIST (2 epochs: reduced)',
      FASHION_MNIST),
+    ('mnist_large_certified', 'configs/mnist_large_certified.py',
+     'certified triplet training, Large CNN, 1200 steps on full MNIST (2 epochs: reduced)', MNIST),
 )
 # (embedding-bound method, QA bound, label): the certificates of each checkpoint's rows.
 CERTIFICATES = (('ibp', 'kakizaki', 'IBP boxes, Theorem 1 (Kakizaki et al.)'),
@@ -550,6 +552,7 @@ CERTIFIED_FULL_DATA_RUNS = (
     ('fmnist_small_certified', 'fmnist', 'Small', 'fmnist_large_tbt_eq20'),
     ('mnist_small_certified', 'mnist', 'Small', 'mnist_small_tbt_full'),
     ('fmnist_large_certified', 'fmnist', 'Large', 'fmnist_large_tbt_eq20'),
+    ('mnist_large_certified', 'mnist', 'Large', 'mnist_large_tbt_eq20'),
 )
 
 
