@@ -325,8 +325,9 @@ def _interpret(graph: _Graph, jaxpr, consts, args, enclosing_calls=()) -> list:
 
 
 def _weighted_sum(coeffs, values):
-  """`sum coeffs * values` over all but the row axis, with 0 * inf = 0."""
-  values = jnp.broadcast_to(values, coeffs.shape[1:])
+  """`sum coeffs * values` over all but the row axis, with 0 * inf = 0; `values` shaped like a
+  row (shared by the rows) or like `coeffs` (one per row)."""
+  values = jnp.broadcast_to(values, coeffs.shape)
   products = jnp.where(coeffs != 0, coeffs * values, 0)
   return products.reshape(products.shape[0], -1).sum(axis=1)
 
@@ -402,13 +403,11 @@ def _transpose_relaxed(step: linear_graph.Step, coeffs, alpha=None):
     lower_slopes = (jnp.where(relaxation.optimizable, alpha, lower_slopes[0]),)
     lower_offset = jnp.where(relaxation.optimizable, (1 - alpha) * relaxation.pivot,
                              lower_offset)
-    lower_bias = jnp.where(positive != 0, positive * lower_offset, 0)
-    lower_bias = lower_bias.reshape(lower_bias.shape[0], -1).sum(axis=1)
-  else:
-    lower_bias = _weighted_sum(positive, lower_offset)
   in_coeffs = [(node, positive * lower + negative * upper) for node, lower, upper in
                zip(nodes, lower_slopes, relaxation.upper_slopes)]
-  return in_coeffs, lower_bias + _weighted_sum(negative, relaxation.upper_offset)
+  bias = (_weighted_sum(positive, lower_offset)
+          + _weighted_sum(negative, relaxation.upper_offset))
+  return in_coeffs, bias
 
 
 def _backward(graph: _Graph, node: linear_graph.Node, coeffs, *, symmetric: bool = False,
