@@ -162,7 +162,7 @@ def cost_main(args, parser) -> dict:
         if method.startswith(LIRPA_PREFIX):
           lower, upper = np.maximum(lower, bounds['ibp'][0]), np.minimum(upper, bounds['ibp'][1])
         results[name][method + '_mean_width'] = float(np.mean(upper - lower))
-        width = f'{np.mean(upper - lower):.5g}'
+        width = f'{results[name][method + "_mean_width"]:.5g}'
       if method.startswith(LIRPA_PREFIX):
         difference = largest_relative_difference(bounds[method.removeprefix(LIRPA_PREFIX)],
                                                  bounds[method])
