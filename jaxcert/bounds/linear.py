@@ -340,10 +340,10 @@ def _concretize(coeffs, bound: IntervalBound):
 
 def _conv_transposition(step: linear_graph.Step, coeffs):
   """How an affine convolution step is transposed (docs/linear_bounds.md §3.1): 'matmul'
-  (`linear_rules.conv_lhs_transpose`: a float64 convolution on CPU, whose XLA kernel is several
-  times slower than a matmul), 'conv' (`linear_rules.conv_lhs_transpose_by_conv`: one convolution
-  with the flipped HWIO kernel, fast in float32), or None (the generic VJP: grouped or
-  input-dilated convolutions, a bounded kernel, or padding larger than the kernel)."""
+  (`linear_rules.conv_lhs_transpose`, where `linear_rules.transpose_conv_by_matmul`: float64 on
+  CPU), 'conv' (`linear_rules.conv_lhs_transpose_by_conv`: one convolution
+  with the flipped HWIO kernel), or None (the generic VJP: grouped or input-dilated convolutions,
+  a bounded kernel, or padding larger than the kernel)."""
   params = step.params
   if not (step.primitive is _P.conv_general_dilated_p
           and linear_graph.bounded_positions(step.invals) == [0] and coeffs is not None
@@ -351,7 +351,7 @@ def _conv_transposition(step: linear_graph.Step, coeffs):
           and all(d == 1 for d in params['lhs_dilation'])
           and all(lo >= 0 and hi >= 0 for lo, hi in params['padding'])):
     return None
-  if coeffs.dtype == jnp.float64 and jax.default_backend() == 'cpu':
+  if linear_rules.transpose_conv_by_matmul(coeffs.dtype):
     return 'matmul'
   kernel_spatial = params['dimension_numbers'].rhs_spec[2:]
   padding = linear_rules.conv_lhs_transpose_padding(

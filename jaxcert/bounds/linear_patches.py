@@ -146,8 +146,10 @@ def _gather(values, window: _Window, neurons: _Neurons, dtype):
   values = jnp.broadcast_to(values, (1, *window.extent, values.shape[-1] if values.ndim else 1))
   pad = window.padding()
   padded = jnp.pad(values[0], (*pad, (0, 0)))
-  rows, cols = window.indices(neurons.rows, neurons.cols)
-  return padded[rows[:, :, None] + pad[0][0], cols[:, None, :] + pad[1][0]]
+  starts = [start + stride * neuron + before for start, stride, neuron, (before, _) in
+            zip(window.start, window.stride, (neurons.rows, neurons.cols), pad)]
+  sizes = (*window.size, padded.shape[-1])
+  return jax.vmap(lambda row, col: jax.lax.dynamic_slice(padded, (row, col, 0), sizes))(*starts)
 
 
 def _inside_mask(window: _Window, neurons: _Neurons):
@@ -173,8 +175,10 @@ def _conv_transpose_patches(patches, step: linear_graph.Step):
   strides = step.params['window_strides']
   in_shape = (1, (h - 1) * strides[0] + kernel_h, (w - 1) * strides[1] + kernel_w, in_channels)
   valid = dict(step.params, padding=((0, 0), (0, 0)))
-  out = linear_rules.conv_lhs_transpose(flat, jnp.asarray(step.invals[1], patches.dtype), valid,
-                                        in_shape)
+  transpose = (linear_rules.conv_lhs_transpose
+               if linear_rules.transpose_conv_by_matmul(patches.dtype)
+               else linear_rules.conv_lhs_transpose_by_conv)
+  out = transpose(flat, jnp.asarray(step.invals[1], patches.dtype), valid, in_shape)
   return out.reshape(leading + in_shape[1:])
 
 

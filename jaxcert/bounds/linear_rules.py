@@ -211,6 +211,15 @@ ELEMENTWISE_RELAXATIONS = {
 }
 
 
+def transpose_conv_by_matmul(dtype) -> bool:
+  """Whether `conv_lhs_transpose` (else `conv_lhs_transpose_by_conv`) is the faster transposition
+  of a convolution for coefficients of `dtype`: in float64 on CPU, where XLA's float64
+  convolution runs at about 1 GFLOP/s, several times slower than its float64 matmul. (In float32
+  the convolution was faster on CPU also where the transposed convolution has a single output
+  feature and a micro-benchmark of it alone favoured the matmul: docs/linear_bounds.md §3.1.)"""
+  return dtype == jnp.float64 and jax.default_backend() == 'cpu'
+
+
 def conv_lhs_transpose(coeffs, kernel, params, lhs_shape):
   """`L^T A` for `L x = conv(x, kernel)`: one matmul with the kernel, then one padded sum.
 
