@@ -124,8 +124,12 @@ def get_config() -> ml_collections.ConfigDict:
   # (docs/bounds.md §10); unset: 1e-5 in float64, 0 in the rigorous float32.
   config.ibp.distance_slack = ml_collections.config_dict.placeholder(float)
   # The QA certificate: 'linear' (the pairwise linear specification, exact over the query's
-  # embedding box, docs/bounds.md §13) or 'kakizaki' (Kakizaki et al. Theorem 1, as in the paper).
+  # embedding box, docs/bounds.md §13), 'network' ('linear', and for each query's nearest
+  # same-class candidate the specification also bounded through the encoder by config.ibp.method,
+  # a linear method, on the spec_rows pairs the box leaves undecided; docs/linear_bounds.md §6.1)
+  # or 'kakizaki' (Kakizaki et al. Theorem 1, as in the paper).
   config.ibp.qa_bound = 'linear'
+  config.ibp.spec_rows = 64
   # How the embedding boxes are computed: 'ibp' (interval bound propagation), 'crown_ibp',
   # 'crown' or 'alpha_crown' (linear relaxation bounds of jaxcert.bounds.linear, intersected
   # with IBP; docs/linear_bounds.md compares their cost and tightness).

@@ -728,7 +728,7 @@ def test_ibp_mode_method_and_qa_bound_choices(monkeypatch):
   inputs = _ibp_inputs(config)
   for field, value, valid in (
       ('method', 'beta_crown', "['ibp', 'crown_ibp', 'crown', 'alpha_crown']"),
-      ('qa_bound', 'theorem1', "['linear', 'kakizaki']")):
+      ('qa_bound', 'theorem1', "['linear', 'network', 'kakizaki']")):
     bad = config.ibp.copy_and_resolve_references()
     bad[field] = value
     with pytest.raises(ValueError, match=rf'config.ibp.{field} .*valid: {re.escape(valid)}'):
@@ -761,6 +761,47 @@ def test_ibp_mode_method_and_qa_bound_choices(monkeypatch):
   certified_by = ibp.certified_by(config.ibp)
   assert (certified_by['method'], certified_by['qa_bound']) == ('crown_ibp', 'linear')
   assert 'CROWN-IBP' in certified_by['text']
+
+
+def test_network_qa_bound_wiring_and_its_config_errors(monkeypatch):
+  """config.ibp.qa_bound 'network': certify_at ranks with the linear specification, then hands
+  each query's nearest same-class column, config.ibp.method, spec_rows and the slack to
+  query_attack_network (whose bounds tests/test_query_attack_network.py attacks); it needs a
+  linear method and a positive spec_rows."""
+  config = default.get_config()
+  config.eval.num_queries, config.eval.num_candidates = 12, 40
+  config.ibp.eps, config.ibp.eps_sweep, config.ibp.ks = 3e-5, (), (1, 5, 10)
+  config.ibp.batch_size = config.ibp.query_block_size = config.ibp.candidate_block_size = 16
+  config.ibp.qa_bound = 'network'
+  with pytest.raises(ValueError, match=r"qa_bound='network'.*one of \['crown_ibp', 'crown', "
+                                       r"'alpha_crown'\]"):
+    ibp.check_ibp_config(config.ibp, 40)
+  config.ibp.method, config.ibp.spec_rows = 'crown', 0
+  with pytest.raises(ValueError, match='spec_rows must be a positive integer'):
+    ibp.check_ibp_config(config.ibp, 40)
+  config.ibp.spec_rows = 7
+  inputs = _ibp_inputs(config)
+  monkeypatch.setattr(ibp, 'embedding_bound_transform', lambda method, outward=False: interval)
+  calls = []
+
+  def tighten(rank_bounds, embed, images, eps, lower, upper, candidate_emb, columns, **kwargs):
+    calls.append(dict(kwargs, columns=columns, eps=eps))
+    return rank_bounds._replace(query_attack_upper=rank_bounds.query_attack_upper - 1), {}
+
+  monkeypatch.setattr(ibp.query_attack_network, 'tighten_query_attack_upper', tighten)
+  query_emb, candidate_emb = (np.asarray(inputs.embed(x)) for x in (inputs.queries.images,
+                                                                  inputs.candidates.images))
+  network = ibp.certify_at(inputs, query_emb, candidate_emb, 3e-5, (1, 5, 10))
+  config.ibp.qa_bound = 'linear'
+  linear_qa = ibp.certify_at(inputs, query_emb, candidate_emb, 3e-5, (1, 5, 10))
+  assert len(calls) == 1
+  call = calls[0]
+  assert (call['method'], call['max_rows'], call['eps']) == ('crown', 7, 3e-5)
+  assert call['distance_slack'] == ibp.distance_slack(config.ibp)
+  np.testing.assert_array_equal(call['columns'], ibp.query_attack_network.first_same_class_column(
+      linear_qa['rank_bounds'].indices, inputs.queries.labels, inputs.candidates.labels))
+  np.testing.assert_array_equal(network['rank_bounds'].query_attack_upper,
+                                np.asarray(linear_qa['rank_bounds'].query_attack_upper) - 1)
 
 
 def test_float64_certification_on_tpu_says_to_use_float32(monkeypatch):

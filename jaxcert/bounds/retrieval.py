@@ -320,7 +320,7 @@ def _rounding_factor(dtype, dim: int):
 
 
 def _linear_order_from_sums(candidate_sq, target_sq, cross_radius, candidate_far, target_far,
-                            width, rounding):
+                            width, rounding, cross_magnitude=None):
   """(c surely farther than c^, c surely closer) for every query z in the box [m - r, m + r].
 
   The linear specification of docs/bounds.md §13, from sums computed in floating point:
@@ -330,9 +330,14 @@ def _linear_order_from_sums(candidate_sq, target_sq, cross_radius, candidate_far
   ||z - c||^2 - ||z - c^||^2 ranges over candidate_sq - target_sq -+ 2 cross_radius (exactly);
   c is surely farther where its minimum exceeds w (2 target_far + w), closer where minus its
   maximum exceeds w (2 candidate_far + w), each by more than the rounding of the whole sum.
+  For the farther decision alone, `cross_radius` may be any upper bound of
+  max_z (c^ - c) . (m - z) over the set z ranges in (`jaxcert.bounds.query_attack_network` passes
+  one bounded through the encoder); `cross_magnitude` is then the sum of the magnitudes of the
+  terms it was computed from (default: `cross_radius`, a sum of non-negative terms).
   """
   centre_gap = candidate_sq - target_sq
-  magnitude = candidate_sq + target_sq + 2 * cross_radius
+  cross_magnitude = cross_radius if cross_magnitude is None else cross_magnitude
+  magnitude = candidate_sq + target_sq + 2 * cross_magnitude
   farther_margin = width * (2 * target_far + width)
   closer_margin = width * (2 * candidate_far + width)
   farther = centre_gap - 2 * cross_radius - farther_margin > rounding * (magnitude + farther_margin)

@@ -15,7 +15,12 @@ ibp.md and results.json ('certified_by'):
                        relaxations of `jaxcert.bounds.linear`, intersected with IBP;
                        float64 only);
   config.ibp.qa_bound  the QA certificate: 'linear' (the exact linear specification over the
-                       query's embedding box, docs/bounds.md §13) or 'kakizaki' (Theorem 1).
+                       query's embedding box, docs/bounds.md §13), 'network' ('linear', then
+                       for each query's nearest same-class candidate the same specification
+                       bounded through the encoder with config.ibp.method's relaxation on the
+                       config.ibp.spec_rows candidates the box leaves undecided,
+                       `jaxcert.bounds.query_attack_network`; a linear method only) or
+                       'kakizaki' (Theorem 1).
 
 `compute(inputs)` certifies and returns every number; `write_report(inputs, computed, workdir)`
 writes them; `run` (the mode's entry point) does both.
@@ -59,6 +64,7 @@ from jaxcert import metrics
 from jaxcert import report
 from jaxcert import retrieval
 from jaxcert.bounds import linear
+from jaxcert.bounds import query_attack_network
 from jaxcert.bounds import retrieval as certified_retrieval
 from jaxcert.bounds.interval import interval
 from jaxcert.bounds import rounding as outward_rounding
@@ -78,8 +84,13 @@ METHODS = {
 # config.ibp.qa_bound: the query-attack certificate (`rank_bounds`'s qa_bound) -> its description.
 QA_BOUNDS = {
     'linear': 'the linear specification, exact over the query embedding box (docs/bounds.md §13)',
+    'network': ('the linear specification, exact over the query embedding box, and for each '
+                "query's nearest same-class candidate also bounded through the encoder on the "
+                'pairs the box leaves undecided (jaxcert.bounds.query_attack_network)'),
     'kakizaki': 'Kakizaki et al. Theorem 1 (distance bounds, Eqs. 9-10)',
 }
+# The methods whose relaxations also bound a specification through the encoder ('network').
+LINEAR_METHODS = tuple(linear.METHODS)
 CA_BOUND = 'Kakizaki et al. Theorem 2 (distance bounds, Eqs. 11-12)'
 
 
@@ -108,6 +119,13 @@ def check_ibp_config(ibp_config, num_candidates: int) -> tuple[float, tuple[int,
   if ibp_config.qa_bound not in QA_BOUNDS:
     raise ValueError(f'Unknown config.ibp.qa_bound {ibp_config.qa_bound!r}; valid: '
                      f'{list(QA_BOUNDS)}.')
+  if ibp_config.qa_bound == 'network' and ibp_config.method not in LINEAR_METHODS:
+    raise ValueError(f"config.ibp.qa_bound='network' bounds the QA specification through the "
+                     f"encoder with config.ibp.method's linear relaxation; config.ibp.method is "
+                     f"{ibp_config.method!r}: set it to one of {list(LINEAR_METHODS)}.")
+  if not (int(ibp_config.spec_rows) == ibp_config.spec_rows and ibp_config.spec_rows >= 1):
+    raise ValueError(f'config.ibp.spec_rows must be a positive integer, got '
+                     f'{ibp_config.spec_rows!r}.')
   if ibp_config.dtype == 'float64' and jax.default_backend() == 'tpu':
     raise ValueError('TPUs do not compute in float64: certify with --config.ibp.dtype=float32 '
                      '(rigorous: outward-rounded bounds, docs/rigorous_float32.md).')
@@ -223,13 +241,19 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None
     query_point_margin = margins['query_distance']  # for CA (docs/rigorous_float32.md §6)
   bounds_s = time.perf_counter() - start
   start = time.perf_counter()
+  network_qa = ibp_config.qa_bound == 'network'
   rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
       query_emb, *compared_query_box, candidate_emb, *compared_candidate_box, max(ks),
       block_size=ibp_config.query_block_size,
       candidate_block_size=ibp_config.candidate_block_size,
-      distance_slack=distance_slack(ibp_config), qa_bound=ibp_config.qa_bound,
+      distance_slack=distance_slack(ibp_config),
+      qa_bound='linear' if network_qa else ibp_config.qa_bound,
       rounding='outward' if outward else 'nearest', point_margin=point_margin,
       query_point_margin=query_point_margin))
+  if network_qa:
+    rank_bounds = network_query_attack(inputs, rank_bounds, eps, query_box, candidate_emb,
+                                       method=ibp_config.method,
+                                       slack=distance_slack(ibp_config))
   verify_s = time.perf_counter() - start
   certified = certified_retrieval.certified_retrieval(
       rank_bounds, inputs.queries.labels, inputs.candidates.labels, ks)
@@ -238,6 +262,22 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None
                 'candidate': box_radius_percentiles(*candidate_box)}
   return {'rank_bounds': rank_bounds, 'certified': certified, 'cr_recall': cr_recall,
           'box_radius': box_radius, 'bounds_s': bounds_s, 'verify_s': verify_s}
+
+
+def network_query_attack(inputs, rank_bounds, eps: float, query_box, candidate_emb, *,
+                         method: str, slack: float):
+  """`rank_bounds` (qa_bound 'linear') with each query's nearest same-class candidate's QA rank
+  tightened by the specification bounded through `inputs.embed` with the relaxation of the linear
+  `method` (config.ibp.qa_bound 'network', `query_attack_network.tighten_query_attack_upper`;
+  config.ibp.spec_rows rows per query)."""
+  ibp_config = inputs.config.ibp
+  columns = query_attack_network.first_same_class_column(
+      rank_bounds.indices, inputs.queries.labels, inputs.candidates.labels)
+  tightened, _ = query_attack_network.tighten_query_attack_upper(
+      rank_bounds, inputs.embed, inputs.queries.images, eps, *query_box, candidate_emb, columns,
+      method=method, max_rows=ibp_config.spec_rows, batch_size=ibp_config.batch_size,
+      distance_slack=slack)
+  return tightened
 
 
 def rounding_check(inputs, eps: float) -> dict:

@@ -1,0 +1,125 @@
+"""The query attack's specification bounded through the encoder (jaxcert.bounds.query_attack_network).
+
+Every pair the network test declares "surely farther" is attacked: PGD on the query image inside
+its eps-box, minimising ||f(x) - c||^2 - ||f(x) - c^||^2, and dense samples of the box, must leave
+it positive; the tightened rank bounds are never looser than the box certificate's.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcert.bounds import input_box
+from jaxcert.bounds import query_attack_network
+from jaxcert.bounds import retrieval
+from jaxcert.bounds.linear import linear_bounds
+
+EPS = 0.03
+
+
+def _encoder(rng):
+  """conv (3x3, 4) -> ReLU -> conv (3x3 stride 2, 6) -> ReLU -> dense (16) -> ReLU -> dense (5)."""
+  kernels = [rng.normal(size=(3, 3, 1, 4)) / 2, rng.normal(size=(3, 3, 4, 6)) / 4]
+  dense = [rng.normal(size=(6 * 3 * 3, 16)) / 6, rng.normal(size=(16, 5)) / 3]
+
+  def embed(x):
+    for kernel, stride in zip(kernels, (1, 2)):
+      x = jax.nn.relu(jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'VALID',
+                                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+    return jax.nn.relu(x.reshape(x.shape[0], -1) @ dense[0]) @ dense[1]
+
+  return embed
+
+
+@pytest.fixture(scope='module')
+def setting():
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(3)
+    embed = _encoder(rng)
+    queries = rng.uniform(size=(6, 10, 10, 1))
+    candidates = rng.uniform(size=(30, 10, 10, 1))
+    query_emb, candidate_emb = (np.asarray(embed(jnp.asarray(x))) for x in (queries, candidates))
+    box = jax.jit(linear_bounds(embed, 'crown'))
+    query_lower, query_upper = (np.asarray(b) for b in box(*input_box(jnp.asarray(queries), EPS)))
+    bounds = retrieval.rank_bounds(query_emb, query_lower, query_upper, candidate_emb,
+                                   candidate_emb, candidate_emb, 5)
+    labels = np.arange(30) % 3
+    query_labels = np.array([0, 1, 2, 0, 1, 2])
+    columns = query_attack_network.first_same_class_column(bounds.indices, query_labels, labels)
+    tightened, stats = query_attack_network.tighten_query_attack_upper(
+        bounds, embed, queries, EPS, query_lower, query_upper, candidate_emb, columns,
+        max_rows=12, batch_size=4)
+  return dict(embed=embed, queries=queries, candidate_emb=candidate_emb, bounds=bounds,
+              boxes=(query_lower, query_upper), columns=columns, tightened=tightened, stats=stats)
+
+
+def _attack_minimum(embed, image, candidate, target, steps=40, starts=8, samples=400):
+  """Smallest ||f(x) - c||^2 - ||f(x) - c^||^2 found over x in the image's eps-box: signed-gradient
+  descent (step decaying from 1/8 of the box) from the centre and random starts, and samples."""
+  lower, upper = (b[0] for b in input_box(jnp.asarray(image[None]), EPS))
+  gap = lambda x: (jnp.sum(jnp.square(embed(x[None])[0] - candidate))
+                   - jnp.sum(jnp.square(embed(x[None])[0] - target)))
+  key_starts, key_samples = jax.random.split(jax.random.key(0))
+  points = jax.random.uniform(key_starts, (starts, *lower.shape), lower.dtype, lower, upper)
+  points = jnp.concatenate([((lower + upper) / 2)[None], points])
+
+  def descend(x):
+    def step(i, state):
+      x, best = state
+      x = jnp.clip(x - (upper - lower) / 8 * 0.93 ** i * jnp.sign(jax.grad(gap)(x)), lower,
+                   upper)
+      return x, jnp.minimum(best, gap(x))
+    return jax.lax.fori_loop(0, steps, step, (x, gap(x)))[1]
+
+  sampled = jax.random.uniform(key_samples, (samples, *lower.shape), lower.dtype, lower, upper)
+  return jnp.minimum(jnp.min(jax.vmap(descend)(points)), jnp.min(jax.vmap(gap)(sampled)))
+
+
+def test_every_network_decision_survives_pgd_and_sampling(setting):
+  decided = setting['stats']['network_farther_candidates']
+  assert (decided >= 0).sum() >= 3, 'the setting must exercise the network test'
+  indices = np.asarray(setting['bounds'].indices)
+  with jax.enable_x64(True):
+    for query, row in enumerate(decided):
+      target = indices[query, setting['columns'][query]]
+      for candidate in row[row >= 0]:
+        assert candidate != target
+        minimum = jax.jit(_attack_minimum, static_argnums=0)(
+            setting['embed'], setting['queries'][query], setting['candidate_emb'][candidate],
+            setting['candidate_emb'][target])
+        assert float(minimum) > 0, (query, candidate, float(minimum))
+
+
+def test_tightened_bounds_are_never_looser_and_touch_only_the_targets(setting):
+  bounds, tightened = setting['bounds'], setting['tightened']
+  before, after = np.asarray(bounds.query_attack_upper), np.asarray(tightened.query_attack_upper)
+  assert (after <= before).all() and (after < before).any()
+  changed_columns = {int(c) for c in np.argwhere(after < before)[:, 1]}
+  assert changed_columns <= set(setting['columns'].tolist())
+  for field in ('indices', 'query_attack_lower', 'candidate_attack_lower',
+                'candidate_attack_upper'):
+    np.testing.assert_array_equal(getattr(bounds, field), getattr(tightened, field))
+  # Each target's bound is N - (box farther + network farther) or the box's own.
+  stats = setting['stats']
+  assert (stats['network_farther'] <= stats['undecided']).all()
+
+
+def test_queries_without_target_and_bad_arguments(setting):
+  bounds = setting['bounds']
+  with jax.enable_x64(True):
+    columns = np.full(6, -1)
+    same, stats = query_attack_network.tighten_query_attack_upper(
+        bounds, setting['embed'], setting['queries'], EPS, *setting['boxes'],
+        setting['candidate_emb'], columns, max_rows=4, batch_size=4)
+    np.testing.assert_array_equal(same.query_attack_upper, bounds.query_attack_upper)
+    assert (stats['network_farther_candidates'] == -1).all()
+    for kwargs, message in (({'max_rows': 0}, 'max_rows'), ({'method': 'beta'}, 'valid methods')):
+      with pytest.raises(ValueError, match=message):
+        query_attack_network.tighten_query_attack_upper(
+            bounds, setting['embed'], setting['queries'], EPS, *setting['boxes'],
+            setting['candidate_emb'], setting['columns'], **kwargs)
+    with pytest.raises(ValueError, match='target_columns'):
+      query_attack_network.tighten_query_attack_upper(
+          bounds, setting['embed'], setting['queries'], EPS, *setting['boxes'],
+          setting['candidate_emb'], np.full(6, 5))
