@@ -126,9 +126,13 @@ def get_config() -> ml_collections.ConfigDict:
   # The QA certificate: 'linear' (the pairwise linear specification, exact over the query's
   # embedding box, docs/bounds.md §13), 'network' ('linear', and for each query's nearest
   # same-class candidate the specification also bounded through the encoder by config.ibp.method,
-  # a linear method, on the spec_rows pairs the box leaves undecided; docs/linear_bounds.md §6.1)
+  # a linear method, on the pairs the box leaves undecided; docs/linear_bounds.md §6.1)
   # or 'kakizaki' (Kakizaki et al. Theorem 1, as in the paper).
   config.ibp.qa_bound = 'linear'
+  # The CA certificate: 'kakizaki' (Theorem 2 over the candidates' embedding boxes) or 'network'
+  # (also each undecided candidate's distance lower bound through the encoder, a linear method).
+  config.ibp.ca_bound = 'kakizaki'
+  # 'network' bounds: rows per query (QA) and queries per candidate (CA) bounded through the encoder.
   config.ibp.spec_rows = 64
   # How the embedding boxes are computed: 'ibp' (interval bound propagation), 'crown_ibp',
   # 'crown' or 'alpha_crown' (linear relaxation bounds of jaxcert.bounds.linear, intersected

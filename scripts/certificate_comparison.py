@@ -10,7 +10,8 @@ query and candidate embedding boxes are computed once (timed, after a first call
 for each QA bound of `config.ibp.qa_bound` (`--qa_bounds`: Kakizaki et al. Theorem 1, the
 linear specification of docs/bounds.md §13, or 'network', that specification also bounded through
 the encoder for each query's nearest same-class candidate, with the method's relaxation: linear
-methods only) and distance slack, `rank_bounds` gives QA and CA rank bounds (timed, the network
+methods only), CA bound (`--ca_bounds`: Theorem 2 over the boxes, 'kakizaki', or 'network', the
+candidates' distance lower bounds also through the encoder) and distance slack, `rank_bounds` gives QA and CA rank bounds (timed, the network
 bounds included) and CR-Recall@K (Kakizaki et al. Eq. 25). CA does not depend on the QA bound. Everything is computed as
 certify.py mode ibp does (`jaxcert.evaluation.ibp`: `config.ibp.dtype`, float64 by default, full
 matmul precision) on the query/candidate split of `config.eval`.
@@ -18,6 +19,7 @@ matmul precision) on the query/candidate split of `config.eval`.
 Writes <out>/<name>.md (the table, with the command) and <out>/<name>.json (the rows).
 """
 
+import itertools
 import json
 import os
 import sys
@@ -43,22 +45,27 @@ _KS = flags.DEFINE_list('ks', ['1', '10', '20', '40'], 'K of CR-Recall@K.')
 _METHODS = flags.DEFINE_list('methods', ['ibp'], f'Embedding-bound methods, of {list(ibp.METHODS)}.')
 _QA_BOUNDS = flags.DEFINE_list('qa_bounds', ['kakizaki', 'linear'],
                                f'QA bounds, of {list(ibp.QA_BOUNDS)}.')
+_CA_BOUNDS = flags.DEFINE_list('ca_bounds', ['kakizaki'], f'CA bounds, of {list(ibp.CA_BOUNDS)}.')
 _SLACKS = flags.DEFINE_list('slacks', [str(certified_retrieval.DEFAULT_DISTANCE_SLACK)],
                             'Distance slacks (docs/bounds.md §10).')
 flags.mark_flags_as_required(['config', 'name'])
 
 
-def compare(inputs, radii, ks, methods, qa_bounds, slacks) -> list[dict]:
-  """One row per (method, radius, QA bound, slack): CR-Recall@K under QA and CA, and timings."""
+def compare(inputs, radii, ks, methods, qa_bounds, slacks, ca_bounds=('kakizaki',)) -> list[dict]:
+  """One row per (method, radius, QA bound, CA bound, slack): CR-Recall@K under QA and CA, and
+  timings."""
   ibp_config = inputs.config.ibp
   for method in methods:
     ibp.embedding_bound_transform(method)  # Unknown or unavailable methods fail before any work.
   for qa_bound in qa_bounds:
     if qa_bound not in ibp.QA_BOUNDS:
       raise ValueError(f'Unknown QA bound {qa_bound!r}; valid: {list(ibp.QA_BOUNDS)}.')
-  if 'network' in qa_bounds and set(methods) - set(ibp.LINEAR_METHODS):
-    raise ValueError(f"QA bound 'network' needs linear methods ({list(ibp.LINEAR_METHODS)}), got "
-                     f'{methods}.')
+  for ca_bound in ca_bounds:
+    if ca_bound not in ibp.CA_BOUNDS:
+      raise ValueError(f'Unknown CA bound {ca_bound!r}; valid: {list(ibp.CA_BOUNDS)}.')
+  if 'network' in (*qa_bounds, *ca_bounds) and set(methods) - set(ibp.LINEAR_METHODS):
+    raise ValueError(f"QA or CA bound 'network' needs linear methods "
+                     f'({list(ibp.LINEAR_METHODS)}), got {methods}.')
   rows = []
   dtype = ibp.certification_dtype(ibp_config)  # 'auto' resolved for this backend
   with certified_retrieval.certification_precision(dtype):
@@ -73,7 +80,7 @@ def compare(inputs, radii, ks, methods, qa_bounds, slacks) -> list[dict]:
                                                         dtype=query_emb.dtype, bound=bound)
                    for images in (inputs.queries.images, inputs.candidates.images))
 
-    def ranks(query_box, candidate_box, qa_bound, slack, method, eps):
+    def ranks(query_box, candidate_box, qa_bound, ca_bound, slack, method, eps):
       rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
           query_emb, *query_box, candidate_emb, *candidate_box, max(ks),
           block_size=ibp_config.query_block_size,
@@ -82,6 +89,10 @@ def compare(inputs, radii, ks, methods, qa_bounds, slacks) -> list[dict]:
       if qa_bound == 'network':
         rank_bounds = ibp.network_query_attack(certified_inputs, rank_bounds, eps, query_box,
                                                candidate_emb, method=method, slack=slack)
+      if ca_bound == 'network':
+        rank_bounds = ibp.network_candidate_attack(certified_inputs, rank_bounds, eps,
+                                                   candidate_box, query_emb, candidate_emb,
+                                                   method=method, slack=slack)
       return rank_bounds
 
     for method in methods:
@@ -93,21 +104,20 @@ def compare(inputs, radii, ks, methods, qa_bounds, slacks) -> list[dict]:
         start = time.perf_counter()
         query_box, candidate_box = boxes(bound, eps)
         bounds_s = time.perf_counter() - start
-        for qa_bound in qa_bounds:
-          if qa_bound not in compiled:  # A first call compiles, also excluded from the times.
-            ranks(query_box, candidate_box, qa_bound, slacks[0], method, eps)
-            compiled.add(qa_bound)
-          for slack in slacks:
-            start = time.perf_counter()
-            rank_bounds = ranks(query_box, candidate_box, qa_bound, slack, method, eps)
-            rank_s = time.perf_counter() - start
-            recall = certified_retrieval.cr_recall_at_k(certified_retrieval.certified_retrieval(
-                rank_bounds, inputs.queries.labels, inputs.candidates.labels, ks), ks)
-            rows.append({'method': method, 'qa_bound': qa_bound, 'slack': slack, 'eps': eps,
-                         **{f'QA@{k}': recall['qa'][k] for k in ks},
-                         **{f'CA@{k}': recall['ca'][k] for k in ks},
-                         'bounds_s': bounds_s, 'rank_bounds_s': rank_s})
-            print(rows[-1], flush=True)
+        for qa_bound, ca_bound, slack in itertools.product(qa_bounds, ca_bounds, slacks):
+          if (qa_bound, ca_bound) not in compiled:  # A first call compiles, excluded below.
+            ranks(query_box, candidate_box, qa_bound, ca_bound, slack, method, eps)
+            compiled.add((qa_bound, ca_bound))
+          start = time.perf_counter()
+          rank_bounds = ranks(query_box, candidate_box, qa_bound, ca_bound, slack, method, eps)
+          rank_s = time.perf_counter() - start
+          recall = certified_retrieval.cr_recall_at_k(certified_retrieval.certified_retrieval(
+              rank_bounds, inputs.queries.labels, inputs.candidates.labels, ks), ks)
+          rows.append({'method': method, 'qa_bound': qa_bound, 'ca_bound': ca_bound,
+                       'slack': slack, 'eps': eps, **{f'QA@{k}': recall['qa'][k] for k in ks},
+                       **{f'CA@{k}': recall['ca'][k] for k in ks},
+                       'bounds_s': bounds_s, 'rank_bounds_s': rank_s})
+          print(rows[-1], flush=True)
   return rows
 
 
@@ -119,7 +129,7 @@ def main(argv):
   radii = [float(eps) for eps in _EPS.value]
   ks = tuple(int(k) for k in _KS.value)
   rows = compare(inputs, radii, ks, _METHODS.value, _QA_BOUNDS.value,
-                 [float(slack) for slack in _SLACKS.value])
+                 [float(slack) for slack in _SLACKS.value], _CA_BOUNDS.value)
   os.makedirs(_OUT.value, exist_ok=True)
   command = 'python -m scripts.certificate_comparison ' + ' '.join(sys.argv[1:])
   header = (f'# {_NAME.value}: CR-Recall@K by embedding-bound method, QA bound and slack\n\n'
@@ -127,7 +137,7 @@ def main(argv):
             f'{len(inputs.candidates.labels)} candidates, certified in {ibp.certification_dtype(config.ibp)}. '
             f'Times in seconds on this machine, compilation excluded (bounds_s: the query and '
             f'candidate embedding boxes at that eps, shared by the rows of one method and eps; '
-            f'rank_bounds_s: QA and CA rank bounds, with qa_bound network\'s bounds through the '
+            f'rank_bounds_s: QA and CA rank bounds, with the \'network\' bounds through the '
             f'encoder).\n\n    {command}\n\n')
   table_rows = [{**row, 'slack': f'{row["slack"]:g}', 'eps': f'{row["eps"]:g}',
                  'bounds_s': f'{row["bounds_s"]:.1f}', 'rank_bounds_s': f'{row["rank_bounds_s"]:.1f}'}

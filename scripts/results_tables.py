@@ -125,7 +125,10 @@ def certified_as(results: dict) -> tuple[str, ...]:
   dtype = results.get('rounding', {}).get('dtype', 'float32')
   certified_by = results.get('certified_by', {'method': 'ibp', 'qa_bound': 'kakizaki'})
   method = () if certified_by['method'] == 'ibp' else (f'--config.ibp.method={certified_by["method"]}',)
-  return method + (f'--config.ibp.qa_bound={certified_by["qa_bound"]}', f'--config.ibp.dtype={dtype}')
+  ca_bound = certified_by.get('ca_bound', 'kakizaki')  # (recorded since the 'network' CA bound)
+  ca = () if ca_bound == 'kakizaki' else (f'--config.ibp.ca_bound={ca_bound}',)
+  return method + (f'--config.ibp.qa_bound={certified_by["qa_bound"]}', *ca,
+                   f'--config.ibp.dtype={dtype}')
 
 
 def _kakizaki_commands(flags: dict) -> dict:

@@ -667,7 +667,7 @@ def test_ibp_mode_writes_tables_tsv_plots(tmp_path):
     assert 0 < radii['0.02'][side][50] < p50 <= p90 <= p99
   assert results['nearest_distance_median'] > 0 and 'Box radius' in open(tmp_path / 'ibp.md').read()
   # What certified it: IBP boxes and the linear QA specification by default, named in both files.
-  assert results['certified_by'] == {'method': 'ibp', 'qa_bound': 'linear'}
+  assert results['certified_by'] == {'method': 'ibp', 'qa_bound': 'linear', 'ca_bound': 'kakizaki'}
   assert "config.ibp.method = 'ibp'" in open(tmp_path / 'ibp.md').read()
   assert "config.ibp.qa_bound = 'linear'" in open(tmp_path / 'ibp.md').read()
   # Certified in float64 (the default); the rounding check: the float32 encoder within ~1e-6 of
@@ -763,19 +763,26 @@ def test_ibp_mode_method_and_qa_bound_choices(monkeypatch):
   assert 'CROWN-IBP' in certified_by['text']
 
 
-def test_network_qa_bound_wiring_and_its_config_errors(monkeypatch):
-  """config.ibp.qa_bound 'network': certify_at ranks with the linear specification, then hands
-  each query's nearest same-class column, config.ibp.method, spec_rows and the slack to
-  query_attack_network (whose bounds tests/test_query_attack_network.py attacks); it needs a
-  linear method and a positive spec_rows."""
+def test_network_bounds_wiring_and_their_config_errors(monkeypatch):
+  """config.ibp.qa_bound and ca_bound 'network': certify_at ranks with the linear specification
+  and Theorem 2, then hands each query's nearest same-class column, config.ibp.method, spec_rows
+  and the slack to through_encoder (whose bounds tests/test_through_encoder.py attacks); they
+  need a linear method and a positive spec_rows."""
   config = default.get_config()
   config.eval.num_queries, config.eval.num_candidates = 12, 40
   config.ibp.eps, config.ibp.eps_sweep, config.ibp.ks = 3e-5, (), (1, 5, 10)
   config.ibp.batch_size = config.ibp.query_block_size = config.ibp.candidate_block_size = 16
-  config.ibp.qa_bound = 'network'
-  with pytest.raises(ValueError, match=r"qa_bound='network'.*one of \['crown_ibp', 'crown', "
-                                       r"'alpha_crown'\]"):
-    ibp.check_ibp_config(config.ibp, 40)
+  for field in ('qa_bound', 'ca_bound'):
+    bad = config.ibp.copy_and_resolve_references()
+    bad[field] = 'network'
+    with pytest.raises(ValueError, match=rf"{field}='network'.*one of \['crown_ibp', 'crown', "
+                                         r"'alpha_crown'\]"):
+      ibp.check_ibp_config(bad, 40)
+  bad = config.ibp.copy_and_resolve_references()
+  bad.ca_bound = 'theorem2'
+  with pytest.raises(ValueError, match=r"ca_bound 'theorem2'; valid: \['kakizaki', 'network'\]"):
+    ibp.check_ibp_config(bad, 40)
+  config.ibp.qa_bound = config.ibp.ca_bound = 'network'
   config.ibp.method, config.ibp.spec_rows = 'crown', 0
   with pytest.raises(ValueError, match='spec_rows must be a positive integer'):
     ibp.check_ibp_config(config.ibp, 40)
@@ -788,17 +795,30 @@ def test_network_qa_bound_wiring_and_its_config_errors(monkeypatch):
     calls.append(dict(kwargs, columns=columns, eps=eps))
     return rank_bounds._replace(query_attack_upper=rank_bounds.query_attack_upper - 1), {}
 
-  monkeypatch.setattr(ibp.query_attack_network, 'tighten_query_attack_upper', tighten)
+  monkeypatch.setattr(ibp.through_encoder, 'tighten_query_attack_upper', tighten)
+  ca_calls = []
+
+  def tighten_ca(rank_bounds, embed, images, eps, lower, upper, query_emb, candidate_emb, columns,
+                 **kwargs):
+    ca_calls.append(dict(kwargs, columns=columns, eps=eps, images=images))
+    return rank_bounds._replace(
+        candidate_attack_upper=rank_bounds.candidate_attack_upper - 2), {}
+
+  monkeypatch.setattr(ibp.through_encoder, 'tighten_candidate_attack_upper', tighten_ca)
   query_emb, candidate_emb = (np.asarray(inputs.embed(x)) for x in (inputs.queries.images,
                                                                   inputs.candidates.images))
   network = ibp.certify_at(inputs, query_emb, candidate_emb, 3e-5, (1, 5, 10))
-  config.ibp.qa_bound = 'linear'
+  config.ibp.qa_bound, config.ibp.ca_bound = 'linear', 'kakizaki'
   linear_qa = ibp.certify_at(inputs, query_emb, candidate_emb, 3e-5, (1, 5, 10))
-  assert len(calls) == 1
+  assert len(calls) == len(ca_calls) == 1
+  assert (ca_calls[0]['method'], ca_calls[0]['max_rows']) == ('crown', 7)
+  assert ca_calls[0]['images'] is inputs.candidates.images
+  np.testing.assert_array_equal(network['rank_bounds'].candidate_attack_upper,
+                                np.asarray(linear_qa['rank_bounds'].candidate_attack_upper) - 2)
   call = calls[0]
   assert (call['method'], call['max_rows'], call['eps']) == ('crown', 7, 3e-5)
   assert call['distance_slack'] == ibp.distance_slack(config.ibp)
-  np.testing.assert_array_equal(call['columns'], ibp.query_attack_network.first_same_class_column(
+  np.testing.assert_array_equal(call['columns'], ibp.through_encoder.first_same_class_column(
       linear_qa['rank_bounds'].indices, inputs.queries.labels, inputs.candidates.labels))
   np.testing.assert_array_equal(network['rank_bounds'].query_attack_upper,
                                 np.asarray(linear_qa['rank_bounds'].query_attack_upper) - 1)

@@ -49,3 +49,7 @@ def test_commands_certify_as_the_results_were_certified():
   recorded = {'rounding': {'dtype': 'float64'}, 'certified_by': {'method': 'crown_ibp', 'qa_bound': 'linear'}}
   assert results_tables.certified_as(recorded) == (
       '--config.ibp.method=crown_ibp', '--config.ibp.qa_bound=linear', '--config.ibp.dtype=float64')
+  recorded['certified_by'].update(method='crown', qa_bound='network', ca_bound='network')
+  assert results_tables.certified_as(recorded) == (
+      '--config.ibp.method=crown', '--config.ibp.qa_bound=network', '--config.ibp.ca_bound=network',
+      '--config.ibp.dtype=float64')

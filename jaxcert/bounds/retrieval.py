@@ -331,7 +331,7 @@ def _linear_order_from_sums(candidate_sq, target_sq, cross_radius, candidate_far
   c is surely farther where its minimum exceeds w (2 target_far + w), closer where minus its
   maximum exceeds w (2 candidate_far + w), each by more than the rounding of the whole sum.
   For the farther decision alone, `cross_radius` may be any upper bound of
-  max_z (c^ - c) . (m - z) over the set z ranges in (`jaxcert.bounds.query_attack_network` passes
+  max_z (c^ - c) . (m - z) over the set z ranges in (`jaxcert.bounds.through_encoder` passes
   one bounded through the encoder); `cross_magnitude` is then the sum of the magnitudes of the
   terms it was computed from (default: `cross_radius`, a sum of non-negative terms).
   """

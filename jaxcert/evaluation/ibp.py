@@ -19,8 +19,12 @@ ibp.md and results.json ('certified_by'):
                        for each query's nearest same-class candidate the same specification
                        bounded through the encoder with config.ibp.method's relaxation on the
                        config.ibp.spec_rows candidates the box leaves undecided,
-                       `jaxcert.bounds.query_attack_network`; a linear method only) or
-                       'kakizaki' (Theorem 1).
+                       `jaxcert.bounds.through_encoder`; a linear method only) or
+                       'kakizaki' (Theorem 1);
+  config.ibp.ca_bound  the CA certificate: 'kakizaki' (Theorem 2 over the candidates' boxes) or
+                       'network' (Theorem 2 with the candidates' distance lower bounds also
+                       bounded through the encoder for each query's nearest same-class
+                       candidate, on the pairs the box leaves undecided; a linear method only).
 
 `compute(inputs)` certifies and returns every number; `write_report(inputs, computed, workdir)`
 writes them; `run` (the mode's entry point) does both.
@@ -64,7 +68,7 @@ from jaxcert import metrics
 from jaxcert import report
 from jaxcert import retrieval
 from jaxcert.bounds import linear
-from jaxcert.bounds import query_attack_network
+from jaxcert.bounds import through_encoder
 from jaxcert.bounds import retrieval as certified_retrieval
 from jaxcert.bounds.interval import interval
 from jaxcert.bounds import rounding as outward_rounding
@@ -86,12 +90,18 @@ QA_BOUNDS = {
     'linear': 'the linear specification, exact over the query embedding box (docs/bounds.md §13)',
     'network': ('the linear specification, exact over the query embedding box, and for each '
                 "query's nearest same-class candidate also bounded through the encoder on the "
-                'pairs the box leaves undecided (jaxcert.bounds.query_attack_network)'),
+                'pairs the box leaves undecided (jaxcert.bounds.through_encoder)'),
     'kakizaki': 'Kakizaki et al. Theorem 1 (distance bounds, Eqs. 9-10)',
 }
 # The methods whose relaxations also bound a specification through the encoder ('network').
 LINEAR_METHODS = tuple(linear.METHODS)
-CA_BOUND = 'Kakizaki et al. Theorem 2 (distance bounds, Eqs. 11-12)'
+# config.ibp.ca_bound: the candidate-attack certificate -> its description.
+CA_BOUNDS = {
+    'kakizaki': 'Kakizaki et al. Theorem 2 (distance bounds, Eqs. 11-12)',
+    'network': ("Kakizaki et al. Theorem 2, and for each query's nearest same-class candidate the "
+                "candidates' distance lower bounds also bounded through the encoder on the pairs "
+                'the box leaves undecided (jaxcert.bounds.through_encoder)'),
+}
 
 
 def certification_dtype(ibp_config) -> str:
@@ -119,10 +129,14 @@ def check_ibp_config(ibp_config, num_candidates: int) -> tuple[float, tuple[int,
   if ibp_config.qa_bound not in QA_BOUNDS:
     raise ValueError(f'Unknown config.ibp.qa_bound {ibp_config.qa_bound!r}; valid: '
                      f'{list(QA_BOUNDS)}.')
-  if ibp_config.qa_bound == 'network' and ibp_config.method not in LINEAR_METHODS:
-    raise ValueError(f"config.ibp.qa_bound='network' bounds the QA specification through the "
-                     f"encoder with config.ibp.method's linear relaxation; config.ibp.method is "
-                     f"{ibp_config.method!r}: set it to one of {list(LINEAR_METHODS)}.")
+  if ibp_config.ca_bound not in CA_BOUNDS:
+    raise ValueError(f'Unknown config.ibp.ca_bound {ibp_config.ca_bound!r}; valid: '
+                     f'{list(CA_BOUNDS)}.')
+  for field in ('qa_bound', 'ca_bound'):
+    if ibp_config[field] == 'network' and ibp_config.method not in LINEAR_METHODS:
+      raise ValueError(f"config.ibp.{field}='network' bounds through the encoder with "
+                       f"config.ibp.method's linear relaxation; config.ibp.method is "
+                       f"{ibp_config.method!r}: set it to one of {list(LINEAR_METHODS)}.")
   if not (int(ibp_config.spec_rows) == ibp_config.spec_rows and ibp_config.spec_rows >= 1):
     raise ValueError(f'config.ibp.spec_rows must be a positive integer, got '
                      f'{ibp_config.spec_rows!r}.')
@@ -254,6 +268,10 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None
     rank_bounds = network_query_attack(inputs, rank_bounds, eps, query_box, candidate_emb,
                                        method=ibp_config.method,
                                        slack=distance_slack(ibp_config))
+  if ibp_config.ca_bound == 'network':
+    rank_bounds = network_candidate_attack(inputs, rank_bounds, eps, candidate_box, query_emb,
+                                           candidate_emb, method=ibp_config.method,
+                                           slack=distance_slack(ibp_config))
   verify_s = time.perf_counter() - start
   certified = certified_retrieval.certified_retrieval(
       rank_bounds, inputs.queries.labels, inputs.candidates.labels, ks)
@@ -268,15 +286,31 @@ def network_query_attack(inputs, rank_bounds, eps: float, query_box, candidate_e
                          method: str, slack: float):
   """`rank_bounds` (qa_bound 'linear') with each query's nearest same-class candidate's QA rank
   tightened by the specification bounded through `inputs.embed` with the relaxation of the linear
-  `method` (config.ibp.qa_bound 'network', `query_attack_network.tighten_query_attack_upper`;
+  `method` (config.ibp.qa_bound 'network', `through_encoder.tighten_query_attack_upper`;
   config.ibp.spec_rows rows per query)."""
   ibp_config = inputs.config.ibp
-  columns = query_attack_network.first_same_class_column(
+  columns = through_encoder.first_same_class_column(
       rank_bounds.indices, inputs.queries.labels, inputs.candidates.labels)
-  tightened, _ = query_attack_network.tighten_query_attack_upper(
+  tightened, _ = through_encoder.tighten_query_attack_upper(
       rank_bounds, inputs.embed, inputs.queries.images, eps, *query_box, candidate_emb, columns,
       method=method, max_rows=ibp_config.spec_rows, batch_size=ibp_config.batch_size,
       distance_slack=slack)
+  return tightened
+
+
+def network_candidate_attack(inputs, rank_bounds, eps: float, candidate_box, query_emb,
+                             candidate_emb, *, method: str, slack: float):
+  """`rank_bounds` with each query's nearest same-class candidate's CA rank tightened by the
+  candidates' distance lower bounds through `inputs.embed` (config.ibp.ca_bound 'network',
+  `through_encoder.tighten_candidate_attack_upper`; config.ibp.spec_rows queries per
+  candidate)."""
+  ibp_config = inputs.config.ibp
+  columns = through_encoder.first_same_class_column(
+      rank_bounds.indices, inputs.queries.labels, inputs.candidates.labels)
+  tightened, _ = through_encoder.tighten_candidate_attack_upper(
+      rank_bounds, inputs.embed, inputs.candidates.images, eps, *candidate_box, query_emb,
+      candidate_emb, columns, method=method, max_rows=ibp_config.spec_rows,
+      batch_size=ibp_config.batch_size, distance_slack=slack)
   return tightened
 
 
@@ -336,10 +370,12 @@ def box_radius_percentiles(lower, upper) -> dict[int, float]:
 def certified_by(ibp_config) -> dict[str, str]:
   """What the certificates rest on: {'method', 'qa_bound', 'text'} ('text' is ibp.md's line)."""
   return {'method': ibp_config.method, 'qa_bound': ibp_config.qa_bound,
+          'ca_bound': ibp_config.ca_bound,
           'text': (f'Certified by: embedding boxes from {METHODS[ibp_config.method]} '
                    f'(config.ibp.method = {ibp_config.method!r}); QA by '
                    f'{QA_BOUNDS[ibp_config.qa_bound]} (config.ibp.qa_bound = '
-                   f'{ibp_config.qa_bound!r}); CA by {CA_BOUND}.')}
+                   f'{ibp_config.qa_bound!r}); CA by {CA_BOUNDS[ibp_config.ca_bound]} '
+                   f'(config.ibp.ca_bound = {ibp_config.ca_bound!r}).')}
 
 
 def _tables(eps, ks, recall, sweep, nearest_distance: float, certified_by_text: str) -> str:
@@ -459,7 +495,8 @@ def write_report(inputs, computed: dict, workdir: str) -> dict:
       'nearest_distance_median': nearest_distance,
       'rounding': {key: rounding[key]
                    for key in ('dtype', 'distance_slack', 'images', 'embedding', 'box')},
-      'certified_by': {key: computed['certified_by'][key] for key in ('method', 'qa_bound')},
+      'certified_by': {key: computed['certified_by'][key]
+                       for key in ('method', 'qa_bound', 'ca_bound')},
       'timing_s': {'embed': computed['embed_s'],
                    'bounds': {str(r): result['bounds_s'] for r, result in sweep.items()},
                    'verify': {str(r): result['verify_s'] for r, result in sweep.items()}},

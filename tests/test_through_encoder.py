@@ -1,8 +1,10 @@
-"""The query attack's specification bounded through the encoder (jaxcert.bounds.query_attack_network).
+"""Rank bounds tightened through the encoder (jaxcert.bounds.through_encoder).
 
-Every pair the network test declares "surely farther" is attacked: PGD on the query image inside
-its eps-box, minimising ||f(x) - c||^2 - ||f(x) - c^||^2, and dense samples of the box, must leave
-it positive; the tightened rank bounds are never looser than the box certificate's.
+Every pair the network tests declare "surely farther" is attacked: under QA, signed-gradient
+descent on the query image inside its eps-box, minimising ||f(x) - c||^2 - ||f(x) - c^||^2, and
+dense samples of the box must leave it positive; under CA, the same on the candidate's image,
+minimising ||f(x) - q||, must stay above the target's largest distance. The tightened rank bounds
+are never looser than the box certificate's.
 """
 
 import jax
@@ -11,11 +13,12 @@ import numpy as np
 import pytest
 
 from jaxcert.bounds import input_box
-from jaxcert.bounds import query_attack_network
+from jaxcert.bounds import through_encoder
 from jaxcert.bounds import retrieval
 from jaxcert.bounds.linear import linear_bounds
 
 EPS = 0.03
+CA_EPS = 0.01  # (at 0.03 the candidate boxes of this encoder leave almost every pair undecided)
 
 
 def _encoder(rng):
@@ -46,12 +49,23 @@ def setting():
                                    candidate_emb, candidate_emb, 5)
     labels = np.arange(30) % 3
     query_labels = np.array([0, 1, 2, 0, 1, 2])
-    columns = query_attack_network.first_same_class_column(bounds.indices, query_labels, labels)
-    tightened, stats = query_attack_network.tighten_query_attack_upper(
+    columns = through_encoder.first_same_class_column(bounds.indices, query_labels, labels)
+    tightened, stats = through_encoder.tighten_query_attack_upper(
         bounds, embed, queries, EPS, query_lower, query_upper, candidate_emb, columns,
         max_rows=12, batch_size=4)
-  return dict(embed=embed, queries=queries, candidate_emb=candidate_emb, bounds=bounds,
-              boxes=(query_lower, query_upper), columns=columns, tightened=tightened, stats=stats)
+    # CA: the candidates' boxes (the queries' clean points).
+    candidate_lower, candidate_upper = (np.asarray(b) for b in box(*input_box(
+        jnp.asarray(candidates), CA_EPS)))
+    ca_bounds = retrieval.rank_bounds(query_emb, query_emb, query_emb, candidate_emb,
+                                      candidate_lower, candidate_upper, 5)
+    ca_tightened, ca_stats = through_encoder.tighten_candidate_attack_upper(
+        ca_bounds, embed, candidates, CA_EPS, candidate_lower, candidate_upper, query_emb,
+        candidate_emb, columns, max_rows=4, batch_size=8)
+  return dict(embed=embed, queries=queries, candidates=candidates, query_emb=query_emb,
+              candidate_emb=candidate_emb, bounds=bounds, boxes=(query_lower, query_upper),
+              candidate_boxes=(candidate_lower, candidate_upper), columns=columns,
+              tightened=tightened, stats=stats, ca_bounds=ca_bounds, ca_tightened=ca_tightened,
+              ca_stats=ca_stats)
 
 
 def _attack_minimum(embed, image, candidate, target, steps=40, starts=8, samples=400):
@@ -91,6 +105,49 @@ def test_every_network_decision_survives_pgd_and_sampling(setting):
         assert float(minimum) > 0, (query, candidate, float(minimum))
 
 
+def _distance_minimum(embed, image, query, steps=40, starts=8, samples=400):
+  """Smallest ||f(x) - q|| found over x in the image's eps-box (as `_attack_minimum`)."""
+  lower, upper = (b[0] for b in input_box(jnp.asarray(image[None]), CA_EPS))
+  distance = lambda x: jnp.linalg.norm(embed(x[None])[0] - query)
+  key_starts, key_samples = jax.random.split(jax.random.key(1))
+  points = jax.random.uniform(key_starts, (starts, *lower.shape), lower.dtype, lower, upper)
+  points = jnp.concatenate([((lower + upper) / 2)[None], points])
+
+  def descend(x):
+    def step(i, state):
+      x, best = state
+      x = jnp.clip(x - (upper - lower) / 8 * 0.93 ** i * jnp.sign(jax.grad(distance)(x)),
+                   lower, upper)
+      return x, jnp.minimum(best, distance(x))
+    return jax.lax.fori_loop(0, steps, step, (x, distance(x)))[1]
+
+  sampled = jax.random.uniform(key_samples, (samples, *lower.shape), lower.dtype, lower, upper)
+  return jnp.minimum(jnp.min(jax.vmap(descend)(points)), jnp.min(jax.vmap(distance)(sampled)))
+
+
+def test_every_candidate_attack_decision_survives_pgd_and_sampling(setting):
+  decided = setting['ca_stats']['network_farther_queries']
+  assert (decided >= 0).sum() >= 3, 'the setting must exercise the network test'
+  indices = np.asarray(setting['ca_bounds'].indices)
+  lower, upper = setting['candidate_boxes']
+  with jax.enable_x64(True):
+    for candidate, row in enumerate(decided):
+      for query in row[row >= 0]:
+        target = indices[query, setting['columns'][query]]
+        assert candidate != target
+        _, target_max = retrieval.distance_bounds(lower[target], upper[target],
+                                                  setting['query_emb'][query])
+        minimum = jax.jit(_distance_minimum, static_argnums=0)(
+            setting['embed'], setting['candidates'][candidate], setting['query_emb'][query])
+        assert float(minimum) > float(target_max), (query, candidate, float(minimum))
+  before = np.asarray(setting['ca_bounds'].candidate_attack_upper)
+  after = np.asarray(setting['ca_tightened'].candidate_attack_upper)
+  assert (after <= before).all() and (after < before).any()
+  for field in ('indices', 'query_attack_lower', 'query_attack_upper', 'candidate_attack_lower'):
+    np.testing.assert_array_equal(getattr(setting['ca_bounds'], field),
+                                  getattr(setting['ca_tightened'], field))
+
+
 def test_tightened_bounds_are_never_looser_and_touch_only_the_targets(setting):
   bounds, tightened = setting['bounds'], setting['tightened']
   before, after = np.asarray(bounds.query_attack_upper), np.asarray(tightened.query_attack_upper)
@@ -109,17 +166,17 @@ def test_queries_without_target_and_bad_arguments(setting):
   bounds = setting['bounds']
   with jax.enable_x64(True):
     columns = np.full(6, -1)
-    same, stats = query_attack_network.tighten_query_attack_upper(
+    same, stats = through_encoder.tighten_query_attack_upper(
         bounds, setting['embed'], setting['queries'], EPS, *setting['boxes'],
         setting['candidate_emb'], columns, max_rows=4, batch_size=4)
     np.testing.assert_array_equal(same.query_attack_upper, bounds.query_attack_upper)
     assert (stats['network_farther_candidates'] == -1).all()
     for kwargs, message in (({'max_rows': 0}, 'max_rows'), ({'method': 'beta'}, 'valid methods')):
       with pytest.raises(ValueError, match=message):
-        query_attack_network.tighten_query_attack_upper(
+        through_encoder.tighten_query_attack_upper(
             bounds, setting['embed'], setting['queries'], EPS, *setting['boxes'],
             setting['candidate_emb'], setting['columns'], **kwargs)
     with pytest.raises(ValueError, match='target_columns'):
-      query_attack_network.tighten_query_attack_upper(
+      through_encoder.tighten_query_attack_upper(
           bounds, setting['embed'], setting['queries'], EPS, *setting['boxes'],
           setting['candidate_emb'], np.full(6, 5))

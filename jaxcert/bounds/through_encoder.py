@@ -1,4 +1,6 @@
-"""The query attack's linear specification bounded through the encoder (issue 22, part 2).
+"""Rank bounds tightened by bounds through the encoder, for the pairs the boxes leave undecided.
+
+Query attack (`tighten_query_attack_upper`, certify.py's `qa_bound='network'`; issue 22, part 2):
 
 Under the query attack the candidates are fixed, and whether candidate c stays farther from the
 attacked query than c^ is the sign of
@@ -18,13 +20,19 @@ the `max_rows` candidates the box test leaves undecided that come closest to bei
 (largest box margin); their rows are bounded through the encoder, and every pair either test
 decides "farther" counts. The target's QA rank upper bound `N - #farther` is replaced where it
 is smaller; every other bound stays the box certificate's. Both tests are sound, so their union
-is (tested against PGD on the query: tests/test_query_attack_network.py).
+is (tested against PGD on the query: tests/test_through_encoder.py).
 
 Rounding (float64, as the linear methods certify): the box test is `rank_bounds`'s; the
 network test widens its bound of `s . (m - f(x))` by `distance_slack * ||s|| * ||B||` (as if f(x)
 moved by the distance slack times the box magnitude ||B||, the slack's meaning for the boxes,
 docs/bounds.md §10) and compares through `_linear_order_from_sums` with the magnitudes of every
 term it sums (`s . m` and the bound included) in its rounding guard.
+
+Candidate attack (`tighten_candidate_attack_upper`, `ca_bound='network'`): Theorem 2 compares the
+target's largest distance to the query over its box with each candidate's smallest; the latter is
+also bounded through the encoder, by the row u = f(c) - q on c's input box
+(||f(x) - q|| >= u . (f(x) - q) / ||u||), for the (candidate, query) pairs the box leaves
+undecided, `max_rows` queries per candidate.
 """
 
 from __future__ import annotations
@@ -110,6 +118,19 @@ def _spec_batch_function(method: str, image_shape: tuple[int, ...], rows: int) -
   return functools.partial(_spec_lower_of_batch, method, image_shape=image_shape, rows=rows)
 
 
+def _spec_lower_bounds(embed, method: str, images, spec, eps: float, batch_size: int):
+  """(N, rows) lower bounds of `spec[i, r] . f(x)` over image i's eps-box, `batch_size` images a
+  call (`linear_spec_bounds` with `method`)."""
+  count, rows = spec.shape[:2]
+  packed = np.concatenate([np.asarray(images, spec.dtype).reshape(count, -1),
+                           np.asarray(spec).reshape(count, -1)], axis=1)
+  spec_batch = jax.tree_util.Partial(_spec_batch_function(method, tuple(np.shape(images)[1:]),
+                                                          rows),
+                                     retrieval.as_pytree_function(embed),
+                                     jnp.asarray(eps, spec.dtype))
+  return jnp.asarray(retrieval.embed_in_batches(spec_batch, packed, batch_size))
+
+
 def tighten_query_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Callable,
                                query_images, eps: float, query_lower, query_upper,
                                candidate_emb, target_columns, *, method: str = 'crown',
@@ -165,13 +186,7 @@ def tighten_query_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Cal
                             jnp.asarray(targets[start:start + batch_size]), slack, rows=rows)
             for start in range(0, num_queries, batch_size)]
   chosen = {key: jnp.concatenate([block[key] for block in blocks]) for key in blocks[0]}
-  image_shape = tuple(np.shape(query_images)[1:])
-  packed = np.concatenate([np.asarray(query_images, candidate_emb.dtype).reshape(num_queries, -1),
-                           np.asarray(chosen['spec']).reshape(num_queries, -1)], axis=1)
-  spec_batch = jax.tree_util.Partial(_spec_batch_function(method, image_shape, rows),
-                                     retrieval.as_pytree_function(embed),
-                                     jnp.asarray(eps, candidate_emb.dtype))
-  spec_lower = jnp.asarray(retrieval.embed_in_batches(spec_batch, packed, batch_size))
+  spec_lower = _spec_lower_bounds(embed, method, query_images, chosen['spec'], eps, batch_size)
   network = np.asarray(_network_farther(spec_lower, chosen, slack)) & has_target[:, None]
   farther_count = np.asarray(chosen['box_farther']) + network.sum(axis=1)
   upper = np.array(rank_bounds.query_attack_upper)
@@ -207,4 +222,119 @@ def _network_farther(spec_lower, chosen: dict, distance_slack):
   return farther & chosen['valid'] & jnp.isfinite(spec_lower)
 
 
-__all__ = ['DEFAULT_MAX_ROWS', 'first_same_class_column', 'tighten_query_attack_upper']
+@functools.partial(jax.jit, static_argnames=('slack',))
+def _candidate_distance_bounds(query_emb, candidate_lower, candidate_upper, slack):
+  """Theorem 2's widened distance bounds from each query point to each candidate box, as
+  `rank_bounds` computes them (`_widened_distance_bounds`): (B, N) each."""
+  magnitude = box_retrieval._box_magnitude(candidate_lower, candidate_upper)  # pylint: disable=protected-access
+  return box_retrieval._widened_distance_bounds(  # pylint: disable=protected-access
+      candidate_lower[None], candidate_upper[None], query_emb[:, None], magnitude[None],
+      jnp.linalg.norm(query_emb, axis=-1)[:, None], slack)
+
+
+def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Callable,
+                                   candidate_images, eps: float, candidate_lower,
+                                   candidate_upper, query_emb, candidate_emb, target_columns, *,
+                                   method: str = 'crown', max_rows: int = DEFAULT_MAX_ROWS,
+                                   batch_size: int = 50,
+                                   distance_slack: float = box_retrieval.DEFAULT_DISTANCE_SLACK
+                                   ) -> tuple[box_retrieval.RankBounds, dict]:
+  """`rank_bounds` with each query's target CA rank upper bound tightened through the encoder.
+
+  Under CA (Kakizaki et al. Theorem 2) the target c^ keeps rank <= N - #{c : d-bar_q(c^) <
+  d-underbar_q(c)}, where d-underbar_q(c) is any lower bound of ||f(x) - q|| over c's input box.
+  Besides the box's, every unit row u gives one: ||f(x) - q|| >= u . (f(x) - q). For the pairs
+  the box leaves undecided, the row u = f(c) - q (normalised after bounding) is bounded through
+  the encoder on c's input box (`linear_spec_bounds`); each candidate takes the `max_rows` queries
+  closest to decided (largest d-underbar_q(c) - d-bar_q(c^)). The bound `(min u . f(x) - u . q) /
+  ||u||` is widened like the box's (`distance_slack` (||B_c|| + ||q||)) and by its own rounding,
+  and the larger lower bound counts. d-bar_q(c^) stays the box's (exact over the box).
+
+  Args:
+    rank_bounds: `rank_bounds(...)` of the same candidate boxes (rounding 'nearest').
+    embed: the encoder, in the dtype of the boxes.
+    candidate_images: (N, H, W, C) in [0, 1].
+    eps: the L-inf radius of the boxes.
+    candidate_lower, candidate_upper: (N, d) the candidate embedding boxes the rank bounds used.
+    query_emb, candidate_emb: (Nq, d), (N, d) clean embeddings.
+    target_columns: (Nq,) as in `tighten_query_attack_upper`.
+    method, max_rows, batch_size, distance_slack: as there (`max_rows` queries per candidate,
+      `batch_size` candidate images a call).
+
+  Returns:
+    (the tightened RankBounds, {'undecided': (Nq,) candidates the box leaves undecided against
+    the target, 'network_farther': (Nq,) of them the network bound decides farther,
+    'network_farther_queries': (N, rows) per candidate the queries it is so decided for, -1
+    elsewhere}).
+
+  Raises:
+    ValueError: as `tighten_query_attack_upper`.
+  """
+  linear._check_method(method)  # pylint: disable=protected-access
+  if int(max_rows) != max_rows or max_rows < 1:
+    raise ValueError(f'max_rows must be a positive integer, got {max_rows!r}.')
+  indices = np.asarray(rank_bounds.indices)
+  target_columns = np.asarray(target_columns)
+  num_queries, num_candidates = indices.shape[0], candidate_emb.shape[0]
+  if target_columns.shape != (num_queries,) or np.any(target_columns >= indices.shape[1]):
+    raise ValueError(f'target_columns must have shape ({num_queries},) with columns below '
+                     f'{indices.shape[1]} (-1 for none), got {target_columns}.')
+  has_target = target_columns >= 0
+  columns = np.maximum(target_columns, 0)
+  targets = indices[np.arange(num_queries), columns]
+  query_emb, candidate_emb = np.asarray(query_emb), np.asarray(candidate_emb)
+  box = [_candidate_distance_bounds(jnp.asarray(query_emb[start:start + batch_size]),
+                                    jnp.asarray(candidate_lower), jnp.asarray(candidate_upper),
+                                    float(distance_slack))
+         for start in range(0, num_queries, batch_size)]
+  box_min = np.concatenate([np.asarray(lower) for lower, _ in box])
+  target_max = np.concatenate([np.asarray(upper) for _, upper in box])[np.arange(num_queries),
+                                                                       targets]
+  box_farther = target_max[:, None] < box_min
+  undecided = (~box_farther & has_target[:, None]
+               & (np.arange(num_candidates)[None] != targets[:, None]))
+  rows = min(int(max_rows), num_queries)
+  # Per candidate (column), the undecided queries closest to decided.
+  margin = np.where(undecided, box_min - target_max[:, None], -np.inf)
+  chosen = np.argsort(-margin, axis=0, kind='stable')[:rows].T  # (N, rows) query indices
+  valid = np.take_along_axis(undecided.T, chosen, axis=1)
+  spec = (candidate_emb[:, None] - query_emb[chosen]) * valid[..., None]
+  spec_lower = np.asarray(_spec_lower_bounds(embed, method, candidate_images, spec, eps,
+                                             batch_size))
+  lower = np.asarray(_network_distance_lower(
+      jnp.asarray(spec), jnp.asarray(spec_lower), jnp.asarray(query_emb[chosen]),
+      jnp.asarray(box_retrieval._box_magnitude(candidate_lower, candidate_upper)),  # pylint: disable=protected-access
+      float(distance_slack)))
+  network = valid & (lower > target_max[chosen])
+  farther = box_farther.copy()
+  candidate_index = np.broadcast_to(np.arange(num_candidates)[:, None], chosen.shape)
+  farther[chosen[network], candidate_index[network]] = True
+  farther &= has_target[:, None]
+  upper = np.array(rank_bounds.candidate_attack_upper)
+  current = upper[np.arange(num_queries), columns]
+  upper[np.arange(num_queries), columns] = np.where(
+      has_target, np.minimum(current, num_candidates - farther.sum(axis=1)), current)
+  network_per_query = np.zeros(num_queries, np.int64)
+  np.add.at(network_per_query, chosen[network], 1)
+  stats = {'undecided': undecided.sum(axis=1), 'network_farther': network_per_query,
+           'network_farther_queries': np.where(network, chosen, -1)}
+  return rank_bounds._replace(candidate_attack_upper=upper.astype(np.int32)), stats
+
+
+@functools.partial(jax.jit, static_argnames=('slack',))
+def _network_distance_lower(spec, spec_lower, query_points, candidate_magnitude, slack):
+  """`(min u . f(x) - u . q) / ||u||` per row, widened by `slack (||B_c|| + ||q||)` and by the
+  rounding of its sums; -inf where the row is zero or the bound is not finite."""
+  norm = jnp.linalg.norm(spec, axis=-1)
+  products = spec * query_points
+  value = (spec_lower - jnp.sum(products, axis=-1)) / jnp.where(norm > 0, norm, 1)
+  rounding = box_retrieval._rounding_factor(spec.dtype, spec.shape[-1])  # pylint: disable=protected-access
+  magnitude = (jnp.abs(spec_lower) + jnp.sum(jnp.abs(products), axis=-1)) / jnp.where(
+      norm > 0, norm, 1)
+  widening = slack * (candidate_magnitude[:, None] + jnp.linalg.norm(query_points, axis=-1))
+  lower = value - widening - rounding * (magnitude + jnp.abs(value))
+  return jnp.where((norm > 0) & jnp.isfinite(lower), lower, -jnp.inf)
+
+
+__all__ = ['DEFAULT_MAX_ROWS', 'first_same_class_column', 'tighten_candidate_attack_upper',
+           'tighten_query_attack_upper']
