@@ -105,10 +105,10 @@ def test_every_network_decision_survives_pgd_and_sampling(setting):
         assert float(minimum) > 0, (query, candidate, float(minimum))
 
 
-def _distance_minimum(embed, image, query, steps=40, starts=8, samples=400):
-  """Smallest ||f(x) - q|| found over x in the image's eps-box (as `_attack_minimum`)."""
+def _distance_minimum(embed, image, query, sign=1., steps=40, starts=8, samples=400):
+  """Smallest `sign` ||f(x) - q|| found over x in the image's eps-box (as `_attack_minimum`)."""
   lower, upper = (b[0] for b in input_box(jnp.asarray(image[None]), CA_EPS))
-  distance = lambda x: jnp.linalg.norm(embed(x[None])[0] - query)
+  distance = lambda x: sign * jnp.linalg.norm(embed(x[None])[0] - query)
   key_starts, key_samples = jax.random.split(jax.random.key(1))
   points = jax.random.uniform(key_starts, (starts, *lower.shape), lower.dtype, lower, upper)
   points = jnp.concatenate([((lower + upper) / 2)[None], points])
@@ -127,19 +127,32 @@ def _distance_minimum(embed, image, query, steps=40, starts=8, samples=400):
 
 def test_every_candidate_attack_decision_survives_pgd_and_sampling(setting):
   decided = setting['ca_stats']['network_farther_queries']
+  target_max = setting['ca_stats']['target_max']
   assert (decided >= 0).sum() >= 3, 'the setting must exercise the network test'
   indices = np.asarray(setting['ca_bounds'].indices)
   lower, upper = setting['candidate_boxes']
+  attack = jax.jit(_distance_minimum, static_argnums=0)
   with jax.enable_x64(True):
+    for query, column in enumerate(setting['columns']):
+      if column < 0:  # (no same-class candidate in its top k: nothing tightened)
+        assert target_max[query] == np.inf
+        continue
+      target = indices[query, column]
+      _, box_max = retrieval.distance_bounds(lower[target], upper[target],
+                                             setting['query_emb'][query])
+      # The target's largest distance through the encoder: an upper bound, tighter than the box's.
+      largest = -attack(setting['embed'], setting['candidates'][target],
+                        setting['query_emb'][query], -1.)
+      assert float(largest) <= target_max[query] <= float(box_max), (query, float(largest))
+    assert any(target_max[q] < retrieval.distance_bounds(
+        lower[indices[q, c]], upper[indices[q, c]], setting['query_emb'][q])[1]
+               for q, c in enumerate(setting['columns']) if c >= 0)
     for candidate, row in enumerate(decided):
       for query in row[row >= 0]:
-        target = indices[query, setting['columns'][query]]
-        assert candidate != target
-        _, target_max = retrieval.distance_bounds(lower[target], upper[target],
-                                                  setting['query_emb'][query])
-        minimum = jax.jit(_distance_minimum, static_argnums=0)(
-            setting['embed'], setting['candidates'][candidate], setting['query_emb'][query])
-        assert float(minimum) > float(target_max), (query, candidate, float(minimum))
+        assert candidate != indices[query, setting['columns'][query]]
+        minimum = attack(setting['embed'], setting['candidates'][candidate],
+                         setting['query_emb'][query])
+        assert float(minimum) > target_max[query], (query, candidate, float(minimum))
   before = np.asarray(setting['ca_bounds'].candidate_attack_upper)
   after = np.asarray(setting['ca_tightened'].candidate_attack_upper)
   assert (after <= before).all() and (after < before).any()

@@ -32,7 +32,8 @@ Candidate attack (`tighten_candidate_attack_upper`, `ca_bound='network'`): Theor
 target's largest distance to the query over its box with each candidate's smallest; the latter is
 also bounded through the encoder, by the row u = f(c) - q on c's input box
 (||f(x) - q|| >= u . (f(x) - q) / ||u||), for the (candidate, query) pairs the box leaves
-undecided, `max_rows` queries per candidate.
+undecided, `max_rows` queries per candidate; the former along u = f(c^) - q on c^'s input box,
+with the box across u.
 """
 
 from __future__ import annotations
@@ -248,7 +249,9 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
   the encoder on c's input box (`linear_spec_bounds`); each candidate takes the `max_rows` queries
   closest to decided (largest d-underbar_q(c) - d-bar_q(c^)). The bound `(min u . f(x) - u . q) /
   ||u||` is widened like the box's (`distance_slack` (||B_c|| + ||q||)) and by its own rounding,
-  and the larger lower bound counts. d-bar_q(c^) stays the box's (exact over the box).
+  and the larger lower bound counts. d-bar_q(c^), the target's largest distance, is the smaller of
+  the box's and one through the encoder: the bounds of u . f(x) along u = f(c^) - q on c^'s
+  input box, with the box across u (`_network_distance_upper`).
 
   Args:
     rank_bounds: `rank_bounds(...)` of the same candidate boxes (rounding 'nearest').
@@ -265,7 +268,8 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
     (the tightened RankBounds, {'undecided': (Nq,) candidates the box leaves undecided against
     the target, 'network_farther': (Nq,) of them the network bound decides farther,
     'network_farther_queries': (N, rows) per candidate the queries it is so decided for, -1
-    elsewhere}).
+    elsewhere, 'target_max': (Nq,) the upper bound of the target's distance used, +inf where
+    there is no target}).
 
   Raises:
     ValueError: as `tighten_query_attack_upper`.
@@ -290,6 +294,15 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
   box_min = np.concatenate([np.asarray(lower) for lower, _ in box])
   target_max = np.concatenate([np.asarray(upper) for _, upper in box])[np.arange(num_queries),
                                                                        targets]
+  # The target's largest distance, also through the encoder along u = f(c^) - q.
+  along = candidate_emb[targets] - query_emb  # (Nq, d)
+  spec_lower = np.asarray(_spec_lower_bounds(
+      embed, method, np.asarray(candidate_images)[targets], np.stack([along, -along], axis=1),
+      eps, batch_size))
+  target_max = np.minimum(target_max, np.asarray(_network_distance_upper(
+      jnp.asarray(along), jnp.asarray(spec_lower), jnp.asarray(query_emb),
+      jnp.asarray(candidate_lower)[targets], jnp.asarray(candidate_upper)[targets],
+      float(distance_slack))))
   box_farther = target_max[:, None] < box_min
   undecided = (~box_farther & has_target[:, None]
                & (np.arange(num_candidates)[None] != targets[:, None]))
@@ -317,8 +330,39 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
   network_per_query = np.zeros(num_queries, np.int64)
   np.add.at(network_per_query, chosen[network], 1)
   stats = {'undecided': undecided.sum(axis=1), 'network_farther': network_per_query,
-           'network_farther_queries': np.where(network, chosen, -1)}
+           'network_farther_queries': np.where(network, chosen, -1),
+           'target_max': np.where(has_target, target_max, np.inf)}
   return rank_bounds._replace(candidate_attack_upper=upper.astype(np.int32)), stats
+
+
+@functools.partial(jax.jit, static_argnames=('slack',))
+def _network_distance_upper(along, spec_lower, query_points, target_lower, target_upper, slack):
+  """An upper bound of ||f(x) - q|| over the target's input box, per query, from the bounds of
+  u . f(x) along u = `along` (`spec_lower`: the lower bounds of u . f(x) and of -u . f(x)) and the
+  target's embedding box [m - r, m + r] across u:
+
+      ||f(x) - q||^2 = (u^ . (f(x) - q))^2 + ||P (f(x) - q)||^2,
+      ||P (f(x) - q)|| <= ||P (m - q)|| + ||f(x) - m|| <= ||P (m - q)|| + ||r||,
+
+  u^ = u / ||u||, P the projection across u^. Widened like Theorem 2's bounds (`slack` (||B|| +
+  ||q||)) and by the rounding of its sums; +inf where u = 0."""
+  norm = jnp.linalg.norm(along, axis=-1)
+  unit = along / jnp.where(norm > 0, norm, 1)[:, None]
+  along_query = jnp.sum(unit * query_points, axis=-1)
+  lower = spec_lower[:, 0] / jnp.where(norm > 0, norm, 1)
+  upper = -spec_lower[:, 1] / jnp.where(norm > 0, norm, 1)
+  extent = jnp.maximum(jnp.abs(lower - along_query), jnp.abs(upper - along_query))
+  centre, radius = box_retrieval._enclosing_centre_radius(target_lower, target_upper)  # pylint: disable=protected-access
+  offset = centre - query_points
+  across = jnp.linalg.norm(offset - jnp.sum(offset * unit, axis=-1)[:, None] * unit, axis=-1)
+  value = jnp.sqrt(jnp.square(extent) + jnp.square(across + jnp.linalg.norm(radius, axis=-1)))
+  rounding = box_retrieval._rounding_factor(along.dtype, along.shape[-1])  # pylint: disable=protected-access
+  magnitude = (jnp.abs(lower) + jnp.abs(upper) + jnp.abs(along_query)
+               + jnp.linalg.norm(offset, axis=-1) + jnp.linalg.norm(radius, axis=-1))
+  widening = slack * (box_retrieval._box_magnitude(target_lower, target_upper)  # pylint: disable=protected-access
+                      + jnp.linalg.norm(query_points, axis=-1))
+  upper_bound = value + widening + rounding * (magnitude + value)
+  return jnp.where((norm > 0) & jnp.isfinite(upper_bound), upper_bound, jnp.inf)
 
 
 @functools.partial(jax.jit, static_argnames=('slack',))
