@@ -135,11 +135,12 @@ def test_relu_mlp_sound_and_tighter_than_ibp():
   assert widths['alpha_crown'] < widths['crown'] < widths['crown_ibp']
 
 
-def _small_conv_net(rng):
+def _small_conv_net(rng, outputs: int = 3):
   """conv (3x3, 4 channels) -> ReLU -> conv (3x3 stride 2, 6 channels) -> ReLU -> dense -> ReLU
-  -> dense: patches intermediate bounds, then three ReLU steps with optimisable slopes."""
+  -> dense: patches intermediate bounds, then three ReLU steps with optimisable slopes; 10x10x1
+  images."""
   kernels = [rng.normal(size=(3, 3, 1, 4)) / 2, rng.normal(size=(3, 3, 4, 6)) / 4]
-  dense = [rng.normal(size=(6 * 3 * 3, 16)) / 6, rng.normal(size=(16, 3)) / 3]
+  dense = [rng.normal(size=(6 * 3 * 3, 16)) / 6, rng.normal(size=(16, outputs)) / 3]
 
   def fn(x):
     for kernel, stride in zip(kernels, (1, 2)):

@@ -7,6 +7,8 @@ minimising ||f(x) - q||, must stay above the target's largest distance. The tigh
 are never looser than the box certificate's.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,30 +18,17 @@ from jaxcert.bounds import input_box
 from jaxcert.bounds import through_encoder
 from jaxcert.bounds import retrieval
 from jaxcert.bounds.linear import linear_bounds
+import test_linear
 
 EPS = 0.03
 CA_EPS = 0.01  # (at 0.03 the candidate boxes of this encoder leave almost every pair undecided)
-
-
-def _encoder(rng):
-  """conv (3x3, 4) -> ReLU -> conv (3x3 stride 2, 6) -> ReLU -> dense (16) -> ReLU -> dense (5)."""
-  kernels = [rng.normal(size=(3, 3, 1, 4)) / 2, rng.normal(size=(3, 3, 4, 6)) / 4]
-  dense = [rng.normal(size=(6 * 3 * 3, 16)) / 6, rng.normal(size=(16, 5)) / 3]
-
-  def embed(x):
-    for kernel, stride in zip(kernels, (1, 2)):
-      x = jax.nn.relu(jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'VALID',
-                                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
-    return jax.nn.relu(x.reshape(x.shape[0], -1) @ dense[0]) @ dense[1]
-
-  return embed
 
 
 @pytest.fixture(scope='module')
 def setting():
   with jax.enable_x64(True):
     rng = np.random.default_rng(3)
-    embed = _encoder(rng)
+    embed = test_linear._small_conv_net(rng, outputs=5)
     queries = rng.uniform(size=(6, 10, 10, 1))
     candidates = rng.uniform(size=(30, 10, 10, 1))
     query_emb, candidate_emb = (np.asarray(embed(jnp.asarray(x))) for x in (queries, candidates))
@@ -68,12 +57,22 @@ def setting():
               ca_stats=ca_stats)
 
 
-def _attack_minimum(embed, image, candidate, target, steps=40, starts=8, samples=400):
-  """Smallest ||f(x) - c||^2 - ||f(x) - c^||^2 found over x in the image's eps-box: signed-gradient
+def _gap(z, candidate, target):
+  """||z - c||^2 - ||z - c^||^2: positive while c is farther than c^ (the QA decision)."""
+  return jnp.sum(jnp.square(z - candidate)) - jnp.sum(jnp.square(z - target))
+
+
+def _signed_distance(z, query, sign):
+  """sign * ||z - q||: minimised, the smallest (sign 1) or minus the largest (sign -1) distance."""
+  return sign * jnp.linalg.norm(z - query)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 3))
+def _attack_minimum(embed, objective, image, eps, *args, steps=40, starts=8, samples=400):
+  """Smallest `objective(f(x), *args)` found over x in the image's eps-box: signed-gradient
   descent (step decaying from 1/8 of the box) from the centre and random starts, and samples."""
-  lower, upper = (b[0] for b in input_box(jnp.asarray(image[None]), EPS))
-  gap = lambda x: (jnp.sum(jnp.square(embed(x[None])[0] - candidate))
-                   - jnp.sum(jnp.square(embed(x[None])[0] - target)))
+  lower, upper = (b[0] for b in input_box(jnp.asarray(image[None]), eps))
+  value = lambda x: objective(embed(x[None])[0], *args)
   key_starts, key_samples = jax.random.split(jax.random.key(0))
   points = jax.random.uniform(key_starts, (starts, *lower.shape), lower.dtype, lower, upper)
   points = jnp.concatenate([((lower + upper) / 2)[None], points])
@@ -81,13 +80,13 @@ def _attack_minimum(embed, image, candidate, target, steps=40, starts=8, samples
   def descend(x):
     def step(i, state):
       x, best = state
-      x = jnp.clip(x - (upper - lower) / 8 * 0.93 ** i * jnp.sign(jax.grad(gap)(x)), lower,
+      x = jnp.clip(x - (upper - lower) / 8 * 0.93 ** i * jnp.sign(jax.grad(value)(x)), lower,
                    upper)
-      return x, jnp.minimum(best, gap(x))
-    return jax.lax.fori_loop(0, steps, step, (x, gap(x)))[1]
+      return x, jnp.minimum(best, value(x))
+    return jax.lax.fori_loop(0, steps, step, (x, value(x)))[1]
 
   sampled = jax.random.uniform(key_samples, (samples, *lower.shape), lower.dtype, lower, upper)
-  return jnp.minimum(jnp.min(jax.vmap(descend)(points)), jnp.min(jax.vmap(gap)(sampled)))
+  return jnp.minimum(jnp.min(jax.vmap(descend)(points)), jnp.min(jax.vmap(value)(sampled)))
 
 
 def test_every_network_decision_survives_pgd_and_sampling(setting):
@@ -99,30 +98,10 @@ def test_every_network_decision_survives_pgd_and_sampling(setting):
       target = indices[query, setting['columns'][query]]
       for candidate in row[row >= 0]:
         assert candidate != target
-        minimum = jax.jit(_attack_minimum, static_argnums=0)(
-            setting['embed'], setting['queries'][query], setting['candidate_emb'][candidate],
-            setting['candidate_emb'][target])
+        minimum = _attack_minimum(setting['embed'], _gap, setting['queries'][query], EPS,
+                                  setting['candidate_emb'][candidate],
+                                  setting['candidate_emb'][target])
         assert float(minimum) > 0, (query, candidate, float(minimum))
-
-
-def _distance_minimum(embed, image, query, sign=1., steps=40, starts=8, samples=400):
-  """Smallest `sign` ||f(x) - q|| found over x in the image's eps-box (as `_attack_minimum`)."""
-  lower, upper = (b[0] for b in input_box(jnp.asarray(image[None]), CA_EPS))
-  distance = lambda x: sign * jnp.linalg.norm(embed(x[None])[0] - query)
-  key_starts, key_samples = jax.random.split(jax.random.key(1))
-  points = jax.random.uniform(key_starts, (starts, *lower.shape), lower.dtype, lower, upper)
-  points = jnp.concatenate([((lower + upper) / 2)[None], points])
-
-  def descend(x):
-    def step(i, state):
-      x, best = state
-      x = jnp.clip(x - (upper - lower) / 8 * 0.93 ** i * jnp.sign(jax.grad(distance)(x)),
-                   lower, upper)
-      return x, jnp.minimum(best, distance(x))
-    return jax.lax.fori_loop(0, steps, step, (x, distance(x)))[1]
-
-  sampled = jax.random.uniform(key_samples, (samples, *lower.shape), lower.dtype, lower, upper)
-  return jnp.minimum(jnp.min(jax.vmap(descend)(points)), jnp.min(jax.vmap(distance)(sampled)))
 
 
 def test_every_candidate_attack_decision_survives_pgd_and_sampling(setting):
@@ -131,7 +110,6 @@ def test_every_candidate_attack_decision_survives_pgd_and_sampling(setting):
   assert (decided >= 0).sum() >= 3, 'the setting must exercise the network test'
   indices = np.asarray(setting['ca_bounds'].indices)
   lower, upper = setting['candidate_boxes']
-  attack = jax.jit(_distance_minimum, static_argnums=0)
   with jax.enable_x64(True):
     for query, column in enumerate(setting['columns']):
       if column < 0:  # (no same-class candidate in its top k: nothing tightened)
@@ -141,8 +119,9 @@ def test_every_candidate_attack_decision_survives_pgd_and_sampling(setting):
       _, box_max = retrieval.distance_bounds(lower[target], upper[target],
                                              setting['query_emb'][query])
       # The target's largest distance through the encoder: an upper bound, tighter than the box's.
-      largest = -attack(setting['embed'], setting['candidates'][target],
-                        setting['query_emb'][query], -1.)
+      largest = -_attack_minimum(setting['embed'], _signed_distance,
+                                 setting['candidates'][target], CA_EPS,
+                                 setting['query_emb'][query], -1.)
       assert float(largest) <= target_max[query] <= float(box_max), (query, float(largest))
     assert any(target_max[q] < retrieval.distance_bounds(
         lower[indices[q, c]], upper[indices[q, c]], setting['query_emb'][q])[1]
@@ -150,8 +129,9 @@ def test_every_candidate_attack_decision_survives_pgd_and_sampling(setting):
     for candidate, row in enumerate(decided):
       for query in row[row >= 0]:
         assert candidate != indices[query, setting['columns'][query]]
-        minimum = attack(setting['embed'], setting['candidates'][candidate],
-                         setting['query_emb'][query])
+        minimum = _attack_minimum(setting['embed'], _signed_distance,
+                                  setting['candidates'][candidate], CA_EPS,
+                                  setting['query_emb'][query], 1.)
         assert float(minimum) > target_max[query], (query, candidate, float(minimum))
   before = np.asarray(setting['ca_bounds'].candidate_attack_upper)
   after = np.asarray(setting['ca_tightened'].candidate_attack_upper)

@@ -103,6 +103,21 @@ def _undecided_rows(query_lower, query_upper, candidate_emb, target_index, dista
           'target_far': target_far, 'width': take(width)}
 
 
+def _targets(rank_bounds, target_columns, method: str, max_rows: int):
+  """(has_target, column (0 where none), candidate index of the target), each (Nq,), after the
+  arguments' checks shared by both attacks."""
+  linear._check_method(method)  # pylint: disable=protected-access
+  if int(max_rows) != max_rows or max_rows < 1:
+    raise ValueError(f'max_rows must be a positive integer, got {max_rows!r}.')
+  indices = np.asarray(rank_bounds.indices)
+  target_columns = np.asarray(target_columns)
+  if target_columns.shape != (indices.shape[0],) or np.any(target_columns >= indices.shape[1]):
+    raise ValueError(f'target_columns must have shape ({indices.shape[0]},) with columns below '
+                     f'{indices.shape[1]} (-1 for none), got {target_columns}.')
+  columns = np.maximum(target_columns, 0)
+  return target_columns >= 0, columns, indices[np.arange(indices.shape[0]), columns]
+
+
 def _spec_lower_of_batch(method, embed, eps, packed, *, image_shape, rows):
   """Lower bounds of `s . f(x)` over each image's eps-box for its `rows` rows: images and rows
   come packed as one (B, H*W*C + rows*d) array (so `embed_in_batches` pads and shards both)."""
@@ -163,18 +178,8 @@ def tighten_query_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Cal
   Raises:
     ValueError: an unknown method, max_rows < 1, or target_columns of the wrong shape or range.
   """
-  linear._check_method(method)  # pylint: disable=protected-access
-  if int(max_rows) != max_rows or max_rows < 1:
-    raise ValueError(f'max_rows must be a positive integer, got {max_rows!r}.')
-  indices = np.asarray(rank_bounds.indices)
-  target_columns = np.asarray(target_columns)
-  num_queries, num_candidates = indices.shape[0], candidate_emb.shape[0]
-  if target_columns.shape != (num_queries,) or np.any(target_columns >= indices.shape[1]):
-    raise ValueError(f'target_columns must have shape ({num_queries},) with columns below '
-                     f'{indices.shape[1]} (-1 for none), got {target_columns}.')
-  has_target = target_columns >= 0
-  columns = np.maximum(target_columns, 0)
-  targets = indices[np.arange(num_queries), columns]
+  has_target, columns, targets = _targets(rank_bounds, target_columns, method, max_rows)
+  num_queries, num_candidates = len(columns), candidate_emb.shape[0]
   rows = min(int(max_rows), num_candidates - 1)
   if rows == 0:  # A single candidate: no pair to compare.
     return rank_bounds, {'undecided': np.zeros(num_queries, np.int32),
@@ -274,18 +279,8 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
   Raises:
     ValueError: as `tighten_query_attack_upper`.
   """
-  linear._check_method(method)  # pylint: disable=protected-access
-  if int(max_rows) != max_rows or max_rows < 1:
-    raise ValueError(f'max_rows must be a positive integer, got {max_rows!r}.')
-  indices = np.asarray(rank_bounds.indices)
-  target_columns = np.asarray(target_columns)
-  num_queries, num_candidates = indices.shape[0], candidate_emb.shape[0]
-  if target_columns.shape != (num_queries,) or np.any(target_columns >= indices.shape[1]):
-    raise ValueError(f'target_columns must have shape ({num_queries},) with columns below '
-                     f'{indices.shape[1]} (-1 for none), got {target_columns}.')
-  has_target = target_columns >= 0
-  columns = np.maximum(target_columns, 0)
-  targets = indices[np.arange(num_queries), columns]
+  has_target, columns, targets = _targets(rank_bounds, target_columns, method, max_rows)
+  num_queries, num_candidates = len(columns), candidate_emb.shape[0]
   query_emb, candidate_emb = np.asarray(query_emb), np.asarray(candidate_emb)
   box = [_candidate_distance_bounds(jnp.asarray(query_emb[start:start + batch_size]),
                                     jnp.asarray(candidate_lower), jnp.asarray(candidate_upper),
