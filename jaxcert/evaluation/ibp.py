@@ -68,10 +68,10 @@ from jaxcert import metrics
 from jaxcert import report
 from jaxcert import retrieval
 from jaxcert.bounds import linear
-from jaxcert.bounds import through_encoder
 from jaxcert.bounds import retrieval as certified_retrieval
 from jaxcert.bounds.interval import interval
 from jaxcert.bounds import rounding as outward_rounding
+from jaxcert.bounds import through_encoder
 
 
 ROUNDING_MARGIN = 10  # the distance slack should exceed the measured float32 rounding this many times
@@ -368,7 +368,8 @@ def box_radius_percentiles(lower, upper) -> dict[int, float]:
 
 
 def certified_by(ibp_config) -> dict[str, str]:
-  """What the certificates rest on: {'method', 'qa_bound', 'text'} ('text' is ibp.md's line)."""
+  """What the certificates rest on: {'method', 'qa_bound', 'ca_bound', 'text'} ('text' is ibp.md's
+  line)."""
   return {'method': ibp_config.method, 'qa_bound': ibp_config.qa_bound,
           'ca_bound': ibp_config.ca_bound,
           'text': (f'Certified by: embedding boxes from {METHODS[ibp_config.method]} '
