@@ -33,7 +33,11 @@ def setting():
     candidates = rng.uniform(size=(30, 10, 10, 1))
     query_emb, candidate_emb = (np.asarray(embed(jnp.asarray(x))) for x in (queries, candidates))
     box = jax.jit(linear_bounds(embed, 'crown'))
-    query_lower, query_upper = (np.asarray(b) for b in box(*input_box(jnp.asarray(queries), EPS)))
+    # One compiled shape for both sets: the queries' boxes at EPS, the candidates' at CA_EPS.
+    images = jnp.asarray(np.concatenate([queries, candidates]))
+    radii = jnp.concatenate([jnp.full((6, 1, 1, 1), EPS), jnp.full((30, 1, 1, 1), CA_EPS)])
+    lower, upper = (np.asarray(b) for b in box(*input_box(images, radii)))
+    query_lower, query_upper = lower[:6], upper[:6]
     bounds = retrieval.rank_bounds(query_emb, query_lower, query_upper, candidate_emb,
                                    candidate_emb, candidate_emb, 5)
     labels = np.arange(30) % 3
@@ -41,10 +45,9 @@ def setting():
     columns = through_encoder.first_same_class_column(bounds.indices, query_labels, labels)
     tightened, stats = through_encoder.tighten_query_attack_upper(
         bounds, embed, queries, EPS, query_lower, query_upper, candidate_emb, columns,
-        max_rows=12, batch_size=4)
+        max_rows=4, batch_size=8)
     # CA: the candidates' boxes (the queries' clean points).
-    candidate_lower, candidate_upper = (np.asarray(b) for b in box(*input_box(
-        jnp.asarray(candidates), CA_EPS)))
+    candidate_lower, candidate_upper = lower[6:], upper[6:]
     ca_bounds = retrieval.rank_bounds(query_emb, query_emb, query_emb, candidate_emb,
                                       candidate_lower, candidate_upper, 5)
     ca_tightened, ca_stats = through_encoder.tighten_candidate_attack_upper(
@@ -161,7 +164,7 @@ def test_queries_without_target_and_bad_arguments(setting):
     columns = np.full(6, -1)
     same, stats = through_encoder.tighten_query_attack_upper(
         bounds, setting['embed'], setting['queries'], EPS, *setting['boxes'],
-        setting['candidate_emb'], columns, max_rows=4, batch_size=4)
+        setting['candidate_emb'], columns, max_rows=4, batch_size=8)
     np.testing.assert_array_equal(same.query_attack_upper, bounds.query_attack_upper)
     assert (stats['network_farther_candidates'] == -1).all()
     for kwargs, message in (({'max_rows': 0}, 'max_rows'), ({'method': 'beta'}, 'valid methods')):
