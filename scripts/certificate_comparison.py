@@ -86,14 +86,9 @@ def compare(inputs, radii, ks, methods, qa_bounds, slacks, ca_bounds=('kakizaki'
           block_size=ibp_config.query_block_size,
           candidate_block_size=ibp_config.candidate_block_size, distance_slack=slack,
           qa_bound='linear' if qa_bound == 'network' else qa_bound))
-      if qa_bound == 'network':
-        rank_bounds = ibp.network_query_attack(certified_inputs, rank_bounds, eps, query_box,
-                                               candidate_emb, method=method, slack=slack)
-      if ca_bound == 'network':
-        rank_bounds = ibp.network_candidate_attack(certified_inputs, rank_bounds, eps,
-                                                   candidate_box, query_emb, candidate_emb,
-                                                   method=method, slack=slack)
-      return rank_bounds
+      return ibp.through_encoder_rank_bounds(
+          certified_inputs, rank_bounds, eps, query_box, candidate_box, query_emb,
+          candidate_emb, qa_bound=qa_bound, ca_bound=ca_bound, method=method, slack=slack)
 
     for method in methods:
       bound = ibp.embedding_bound_transform(method)

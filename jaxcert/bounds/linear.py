@@ -341,9 +341,9 @@ def _concretize(coeffs, bound: IntervalBound):
 def _conv_transposition(step: linear_graph.Step, coeffs):
   """How an affine convolution step is transposed (docs/linear_bounds.md §3.1): 'matmul'
   (`linear_rules.conv_lhs_transpose`, where `linear_rules.transpose_conv_by_matmul`: float64 on
-  CPU), 'conv' (`linear_rules.conv_lhs_transpose_by_conv`: one convolution
-  with the flipped HWIO kernel), or None (the generic VJP: grouped or input-dilated convolutions,
-  a bounded kernel, or padding larger than the kernel)."""
+  CPU), 'conv' (`linear_rules.conv_lhs_transpose_by_conv`: one convolution with the flipped HWIO
+  kernel), or None (the generic VJP: grouped or input-dilated convolutions, a bounded kernel, or
+  padding larger than the kernel)."""
   params = step.params
   if not (step.primitive is _P.conv_general_dilated_p
           and linear_graph.bounded_positions(step.invals) == [0] and coeffs is not None

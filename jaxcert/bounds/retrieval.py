@@ -366,6 +366,15 @@ def linear_query_attack_order(query_lower, query_upper, candidates, targets, *,
   Returns:
     `(farther, closer)` boolean arrays of the broadcast leading shape.
   """
+  return _linear_order_from_sums(*linear_specification_sums(query_lower, query_upper, candidates,
+                                                           targets, distance_slack)[2])
+
+
+def linear_specification_sums(query_lower, query_upper, candidates, targets, distance_slack):
+  """The sums of the query attack's linear specification, pair by pair (shapes broadcast as in
+  `linear_query_attack_order`): `(centre m, box magnitude ||B||, sums)` with `sums` the
+  arguments of `_linear_order_from_sums` in its order (candidate_sq, target_sq, cross_radius,
+  candidate_far, target_far, width, rounding)."""
   centre, radius = _enclosing_centre_radius(query_lower, query_upper)
   dtype = jnp.result_type(centre, candidates, targets)
   candidate_offset, target_offset = centre - candidates, centre - targets
@@ -374,11 +383,11 @@ def linear_query_attack_order(query_lower, query_upper, candidates, targets, *,
   cross_radius = jnp.sum(radius * jnp.abs(candidates - targets), axis=-1)
   candidate_far = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(candidate_offset) + radius), axis=-1))
   target_far = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(target_offset) + radius), axis=-1))
-  width = distance_slack * (2 * _box_magnitude(query_lower, query_upper)
-                            + jnp.linalg.norm(candidates, axis=-1)
+  magnitude = _box_magnitude(query_lower, query_upper)
+  width = distance_slack * (2 * magnitude + jnp.linalg.norm(candidates, axis=-1)
                             + jnp.linalg.norm(targets, axis=-1))
-  return _linear_order_from_sums(candidate_sq, target_sq, cross_radius, candidate_far, target_far,
-                                 width, _rounding_factor(dtype, centre.shape[-1]))
+  return centre, magnitude, (candidate_sq, target_sq, cross_radius, candidate_far, target_far,
+                             width, _rounding_factor(dtype, centre.shape[-1]))
 
 
 def _linear_query_attack_counts(q_lower, q_upper, top_emb, top_norm, top_margin, candidate_blocks,

@@ -69,35 +69,26 @@ def _undecided_rows(query_lower, query_upper, candidate_emb, target_index, dista
   the `rows` undecided candidates with the largest box margin (closest to decided).
 
   Returns (B,) counts 'box_farther' and 'undecided', and for the chosen (B, rows): their
-  candidate indices 'chosen', 'valid'
-  (undecided, not padding), 'spec' s = c^ - c (zero where not valid), and the sums of the
-  linear specification (`_linear_order_from_sums`) that `_network_farther` reuses.
+  candidate indices 'chosen', 'valid' (undecided, not padding), 'spec' s = c^ - c (zero where
+  not valid), and the sums of the linear specification (`linear_specification_sums`) that
+  `_network_farther` reuses.
   """
-  centre, radius = box_retrieval._enclosing_centre_radius(query_lower, query_upper)  # pylint: disable=protected-access
   target_emb = candidate_emb[target_index]
+  centre, magnitude, sums = box_retrieval.linear_specification_sums(
+      query_lower[:, None], query_upper[:, None], candidate_emb[None], target_emb[:, None],
+      distance_slack)  # (B, N) or (B, 1) each; centre (B, 1, d), magnitude (B, 1)
+  farther, _ = box_retrieval._linear_order_from_sums(*sums)  # pylint: disable=protected-access
+  candidate_sq, target_sq, cross_radius, candidate_far, target_far, width, _ = sums
   spec = target_emb[:, None] - candidate_emb[None]  # (B, N, d)
-  candidate_offset = centre[:, None] - candidate_emb[None]
-  target_offset = centre - target_emb
-  candidate_sq = jnp.sum(jnp.square(candidate_offset), axis=-1)
-  target_sq = jnp.sum(jnp.square(target_offset), axis=-1)[:, None]
-  cross_radius = jnp.sum(radius[:, None] * jnp.abs(spec), axis=-1)
-  candidate_far = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(candidate_offset) + radius[:, None]),
-                                   axis=-1))
-  target_far = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(target_offset) + radius), axis=-1))[:, None]
-  magnitude = box_retrieval._box_magnitude(query_lower, query_upper)[:, None]  # pylint: disable=protected-access
-  width = distance_slack * (2 * magnitude + jnp.linalg.norm(candidate_emb, axis=-1)[None]
-                            + jnp.linalg.norm(target_emb, axis=-1)[:, None])
-  rounding = box_retrieval._rounding_factor(centre.dtype, centre.shape[-1])  # pylint: disable=protected-access
-  farther, _ = box_retrieval._linear_order_from_sums(  # pylint: disable=protected-access
-      candidate_sq, target_sq, cross_radius, candidate_far, target_far, width, rounding)
   undecided = ~farther & (jnp.arange(candidate_emb.shape[0])[None] != target_index[:, None])
   margin = candidate_sq - target_sq - 2 * cross_radius
   chosen = jnp.argsort(jnp.where(undecided, -margin, jnp.inf), axis=1)[:, :rows]
   take = lambda values: jnp.take_along_axis(values, chosen, axis=1)
   valid = take(undecided)
+  spec = jnp.take_along_axis(spec, chosen[..., None], axis=1) * valid[..., None]
   return {'box_farther': jnp.sum(farther, axis=1), 'undecided': jnp.sum(undecided, axis=1),
-          'chosen': chosen, 'valid': valid, 'spec': jnp.take_along_axis(spec, chosen[..., None], axis=1)
-          * valid[..., None], 'centre': centre, 'magnitude': magnitude,
+          'chosen': chosen, 'valid': valid, 'spec': spec, 'centre': centre[:, 0],
+          'magnitude': magnitude,
           'candidate_sq': take(candidate_sq), 'target_sq': target_sq,
           'cross_radius': take(cross_radius), 'candidate_far': take(candidate_far),
           'target_far': target_far, 'width': take(width)}
@@ -322,9 +313,8 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
   current = upper[np.arange(num_queries), columns]
   upper[np.arange(num_queries), columns] = np.where(
       has_target, np.minimum(current, num_candidates - farther.sum(axis=1)), current)
-  network_per_query = np.zeros(num_queries, np.int64)
-  np.add.at(network_per_query, chosen[network], 1)
-  stats = {'undecided': undecided.sum(axis=1), 'network_farther': network_per_query,
+  stats = {'undecided': undecided.sum(axis=1),
+           'network_farther': (farther & ~box_farther).sum(axis=1),
            'network_farther_queries': np.where(network, chosen, -1),
            'target_max': np.where(has_target, target_max, np.inf)}
   return rank_bounds._replace(candidate_attack_upper=upper.astype(np.int32)), stats

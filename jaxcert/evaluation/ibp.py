@@ -255,23 +255,18 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None
     query_point_margin = margins['query_distance']  # for CA (docs/rigorous_float32.md §6)
   bounds_s = time.perf_counter() - start
   start = time.perf_counter()
-  network_qa = ibp_config.qa_bound == 'network'
   rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
       query_emb, *compared_query_box, candidate_emb, *compared_candidate_box, max(ks),
       block_size=ibp_config.query_block_size,
       candidate_block_size=ibp_config.candidate_block_size,
       distance_slack=distance_slack(ibp_config),
-      qa_bound='linear' if network_qa else ibp_config.qa_bound,
+      qa_bound='linear' if ibp_config.qa_bound == 'network' else ibp_config.qa_bound,
       rounding='outward' if outward else 'nearest', point_margin=point_margin,
       query_point_margin=query_point_margin))
-  if network_qa:
-    rank_bounds = network_query_attack(inputs, rank_bounds, eps, query_box, candidate_emb,
-                                       method=ibp_config.method,
-                                       slack=distance_slack(ibp_config))
-  if ibp_config.ca_bound == 'network':
-    rank_bounds = network_candidate_attack(inputs, rank_bounds, eps, candidate_box, query_emb,
-                                           candidate_emb, method=ibp_config.method,
-                                           slack=distance_slack(ibp_config))
+  rank_bounds = through_encoder_rank_bounds(
+      inputs, rank_bounds, eps, query_box, candidate_box, query_emb, candidate_emb,
+      qa_bound=ibp_config.qa_bound, ca_bound=ibp_config.ca_bound, method=ibp_config.method,
+      slack=distance_slack(ibp_config))
   verify_s = time.perf_counter() - start
   certified = certified_retrieval.certified_retrieval(
       rank_bounds, inputs.queries.labels, inputs.candidates.labels, ks)
@@ -282,36 +277,30 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None
           'box_radius': box_radius, 'bounds_s': bounds_s, 'verify_s': verify_s}
 
 
-def network_query_attack(inputs, rank_bounds, eps: float, query_box, candidate_emb, *,
-                         method: str, slack: float):
-  """`rank_bounds` (qa_bound 'linear') with each query's nearest same-class candidate's QA rank
-  tightened by the specification bounded through `inputs.embed` with the relaxation of the linear
-  `method` (config.ibp.qa_bound 'network', `through_encoder.tighten_query_attack_upper`;
-  config.ibp.spec_rows rows per query)."""
+def through_encoder_rank_bounds(inputs, rank_bounds, eps: float, query_box, candidate_box,
+                               query_emb, candidate_emb, *, qa_bound: str, ca_bound: str,
+                               method: str, slack: float):
+  """`rank_bounds` (QA by 'linear' where `qa_bound` is 'network') with each query's nearest
+  same-class candidate's QA rank (`qa_bound` 'network') and CA rank (`ca_bound` 'network')
+  tightened through `inputs.embed` with the relaxation of the linear `method`
+  (`jaxcert.bounds.through_encoder`; config.ibp.spec_rows rows per query or candidate); returned
+  unchanged when neither is 'network'."""
+  if 'network' not in (qa_bound, ca_bound):
+    return rank_bounds
   ibp_config = inputs.config.ibp
   columns = through_encoder.first_same_class_column(
       rank_bounds.indices, inputs.queries.labels, inputs.candidates.labels)
-  tightened, _ = through_encoder.tighten_query_attack_upper(
-      rank_bounds, inputs.embed, inputs.queries.images, eps, *query_box, candidate_emb, columns,
-      method=method, max_rows=ibp_config.spec_rows, batch_size=ibp_config.batch_size,
-      distance_slack=slack)
-  return tightened
-
-
-def network_candidate_attack(inputs, rank_bounds, eps: float, candidate_box, query_emb,
-                             candidate_emb, *, method: str, slack: float):
-  """`rank_bounds` with each query's nearest same-class candidate's CA rank tightened by the
-  candidates' distance lower bounds through `inputs.embed` (config.ibp.ca_bound 'network',
-  `through_encoder.tighten_candidate_attack_upper`; config.ibp.spec_rows queries per
-  candidate)."""
-  ibp_config = inputs.config.ibp
-  columns = through_encoder.first_same_class_column(
-      rank_bounds.indices, inputs.queries.labels, inputs.candidates.labels)
-  tightened, _ = through_encoder.tighten_candidate_attack_upper(
-      rank_bounds, inputs.embed, inputs.candidates.images, eps, *candidate_box, query_emb,
-      candidate_emb, columns, method=method, max_rows=ibp_config.spec_rows,
-      batch_size=ibp_config.batch_size, distance_slack=slack)
-  return tightened
+  settings = dict(method=method, max_rows=ibp_config.spec_rows, batch_size=ibp_config.batch_size,
+                  distance_slack=slack)
+  if qa_bound == 'network':
+    rank_bounds, _ = through_encoder.tighten_query_attack_upper(
+        rank_bounds, inputs.embed, inputs.queries.images, eps, *query_box, candidate_emb,
+        columns, **settings)
+  if ca_bound == 'network':
+    rank_bounds, _ = through_encoder.tighten_candidate_attack_upper(
+        rank_bounds, inputs.embed, inputs.candidates.images, eps, *candidate_box, query_emb,
+        candidate_emb, columns, **settings)
+  return rank_bounds
 
 
 def rounding_check(inputs, eps: float) -> dict:
