@@ -151,6 +151,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.certified.qa_bound = 'linear'  # 'linear' (exact over the box) or 'distance' (Theorem 1's)
   config.certified.triplets = 'all'  # 'all', 'nearest_positive' or 'ranking' (certified.selected_triplets)
   config.certified.exclude_nearest = 0  # 'ranking': the anchor's nearest points left out
+  config.certified.allowed_violations = 0  # per anchor, its worst-bounded triplets left out (mean_hinge)
   config.certified.qa_weight = 1.0
   config.certified.ca_weight = 1.0
   config.certified.tbt_weight = 0.0  # + this x Kakizaki et al.'s Reg (Eq. 20)

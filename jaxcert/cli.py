@@ -49,7 +49,8 @@ def _check_config_file(config_flag: str) -> None:
   """
   if config_flag not in flags.FLAGS or flags.FLAGS[config_flag].present == 0:
     return
-  path = config_flags.get_config_filename(flags.FLAGS[config_flag])
+  # ml_collections reads 'file.py:argument' as the file and get_config's argument.
+  path = config_flags.get_config_filename(flags.FLAGS[config_flag]).split(':', 1)[0]
   if path and not os.path.isfile(path):
     raise FileNotFoundError(f'Config file {path!r} does not exist; the configs are in configs/, '
                             'e.g. --config configs/quickstart.py.')

@@ -378,7 +378,8 @@ def test_bad_certified_triplet_configs_fail_clearly():
   for field, value, message in [('qa_bound', 'crown', "valid: \\['linear', 'distance'\\]"),
                                 ('adversarial', 'pgd', "valid: \\['none', 'mtl_ibp', 'sabr'\\]"),
                                 ('sabr_lambda', 0., 'sabr_lambda must be in'),
-                                ('margin', -1., 'margin must be >= 0')]:
+                                ('margin', -1., 'margin must be >= 0'),
+                                ('allowed_violations', -1, 'allowed_violations must be an integer')]:
     config = kakizaki.get_config('fmnist', 'small', 'certified')
     config.certified[field] = value
     with pytest.raises(ValueError, match=message):
@@ -489,3 +490,32 @@ def test_target_rows_equal_the_full_triplet_bounds(selection):
                                  np.asarray(target_rows)[:, 0], rtol=1e-13, atol=1e-13)
       np.testing.assert_allclose(certified.mean_hinge(full, 1.0, full_mask),
                                  certified.mean_hinge(target_rows, 1.0, mask), rtol=1e-13)
+
+
+@pytest.mark.parametrize('allowed', [1, 3])
+def test_mean_hinge_leaves_out_each_rows_worst_bounds(allowed):
+  """With allowed_violations = m each row [a, p] drops its m largest valid hinges (by value,
+  against a per-row numpy reference), also from the count; rows with <= m valid drop them all;
+  the dropped triplets get no gradient, the others the mean's."""
+  rng = np.random.default_rng(5)
+  differences = rng.normal(size=(6, 2, 7))
+  valid = rng.uniform(size=differences.shape) < 0.6
+  valid[0, 0] = False  # a row with nothing valid
+  valid[1, 1] = False
+  valid[1, 1, :2] = True  # a row with fewer valid triplets than m = 3
+  margin = 0.5
+  total = count = 0
+  kept = np.zeros(differences.shape, bool)
+  for row in np.ndindex(differences.shape[:2]):
+    columns = np.flatnonzero(valid[row])
+    hinges = np.maximum(differences[row][columns] + margin, 0)
+    keep = columns[np.argsort(-hinges, kind='stable')[allowed:]]
+    kept[row + (keep,)] = True
+    total += np.maximum(differences[row][keep] + margin, 0).sum()
+    count += len(keep)
+  with jax.enable_x64(True):
+    value, grad = jax.value_and_grad(certified.mean_hinge)(
+        jnp.asarray(differences), margin, jnp.asarray(valid), allowed)
+  np.testing.assert_allclose(value, total / count, rtol=1e-12)
+  active = kept & (differences + margin > 0)
+  np.testing.assert_allclose(np.asarray(grad), np.where(active, 1 / count, 0.), atol=1e-15)

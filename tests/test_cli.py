@@ -25,7 +25,8 @@ def _run_driver(*args, cwd):
 
 
 @pytest.mark.parametrize('args, message', [
-    (('train.py', '--config', 'configs/quickstart.py', '--workdir', 'runs/x',
+    # A config file with get_config's argument ('file.py:variant') is found, then the field fails.
+    (('train.py', '--config', 'configs/fmnist_small_tbt.py:reduced', '--workdir', 'runs/x',
       '--config.model.name=vit'),
      "train.py: error: Unknown model 'vit'; valid models: ['linear', 'mlp', 'small_cnn', "
      "'large_cnn', 'resnet18', 'resnet50']."),

@@ -384,10 +384,25 @@ def target_triplets(labels, embeddings, selection: str,
   raise ValueError(f'Unknown config.certified.triplets {selection!r}; valid: {list(TRIPLET_SELECTIONS)}.')
 
 
-def mean_hinge(differences, margin, valid) -> jax.Array:
-  """Mean of max(0, differences + margin) over the valid triplets (0 if there are none)."""
-  hinge = jax.nn.relu(differences + margin)
-  return jnp.sum(jnp.where(valid, hinge, 0.)) / jnp.maximum(jnp.sum(valid), 1)
+def mean_hinge(differences, margin, valid, allowed_violations: int = 0) -> jax.Array:
+  """Mean of max(0, differences + margin) over the valid triplets (0 if there are none).
+
+  With `allowed_violations` = m > 0, each row [a, p] (anchor and target) leaves out its m largest
+  hinges (among its valid triplets) from the mean: a rank certificate at K tolerates K - 1
+  candidates that may come closer than the target (Kakizaki et al. Theorems 3-4), so the m
+  triplets whose bound is worst are not pushed; the others are. Unlike `exclude_nearest`, which
+  leaves out the points nearest in clean distance, this leaves out those the bound itself
+  cannot separate, which is what the certificate counts.
+  """
+  hinge = jnp.where(valid, jax.nn.relu(differences + margin), 0.)
+  total, count = jnp.sum(hinge), jnp.sum(valid)
+  if allowed_violations:
+    row_count = jnp.sum(valid, axis=-1)
+    # Invalid entries are 0 <= every valid hinge, so the m largest entries of a row are its m
+    # largest valid hinges (ties with 0 change no sum).
+    total = total - jnp.sum(jax.lax.top_k(hinge, allowed_violations)[0])
+    count = count - jnp.sum(jnp.minimum(row_count, allowed_violations))
+  return total / jnp.maximum(count, 1)
 
 
 def warmup_regularizers(input_lower, input_upper, preactivation_lower, preactivation_upper,
@@ -498,7 +513,8 @@ def certified_triplet_objective(inputs: base.ObjectiveInputs):
 
   T is the clean metric loss (`config.loss`). R bounds the squared-distance triplet hinge
   max(0, ||a - p||^2 - ||a - n||^2 + margin) over the perturbations the certificates consider,
-  averaged over the triplets `config.certified.triplets` selects (`selected_triplets`):
+  averaged over the triplets `config.certified.triplets` selects (`selected_triplets`), less each
+  row's `allowed_violations` worst-bounded triplets (`mean_hinge`):
   `qa_weight` x its bound under the query attack (the anchor's box, `query_attack_triplet_bounds`)
   + `ca_weight` x its bound under the candidate attack (p's and n's boxes,
   `candidate_attack_triplet_bounds`). `config.certified.adversarial` chooses the anchor boxes:
@@ -540,8 +556,9 @@ def certified_triplet_objective(inputs: base.ObjectiveInputs):
   lower, upper, pre_lowers, pre_uppers = embedding_and_preactivation_bounds(
       inputs.model, variables, input_lower, input_upper)
 
+  allowed = certified.allowed_violations
   qa = mean_hinge(query_attack_triplet_bounds(lower, upper, embeddings, certified.qa_bound,
-                                              targets), margin, valid)
+                                              targets), margin, valid, allowed)
   if adversarial == 'mtl_ibp':
     adversarial_embeddings = inputs.model.apply(variables, adversarial_images)
     to_points = _squared_pairwise(adversarial_embeddings, embeddings)
@@ -549,7 +566,7 @@ def certified_triplet_objective(inputs: base.ObjectiveInputs):
     metrics['qa_attack_hinge'] = at_attack
     qa = certified.mtl_alpha * qa + (1 - certified.mtl_alpha) * at_attack
   ca = mean_hinge(candidate_attack_triplet_bounds(embeddings, lower, upper, targets), margin,
-                  valid)
+                  valid, allowed)
   robust = certified.qa_weight * qa + certified.ca_weight * ca
   metrics.update(qa_bound_hinge=qa, ca_bound_hinge=ca)
   if certified.tbt_weight:
@@ -600,6 +617,9 @@ def check_certified_triplet_config(config) -> None:
     raise ValueError(f'config.certified.sabr_lambda must be in (0, 1], got {certified.sabr_lambda}.')
   if not 0 <= certified.mtl_alpha <= 1:
     raise ValueError(f'config.certified.mtl_alpha must be in [0, 1], got {certified.mtl_alpha}.')
+  if not (isinstance(certified.allowed_violations, int) and certified.allowed_violations >= 0):
+    raise ValueError(f'config.certified.allowed_violations must be an integer >= 0, got '
+                     f'{certified.allowed_violations!r}.')
   for name in ('margin', 'qa_weight', 'ca_weight', 'tbt_weight', 'warmup_weight'):
     if not certified[name] >= 0:
       raise ValueError(f'config.certified.{name} must be >= 0, got {certified[name]}.')
