@@ -101,6 +101,8 @@ def setting(train: dict) -> str:
     if triplets == 'ranking':
       triplets += f' (exclude {certified.get("exclude_nearest", 0)})'
     parts += [f'triplets {triplets}', f'QA {certified.get("qa_bound", "linear")}']
+    if certified.get('allowed_violations'):
+      parts.append(f'allowed violations {certified["allowed_violations"]}')
     adversarial = certified.get('adversarial', 'none')
     if adversarial != 'none':
       share = (f'alpha {certified["mtl_alpha"]}' if adversarial == 'mtl_ibp'
