@@ -450,6 +450,12 @@ METHOD_CHECKPOINTS = (
      'Kakizaki et al.\'s TBT, 1500 steps on the embedded sample (the config\'s budget)', ''),
     ('embedded_small_certified', 'configs/embedded_small_certified.py',
      'certified triplet training, 3000 steps on the embedded sample (the config\'s budget)', ''),
+    ('fmnist_small_tbt_full', 'configs/fmnist_small_tbt.py:reduced',
+     'Kakizaki et al.\'s TBT, Small CNN, 30,000 steps on full Fashion-MNIST (50 epochs of the '
+     'paper\'s 100: reduced)', FASHION_MNIST),
+    ('mnist_small_tbt_full', 'configs/mnist_small_tbt.py:reduced',
+     'Kakizaki et al.\'s TBT, Small CNN, 30,000 steps on full MNIST (50 epochs of the paper\'s '
+     '100: reduced)', MNIST),
     ('fmnist_small_certified', 'configs/fmnist_small_certified.py',
      'certified triplet training, 9000 steps on full Fashion-MNIST (15 epochs: reduced)', FASHION_MNIST),
     ('mnist_small_certified', 'configs/mnist_small_certified.py',
