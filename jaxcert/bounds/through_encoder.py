@@ -79,13 +79,12 @@ def _undecided_rows(query_lower, query_upper, candidate_emb, target_index, dista
       distance_slack)  # (B, N) or (B, 1) each; centre (B, 1, d), magnitude (B, 1)
   farther, _ = box_retrieval._linear_order_from_sums(*sums)  # pylint: disable=protected-access
   candidate_sq, target_sq, cross_radius, candidate_far, target_far, width, _ = sums
-  spec = target_emb[:, None] - candidate_emb[None]  # (B, N, d)
   undecided = ~farther & (jnp.arange(candidate_emb.shape[0])[None] != target_index[:, None])
   margin = candidate_sq - target_sq - 2 * cross_radius
   chosen = jnp.argsort(jnp.where(undecided, -margin, jnp.inf), axis=1)[:, :rows]
   take = lambda values: jnp.take_along_axis(values, chosen, axis=1)
   valid = take(undecided)
-  spec = jnp.take_along_axis(spec, chosen[..., None], axis=1) * valid[..., None]
+  spec = (target_emb[:, None] - candidate_emb[chosen]) * valid[..., None]  # (B, rows, d)
   return {'box_farther': jnp.sum(farther, axis=1), 'undecided': jnp.sum(undecided, axis=1),
           'chosen': chosen, 'valid': valid, 'spec': spec, 'centre': centre[:, 0],
           'magnitude': magnitude,
@@ -332,10 +331,11 @@ def _network_distance_upper(along, spec_lower, query_points, target_lower, targe
   u^ = u / ||u||, P the projection across u^. Widened like Theorem 2's bounds (`slack` (||B|| +
   ||q||)) and by the rounding of its sums; +inf where u = 0."""
   norm = jnp.linalg.norm(along, axis=-1)
-  unit = along / jnp.where(norm > 0, norm, 1)[:, None]
+  divisor = jnp.where(norm > 0, norm, 1)
+  unit = along / divisor[:, None]
   along_query = jnp.sum(unit * query_points, axis=-1)
-  lower = spec_lower[:, 0] / jnp.where(norm > 0, norm, 1)
-  upper = -spec_lower[:, 1] / jnp.where(norm > 0, norm, 1)
+  lower = spec_lower[:, 0] / divisor
+  upper = -spec_lower[:, 1] / divisor
   extent = jnp.maximum(jnp.abs(lower - along_query), jnp.abs(upper - along_query))
   centre, radius = box_retrieval._enclosing_centre_radius(target_lower, target_upper)  # pylint: disable=protected-access
   offset = centre - query_points
