@@ -45,6 +45,12 @@ VARIANTS = {name: (name, {}) for name in objectives.METHODS} | {
                                                      'certified.adversarial': 'sabr'}),
     'certified_triplet+mtl_ibp': ('certified_triplet', {**_CERTIFIED_TRIPLET,
                                                         'certified.adversarial': 'mtl_ibp'}),
+    'certified_triplet+ranking': ('certified_triplet', {**_CERTIFIED_TRIPLET,
+                                                        'certified.triplets': 'ranking'}),
+    'certified_triplet+crown_ibp2': ('certified_triplet', {
+        **_CERTIFIED_TRIPLET, 'certified.triplets': 'ranking', 'certified.crown_ibp_rows': 2}),
+    'certified_triplet+crown_ibp4': ('certified_triplet', {
+        **_CERTIFIED_TRIPLET, 'certified.triplets': 'ranking', 'certified.crown_ibp_rows': 4}),
 }
 
 

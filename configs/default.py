@@ -161,6 +161,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.certified.pgd_steps = 5  # PGD steps on the anchor's hinge ('sabr', 'mtl_ibp')
   config.certified.sabr_lambda = 0.4  # SABR's box radius / eps
   config.certified.mtl_alpha = 0.5  # MTL-IBP's weight of the box bound (1 - it: the PGD point)
+  # CROWN-IBP training (Zhang et al. 2020): each anchor's k worst QA triplets bounded through the
+  # network (certified.crown_ibp_tightening), mixed with the box bound by beta, ramped with eps.
+  config.certified.crown_ibp_rows = 0  # k; 0: off
+  config.certified.crown_ibp_beta_start = 1.0
+  config.certified.crown_ibp_beta_end = 0.0
   config.train_split = 'train'  # 'candidates': train on the candidate set C (FCTB, Kakizaki et al. Eq. 21)
   # certify.py mode 'smoothing': RetrievalGuard (Sec. 4.3) and the bisector certificate.
   config.smoothing = ml_collections.ConfigDict()

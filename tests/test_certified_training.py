@@ -334,11 +334,56 @@ def test_certified_triplet_bounds_hold_for_the_encoder(batch_norm):
     assert np.all(to_p[:, :, None] - to_p[:, None, :] <= ca + 1e-4 * (1 + np.abs(ca)))
 
 
-@pytest.mark.parametrize('triplets', ['all', 'ranking'])  # full (B, B, B) bounds; target rows
-def test_certified_triplet_objective_finite_and_clean_at_zero_eps(triplets):
+def test_crown_ibp_tightening_is_sound_and_never_looser():
+  """CROWN-IBP rows of the QA hinge (Zhang et al. 2020) through a Small CNN: each anchor's chosen
+  entries are at most their box bounds, some strictly lower, the others unchanged; every entry
+  stays >= the triplet differences at sampled points of the eps-box and at PGD points that push
+  each anchor towards its target and away from its first chosen negative."""
+  eps, rows = 0.03, 3
+  inputs = _certified_inputs(eps)
+  embeddings, _, variables = certified.forward_for_bounds(inputs)
+  embed = jax.tree_util.Partial(inputs.model.apply, variables)
+  input_lower, input_upper = input_box(inputs.images, eps)
+  lower, upper, _, _ = certified.embedding_and_preactivation_bounds(inputs.model, variables,
+                                                                    input_lower, input_upper)
+  targets, valid = certified.target_triplets(inputs.labels, embeddings, 'ranking', 2)
+  box = certified.query_attack_triplet_bounds(lower, upper, embeddings, 'linear', targets)
+  tightened, tightening = jax.jit(certified.crown_ibp_tightening, static_argnums=9)(
+      embed, input_lower, input_upper, lower, upper, embeddings, targets, box, valid, rows)
+  box, tightened, valid = np.asarray(box[:, 0]), np.asarray(tightened[:, 0]), np.asarray(valid[:, 0])
+  assert tightening.shape == (20, rows) and np.all(np.asarray(tightening) <= 0)
+  changed = tightened != box
+  assert np.all(changed.sum(axis=1) <= rows) and changed.sum() > 20
+  assert np.all(tightened <= box) and np.mean(box - tightened) > 0
+  emb = np.asarray(embeddings)
+  first_chosen = np.argmax(np.where(changed, box, -np.inf), axis=1)
+  rng = np.random.default_rng(5)
+  perturbed = [np.clip(np.asarray(inputs.images) + rng.uniform(-eps, eps, inputs.images.shape),
+                       0, 1) for _ in range(20)]
+
+  def hinge(x, embed, positive, negative):
+    z = embed(x)
+    return jnp.sum(jnp.square(z - positive), -1) - jnp.sum(jnp.square(z - negative), -1)
+
+  pgd = attacks.pgd(hinge, eps=eps, step_size=eps / 4, num_steps=20)
+  perturbed.append(np.asarray(pgd(jax.random.key(6), inputs.images, embed,
+                                  jnp.asarray(emb[np.asarray(targets)]),
+                                  jnp.asarray(emb[first_chosen]))))
+  embed_jit = jax.jit(embed)
+  for x in perturbed:
+    moved = np.asarray(embed_jit(jnp.asarray(x, jnp.float32)))
+    to_points = np.sum((moved[:, None] - emb[None]) ** 2, -1)  # (anchor, point)
+    differences = to_points[np.arange(20), np.asarray(targets)][:, None] - to_points
+    assert np.all(np.where(valid, differences - tightened, -np.inf)
+                  <= 1e-4 * (1 + np.abs(tightened)))
+
+
+@pytest.mark.parametrize('triplets,crown_ibp_rows', [
+    ('all', 0), ('ranking', 0), pytest.param('ranking', 2, marks=pytest.mark.slow)])  # full (B, B, B) bounds; target rows; CROWN-IBP
+def test_certified_triplet_objective_finite_and_clean_at_zero_eps(triplets, crown_ibp_rows):
   """One compilation: the step (traced) picks eps 0 (before the ramp) or 0.05 (after it)."""
   inputs = _certified_inputs(0.05, ramp_start_steps=1, ramp_end_steps=1, triplets=triplets,
-                             exclude_nearest=2)
+                             exclude_nearest=2, crown_ibp_rows=crown_ibp_rows)
   objective = objectives.get_method(inputs.config.method).objective
 
   @jax.jit
@@ -357,6 +402,9 @@ def test_certified_triplet_objective_finite_and_clean_at_zero_eps(triplets):
                              rtol=1e-5)
   assert step_metrics['qa_bound_hinge'] > zero_metrics['qa_bound_hinge']
   assert step_metrics['ca_bound_hinge'] > zero_metrics['ca_bound_hinge']
+  if crown_ibp_rows:  # beta ramps from 1 to 0 with eps: 1 at step 0, 0 at step 1.
+    assert float(zero_metrics['crown_ibp_beta']) == 1. and float(step_metrics['crown_ibp_beta']) == 0.
+    assert float(step_metrics['crown_ibp_tightening']) < 0.
 
 
 def test_sabr_box_lies_in_the_eps_box():
@@ -379,8 +427,12 @@ def test_bad_certified_triplet_configs_fail_clearly():
                                 ('adversarial', 'pgd', "valid: \\['none', 'mtl_ibp', 'sabr'\\]"),
                                 ('sabr_lambda', 0., 'sabr_lambda must be in'),
                                 ('margin', -1., 'margin must be >= 0'),
-                                ('allowed_violations', -1, 'allowed_violations must be an integer')]:
+                                ('allowed_violations', -1, 'allowed_violations must be an integer'),
+                                ('crown_ibp_rows', -1, 'crown_ibp_rows must be an integer'),
+                                ('crown_ibp_rows', 2, "triplets 'nearest_positive' or 'ranking'"),
+                                ('crown_ibp_beta_end', 1.5, r'crown_ibp_beta_end must be in \[0, 1\]')]:
     config = kakizaki.get_config('fmnist', 'small', 'certified')
+    config.certified.triplets = 'all'
     config.certified[field] = value
     with pytest.raises(ValueError, match=message):
       certified.init_certified_triplet_params(config, None)

@@ -10,6 +10,7 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 import pytest
 
@@ -20,6 +21,7 @@ from jaxcert.bounds import l2_normalize
 from jaxcert.bounds import linear_rules
 from jaxcert.bounds.linear import linear_bounds
 from jaxcert.bounds.linear import linear_spec_bounds
+from jaxcert.bounds.linear import linear_spec_lower_bounds
 from jaxcert.bounds.linear import METHODS
 
 TOLERANCE_64 = 1e-10
@@ -386,6 +388,64 @@ def test_spec_bounds_sound_and_tighter_than_box():
     assert np.mean(spec_upper - spec_lower) < np.mean(from_box_upper - from_box_lower)
   assert np.all(widths['alpha_crown'] <= widths['crown'] + TOLERANCE_64)
   assert np.mean(widths['alpha_crown']) < np.mean(widths['crown'])
+
+
+@pytest.mark.parametrize('method', ['crown_ibp', 'crown',
+                                    pytest.param('alpha_crown', marks=pytest.mark.slow)])
+def test_spec_lower_bounds_are_the_lower_half(method):
+  """`linear_spec_lower_bounds` (one-sided rows) equals `linear_spec_bounds`' lower bounds."""
+  rng = np.random.default_rng(12)
+  fn, _ = _mlp(rng, [5, 16, 16, 3])
+  lower, upper = _random_box(rng, 2, (5,), 0.3)
+  spec = rng.normal(size=(2, 4, 3))
+  both = jax.jit(linear_spec_bounds(fn, method, row_chunk=3))(lower, upper, spec)[0]
+  one = jax.jit(linear_spec_lower_bounds(fn, method, row_chunk=3))(lower, upper, spec)
+  np.testing.assert_allclose(one, both, rtol=1e-12, atol=1e-12)
+
+
+def test_crown_ibp_spec_bounds_differentiable_in_the_weights():
+  """The gradient of CROWN-IBP specification bounds with respect to a convolution's kernel (what
+  CROWN-IBP training follows) matches finite differences."""
+  rng = np.random.default_rng(12)
+  kernel = jnp.asarray(rng.normal(size=(4, 6, 3, 2)))  # a convolution, then a ReLU, then a sum
+  images = rng.uniform(size=(2, 6, 6, 3))
+  spec = jnp.asarray(rng.normal(size=(2, 3, 2)))
+
+  def bound_sum(weights):
+    def net(x):
+      hidden = jax.nn.relu(lax.conv_general_dilated(x, weights, (1, 1), ((1, 2), (0, 1)),
+                                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+      return jnp.sum(hidden, axis=(1, 2))
+    return jnp.sum(linear_spec_lower_bounds(net, 'crown_ibp')(images - 0.05, images + 0.05, spec))
+
+  gradient = jax.jit(jax.grad(bound_sum))(kernel)
+  direction = jnp.asarray(rng.normal(size=kernel.shape))
+  step = 1e-6
+  bound_sum = jax.jit(bound_sum)
+  numeric = (bound_sum(kernel + step * direction) - bound_sum(kernel - step * direction)) / (2 * step)
+  np.testing.assert_allclose(jnp.sum(gradient * direction), numeric, rtol=1e-5)
+
+
+@pytest.mark.parametrize('padding,lhs_dilation,rhs_dilation', [
+    (((3, 3), (3, 3)), (1, 1), (1, 1)), (((2, 1), (0, -1)), (2, 3), (1, 2))])
+def test_channels_last_conv_gradients_are_xlas(padding, lhs_dilation, rhs_dilation):
+  """The custom kernel cotangent of `linear_rules.channels_last_conv` (one matmul per kernel
+  offset) equals XLA's, with input dilation, kernel dilation and negative (cropping) padding."""
+  rng = np.random.default_rng(13)
+  lhs, kernel = jnp.asarray(rng.normal(size=(3, 7, 6, 4))), jnp.asarray(rng.normal(size=(3, 2, 4, 5)))
+
+  def reference(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), padding, lhs_dilation=lhs_dilation,
+                                    rhs_dilation=rhs_dilation,
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  out, reference_vjp = jax.vjp(reference, lhs, kernel)
+  value, custom_vjp = jax.vjp(lambda x, w: linear_rules.channels_last_conv(
+      x, w, padding, lhs_dilation, rhs_dilation), lhs, kernel)
+  np.testing.assert_array_equal(value, out)
+  cotangent = jnp.asarray(rng.normal(size=out.shape))
+  for got, want in zip(custom_vjp(cotangent), reference_vjp(cotangent)):
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_spec_shape_checked():

@@ -16,6 +16,7 @@ from jaxcert.bounds.interval import interval
 from jaxcert.bounds.interval import IntervalBound
 from jaxcert.bounds.linear import linear_bounds
 from jaxcert.bounds.linear import linear_spec_bounds
+from jaxcert.bounds.linear import linear_spec_lower_bounds
 from jaxcert.bounds.l2_normalize import l2_normalize
 from jaxcert.bounds.l2_normalize import l2_normalize_bounds
 from jaxcert.bounds.rules import RULES
@@ -40,6 +41,7 @@ __all__ = [
     'l2_normalize',
     'linear_bounds',
     'linear_spec_bounds',
+    'linear_spec_lower_bounds',
     'l2_normalize_bounds',
     'rank_bounds',
 ]

@@ -466,8 +466,9 @@ def _backward(graph: _Graph, node: linear_graph.Node, coeffs, *, symmetric: bool
   return bias
 
 
-def _chunked_lower_bounds(graph: _Graph, node: linear_graph.Node, rows: Callable, count: int) -> jax.Array:
-  """Lower and upper bounds of `count` rows, `graph.row_chunk` rows per backward pass.
+def _chunked_lower_bounds(graph: _Graph, node: linear_graph.Node, rows: Callable, count: int,
+                          upper: bool = True) -> jax.Array:
+  """Lower (and upper) bounds of `count` rows, `graph.row_chunk` rows per backward pass.
 
   Args:
     graph: the interpreted function.
@@ -475,43 +476,47 @@ def _chunked_lower_bounds(graph: _Graph, node: linear_graph.Node, rows: Callable
     rows: `rows(start, chunk)` -> the coefficients of rows `start, ..., start + chunk - 1`,
       shape (chunk, *node.shape) (rows past `count` are ignored).
     count: number of rows.
+    upper: also the upper bounds (False: half the rows below the first non-affine step).
 
   Returns:
-    (2, count): the lower bounds of `rows . node`, then the upper bounds.
+    (2, count): the lower bounds of `rows . node`, then the upper bounds; (1, count) without
+    `upper`.
   """
   chunk = min(graph.row_chunk, count)
   num_chunks = -(-count // chunk)
+  sides = 2 if upper else 1
 
   def one_chunk(start):
     if graph.method == 'alpha_crown':
-      bounds = _optimized_backward(graph, node, rows(start, chunk))
+      bounds = _optimized_backward(graph, node, rows(start, chunk), symmetric=upper)
     else:
-      bounds = _backward(graph, node, rows(start, chunk), symmetric=True)
-    return bounds.reshape(2, chunk) * jnp.asarray([[1], [-1]], bounds.dtype)
+      bounds = _backward(graph, node, rows(start, chunk), symmetric=upper)
+    return bounds.reshape(sides, chunk) * jnp.asarray([[1], [-1]][:sides], bounds.dtype)
 
   starts = jnp.arange(num_chunks) * chunk
   both = lax.map(one_chunk, starts) if num_chunks > 1 else one_chunk(starts[0])[None]
-  return jnp.moveaxis(both, 1, 0).reshape(2, num_chunks * chunk)[:, :count]
+  return jnp.moveaxis(both, 1, 0).reshape(sides, num_chunks * chunk)[:, :count]
 
 
-def _optimized_backward(graph: _Graph, node: linear_graph.Node, coeffs) -> jax.Array:
-  """`_backward(graph, node, coeffs, symmetric=True)` with alpha-CROWN's slopes (Xu et al. 2021,
+def _optimized_backward(graph: _Graph, node: linear_graph.Node, coeffs,
+                        symmetric: bool = True) -> jax.Array:
+  """`_backward(graph, node, coeffs, symmetric=symmetric)` with alpha-CROWN's slopes (Xu et al. 2021,
   Sec. 3.1): the lower slope of every straddling ReLU, one per row, in [0, 1], optimised by Adam
   on the sum of the rows' bounds (each row's bound depends on its own slopes only), started at
   CROWN's slopes; the best bound of each row over the steps is returned, so never below CROWN's.
   Every step's slopes are valid (clipped to [0, 1] before use), so every bound kept is sound.
   """
-  rows = 2 * coeffs.shape[0]
+  rows = (2 if symmetric else 1) * coeffs.shape[0]
   initial = {position: jnp.broadcast_to(step.relaxation.lower_slopes[0],
                                         (rows,) + step.relaxation.optimizable.shape)
              for position, step in enumerate(graph.steps[:node.producer + 1])
              if step.kind == 'relaxed' and step.relaxation.optimizable is not None}
   if not initial:
-    return _backward(graph, node, coeffs, symmetric=True)
+    return _backward(graph, node, coeffs, symmetric=symmetric)
 
   def bounds_of(alphas):  # (the loss to minimise, the rows' bounds)
     alphas = jax.tree.map(lambda a: jnp.clip(a, 0, 1), alphas)
-    bounds = _backward(graph, node, coeffs, symmetric=True, alphas=alphas)
+    bounds = _backward(graph, node, coeffs, symmetric=symmetric, alphas=alphas)
     return -jnp.sum(jnp.where(jnp.isfinite(bounds), bounds, 0)), bounds
 
   optimizer = optax.adam(optax.exponential_decay(ALPHA_LEARNING_RATE, 1,
@@ -696,10 +701,29 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
     (batch, n_spec, out_dim) and outputs (batch, n_spec):
     `spec_lower[b, s] <= spec[b, s] . fn(x)[b] <= spec_upper[b, s]` for every `x` in the box.
   """
+  return _spec_bounds(fn, method, row_chunk, patches, upper=True)
+
+
+def linear_spec_lower_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crown', *,
+                             row_chunk: int = DEFAULT_ROW_CHUNK,
+                             patches: bool = True) -> Callable[..., jax.Array]:
+  """The lower half of `linear_spec_bounds`, at about half its cost below the first nonlinearity.
+
+  `bounded(lower, upper, spec) -> spec_lower` (batch, n_spec), `spec_lower[b, s] <= spec[b, s] .
+  fn(x)[b]` for every `x` in the box (an upper bound of `c . fn(x)` is minus the lower bound of
+  `-c`). Differentiable with respect to the box, the rows and the parameters `fn` closes over for
+  method 'crown_ibp' (CROWN-IBP training, Zhang et al. 2020); the other methods' intermediate
+  bounds come from `while_loop`s, which reverse-mode differentiation does not go through.
+  """
+  return _spec_bounds(fn, method, row_chunk, patches, upper=False)
+
+
+def _spec_bounds(fn, method, row_chunk, patches, upper: bool):
+  """`linear_spec_bounds` (`upper`) or `linear_spec_lower_bounds`."""
   _check_method(method)
 
-  def bounded(lower, upper, spec):
-    lower, upper = _validate_box(lower, upper)
+  def bounded(lower, upper_box, spec):
+    lower, upper_box = _validate_box(lower, upper_box)
     spec = jnp.asarray(spec)
     if spec.ndim != 3 or spec.shape[0] != lower.shape[0]:
       raise ValueError(f'spec must have shape (batch, n_spec, out_dim) with batch '
@@ -718,7 +742,7 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
       coeffs = rows_of_spec.astype(example_lower.dtype)[:, None, :]
       if not isinstance(output, linear_graph.Node):
         value = jnp.einsum('sd,d->s', coeffs[:, 0], jnp.asarray(output)[0])
-        return value, value
+        return (value, value) if upper else value
       count = coeffs.shape[0]
       padded = jnp.concatenate([coeffs, jnp.zeros((graph.row_chunk,) + coeffs.shape[1:],
                                                   coeffs.dtype)])
@@ -726,15 +750,15 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
       def rows(start, chunk):
         return lax.dynamic_slice_in_dim(padded, start, chunk)
 
-      bounds = _chunked_lower_bounds(graph, output, rows, count)
+      bounds = _chunked_lower_bounds(graph, output, rows, count, upper=upper)
       box = IntervalBound(output.bound.lower, output.bound.upper)
-      box_lower = _concretize(coeffs, box)
-      box_upper = -_concretize(-coeffs, box)
-      spec_lower = jnp.maximum(bounds[0], box_lower)
-      spec_upper = jnp.minimum(bounds[1], box_upper)
+      spec_lower = jnp.maximum(bounds[0], _concretize(coeffs, box))
+      if not upper:
+        return spec_lower
+      spec_upper = jnp.minimum(bounds[1], -_concretize(-coeffs, box))
       return spec_lower, jnp.maximum(spec_upper, spec_lower)
 
-    return jax.vmap(one_example)(lower, upper, spec)
+    return jax.vmap(one_example)(lower, upper_box, spec)
 
   return bounded
 
@@ -743,4 +767,4 @@ def _leaf_shape(value) -> tuple[int, ...]:
   return value.shape if isinstance(value, linear_graph.Node) else jnp.shape(value)
 
 
-__all__ = ['METHODS', 'linear_bounds', 'linear_spec_bounds']
+__all__ = ['METHODS', 'linear_bounds', 'linear_spec_bounds', 'linear_spec_lower_bounds']

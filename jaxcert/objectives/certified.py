@@ -18,7 +18,8 @@ Kakizaki et al. (WACV 2023), Sec. 4 and 5.1.4:
   candidate attack (the positive's and negative's boxes), kappa-mixed with the clean loss; with
   the fast-training parts of Shi et al. 2021 ("Fast Certified Robust Training with Short Warmup":
   IBP initialisation and BatchNorm in `jaxcert.models.cnn`, the warm-up regularisers here) and the
-  boxes of SABR (Mueller et al. 2023) or the mix of MTL-IBP (De Palma et al. 2024) as options.
+  boxes of SABR (Mueller et al. 2023) or the mix of MTL-IBP (De Palma et al. 2024) as options,
+  and CROWN-IBP (Zhang et al. 2020) for the query attack's worst triplets.
 
 Schedules (`config.certified`, Kakizaki et al. Sec. 5.1.4 after Gowal et al.): eps rises linearly from 0
 to `eps` and kappa falls from 1 to `kappa` between `ramp_start_steps` and `ramp_end_steps`
@@ -49,6 +50,7 @@ from jaxcert import retrieval
 from jaxcert.bounds import distance_bounds
 from jaxcert.bounds import input_box
 from jaxcert.bounds import interval
+from jaxcert.bounds import linear_spec_lower_bounds
 from jaxcert.models import cnn
 from jaxcert.objectives import base
 
@@ -64,16 +66,20 @@ def ramp_schedule(certified_config, step) -> tuple[jax.Array, jax.Array]:
   Returns:
     float32 scalars `(eps, kappa)`.
   """
+  progress = ramp_progress(certified_config, step)
+  eps = certified_config.eps * progress
+  kappa = 1. - (1. - certified_config.kappa) * progress
+  return eps, kappa
+
+
+def ramp_progress(certified_config, step) -> jax.Array:
+  """How far `step` is through the ramp: 0 before `ramp_start_steps`, 1 from `ramp_end_steps`."""
   start = float(certified_config.ramp_start_steps)
   end = float(certified_config.ramp_end_steps)
   step = jnp.asarray(step, jnp.float32)
   if end > start:
-    progress = jnp.clip((step - start) / (end - start), 0., 1.)
-  else:
-    progress = (step >= end).astype(jnp.float32)
-  eps = certified_config.eps * progress
-  kappa = 1. - (1. - certified_config.kappa) * progress
-  return eps, kappa
+    return jnp.clip((step - start) / (end - start), 0., 1.)
+  return (step >= end).astype(jnp.float32)
 
 
 def check_certified_config(config) -> None:
@@ -405,6 +411,53 @@ def mean_hinge(differences, margin, valid, allowed_violations: int = 0) -> jax.A
   return total / jnp.maximum(count, 1)
 
 
+def crown_ibp_tightening(embed, input_lower, input_upper, lower, upper, embeddings, targets,
+                         differences, valid, rows: int) -> jax.Array:
+  """The QA bounds `differences` with each anchor's `rows` worst triplets bounded by CROWN-IBP.
+
+  The query-attack hinge of triplet (a, p, n) is ||z - p||^2 - ||z - n||^2 = 2 (n - p) . z +
+  ||p||^2 - ||n||^2 with z = f(a + delta), a linear specification of the encoder's output.
+  `query_attack_triplet_bounds` maximises it over the anchor's embedding box, 2 U_box with
+  U_box = (n - p) . m + |n - p| . r (centre m, radius r); CROWN-IBP (Zhang et al. 2020,
+  "Towards stable and efficient training of verifiably robust neural networks", Sec. 3.2)
+  bounds the specification through the network instead: U_crown = -(lower bound of
+  (p - n) . f(a + delta)) by one backward pass from the output with the row p - n, the
+  intermediate bounds by IBP (`linear_spec_lower_bounds`, intersected with the box, so U_crown <=
+  U_box). Each anchor's `rows` valid triplets with the largest box bound (the ones the hinge
+  pushes hardest; the selection carries no gradient) get 2 (U_crown - U_box) <= 0 added; every
+  other entry keeps its box bound. Every entry stays an upper bound of the hinge's maximum over
+  the input box [input_lower, input_upper].
+
+  Args:
+    embed: the encoder as bounded (inference mode), a function of a batch of images.
+    input_lower, input_upper: (B, ...) the anchors' input boxes.
+    lower, upper: (B, d) IBP bounds of the anchors' embeddings over those boxes.
+    embeddings: (B, d) clean embeddings (positives and negatives).
+    targets: (B,) each anchor's positive (`target_triplets`).
+    differences: (B, 1, B) `query_attack_triplet_bounds(..., 'linear', targets)`.
+    valid: (B, 1, B) the triplets selected.
+    rows: triplets per anchor bounded through the network.
+
+  Returns:
+    `(differences', tightening)`: the (B, 1, B) bounds and the (B, rows) values 2 (U_crown -
+    U_box) added to them.
+  """
+  scores = jnp.where(valid[:, 0], jax.lax.stop_gradient(differences[:, 0]), -jnp.inf)
+  chosen = jax.lax.top_k(scores, rows)[1]  # (B, rows)
+  positive = embeddings[targets][:, None, :]  # (B, 1, d)
+  negative = embeddings[chosen]  # (B, rows, d)
+  gap = negative - positive  # n - p
+  center, radius = (upper + lower) / 2, (upper - lower) / 2
+  box_bound = (jnp.einsum('brd,bd->br', gap, center)
+               + jnp.einsum('brd,bd->br', jnp.abs(gap), radius))
+  network_bound = -linear_spec_lower_bounds(embed, 'crown_ibp')(input_lower, input_upper, -gap)
+  tightening = 2 * jnp.minimum(network_bound - box_bound, 0.)
+  size = differences.shape[0]
+  added = jnp.zeros((size, size), differences.dtype).at[
+      jnp.arange(size)[:, None], chosen].add(tightening)
+  return differences + added[:, None, :], tightening
+
+
 def warmup_regularizers(input_lower, input_upper, preactivation_lower, preactivation_upper,
                         tolerance: float) -> tuple[jax.Array, jax.Array]:
   """Shi et al. 2021's warm-up regularisers L_tightness and L_relu (Sec. 4.3, Eqs. 9-10).
@@ -523,7 +576,10 @@ def certified_triplet_objective(inputs: base.ObjectiveInputs):
   'mtl_ibp' (De Palma et al. 2024) the eps-box, with the QA term replaced by
   `mtl_alpha` x bound + (1 - mtl_alpha) x the hinge at the PGD point. The PGD point maximises each
   anchor's mean QA hinge (`pgd_steps` sign-gradient steps of 2.5 eps / pgd_steps from a random
-  start, Madry et al.). Optional: `tbt_weight` x Kakizaki et al.'s Reg (Eq. 20) added to R, and
+  start, Madry et al.). With `crown_ibp_rows` = k > 0 (CROWN-IBP training, Zhang et al. 2020),
+  each anchor's k worst QA triplets are bounded through the network (`crown_ibp_tightening`) and
+  the QA bounds are beta x those + (1 - beta) x the box bounds, beta going from
+  `crown_ibp_beta_start` to `crown_ibp_beta_end` over the eps ramp. Optional: `tbt_weight` x Kakizaki et al.'s Reg (Eq. 20) added to R, and
   Shi et al.'s warm-up regularisers `warmup_weight` x (1 - eps / eps_e) x (L_tightness + L_relu)
   (`warmup_regularizers`).
   """
@@ -557,8 +613,18 @@ def certified_triplet_objective(inputs: base.ObjectiveInputs):
       inputs.model, variables, input_lower, input_upper)
 
   allowed = certified.allowed_violations
-  qa = mean_hinge(query_attack_triplet_bounds(lower, upper, embeddings, certified.qa_bound,
-                                              targets), margin, valid, allowed)
+  qa_differences = query_attack_triplet_bounds(lower, upper, embeddings, certified.qa_bound,
+                                               targets)
+  if certified.crown_ibp_rows:
+    crown_ibp_differences, tightening = crown_ibp_tightening(
+        jax.tree_util.Partial(inputs.model.apply, variables), input_lower, input_upper, lower,
+        upper, embeddings, targets, qa_differences, valid, certified.crown_ibp_rows)
+    beta = certified.crown_ibp_beta_start + (
+        certified.crown_ibp_beta_end - certified.crown_ibp_beta_start) * ramp_progress(
+            certified, inputs.step)
+    qa_differences = beta * crown_ibp_differences + (1 - beta) * qa_differences
+    metrics.update(crown_ibp_beta=beta, crown_ibp_tightening=jnp.mean(tightening))
+  qa = mean_hinge(qa_differences, margin, valid, allowed)
   if adversarial == 'mtl_ibp':
     adversarial_embeddings = inputs.model.apply(variables, adversarial_images)
     to_points = _squared_pairwise(adversarial_embeddings, embeddings)
@@ -617,6 +683,17 @@ def check_certified_triplet_config(config) -> None:
     raise ValueError(f'config.certified.sabr_lambda must be in (0, 1], got {certified.sabr_lambda}.')
   if not 0 <= certified.mtl_alpha <= 1:
     raise ValueError(f'config.certified.mtl_alpha must be in [0, 1], got {certified.mtl_alpha}.')
+  if not (isinstance(certified.crown_ibp_rows, int) and certified.crown_ibp_rows >= 0):
+    raise ValueError(f'config.certified.crown_ibp_rows must be an integer >= 0, got '
+                     f'{certified.crown_ibp_rows!r}.')
+  if certified.crown_ibp_rows and (certified.triplets == 'all' or certified.qa_bound != 'linear'):
+    raise ValueError("config.certified.crown_ibp_rows bounds the linear QA hinge of one target "
+                     "per anchor: it needs certified.qa_bound = 'linear' and certified.triplets "
+                     f"'nearest_positive' or 'ranking', got {certified.qa_bound!r} and "
+                     f"{certified.triplets!r}.")
+  for name in ('crown_ibp_beta_start', 'crown_ibp_beta_end'):
+    if not 0 <= certified[name] <= 1:
+      raise ValueError(f'config.certified.{name} must be in [0, 1], got {certified[name]}.')
   if not (isinstance(certified.allowed_violations, int) and certified.allowed_violations >= 0):
     raise ValueError(f'config.certified.allowed_violations must be an integer >= 0, got '
                      f'{certified.allowed_violations!r}.')

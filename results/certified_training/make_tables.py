@@ -103,6 +103,9 @@ def setting(train: dict) -> str:
     parts += [f'triplets {triplets}', f'QA {certified.get("qa_bound", "linear")}']
     if certified.get('allowed_violations'):
       parts.append(f'allowed violations {certified["allowed_violations"]}')
+    if certified.get('crown_ibp_rows'):
+      parts.append(f'CROWN-IBP QA rows {certified["crown_ibp_rows"]} (beta '
+                   f'{certified["crown_ibp_beta_start"]} -> {certified["crown_ibp_beta_end"]})')
     adversarial = certified.get('adversarial', 'none')
     if adversarial != 'none':
       share = (f'alpha {certified["mtl_alpha"]}' if adversarial == 'mtl_ibp'
