@@ -129,6 +129,45 @@ def _qa_certificate(results: dict) -> str:
   return {'linear': 'linear', 'kakizaki': 'Theorem 1'}.get(qa_bound, qa_bound)
 
 
+# Issue 23's ablation, what each part of the certified objective adds on the embedded sample:
+# (the part, the run with it, the run it is compared with, the certificate suffix of both
+# certifications ('' certify.py's default, '_kakizaki' Theorem 1 for QA), what else differs).
+ABLATION = (
+    ('1: certified triplet loss (QA and CA hinges over the boxes) instead of TBT\'s regulariser',
+     'c_B_plain', 'baseline_tbt', '_kakizaki', '1200 against 1500 steps; kappa 0.5 both'),
+    ("2: Shi et al. 2021's IBP initialisation, BatchNorm and warm-up regularisers",
+     'c_A', 'c_B_plain', '_kakizaki', 'same steps'),
+    ("(jaxcert's) ranking triplets: the nearest positive against every other point but the 3 nearest",
+     'c_D_ranking', 'c_A', '_kakizaki', 'kappa 0.3 against 0.5'),
+    ('3: MTL-IBP (De Palma et al. 2024; QA hinge at a 2-step PGD point mixed 1:1 with its bound)',
+     't_mtl_ibp_pgd2_2000', 't_dim32_ca6_3000', '', '2000 against 3000 steps at 1.7-2.2x the step (about 1.1-1.5x the time)'),
+    ('3: SABR (Mueller et al. 2023; boxes of 0.4 eps around a 2-step PGD point)',
+     't_sabr_pgd2_2000', 't_dim32_ca6_3000', '', '2000 against 3000 steps at 1.0-1.3x the step (about 0.7-0.9x the time)'),
+    ('4: CROWN-IBP (Zhang et al. 2020; 2 QA rows per anchor through the encoder, beta 1 -> 0)',
+     'crown_ibp2_beta10', 't_dim32_ca6_3000_rerun', '', 'same steps, 4.3x the step; paired rerun'),
+    ('4: CROWN-IBP, beta 1 -> 1', 'crown_ibp2_beta11', 't_dim32_ca6_3000_rerun', '',
+     'same steps, 4.3x the step; paired rerun'),
+)
+
+
+def _at_40(run: str, suffix: str, eps: float = 0.2) -> tuple[float, float]:
+  row = _sweep_row(json.loads((HERE / run / f'results{suffix}.json').read_text()), eps)
+  return row['qa']['40'], row['ca']['40']
+
+
+def ablation() -> list[str]:
+  """The rows of `ABLATION`: QA / CA CR-Recall@40 at eps 0.2 with the part and without it."""
+  lines = ['', '## What each part adds (issue 23\'s ablation, embedded sample, eps 0.2)', '',
+           '| part | run | compared with | QA cert | QA@40 with / without | CA@40 with / without | '
+           'also differs |', '|---|---|---|---|---|---|---|']
+  for part, run, reference, suffix, note in ABLATION:
+    (qa, ca), (qa0, ca0) = _at_40(run, suffix), _at_40(reference, suffix)
+    certificate = 'Theorem 1' if suffix else 'linear'
+    lines.append(f'| {part} | `{run}` | `{reference}` | {certificate} | {qa:.3f} / {qa0:.3f} '
+                 f'({qa - qa0:+.3f}) | {ca:.3f} / {ca0:.3f} ({ca - ca0:+.3f}) | {note} |')
+  return lines
+
+
 def tables() -> str:
   lines = [f'Written by `make_tables.py tables`. Reference: {PAPER}.',
            '"QA cert": the QA certificate (linear: certify.py\'s default, exact over the query\'s '
@@ -150,7 +189,7 @@ def tables() -> str:
         lines.append(f'| `{run.name}` | {setting(train)} | {train["steps"]} | '
                      f'{train["wall_s"]} ({train["median_images_per_second"]:.0f}) | '
                      f'{recall} | {_qa_certificate(results)} | {eps} | {qa} | {ca} |')
-  text = '\n'.join(lines) + '\n'
+  text = '\n'.join(lines + ablation()) + '\n'
   (HERE / 'tables.md').write_text(text)
   return text
 
