@@ -267,7 +267,8 @@ def channels_last_conv(lhs, kernel, padding, lhs_dilation, rhs_dilation):
   differentiation of `conv_lhs_transpose_by_conv` needs when a training loss goes through the
   CROWN-IBP backward pass (the rows make its batch); XLA's CPU convolution for it ran at about
   1 GMAC/s on those shapes (the Small CNN's second convolution, 400 rows: 285 ms), the matmuls at
-  several times that (65 ms).
+  several times that (65 ms). Being a `custom_vjp`, it has no forward-mode derivative: the
+  linear bounds differentiate in reverse mode (`jax.grad`) only, which is what training uses.
   """
   return _conv_channels_last(lhs, kernel, padding, lhs_dilation, rhs_dilation)
 
