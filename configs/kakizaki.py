@@ -126,6 +126,19 @@ def certified_recipe(config, num_steps: int, train_size: int) -> None:
   config.checkpoint_every_steps = 500
 
 
+def certified_full_data(dataset: str, model: str, epochs):
+  """Certified triplet training on a full dataset over `epochs` epochs (`certified_recipe`'s
+  schedule scaled to that many steps of batch 100): `configs/<dataset>_<model>_certified.py:<epochs>`.
+  """
+  if not str(epochs).isdigit() or int(epochs) < 1:
+    raise ValueError(f'The config argument is the number of training epochs, a whole number >= 1 '
+                     f'(e.g. configs/{dataset}_{model}_certified.py:30); got {epochs!r}.')
+  config = get_config(dataset, model, 'certified')
+  certified_recipe(config, num_steps=int(epochs) * TRAIN_IMAGES[dataset] // config.batch_size,
+                   train_size=TRAIN_IMAGES[dataset])
+  return config
+
+
 def _set_fields(config, fields: dict) -> None:
   """Sets `config.<dotted name> = value` for each item of `fields`."""
   for name, value in fields.items():

@@ -73,3 +73,17 @@ def test_unknown_names_list_the_valid_ones():
   with pytest.raises(ValueError, match='Unknown reduced-budget row'):
     kakizaki.get_config('cifar10', 'large', 'tbt', 'reduced')
   assert default.choice('model', 'small', {'small': 'small_cnn'}) == 'small_cnn'
+
+
+@pytest.mark.parametrize('dataset', ['fmnist', 'mnist'])
+def test_certified_full_data_configs_take_epochs(dataset):
+  """`configs/<dataset>_small_certified.py:<epochs>` scales the recipe's schedule with the epochs."""
+  module = importlib.import_module(f'configs.{dataset}_small_certified')
+  default_config, longer = module.get_config(), module.get_config('30')
+  assert default_config.num_steps == 9000 and longer.num_steps == 18000
+  assert (longer.certified.ramp_start_steps, longer.certified.ramp_end_steps) == (1200, 12000)
+  assert tuple(longer.lr_decay_epochs) == (25.5,)
+  _check_buildable(longer)
+  for bad in ('0', 'thirty', '1.5'):
+    with pytest.raises(ValueError, match='number of training epochs'):
+      module.get_config(bad)
