@@ -430,6 +430,7 @@ def test_bad_certified_triplet_configs_fail_clearly():
                                 ('allowed_violations', -1, 'allowed_violations must be an integer'),
                                 ('crown_ibp_rows', -1, 'crown_ibp_rows must be an integer'),
                                 ('crown_ibp_rows', 2, "triplets 'nearest_positive' or 'ranking'"),
+                                ('crown_ibp_rows', 100, 'must be below the batch size'),
                                 ('crown_ibp_beta_end', 1.5, r'crown_ibp_beta_end must be in \[0, 1\]')]:
     config = kakizaki.get_config('fmnist', 'small', 'certified')
     config.certified.triplets = 'all'

@@ -412,7 +412,7 @@ def mean_hinge(differences, margin, valid, allowed_violations: int = 0) -> jax.A
 
 
 def crown_ibp_tightening(embed, input_lower, input_upper, lower, upper, embeddings, targets,
-                         differences, valid, rows: int) -> jax.Array:
+                         differences, valid, rows: int) -> tuple[jax.Array, jax.Array]:
   """The QA bounds `differences` with each anchor's `rows` worst triplets bounded by CROWN-IBP.
 
   The query-attack hinge of triplet (a, p, n) is ||z - p||^2 - ||z - n||^2 = 2 (n - p) . z +
@@ -579,9 +579,9 @@ def certified_triplet_objective(inputs: base.ObjectiveInputs):
   start, Madry et al.). With `crown_ibp_rows` = k > 0 (CROWN-IBP training, Zhang et al. 2020),
   each anchor's k worst QA triplets are bounded through the network (`crown_ibp_tightening`) and
   the QA bounds are beta x those + (1 - beta) x the box bounds, beta going from
-  `crown_ibp_beta_start` to `crown_ibp_beta_end` over the eps ramp. Optional: `tbt_weight` x Kakizaki et al.'s Reg (Eq. 20) added to R, and
-  Shi et al.'s warm-up regularisers `warmup_weight` x (1 - eps / eps_e) x (L_tightness + L_relu)
-  (`warmup_regularizers`).
+  `crown_ibp_beta_start` to `crown_ibp_beta_end` over the eps ramp. Optional: `tbt_weight` x
+  Kakizaki et al.'s Reg (Eq. 20) added to R, and Shi et al.'s warm-up regularisers
+  `warmup_weight` x (1 - eps / eps_e) x (L_tightness + L_relu) (`warmup_regularizers`).
   """
   config = inputs.config
   certified = config.certified
@@ -686,6 +686,9 @@ def check_certified_triplet_config(config) -> None:
   if not (isinstance(certified.crown_ibp_rows, int) and certified.crown_ibp_rows >= 0):
     raise ValueError(f'config.certified.crown_ibp_rows must be an integer >= 0, got '
                      f'{certified.crown_ibp_rows!r}.')
+  if certified.crown_ibp_rows >= config.batch_size:
+    raise ValueError(f'config.certified.crown_ibp_rows ({certified.crown_ibp_rows}) must be below '
+                     f'the batch size ({config.batch_size}): it counts triplets per anchor.')
   if certified.crown_ibp_rows and (certified.triplets == 'all' or certified.qa_bound != 'linear'):
     raise ValueError("config.certified.crown_ibp_rows bounds the linear QA hinge of one target "
                      "per anchor: it needs certified.qa_bound = 'linear' and certified.triplets "
