@@ -566,6 +566,8 @@ CERTIFIED_FULL_DATA_RUNS = (
      'configs/mnist_small_certified.py'),
     ('mnist_small_certified_30ep', 'mnist', 'Small', 'mnist_small_tbt_full',
      'configs/mnist_small_certified.py:30'),
+    ('mnist_small_certified_50ep', 'mnist', 'Small', 'mnist_small_tbt_full',
+     'configs/mnist_small_certified.py:50'),
     ('fmnist_large_certified', 'fmnist', 'Large', 'fmnist_large_tbt_eq20',
      'configs/fmnist_large_certified.py'),
     ('mnist_large_certified', 'mnist', 'Large', 'mnist_large_tbt_eq20',
