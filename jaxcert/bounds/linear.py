@@ -56,17 +56,25 @@ import optax
 
 from jaxcert.bounds import linear_graph
 from jaxcert.bounds import linear_patches
+from jaxcert.bounds import linear_rounding
 from jaxcert.bounds import linear_rules
+from jaxcert.bounds import rounding as outward_rounding  # also fills the outward rule tables
 from jaxcert.bounds import rules  # pylint: disable=unused-import  (fills RULES)
 from jaxcert.bounds.interval import IntervalBound
 from jaxcert.bounds.interval import is_concrete
 from jaxcert.bounds.interval import NAMED_CALL_RULES
 from jaxcert.bounds.interval import nan_aware_outputs
+from jaxcert.bounds.interval import OUTWARD_NAMED_CALL_RULES
+from jaxcert.bounds.interval import OUTWARD_RULES
+from jaxcert.bounds.interval import OUTWARD_SAME_OPERAND_RULES
+from jaxcert.bounds.interval import ROUNDING_MODES
 from jaxcert.bounds.interval import RULES
 from jaxcert.bounds.interval import SAME_OPERAND_RULES
 from jaxcert.bounds.interval import source_location
 
 METHODS = ('crown_ibp', 'crown', 'alpha_crown')
+# Methods with a rigorous (rounding='outward') mode (docs/linear_bounds.md §8).
+OUTWARD_METHODS = ('crown_ibp', 'crown')
 # Methods whose intermediate bounds come from backward passes (the others' from IBP).
 _TIGHTENING_METHODS = ('crown', 'alpha_crown')
 # alpha-CROWN's optimisation, auto_LiRPA's defaults (`optimize_bound_args`): Adam steps on the
@@ -112,9 +120,14 @@ _MIXING_PRIMITIVES = frozenset([_P.dot_general_p, _P.conv_general_dilated_p, _P.
                                 _P.reduce_window_sum_p])
 
 
-def _check_method(method: str) -> None:
+def _check_method(method: str, rounding_mode: str = 'nearest') -> None:
   if method not in METHODS:
     raise ValueError(f'Unknown linear bound method {method!r}; valid methods: {list(METHODS)}.')
+  if rounding_mode not in ROUNDING_MODES:
+    raise ValueError(f'Unknown rounding {rounding_mode!r}; valid: {list(ROUNDING_MODES)}.')
+  if rounding_mode == 'outward' and method not in OUTWARD_METHODS:
+    raise ValueError(f"rounding='outward' linear bounds support the methods "
+                     f'{list(OUTWARD_METHODS)}, not {method!r}.')
 
 
 def _is_affine(primitive, invals, params) -> bool:
@@ -138,29 +151,39 @@ def _is_affine(primitive, invals, params) -> bool:
 # --- Forward interpretation. ------------------------------------------------------------------
 
 
-def _interval_of(eqn, invals, in_nan, enclosing_calls):
+def _interval_of(eqn, invals, in_nan, enclosing_calls, outward: bool = False):
   """The interval rule of `eqn` on `IntervalBound`s and constants, as `interval` applies it,
   NaN-aware like it (`jaxcert.bounds.interval.nan_aware_outputs`): where an operand may be NaN
-  somewhere in the box, comparisons, `isnan` and casts are undecided.
+  somewhere in the box, comparisons, `isnan` and casts are undecided. `outward`: the outward
+  (rigorous) rules, as `interval(fn, rounding='outward')`.
 
   Returns:
     (outputs, whether each may be NaN), or None for a call to inline.
   """
   primitive = eqn.primitive
-  if primitive is _P.jit_p and eqn.params.get('name') in NAMED_CALL_RULES:
+  rule_table, same_operand_rules, named_call_rules = (
+      (OUTWARD_RULES, OUTWARD_SAME_OPERAND_RULES, OUTWARD_NAMED_CALL_RULES) if outward
+      else (RULES, SAME_OPERAND_RULES, NAMED_CALL_RULES))
+  if primitive is _P.jit_p and eqn.params.get('name') in named_call_rules:
     name = eqn.params['name']
-    outvals = NAMED_CALL_RULES[name](*invals)
+    outvals = named_call_rules[name](*invals)
     if outvals is None:  # The named rule declines: the caller interprets the call's body.
       return None
     outvals = [outvals] if len(eqn.outvars) == 1 else list(outvals)
     return nan_aware_outputs(eqn, name, invals, in_nan, outvals)
   if primitive in _CALL_PRIMITIVES:
     return None
-  rule = RULES.get(primitive)
-  if (primitive in SAME_OPERAND_RULES and len(eqn.invars) == 2
+  rule = rule_table.get(primitive)
+  if (primitive in same_operand_rules and len(eqn.invars) == 2
       and isinstance(eqn.invars[0], jex_core.Var) and eqn.invars[0] is eqn.invars[1]):
-    rule = SAME_OPERAND_RULES[primitive]
+    rule = same_operand_rules[primitive]
     invals, in_nan = invals[:1], in_nan[:1]
+  if rule is None and outward and primitive in RULES:
+    raise NotImplementedError(
+        f'No outward-rounding error bound for primitive `{primitive.name}` '
+        f"{source_location(eqn, enclosing_calls)}: rounding='outward' would not be sound for "
+        "it; use rounding='nearest' (in float64). Supported in outward mode: "
+        f'{", ".join(sorted(p.name for p in OUTWARD_RULES))}.')
   if rule is None:
     raise NotImplementedError(
         f'No interval rule for primitive `{primitive.name}` (applied to a value that depends on '
@@ -186,10 +209,12 @@ def _may_be_nan(value):
 class _Graph:
   """The steps and nodes of one interpreted jaxpr, built in order by `_interpret`."""
 
-  def __init__(self, method: str, input_bound: IntervalBound, row_chunk: int, patches: bool):
+  def __init__(self, method: str, input_bound: IntervalBound, row_chunk: int, patches: bool,
+               outward: bool = False):
     self.method = method
     self.row_chunk = row_chunk
     self.patches = patches
+    self.outward = outward
     self.input = linear_graph.Node(0, input_bound, -1, exact=True, coordinatewise=True)
     self.nodes = [self.input]
     self.steps: list[linear_graph.Step] = []
@@ -230,7 +255,7 @@ class _Graph:
     as_bounds = [v.bound if isinstance(v, linear_graph.Node) else v for v in invals]
     try:
       interval_outputs = _interval_of(eqn, as_bounds, [_may_be_nan(v) for v in invals],
-                                      enclosing_calls)
+                                      enclosing_calls, self.outward)
     except (ValueError, NotImplementedError) as error:
       raise type(error)(f'{error} (primitive `{primitive.name}` '
                         f'{source_location(eqn, enclosing_calls)})') from error
@@ -242,7 +267,8 @@ class _Graph:
       kind = 'affine'
     elif primitive not in _CALL_PRIMITIVES and len(out_bounds) == 1 and isinstance(
         out_bounds[0], IntervalBound):
-      relaxed = linear_graph.relaxation(primitive, invals, params, out_bounds[0], self.steps)
+      relaxed = linear_graph.relaxation(primitive, invals, params, out_bounds[0], self.steps,
+                                        self.outward)
       if relaxed is not None:
         kind = 'relaxed'
         relaxation, invals = relaxed
@@ -360,8 +386,9 @@ def _conv_transposition(step: linear_graph.Step, coeffs):
   return 'conv' if all(lo >= 0 and hi >= 0 for lo, hi in padding) else None
 
 
-def _transpose_affine(step: linear_graph.Step, out_coeffs: list):
-  """`(coefficients of each bounded operand, offset term per row)` of an affine step."""
+def _transpose_affine(step: linear_graph.Step, out_coeffs: list, outward: bool = False):
+  """`(coefficients of each bounded operand, offset term per row, slack per row)` of an affine
+  step; the slack bounds the rounding error of both (`outward`, else None)."""
   positions = linear_graph.bounded_positions(step.invals)
   nodes = [step.invals[i] for i in positions]
   transposition = _conv_transposition(step, out_coeffs[0])
@@ -370,7 +397,9 @@ def _transpose_affine(step: linear_graph.Step, out_coeffs: list):
                  else linear_rules.conv_lhs_transpose_by_conv)
     in_coeffs = transpose(out_coeffs[0], jnp.asarray(step.invals[1]), step.params,
                           nodes[0].shape)
-    return [(nodes[0], in_coeffs)], jnp.zeros(out_coeffs[0].shape[:1], out_coeffs[0].dtype)
+    slack = linear_rounding.affine_slack(step, out_coeffs, [None]) if outward else None
+    return ([(nodes[0], in_coeffs)], jnp.zeros(out_coeffs[0].shape[:1], out_coeffs[0].dtype),
+            slack)
 
   def affine(*bounded):
     values = list(step.invals)
@@ -386,14 +415,17 @@ def _transpose_affine(step: linear_graph.Step, out_coeffs: list):
                 for c, o in zip(out_coeffs, offsets)]
   in_coeffs = jax.vmap(transpose)(cotangents)
   bias = sum(_weighted_sum(c, o) for c, o in zip(cotangents, offsets))
-  return list(zip(nodes, in_coeffs)), bias
+  slack = linear_rounding.affine_slack(step, cotangents, offsets) if outward else None
+  return list(zip(nodes, in_coeffs)), bias, slack
 
 
-def _transpose_relaxed(step: linear_graph.Step, coeffs, alpha=None):
+def _transpose_relaxed(step: linear_graph.Step, coeffs, alpha=None, outward: bool = False):
   """Lower bound of `A . y` through `y`'s relaxation: `A+` takes the lower line, `A-` the upper.
 
   `alpha` (rows, *shape) in [0, 1], for a step with `optimizable` slopes: row r's lower line is
   `alpha[r] (x - pivot) + pivot` where optimizable (alpha-CROWN), the relaxation's elsewhere.
+  Returns `(coefficients of each bounded operand, offset term per row, slack per row)`, the
+  slack bounding their rounding error (`outward`, one operand; else None).
   """
   relaxation = step.relaxation
   positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
@@ -407,7 +439,10 @@ def _transpose_relaxed(step: linear_graph.Step, coeffs, alpha=None):
                zip(nodes, lower_slopes, relaxation.upper_slopes)]
   bias = (_weighted_sum(positive, lower_offset)
           + _weighted_sum(negative, relaxation.upper_offset))
-  return in_coeffs, bias
+  slack = (linear_rounding.relaxed_slack(step, coeffs, lower_slopes[0],
+                                         relaxation.upper_slopes[0], lower_offset,
+                                         relaxation.upper_offset) if outward else None)
+  return in_coeffs, bias, slack
 
 
 def _backward(graph: _Graph, node: linear_graph.Node, coeffs, *, symmetric: bool = False,
@@ -418,16 +453,34 @@ def _backward(graph: _Graph, node: linear_graph.Node, coeffs, *, symmetric: bool
   up to the first non-affine step the negated half is the negation of the first, so only the
   first is carried there (docs/linear_bounds.md §4). `alphas` maps the position of a step in
   `graph.steps` to its rows' lower slopes (`_transpose_relaxed`; all rows, after unfolding).
+  In a `graph.outward` graph each step's rounding error is bounded (`linear_rounding`) and the
+  sum of those bounds is subtracted, rounded outwards: a bound of the real-valued function
+  (docs/linear_bounds.md §8).
   """
   alphas = alphas or {}
+  outward = graph.outward
   pending = {node.index: coeffs}
   bias = jnp.zeros(coeffs.shape[:1], coeffs.dtype)
+  slack = jnp.zeros(coeffs.shape[:1], coeffs.dtype)
 
   def unfold():
-    nonlocal bias
+    nonlocal bias, slack
     for index, c in pending.items():
       pending[index] = jnp.concatenate([c, -c])
     bias = jnp.concatenate([bias, -bias])
+    slack = jnp.concatenate([slack, slack])
+
+  def add_to_bias(term, term_slack=None):
+    nonlocal bias, slack
+    bias = bias + term.astype(bias.dtype)
+    if outward:
+      if term_slack is not None:
+        slack = outward_rounding.round_up(slack + term_slack)
+      slack = outward_rounding.round_up(slack + linear_rounding.addition_slack(bias))
+
+  def concretization_slack(c, bound):
+    magnitude = jnp.maximum(jnp.abs(bound.lower), jnp.abs(bound.upper))
+    return linear_rounding.sum_slack(c, magnitude, extra_terms=2) if outward else None
 
   for position in reversed(range(node.producer + 1)):
     step = graph.steps[position]
@@ -446,23 +499,34 @@ def _backward(graph: _Graph, node: linear_graph.Node, coeffs, *, symmetric: bool
     if step.kind == 'interval':
       for out, c in zip(step.outputs, out_coeffs):
         if c is not None:
-          bias = bias + _concretize(c, out.bound)
+          add_to_bias(_concretize(c, out.bound), concretization_slack(c, out.bound))
       continue
     if step.kind == 'affine':
-      in_coeffs, step_bias = _transpose_affine(step, out_coeffs)
+      in_coeffs, step_bias, step_slack = _transpose_affine(step, out_coeffs, outward)
     else:
-      in_coeffs, step_bias = _transpose_relaxed(step, out_coeffs[0], alphas.get(position))
-    bias = bias + step_bias.astype(bias.dtype)
+      in_coeffs, step_bias, step_slack = _transpose_relaxed(step, out_coeffs[0],
+                                                            alphas.get(position), outward)
+    add_to_bias(step_bias, step_slack)
     for in_node, c in in_coeffs:
+      if outward and c.dtype != in_node.dtype:
+        raise NotImplementedError("rounding='outward' linear bounds need one floating-point "
+                                  f'dtype throughout; got {c.dtype} and {in_node.dtype}.')
       c = c.astype(in_node.dtype)
-      pending[in_node.index] = pending[in_node.index] + c if in_node.index in pending else c
+      if in_node.index in pending:
+        c = pending[in_node.index] + c
+        if outward:  # Two consumers' coefficients summed.
+          slack = outward_rounding.round_up(slack + linear_rounding.accumulation_slack(c, in_node))
+      pending[in_node.index] = c
   if symmetric:
     unfold()
   input_coeffs = pending.pop(graph.input.index, None)
   if pending:
     raise AssertionError(f'Coefficients left at nodes {sorted(pending)} (an interpreter bug).')
   if input_coeffs is not None:
-    bias = bias + _concretize(input_coeffs, graph.input.bound).astype(bias.dtype)
+    add_to_bias(_concretize(input_coeffs, graph.input.bound),
+                concretization_slack(input_coeffs, graph.input.bound))
+  if outward:
+    return outward_rounding.round_down(bias - slack)
   return bias
 
 
@@ -603,11 +667,11 @@ def _validate_box(lower, upper) -> tuple[jax.Array, jax.Array]:
   return lower, upper
 
 
-def _example_graph(fn, method, row_chunk, patches, lower, upper):
+def _example_graph(fn, method, row_chunk, patches, lower, upper, outward: bool = False):
   """Interprets `fn` on one example's box (shape (1, ...)); returns (graph, outputs, treedef)."""
   placeholder = jax.ShapeDtypeStruct(lower.shape, lower.dtype)
   closed_jaxpr, out_shape = jax.make_jaxpr(fn, return_shape=True)(placeholder)
-  graph = _Graph(method, IntervalBound(lower, upper), row_chunk, patches)
+  graph = _Graph(method, IntervalBound(lower, upper), row_chunk, patches, outward)
   outputs = _interpret(graph, closed_jaxpr.jaxpr, closed_jaxpr.consts, [graph.input])
   for leaf in jax.tree.leaves(out_shape):
     if not leaf.shape or leaf.shape[0] != 1:
@@ -635,8 +699,8 @@ def _output_bounds(graph: _Graph, output) -> tuple[jax.Array, jax.Array]:
 
 
 def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
-                  row_chunk: int = DEFAULT_ROW_CHUNK,
-                  patches: bool = True) -> Callable[..., tuple[Any, Any]]:
+                  row_chunk: int = DEFAULT_ROW_CHUNK, patches: bool = True,
+                  rounding: str = 'nearest') -> Callable[..., tuple[Any, Any]]:
   """Transforms `fn` into a function computing CROWN-family bounds of it, intersected with IBP.
 
   Same calling convention as `jaxcert.bounds.interval.interval(fn)`: `(lower, upper)` batched
@@ -656,27 +720,40 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
       the largest intermediate value, per example).
     patches: methods 'crown', 'alpha_crown' bound the outputs of convolutions in patches
       (`jaxcert.bounds.linear_patches`; the same bounds, much faster); False: dense passes.
+    rounding: 'nearest' (bounds up to rounding, as `interval`'s default) or 'outward'
+      (rigorous in any float dtype, e.g. float32 on an accelerator: the bounds hold for the
+      real-valued `fn`; methods `OUTWARD_METHODS`, ReLU the only relaxed step, dense passes;
+      docs/linear_bounds.md §8).
 
   Returns:
     `bounded(lower, upper) -> (out_lower, out_upper)`.
 
   Raises:
-    ValueError: unknown method, or a malformed box.
-    NotImplementedError: a primitive with neither a linear nor an interval rule.
+    ValueError: unknown method or rounding, or a malformed box.
+    NotImplementedError: a primitive with neither a linear nor an interval rule (with
+      rounding='outward': or without a rounding error bound).
   """
-  _check_method(method)
+  _check_method(method, rounding)
+  outward = rounding == 'outward'
 
   def bounded(lower, upper):
     lower, upper = _validate_box(lower, upper)
+    if outward:
+      lower, upper = outward_rounding.flush_outwards(lower, upper)
 
     def one_example(example_lower, example_upper):
-      graph, outputs, treedef = _example_graph(fn, method, row_chunk, patches,
-                                               example_lower[None], example_upper[None])
+      graph, outputs, treedef = _example_graph(fn, method, row_chunk, patches and not outward,
+                                               example_lower[None], example_upper[None],
+                                               outward)
       pairs = [_output_bounds(graph, output) for output in outputs]
       return (jax.tree.unflatten(treedef, [lo[0] for lo, _ in pairs]),
               jax.tree.unflatten(treedef, [hi[0] for _, hi in pairs]))
 
-    return jax.vmap(one_example)(lower, upper)
+    if not outward:
+      return jax.vmap(one_example)(lower, upper)
+    # Reduced-precision matmul passes (TF32, bf16) have another unit roundoff.
+    with jax.default_matmul_precision('highest'):
+      return jax.vmap(one_example)(lower, upper)
 
   return bounded
 

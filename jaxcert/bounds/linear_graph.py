@@ -246,10 +246,19 @@ def window_max_decomposition(primitive, params, invals):
   return jax.make_jaxpr(decomposed)(jax.ShapeDtypeStruct(shape, invals[0].dtype))
 
 
-def relaxation(primitive, invals, params, out_bound: IntervalBound, steps) -> tuple | None:
+def relaxation(primitive, invals, params, out_bound: IntervalBound, steps,
+               outward: bool = False) -> tuple | None:
   """`(relaxation, operands)` for a relaxable step, else None: `operands` are the step's operands
-  to record, the nodes the relaxation is linear in bounded and the others as constants."""
+  to record, the nodes the relaxation is linear in bounded and the others as constants.
+
+  With `outward` (rigorous float32, docs/linear_bounds.md §8) only `max`/`min` with a constant
+  (ReLU) is relaxed, by lines valid for the real function; the other steps fall back to their
+  (outward) interval bound.
+  """
   positions = bounded_positions(invals)
+  if outward and not (primitive in (_P.max_p, _P.min_p) and len(positions) == 1
+                      and len(invals) == 2):
+    return None
   if primitive is _P.select_n_p:
     match = piecewise_select(steps, invals)
     if match is None or not is_float(out_bound.lower) or match[0].shape != out_bound.lower.shape:
@@ -268,9 +277,9 @@ def relaxation(primitive, invals, params, out_bound: IntervalBound, steps) -> tu
     x = invals[positions[0]].bound
     threshold = invals[1 - positions[0]]
     if primitive is _P.max_p:
-      slopes = linear_rules.relu_like(x.lower, x.upper, threshold)
+      slopes = linear_rules.relu_like(x.lower, x.upper, threshold, outward)
     else:  # min(x, t) = -max(-x, -t).
-      ls, lo, us, uo = linear_rules.relu_like(-x.upper, -x.lower, -threshold)
+      ls, lo, us, uo = linear_rules.relu_like(-x.upper, -x.lower, -threshold, outward)
       slopes = (us, -uo, ls, -lo)
     slopes = ((slopes[0],), slopes[1], (slopes[2],), slopes[3])
     relaxed = finite_or_constant(slopes, [x], out_bound)

@@ -15,19 +15,29 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
+from jaxcert.bounds import rounding
 
-def relu_like(lower, upper, threshold):
+
+def relu_like(lower, upper, threshold, outward: bool = False):
   """Relaxation of `max(x, threshold)` on `[lower, upper]` (CROWN, Zhang et al. 2018, Sec. 3.2).
 
   Upper: the secant through `(l, max(l, t))` and `(u, max(u, t))`; lower: the adaptive slope
-  (1 where `u - t >= t - l`, else 0), exact on stable neurons.
+  (1 where `u - t >= t - l`, else 0), exact on stable neurons. With `outward`, the upper line
+  holds for the real function although its slope is rounded: its offset is the larger of
+  `t - s l` and `u - s u` (a convex function lies below a line that lies above it at both ends),
+  each rounded upwards (docs/linear_bounds.md §8); the lower lines (slope 0 or 1, offset `t` or
+  0) are exact.
   """
   active = lower >= threshold
   inactive = upper <= threshold
   width = jnp.where(active | inactive, 1, upper - lower)
   secant = (upper - threshold) / width
   upper_slope = jnp.where(active, 1, jnp.where(inactive, 0, secant))
-  upper_offset = jnp.where(active, 0, jnp.where(inactive, threshold, threshold - secant * lower))
+  straddle_offset = threshold - secant * lower
+  if outward:
+    above = lambda end, value: rounding.round_up(value - rounding.round_down(secant * end))
+    straddle_offset = jnp.maximum(above(lower, threshold), above(upper, upper))
+  upper_offset = jnp.where(active, 0, jnp.where(inactive, threshold, straddle_offset))
   lower_slope = jnp.where(active, 1, jnp.where(inactive, 0,
                                                 (upper - threshold >= threshold - lower) * 1.))
   lower_offset = (1 - lower_slope) * threshold

@@ -140,6 +140,12 @@ def check_ibp_config(ibp_config, num_candidates: int) -> tuple[float, tuple[int,
   if not (int(ibp_config.spec_rows) == ibp_config.spec_rows and ibp_config.spec_rows >= 1):
     raise ValueError(f'config.ibp.spec_rows must be a positive integer, got '
                      f'{ibp_config.spec_rows!r}.')
+  if certification_dtype(ibp_config) == 'float32':
+    embedding_bound_transform(ibp_config.method, outward=True)  # ValueError if it has none.
+    if 'network' in (ibp_config.qa_bound, ibp_config.ca_bound):
+      raise ValueError("config.ibp.qa_bound / ca_bound 'network' round to nearest and cannot "
+                       'certify in the rigorous float32; pass --config.ibp.dtype=float64, or '
+                       "use the box certificates ('linear', 'kakizaki').")
   if ibp_config.dtype == 'float64' and jax.default_backend() == 'tpu':
     raise ValueError('TPUs do not compute in float64: certify with --config.ibp.dtype=float32 '
                      '(rigorous: outward-rounded bounds, docs/rigorous_float32.md).')
@@ -178,17 +184,23 @@ def embedding_bound_transform(method: str, outward: bool = False):
   convention as `interval(fn)`, already intersected with the IBP bounds). Cached: one function
   object per method, so jit reuses its compilations.
 
+  With `outward` (the rigorous float32), 'crown_ibp' and 'crown' are `linear_bounds(fn, method,
+  rounding='outward')` (docs/linear_bounds.md §8).
+
   Raises:
-    ValueError: an unknown method, or a linear method with `outward` (the linear bounds round to
-      nearest: certify them in float64).
+    ValueError: an unknown method, or 'alpha_crown' with `outward` (it has no rigorous mode:
+      certify it in float64).
   """
   if method not in METHODS:
     raise ValueError(f'Unknown config.ibp.method {method!r}; valid: {list(METHODS)}.')
   if method == 'ibp':
     return certified_retrieval.outward_interval if outward else interval
   if outward:
-    raise ValueError(f'config.ibp.method={method!r} rounds to nearest and cannot certify in the '
-                     "rigorous float32; pass --config.ibp.dtype=float64 (or method 'ibp').")
+    if method not in linear.OUTWARD_METHODS:
+      raise ValueError(f'config.ibp.method={method!r} rounds to nearest and cannot certify in '
+                       'the rigorous float32; pass --config.ibp.dtype=float64, or one of '
+                       f"{['ibp', *linear.OUTWARD_METHODS]}.")
+    return functools.partial(linear.linear_bounds, method=method, rounding='outward')
   return functools.partial(linear.linear_bounds, method=method)
 
 

@@ -1,0 +1,172 @@
+"""Rigorous linear bounds (`linear_bounds(fn, method, rounding='outward')`): they hold for the
+real-valued function although computed in float32 (docs/linear_bounds.md §8).
+
+Each soundness test compares against exact rational arithmetic (`fractions.Fraction`) on the
+float32 weights, and checks that the same bounds rounded to nearest are violated on some of its
+cases: the cases are ones where rounding matters, so the test would fail without the slack.
+"""
+
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcert import models
+from jaxcert.bounds import linear_bounds
+from jaxcert.bounds import linear_rules
+
+
+def _exact(array):
+  return np.vectorize(Fraction, otypes=[object])(np.asarray(array, np.float64))
+
+
+def test_outward_relu_upper_line_lies_above_the_real_function():
+  rng = np.random.default_rng(0)
+  scales = 10.0 ** rng.uniform(-6, 6, size=(2, 4000))
+  lower = (-scales[0]).astype(np.float32)
+  upper = scales[1].astype(np.float32)
+  threshold = np.float32(0) * lower
+  threshold[::2] = (rng.uniform(-1, 1, size=2000) * scales[1, ::2] * 1e-3).astype(np.float32)
+  threshold = np.clip(threshold, lower * 0.5, upper * 0.5)
+  violations = {}
+  for outward in (False, True):
+    slope, offset = (np.asarray(v) for v in linear_rules.relu_like(
+        jnp.asarray(lower), jnp.asarray(upper), jnp.asarray(threshold), outward)[2:])
+    gaps = []
+    for l, u, t, s, o in zip(*(_exact(v) for v in (lower, upper, threshold, slope, offset))):
+      gaps.append(min(s * l + o - max(l, t), s * u + o - max(u, t)))
+    violations[outward] = sum(gap < 0 for gap in gaps)
+  assert violations[True] == 0
+  assert violations[False] > 0  # The cases exercise the rounding of the secant's offset.
+
+
+def _two_layer(seed, n=12, hidden=10, out=4, stable=True):
+  """A float32 ReLU network whose output is a difference of large, nearly equal sums."""
+  rng = np.random.default_rng(seed)
+  w1 = (rng.normal(size=(n, hidden)) * 300).astype(np.float32)
+  b1 = (rng.normal(size=hidden) * (4e5 if stable else 30)).astype(np.float32)
+  if stable:
+    b1 = np.abs(b1) + np.float32(1e6)  # Every ReLU active on the box: affine there.
+  w2 = rng.normal(size=(hidden, out)).astype(np.float32)
+  w2[1::2] = -w2[::2] * np.float32(1 + 2 ** -20)  # Cancellation between hidden units.
+  w2 = w2.astype(np.float32)
+  x0 = rng.uniform(50, 100, size=(1, n)).astype(np.float32)
+  return w1, b1, w2, x0
+
+
+def _apply(params, x):
+  w1, b1, w2 = params
+  return jnp.maximum(x @ w1 + b1, 0) @ w2
+
+
+def _exact_output(params, x):
+  w1, b1, w2 = (_exact(p) for p in params)
+  hidden = np.maximum(_exact(x) @ w1 + b1, Fraction(0))
+  return hidden @ w2
+
+
+@pytest.mark.parametrize('method', ['crown_ibp', 'crown'])
+def test_outward_bounds_contain_the_exact_range_of_an_affine_network(method):
+  """All ReLUs active: the network is affine on the box, CROWN's relaxation is exact, and the
+  real minimum and maximum of each output are attained at a vertex computed exactly."""
+  violated = []
+  bounds = {rounding: jax.jit(lambda params, lower, upper, rounding=rounding: linear_bounds(
+      lambda x: _apply(params, x), method, rounding=rounding)(lower, upper))
+            for rounding in ('outward', 'nearest')}
+  for seed in range(6):
+    w1, b1, w2, x0 = _two_layer(seed)
+    eps = np.float32(1e-3)
+    lower, upper = x0 - eps, x0 + eps
+    params = (w1, b1, w2)
+    out_lower, out_upper = bounds['outward'](params, lower, upper)
+    near_lower, near_upper = bounds['nearest'](params, lower, upper)
+    w1_exact = _exact(w1)
+    pre_min = (np.minimum(_exact(lower).T * w1_exact, _exact(upper).T * w1_exact).sum(axis=0)
+               + _exact(b1))
+    assert (pre_min > 0).all()  # Active at every point of the box.
+    slope = _exact(w1) @ _exact(w2)  # (n, out): the exact linear map of the box.
+    for k in range(w2.shape[1]):
+      low_vertex = np.where(slope[:, k] > 0, _exact(lower)[0], _exact(upper)[0])
+      high_vertex = np.where(slope[:, k] > 0, _exact(upper)[0], _exact(lower)[0])
+      exact_min = _exact_output(params, low_vertex[None])[0, k]
+      exact_max = _exact_output(params, high_vertex[None])[0, k]
+      assert Fraction(float(out_lower[0, k])) <= exact_min
+      assert Fraction(float(out_upper[0, k])) >= exact_max
+      # Tight up to the slack: the bounds are not vacuous.
+      assert float(exact_min) - float(out_lower[0, k]) < 1e-3 * (1 + abs(float(exact_min)))
+      violated.append(Fraction(float(near_lower[0, k])) > exact_min
+                      or Fraction(float(near_upper[0, k])) < exact_max)
+  assert any(violated)  # Rounded to nearest, some bound is false on these cases.
+
+
+def test_outward_bounds_hold_at_exact_points_of_an_unstable_network():
+  """Unstable ReLUs: the box's vertices and random points, evaluated exactly, lie inside."""
+  for seed in range(3):
+    w1, b1, w2, x0 = _two_layer(seed, n=6, stable=False)
+    x0 = (x0 / 100).astype(np.float32)
+    eps = np.float32(0.05)
+    lower, upper = x0 - eps, x0 + eps
+    params = (w1, b1, w2)
+    fn = lambda x, params=params: _apply(params, x)
+    for method in ('crown_ibp', 'crown'):
+      out_lower, out_upper = (np.asarray(b) for b in jax.jit(
+          linear_bounds(fn, method, rounding='outward'))(lower, upper))
+      corners = np.array(np.meshgrid(*[[0, 1]] * 6)).reshape(6, -1).T
+      points = np.concatenate([
+          np.where(corners == 0, lower, upper),
+          np.random.default_rng(seed).uniform(lower, upper, size=(40, 6))]).astype(np.float32)
+      values = _exact_output(params, points)
+      assert (values >= _exact(out_lower)).all()
+      assert (values <= _exact(out_upper)).all()
+
+
+def test_outward_small_cnn_bounds_are_sound_and_close_to_float64():
+  """Small CNN in float32: the rigorous bounds lie below/above the float64 bounds (the same
+  relaxation, rounding ~1e-16) and contain the float64 network at sampled points of the box and
+  at the ends of sign-gradient attacks on each output, and are at most a little wider."""
+  model = models.get_model('small_cnn', embedding_dim=8)
+  variables = models.init_variables(model, jax.random.key(0), (1, 28, 28, 1))
+  images = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1), dtype=jnp.float32)
+  eps = 0.01
+  lower, upper = jnp.clip(images - eps, 0, 1), jnp.clip(images + eps, 0, 1)
+  fn = lambda x: model.apply(variables, x)
+  with jax.enable_x64():
+    variables64 = jax.tree.map(lambda v: v.astype(jnp.float64), variables)
+    fn64 = lambda x: model.apply(variables64, x)
+    lower64, upper64 = lower.astype(jnp.float64), upper.astype(jnp.float64)
+    points = jax.random.uniform(jax.random.key(2), (20, *lower.shape), dtype=jnp.float64)
+    points = lower64 + points * (upper64 - lower64)
+
+    @jax.jit
+    @jax.vmap
+    def pgd_end(direction):  # Projected sign-gradient steps moving `direction . output` down.
+      step = lambda _, x: jnp.clip(x - 0.25 * eps * jnp.sign(jax.grad(
+          lambda z: (fn64(z) @ direction).sum())(x)), lower64, upper64)
+      return jax.lax.fori_loop(0, 15, step, (lower64 + upper64) / 2)
+
+    directions = jnp.concatenate([jnp.eye(8), -jnp.eye(8)])
+    points = jnp.concatenate([points, pgd_end(directions)])
+    values = np.asarray(jax.jit(jax.vmap(fn64))(points))
+    bounds64 = jax.jit(linear_bounds(fn64, 'crown_ibp'))(lower.astype(jnp.float64),
+                                                         upper.astype(jnp.float64))
+  out_lower, out_upper = (np.asarray(b, np.float64) for b in jax.jit(
+      linear_bounds(fn, 'crown_ibp', rounding='outward'))(lower, upper))
+  assert (values >= out_lower).all() and (values <= out_upper).all()
+  assert (out_lower <= np.asarray(bounds64[0])).all()
+  assert (out_upper >= np.asarray(bounds64[1])).all()
+  width64 = np.asarray(bounds64[1] - bounds64[0])
+  assert np.median((out_upper - out_lower) / width64) < 1.1
+
+
+def test_outward_mode_errors():
+  fn = lambda x: jnp.maximum(x, 0)
+  box = (jnp.zeros((1, 3)), jnp.ones((1, 3)))
+  with pytest.raises(ValueError, match=r"support the methods \['crown_ibp', 'crown'\]"):
+    linear_bounds(fn, 'alpha_crown', rounding='outward')
+  with pytest.raises(ValueError, match=r"Unknown rounding 'up'; valid: \['nearest', 'outward'\]"):
+    linear_bounds(fn, 'crown', rounding='up')
+  with pytest.raises(NotImplementedError, match='one floating-point dtype'):
+    linear_bounds(lambda x: jnp.maximum(x.astype(jnp.float16), 0), 'crown',
+                  rounding='outward')(*box)
