@@ -24,10 +24,14 @@ in `--methods`.
       --methods auto_lirpa_crown_ibp,auto_lirpa_crown --batch_size 50
   python bench/crown.py --config configs/quickstart.py --checkpoint runs/quickstart --eps 0.002 \
       --cost --dense --dtype float64 --batch_size 8
+  python bench/crown.py --config configs/quickstart.py --checkpoint runs/quickstart --eps 0.002 \
+      --cost --outward --methods crown_ibp,crown --dtype float32 --batch_size 50
 
 `--cost` with `--checkpoint` times the methods (1.) on the checkpoint's first `--batch_size`
 queries at the first `--eps` instead of certifying; `--dense` adds 'crown (dense)', CROWN without
-the patches pass of its convolutions' intermediate bounds (`linear_bounds(..., patches=False)`).
+the patches pass of its convolutions' intermediate bounds (`linear_bounds(..., patches=False)`);
+`--outward` adds the rigorous mode of IBP and of the linear methods that have one
+(`rounding='outward'`, docs/linear_bounds.md §8).
 """
 
 import argparse
@@ -56,6 +60,7 @@ from jaxcert.bounds import retrieval as certified_retrieval  # pylint: disable=w
 from jaxcert.bounds.linear import DEFAULT_ROW_CHUNK  # pylint: disable=wrong-import-position
 from jaxcert.bounds.linear import linear_bounds  # pylint: disable=wrong-import-position
 from jaxcert.bounds.linear import METHODS  # pylint: disable=wrong-import-position
+from jaxcert.bounds.linear import OUTWARD_METHODS  # pylint: disable=wrong-import-position
 
 # Encoder name -> (image shape (H, W, C), perturbation radius eps).
 IMAGE_SETTINGS = {
@@ -69,6 +74,7 @@ LIRPA_METHODS = {'crown_ibp': 'CROWN-IBP', 'crown': 'CROWN', 'alpha_crown': 'alp
 LIRPA_PREFIX = 'auto_lirpa_'
 KS = (1, 10, 20, 40)
 DENSE_CROWN = 'crown (dense)'
+OUTWARD_SUFFIX = ' (outward)'  # --outward: the rigorous mode, rounding='outward'
 
 
 @contextlib.contextmanager
@@ -80,14 +86,18 @@ def computing_in(dtype: str):
 
 def bound_function(apply_fn, method: str, row_chunk: int):
   """`(variables, lower, upper) -> (out_lower, out_upper)`, jitted, by IBP or `method` (or
-  'crown (dense)': CROWN without patches)."""
+  'crown (dense)': CROWN without patches; '<method> (outward)': the rigorous mode of IBP or a
+  linear method, rounding='outward')."""
+  rounding = 'outward' if method.endswith(OUTWARD_SUFFIX) else 'nearest'
+  method = method.removesuffix(OUTWARD_SUFFIX)
+
   def bounded(variables, lower, upper):
     embed = lambda x: apply_fn(variables, x)
     if method == 'ibp':
-      return interval(embed)(lower, upper)
+      return interval(embed, rounding=rounding)(lower, upper)
     if method == DENSE_CROWN:
       return linear_bounds(embed, 'crown', row_chunk=row_chunk, patches=False)(lower, upper)
-    return linear_bounds(embed, method, row_chunk=row_chunk)(lower, upper)
+    return linear_bounds(embed, method, row_chunk=row_chunk, rounding=rounding)(lower, upper)
   return jax.jit(bounded)
 
 
@@ -134,6 +144,9 @@ def cost_main(args, parser) -> dict:
            else common.parse_model_names(parser, args.models, IMAGE_SETTINGS))
   methods = _methods(parser, args.methods)
   methods += [DENSE_CROWN] if args.dense else []
+  if args.outward:
+    methods += ['ibp' + OUTWARD_SUFFIX] + [method + OUTWARD_SUFFIX for method in methods
+                                           if method in OUTWARD_METHODS]
   lirpa = auto_lirpa_or_none()
   print(f'{"model":<10} {"batch":>5} {"dtype":>8} {"method":>22} {"ms / image":>11} '
         f'{"x forward":>10} {"mean width":>11}   (forward pass in float32, same run; width: '
@@ -504,6 +517,10 @@ def main(argv=None) -> dict:
                       help='with --checkpoint: time the methods on its first queries (1.)')
   parser.add_argument('--dense', action='store_true',
                       help="cost: also time 'crown (dense)', CROWN without patches")
+  parser.add_argument('--outward', action='store_true',
+                      help="cost: also time the rigorous mode (rounding='outward', "
+                           "docs/linear_bounds.md §8) of IBP and of the linear methods that "
+                           "have one, e.g. 'crown (outward)'")
   args = parser.parse_args(argv)
   env = common.environment()
   common.print_environment(env)

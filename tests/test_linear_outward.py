@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from jaxcert import models
+from jaxcert.bounds import linear
 from jaxcert.bounds import linear_bounds
+from jaxcert.bounds import linear_patches
 from jaxcert.bounds import linear_rules
 
 
@@ -170,3 +172,66 @@ def test_outward_mode_errors():
   with pytest.raises(NotImplementedError, match='one floating-point dtype'):
     linear_bounds(lambda x: jnp.maximum(x.astype(jnp.float16), 0), 'crown',
                   rounding='outward')(*box)
+
+
+def _exact_conv(x, kernel):
+  """VALID, stride 1 convolution of an (H, W, C) array by an (h, w, C, O) kernel, exactly."""
+  (height, width, _), (kh, kw, _, features) = x.shape, kernel.shape
+  out = np.empty((height - kh + 1, width - kw + 1, features), object)
+  for i, j, o in np.ndindex(*out.shape):
+    out[i, j, o] = np.sum(x[i:i + kh, j:j + kw] * kernel[..., o])
+  return out
+
+
+def test_outward_patches_contain_the_exact_range_of_convolution_neurons():
+  """CROWN's patches pass (docs/linear_bounds.md §5.1) in the rigorous mode: a float32 network
+  conv (ReLU active on the box; two channels of bias 1e6) -> conv in which those two channels
+  nearly cancel, centred to straddle 0 (so its bounds are tightened in patches) -> ReLU. Its second convolution is affine on the
+  box, so the tightened bounds must contain each neuron's exact range (a vertex of the box,
+  computed with fractions); rounded to nearest they miss it on some neurons."""
+  rng = np.random.default_rng(3)
+  base = (rng.normal(size=(3, 3, 1, 1)) * 50).astype(np.float32)
+  other = np.abs(rng.normal(size=(3, 3, 1, 1))).astype(np.float32)
+  k1 = np.concatenate([base, base, other], axis=-1)  # Two equal channels and a third ...
+  b1 = np.array([1e6 + 0.5, 1e6 + 0.25, 0], np.float32)
+  k2 = (rng.normal(size=(2, 2, 1, 3)) * 30).astype(np.float32)
+  k2 = np.concatenate([k2, -k2 * np.float32(1 + 2 ** -18), rng.normal(size=(2, 2, 1, 3))],
+                      axis=2).astype(np.float32)  # ... of which the first two cancel.
+  x0 = rng.uniform(0.2, 0.8, size=(1, 6, 6, 1)).astype(np.float32)
+  eps = np.float32(0.01)
+  lower, upper = x0 - eps, x0 + eps
+  conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), 'VALID',
+                                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  with jax.enable_x64():  # Centred on 0 at x0 (float64), so the neurons straddle 0.
+    b2 = -np.asarray(conv(jnp.maximum(conv(x0.astype(np.float64), k1.astype(np.float64))
+                                       + b1, 0), k2.astype(np.float64)))[0].astype(np.float32)
+
+  def layers(x):
+    return conv(jnp.maximum(conv(x, k1) + b1, 0), k2) + b2
+
+  fn = lambda x: jnp.maximum(layers(x), 0).reshape(x.shape[0], -1)
+
+  def tightened(rounding):  # The second convolution's bounds after CROWN's tightening.
+    graph, _, _ = linear._example_graph(fn, 'crown', 8, True, jnp.asarray(lower),
+                                        jnp.asarray(upper), rounding == 'outward')
+    (node,) = [n for n in graph.nodes if n.shape == (1, 3, 3, 3) and n.exact]
+    assert linear_patches.patch_chain(graph.steps, node) is not None  # Tightened in patches.
+    return np.asarray(node.bound.lower)[0], np.asarray(node.bound.upper)[0]
+
+  # The exact affine map of the box: coefficients by exact evaluation at the basis points.
+  exact_layers = lambda x: (_exact_conv(_exact_conv(x, _exact(k1)) + _exact(b1), _exact(k2))
+                            + _exact(b2))
+  origin = exact_layers(np.full((6, 6, 1), Fraction(0), object))
+  exact_lower, exact_upper = _exact(lower[0]), _exact(upper[0])
+  minimum, maximum = origin.copy(), origin.copy()
+  for index in np.ndindex(6, 6, 1):
+    unit = np.full((6, 6, 1), Fraction(0), object)
+    unit[index] = Fraction(1)
+    slope = exact_layers(unit) - origin
+    minimum += np.where(slope > 0, slope * exact_lower[index], slope * exact_upper[index])
+    maximum += np.where(slope > 0, slope * exact_upper[index], slope * exact_lower[index])
+  assert ((minimum < 0) & (maximum > 0)).any()  # Some neurons straddle: the patches pass runs.
+  out_lower, out_upper = tightened('outward')
+  assert (_exact(out_lower) <= minimum).all() and (_exact(out_upper) >= maximum).all()
+  near_lower, near_upper = tightened('nearest')
+  assert ((_exact(near_lower) > minimum) | (_exact(near_upper) < maximum)).any()

@@ -36,9 +36,9 @@ def patch_calls(monkeypatch):
   calls = []
   original = linear_patches.patch_lower_bounds
 
-  def counted(chain, node, flat_indices):
+  def counted(chain, node, flat_indices, *args):
     calls.append(node.shape)
-    return original(chain, node, flat_indices)
+    return original(chain, node, flat_indices, *args)
 
   monkeypatch.setattr(linear_patches, 'patch_lower_bounds', counted)
   monkeypatch.setattr(linear_patches, 'DEFAULT_PATCH_BUDGET', 3000)  # several chunks

@@ -620,7 +620,8 @@ def _tightened(graph: _Graph, node: linear_graph.Node, relevant) -> IntervalBoun
                        symmetric=True).reshape(2, chunk)
   else:  # On each neuron's receptive field (docs/linear_bounds.md §5.1).
     chunk = linear_patches.neurons_per_pass(chain, node)
-    lower_bounds = lambda indices, valid: linear_patches.patch_lower_bounds(chain, node, indices)
+    lower_bounds = lambda indices, valid: linear_patches.patch_lower_bounds(chain, node, indices,
+                                                                            graph.outward)
   relevant = jnp.broadcast_to(relevant, node.shape).reshape(size)
   count = relevant.sum()
   order = jnp.concatenate([jnp.argsort(~relevant, stable=True),
@@ -722,7 +723,7 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
       (`jaxcert.bounds.linear_patches`; the same bounds, much faster); False: dense passes.
     rounding: 'nearest' (bounds up to rounding, as `interval`'s default) or 'outward'
       (rigorous in any float dtype, e.g. float32 on an accelerator: the bounds hold for the
-      real-valued `fn`; methods `OUTWARD_METHODS`, ReLU the only relaxed step, dense passes;
+      real-valued `fn`; methods `OUTWARD_METHODS`, ReLU the only relaxed step;
       docs/linear_bounds.md §8).
 
   Returns:
@@ -742,7 +743,7 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
       lower, upper = outward_rounding.flush_outwards(lower, upper)
 
     def one_example(example_lower, example_upper):
-      graph, outputs, treedef = _example_graph(fn, method, row_chunk, patches and not outward,
+      graph, outputs, treedef = _example_graph(fn, method, row_chunk, patches,
                                                example_lower[None], example_upper[None],
                                                outward)
       pairs = [_output_bounds(graph, output) for output in outputs]

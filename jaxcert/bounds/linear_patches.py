@@ -33,7 +33,9 @@ import jax.extend.core as jex_core
 import jax.numpy as jnp
 
 from jaxcert.bounds import linear_graph
+from jaxcert.bounds import linear_rounding
 from jaxcert.bounds import linear_rules
+from jaxcert.bounds import rounding
 from jaxcert.bounds.interval import IntervalBound
 
 _P = jex_core.primitives
@@ -194,18 +196,20 @@ def _own_values(values, neurons: _Neurons, node: linear_graph.Node):
   return values.reshape(-1)[neurons.flat]
 
 
-def _diagonal_to_first_conv(chain, node: linear_graph.Node, neurons: _Neurons):
+def _diagonal_to_first_conv(chain, node: linear_graph.Node, neurons: _Neurons,
+                            outward: bool = False):
   """The rows `+-e_(p,o)` carried through the elementwise steps above the first convolution,
   where each row is still a multiple `scale` of its own coordinate, and then through that
   convolution, where it becomes `scale` times the kernel of channel `o` on `p`'s window.
 
   Returns (coefficients (2, n, kh, kw, C_in), bias (2, n), window, index of the next step of
-  the chain).
+  the chain, slack (2, n): with `outward`, a bound of the rounding error of all of it, else 0).
   """
   dtype = node.dtype
   count = neurons.flat.shape[0]
   scale = jnp.concatenate([jnp.ones((1, count), dtype), -jnp.ones((1, count), dtype)])
   bias = jnp.zeros_like(scale)
+  slack = jnp.zeros_like(scale)
   current = node
   for index, step in enumerate(chain):
     own = lambda values: _own_values(values, neurons, current)
@@ -219,30 +223,79 @@ def _diagonal_to_first_conv(chain, node: linear_graph.Node, neurons: _Neurons):
                        size=rows.shape[1:3], extent=node_in.shape[1:3],
                        positions=node.shape[1:3])
       coeffs = coeffs * _inside_mask(window, neurons)[None].astype(dtype)
-      return coeffs, bias, window, index + 1
+      if outward:  # One product an entry.
+        magnitudes = _gather(linear_rounding.magnitude(node_in), window, neurons, dtype)[None]
+        slack = _add_up(slack, _window_slack(coeffs, magnitudes, products=1))
+      return coeffs, bias, window, index + 1, slack
+    node_in = step.invals[linear_graph.bounded_positions(step.invals)[0]]
     if step.kind == 'relaxed':
       relaxation = step.relaxation
       positive, negative = jnp.maximum(scale, 0), jnp.minimum(scale, 0)
-      bias = bias + (jnp.where(positive != 0, positive * own(relaxation.lower_offset), 0)
-                     + jnp.where(negative != 0, negative * own(relaxation.upper_offset), 0))
-      scale = positive * own(relaxation.lower_slopes[0]) + negative * own(
-          relaxation.upper_slopes[0])
+      lower_offset, upper_offset = own(relaxation.lower_offset), own(relaxation.upper_offset)
+      bias = bias + (jnp.where(positive != 0, positive * lower_offset, 0)
+                     + jnp.where(negative != 0, negative * upper_offset, 0))
+      lower_slope, upper_slope = own(relaxation.lower_slopes[0]), own(relaxation.upper_slopes[0])
+      if outward:  # Two products and an addition, into the bias and into the scale.
+        offsets = jnp.maximum(jnp.abs(lower_offset), jnp.abs(upper_offset))
+        slopes = jnp.maximum(jnp.abs(lower_slope), jnp.abs(upper_slope))
+        magnitude = _own_values(linear_rounding.magnitude(node_in), neurons, node_in)
+        slack = _add_up(slack, _scalar_slack(scale, offsets, products=3),
+                        _scalar_slack(scale, slopes * magnitude, products=2),
+                        linear_rounding.addition_slack(bias))
+      scale = positive * lower_slope + negative * upper_slope
     else:  # Elementwise affine: y = slope * x + offset.
-      offset, slope = _elementwise_affine(step, step.invals[
-          linear_graph.bounded_positions(step.invals)[0]])
+      offset, slope = _elementwise_affine(step, node_in)
       bias = bias + jnp.where(scale != 0, scale * own(offset), 0)
+      if outward:
+        magnitude = _own_values(linear_rounding.magnitude(node_in), neurons, node_in)
+        slack = _add_up(slack, _scalar_slack(scale, jnp.abs(own(offset)), products=2),
+                        _scalar_slack(scale, jnp.abs(own(slope)) * magnitude, products=1),
+                        linear_rounding.addition_slack(bias))
       scale = scale * own(slope)
-    current = step.invals[linear_graph.bounded_positions(step.invals)[0]]
+    current = node_in
   raise AssertionError('A patch chain without a convolution (patch_chain admits none).')
 
 
-def patch_lower_bounds(chain, node: linear_graph.Node, flat_indices) -> jax.Array:
+def _add_up(total, *terms):
+  """`total + sum(terms)` rounded upwards (slacks: non-negative error bounds)."""
+  for term in terms:
+    total = rounding.round_up(total + term)
+  return total
+
+
+def _scalar_slack(scale, magnitudes, products: int):
+  """A bound of the rounding error of `products` chained roundings of `scale * value` with
+  `|value| <= magnitudes` (both (2, n)): `gamma_products |scale| magnitudes` plus
+  `2 products tiny`, rounded up."""
+  gamma = linear_rounding.gamma_above(products, scale.dtype)
+  tiny = float(jnp.finfo(scale.dtype).tiny)
+  product = jnp.where(scale != 0, jnp.abs(scale) * magnitudes, 0)
+  return rounding.round_up(rounding.round_up(product * (2 * gamma)) + 2 * products * tiny)
+
+
+def _window_slack(coeffs, weighted, products: int, summed: bool = False, magnitudes=None):
+  """Per (side, neuron), a bound of the rounding error of window coefficients `coeffs`
+  (2, n, h, w, C) each computed by `products` roundings, paired with values bounded by
+  `magnitudes` through factors bounded by `weighted` (factor times magnitude), and with `summed`
+  of their sum over the window (`linear_rounding.window_error`)."""
+  sides, neurons = coeffs.shape[:2]
+  flat_shape = (sides * neurons,) + coeffs.shape[2:]
+  flatten = lambda values: jnp.broadcast_to(values, coeffs.shape).reshape(flat_shape)
+  return linear_rounding.window_error(
+      coeffs.reshape(flat_shape), flatten(weighted), products, summed,
+      None if magnitudes is None else flatten(magnitudes)).reshape(sides, neurons)
+
+
+def patch_lower_bounds(chain, node: linear_graph.Node, flat_indices,
+                       outward: bool = False) -> jax.Array:
   """Lower bounds of `e_i . node` and of `-e_i . node` for the coordinates `i` of `flat_indices`.
 
   Args:
     chain: `patch_chain(steps, node)`.
     node: shape (1, H, W, C).
     flat_indices: (n,) integer indices into the node's H * W * C coordinates (row-major).
+    outward: bound each step's rounding error, as the dense pass does (`linear_rounding`,
+      docs/linear_bounds.md §8), and subtract their sum: bounds of the real-valued function.
 
   Returns:
     (2, n): the lower bounds, then the negated upper bounds (not intersected with the node's
@@ -250,10 +303,22 @@ def patch_lower_bounds(chain, node: linear_graph.Node, flat_indices) -> jax.Arra
   """
   dtype = node.dtype
   neurons = _Neurons.of(flat_indices, node)
-  coeffs, bias, window, first = _diagonal_to_first_conv(chain, node, neurons)
+  coeffs, bias, window, first, slack = _diagonal_to_first_conv(chain, node, neurons, outward)
+
+  def finish(total, bound):  # The concretisation over `bound`, less the slack.
+    if not outward:
+      return total
+    lower = _gather(bound.lower, window, neurons, dtype)[None]
+    upper = _gather(bound.upper, window, neurons, dtype)[None]
+    magnitudes = jnp.maximum(jnp.abs(lower), jnp.abs(upper))
+    total_slack = _add_up(slack, _window_slack(coeffs, magnitudes, products=2, summed=True),
+                          linear_rounding.addition_slack(total))
+    return rounding.round_down(total - total_slack)
+
   for step in chain[first:]:
     if step.kind == 'interval':  # A fallback value: min over its interval bound.
-      return bias + _concretize(coeffs, step.outputs[0].bound, window, neurons, dtype)
+      bound = step.outputs[0].bound
+      return finish(bias + _concretize(coeffs, bound, window, neurons, dtype), bound)
     node_in = step.invals[linear_graph.bounded_positions(step.invals)[0]]
     gather = lambda values: _gather(values, window, neurons, dtype)[None]
     if step.kind == 'relaxed':
@@ -261,11 +326,25 @@ def patch_lower_bounds(chain, node: linear_graph.Node, flat_indices) -> jax.Arra
       positive, negative = jnp.maximum(coeffs, 0), jnp.minimum(coeffs, 0)
       bias = bias + _weighted_sum(positive, gather(relaxation.lower_offset)) + _weighted_sum(
           negative, gather(relaxation.upper_offset))
-      coeffs = (positive * gather(relaxation.lower_slopes[0])
-                + negative * gather(relaxation.upper_slopes[0]))
+      lower_slope, upper_slope = (gather(relaxation.lower_slopes[0]),
+                                  gather(relaxation.upper_slopes[0]))
+      if outward:
+        offsets = jnp.maximum(jnp.abs(gather(relaxation.lower_offset)),
+                              jnp.abs(gather(relaxation.upper_offset)))
+        magnitudes = gather(linear_rounding.magnitude(node_in))
+        slopes = jnp.maximum(jnp.abs(lower_slope), jnp.abs(upper_slope))
+        slack = _add_up(slack, _window_slack(coeffs, offsets, products=2, summed=True),
+                        _window_slack(coeffs, slopes * magnitudes, products=2,
+                                      magnitudes=magnitudes),
+                        linear_rounding.addition_slack(bias))
+      coeffs = positive * lower_slope + negative * upper_slope
     elif step.primitive is _P.conv_general_dilated_p:
       params = step.params
       strides, padding = params['window_strides'], params['padding']
+      if outward:  # gamma_n |coeffs| . (|K| m) on the output window (docs/linear_bounds.md §8).
+        terms = linear_rounding.transposed_terms(step)
+        transposition = _window_slack(coeffs, gather(linear_rounding.magnitude_image(step)),
+                                      products=terms, magnitudes=jnp.zeros((), dtype))
       coeffs = _conv_transpose_patches(coeffs, step)
       window = _Window(
           start=tuple(s * stride - lo for s, stride, (lo, _) in zip(window.start, strides,
@@ -273,11 +352,28 @@ def patch_lower_bounds(chain, node: linear_graph.Node, flat_indices) -> jax.Arra
           stride=tuple(a * b for a, b in zip(window.stride, strides)),
           size=coeffs.shape[-3:-1], extent=node_in.shape[1:3], positions=window.positions)
       coeffs = coeffs * _inside_mask(window, neurons)[None].astype(dtype)
+      if outward:  # ... plus 2 n tiny per entry of the input window, times its magnitude.
+        tiny = float(jnp.finfo(dtype).tiny)
+        magnitudes = jnp.broadcast_to(
+            _gather(linear_rounding.magnitude(node_in), window, neurons, dtype)[None],
+            coeffs.shape)
+        total = linear_rounding.sum_above(
+            jnp.ones((coeffs.shape[0] * coeffs.shape[1],) + coeffs.shape[2:], dtype),
+            magnitudes.reshape((-1,) + coeffs.shape[2:])).reshape(coeffs.shape[:2])
+        slack = _add_up(slack, transposition, rounding.round_up(total * (2 * terms * tiny)))
     else:  # Elementwise affine: y = slope * x + offset, slope and offset from a JVP at zero.
       offset, slope = _elementwise_affine(step, node_in)
       bias = bias + _weighted_sum(coeffs, gather(offset))
+      if outward:
+        magnitudes = gather(linear_rounding.magnitude(node_in))
+        slack = _add_up(slack, _window_slack(coeffs, jnp.abs(gather(offset)), products=1,
+                                             summed=True),
+                        _window_slack(coeffs, jnp.abs(gather(slope)) * magnitudes, products=1,
+                                      magnitudes=magnitudes),
+                        linear_rounding.addition_slack(bias))
       coeffs = coeffs * gather(slope)
-  return bias + _concretize(coeffs, _chain_input_bound(chain), window, neurons, dtype)
+  bound = _chain_input_bound(chain)
+  return finish(bias + _concretize(coeffs, bound, window, neurons, dtype), bound)
 
 
 def _chain_input_bound(chain) -> IntervalBound:

@@ -63,7 +63,7 @@ def _gamma(n: int, dtype) -> float:
   return float(rounded)
 
 
-def _sum_above(coeffs, values):
+def sum_above(coeffs, values):
   """Per row, a number `>= sum |coeffs| * values` (`values >= 0`, shaped like a row or like
   `coeffs`), with 0 * inf = 0: the round-to-nearest sum times `1 + 4 gamma_N`, plus `2 N tiny`
   for products flushed to zero, rounded up (a sum of N non-negative products is at least
@@ -75,6 +75,30 @@ def _sum_above(coeffs, values):
   total = products.reshape(coeffs.shape[0], -1).sum(axis=1)
   factor = 1 + 4 * _gamma(count, coeffs.dtype)
   return rounding.round_up(rounding.round_up(total * factor) + 2 * count * tiny)
+
+
+def gamma_above(n: int, dtype) -> float:
+  """`gamma_n` (Higham) as a Python float at or above its value in `dtype`."""
+  return _gamma(n, dtype)
+
+
+def window_error(coeffs, weighted_magnitudes, products: int, summed: bool = False,
+                 magnitudes=None):
+  """Per row, a bound of the rounding error of coefficients `coeffs` (rows, ...) each computed by
+  `products` roundings, paired with values bounded by `magnitudes` through factors bounded by
+  `weighted_magnitudes` (factor times magnitude; `magnitudes` defaults to it), and with `summed`
+  of the sum of those pairs over the row: `gamma_(products (+ N))` times
+  `sum |coeffs| weighted_magnitudes`, plus `2 products tiny sum(magnitudes)` (not `summed`) or
+  `2 (products + N) tiny` (`summed`)."""
+  count = products + (math.prod(coeffs.shape[1:]) if summed else 0)
+  _, tiny = _format(coeffs.dtype)
+  error = _scaled_above(sum_above(coeffs, weighted_magnitudes), _gamma(count, coeffs.dtype))
+  if summed:
+    return rounding.round_up(error + 2 * count * tiny)
+  magnitudes = weighted_magnitudes if magnitudes is None else magnitudes
+  ones = jnp.ones_like(coeffs)
+  return rounding.round_up(error + _scaled_above(sum_above(ones, magnitudes),
+                                                 2 * products * tiny))
 
 
 def _scaled_above(value, factor: float):
@@ -130,7 +154,7 @@ def _bounded(step: linear_graph.Step):
   return [step.invals[i] for i in linear_graph.bounded_positions(step.invals)]
 
 
-def _magnitude_image(step: linear_graph.Step):
+def magnitude_image(step: linear_graph.Step):
   """An upper bound of `|M| m` (output-shaped): the step applied to its operand's magnitude with
   its constant factor made absolute, the forward sum's rounding added outwards."""
   (position,) = linear_graph.bounded_positions(step.invals)
@@ -168,8 +192,8 @@ def affine_slack(step: linear_graph.Step, out_coeffs: list, offsets: list):
     (node,) = _bounded(step)
     _, tiny = _format(coeffs.dtype)
     gamma = _gamma(terms, coeffs.dtype)
-    slack = (_scaled_above(_sum_above(coeffs, _magnitude_image(step)), gamma)
-             + _scaled_above(_sum_above(jnp.ones((1,) + node.shape, coeffs.dtype),
+    slack = (_scaled_above(sum_above(coeffs, magnitude_image(step)), gamma)
+             + _scaled_above(sum_above(jnp.ones((1,) + node.shape, coeffs.dtype),
                                         magnitude(node)), 2 * terms * tiny))
   for coeffs, offset in zip(out_coeffs, offsets):
     if coeffs is not None and offset is not None:
@@ -183,7 +207,7 @@ def sum_slack(coeffs, magnitudes, extra_terms: int = 1):
   times `sum |coeffs| magnitudes`, plus `2 (N + extra) tiny`."""
   count = math.prod(coeffs.shape[1:]) + extra_terms
   _, tiny = _format(coeffs.dtype)
-  return rounding.round_up(_scaled_above(_sum_above(coeffs, magnitudes),
+  return rounding.round_up(_scaled_above(sum_above(coeffs, magnitudes),
                                          _gamma(count, coeffs.dtype)) + 2 * count * tiny)
 
 
@@ -196,9 +220,9 @@ def relaxed_slack(step: linear_graph.Step, coeffs, lower_slopes, upper_slopes, l
   _, tiny = _format(coeffs.dtype)
   slopes = jnp.maximum(jnp.abs(lower_slopes), jnp.abs(upper_slopes))
   size = jnp.ones((1,) + node.shape, coeffs.dtype)
-  transposition = (_scaled_above(_sum_above(coeffs, slopes * magnitude(node)),
+  transposition = (_scaled_above(sum_above(coeffs, slopes * magnitude(node)),
                                  2 * _gamma(2, coeffs.dtype))
-                   + _scaled_above(_sum_above(size, magnitude(node)), 4 * tiny))
+                   + _scaled_above(sum_above(size, magnitude(node)), 4 * tiny))
   offsets = sum_slack(coeffs, jnp.maximum(jnp.abs(lower_offset), jnp.abs(upper_offset)),
                       extra_terms=2)
   return rounding.round_up(rounding.round_up(transposition) + offsets)
@@ -209,8 +233,8 @@ def accumulation_slack(total, node: linear_graph.Node):
   consumers of `node` (one addition a coordinate: `u |total| + tiny`, times `|x| <= m`)."""
   unit, tiny = _format(total.dtype)
   size = jnp.ones((1,) + node.shape, total.dtype)
-  return rounding.round_up(_scaled_above(_sum_above(total, magnitude(node)), 2 * unit)
-                           + _scaled_above(_sum_above(size, magnitude(node)), tiny))
+  return rounding.round_up(_scaled_above(sum_above(total, magnitude(node)), 2 * unit)
+                           + _scaled_above(sum_above(size, magnitude(node)), tiny))
 
 
 def addition_slack(total):
@@ -220,4 +244,5 @@ def addition_slack(total):
 
 
 __all__ = ['EXACT_TRANSPOSITIONS', 'accumulation_slack', 'addition_slack', 'affine_slack',
-           'magnitude', 'relaxed_slack', 'sum_slack', 'transposed_terms']
+           'gamma_above', 'magnitude', 'magnitude_image', 'relaxed_slack', 'sum_slack',
+           'sum_above', 'transposed_terms', 'window_error']
