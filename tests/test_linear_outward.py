@@ -44,7 +44,7 @@ def test_outward_relu_upper_line_lies_above_the_real_function():
   assert violations[False] > 0  # The cases exercise the rounding of the secant's offset.
 
 
-def _two_layer(seed, n=12, hidden=10, out=4, stable=True):
+def _two_layer(seed, n=12, hidden=80, out=4, stable=True):
   """A float32 ReLU network whose output is a difference of large, nearly equal sums."""
   rng = np.random.default_rng(seed)
   w1 = (rng.normal(size=(n, hidden)) * 300).astype(np.float32)
@@ -97,7 +97,7 @@ def test_outward_bounds_contain_the_exact_range_of_an_affine_network(method):
       assert Fraction(float(out_lower[0, k])) <= exact_min
       assert Fraction(float(out_upper[0, k])) >= exact_max
       # Tight up to the slack: the bounds are not vacuous.
-      assert float(exact_min) - float(out_lower[0, k]) < 1e-3 * (1 + abs(float(exact_min)))
+      assert float(exact_min) - float(out_lower[0, k]) < 1e-2 * (1 + abs(float(exact_min)))
       violated.append(Fraction(float(near_lower[0, k])) > exact_min
                       or Fraction(float(near_upper[0, k])) < exact_max)
   assert any(violated)  # Rounded to nearest, some bound is false on these cases.

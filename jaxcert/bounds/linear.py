@@ -386,18 +386,75 @@ def _conv_transposition(step: linear_graph.Step, coeffs):
   return 'conv' if all(lo >= 0 and hi >= 0 for lo, hi in padding) else None
 
 
+# Rigorous mode: a matmul's transposition is cut into at most this many blocks along the
+# constant operand's output features (docs/linear_bounds.md §8).
+MAX_TRANSPOSITION_BLOCKS = 16
+
+
+def _transposition_blocks(step: linear_graph.Step):
+  """`(axis of the constant operand, axis of the output, blocks)` along which the rigorous mode
+  cuts the transposition of a `dot_general` with a constant right operand (each block's sums
+  have `n / blocks` terms, so the error factor is about `(n / blocks + blocks) u` instead of
+  `n u`), or None. (Convolutions are transposed in two stages by `conv_lhs_transpose`.)"""
+  n = linear_rounding.transposed_terms(step)
+  if (step.primitive is not _P.dot_general_p or n <= 64
+      or linear_graph.bounded_positions(step.invals) != [0]):
+    return None
+  (contracting, batch) = step.params['dimension_numbers']
+  rhs_shape, lhs_rank = jnp.shape(step.invals[1]), len(step.invals[0].shape)
+  free = [d for d in range(len(rhs_shape)) if d not in (*contracting[1], *batch[1])]
+  if not free:
+    return None
+  constant_axis = max(free, key=lambda d: rhs_shape[d])
+  out_axis = lhs_rank - len(contracting[0]) + free.index(constant_axis)
+  size = rhs_shape[constant_axis]
+  divisors = [d for d in range(2, min(size, MAX_TRANSPOSITION_BLOCKS) + 1) if size % d == 0]
+  if not divisors:
+    return None
+  return constant_axis, out_axis, min(divisors, key=lambda d: abs(d - math.sqrt(n)))
+
+
+def _blocked_transpose_affine(step: linear_graph.Step, coeffs, blocks: tuple):
+  """`_transpose_affine` of a matmul in the rigorous mode, as the sum of the transpositions of
+  its blocks of output features (`_transposition_blocks`), with its slack."""
+  constant_axis, out_axis, count = blocks
+  node = step.invals[0]
+  width = jnp.shape(step.invals[1])[constant_axis] // count
+  total = None
+  for block in range(count):
+    constant = lax.slice_in_dim(jnp.asarray(step.invals[1]), block * width,
+                                (block + 1) * width, axis=constant_axis)
+    rows = lax.slice_in_dim(coeffs, block * width, (block + 1) * width, axis=1 + out_axis)
+    output = linear_graph.Node(-1, IntervalBound(jnp.zeros(rows.shape[1:], rows.dtype),
+                                                 jnp.zeros(rows.shape[1:], rows.dtype)), -1)
+    part = linear_graph.Step(step.primitive, step.params, [node, constant], [output], 'affine',
+                             None)
+    ((_, in_coeffs),), _, _ = _transpose_affine(part, [rows])
+    total = in_coeffs if total is None else total + in_coeffs
+  terms = linear_rounding.transposed_terms(step)
+  gamma = linear_rounding.two_stage_gamma(terms // count, count, coeffs.dtype)
+  slack = linear_rounding.affine_slack(step, [coeffs], [None], gamma=gamma)
+  return [(node, total)], jnp.zeros(coeffs.shape[:1], coeffs.dtype), slack
+
+
 def _transpose_affine(step: linear_graph.Step, out_coeffs: list, outward: bool = False):
   """`(coefficients of each bounded operand, offset term per row, slack per row)` of an affine
   step; the slack bounds the rounding error of both (`outward`, else None)."""
   positions = linear_graph.bounded_positions(step.invals)
+  blocks = _transposition_blocks(step) if outward else None
+  if blocks is not None:
+    return _blocked_transpose_affine(step, out_coeffs[0], blocks)
   nodes = [step.invals[i] for i in positions]
   transposition = _conv_transposition(step, out_coeffs[0])
   if transposition is not None:
-    transpose = (linear_rules.conv_lhs_transpose if transposition == 'matmul'
+    # The rigorous mode transposes in two stages (linear_rounding.conv_matmul_gamma).
+    transpose = (linear_rules.conv_lhs_transpose if transposition == 'matmul' or outward
                  else linear_rules.conv_lhs_transpose_by_conv)
     in_coeffs = transpose(out_coeffs[0], jnp.asarray(step.invals[1]), step.params,
                           nodes[0].shape)
-    slack = linear_rounding.affine_slack(step, out_coeffs, [None]) if outward else None
+    slack = (linear_rounding.affine_slack(
+        step, out_coeffs, [None], gamma=linear_rounding.conv_matmul_gamma(
+            step, out_coeffs[0].dtype)) if outward else None)
     return ([(nodes[0], in_coeffs)], jnp.zeros(out_coeffs[0].shape[:1], out_coeffs[0].dtype),
             slack)
 

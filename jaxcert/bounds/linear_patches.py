@@ -168,8 +168,9 @@ def _weighted_sum(coeffs, values):
   return products.sum(axis=(-3, -2, -1))
 
 
-def _conv_transpose_patches(patches, step: linear_graph.Step):
-  """Rows on a convolution's output windows -> rows on its input windows (VALID, stride s)."""
+def _conv_transpose_patches(patches, step: linear_graph.Step, outward: bool = False):
+  """Rows on a convolution's output windows -> rows on its input windows (VALID, stride s); in
+  two stages (`conv_lhs_transpose`, `linear_rounding.conv_matmul_gamma`) with `outward`."""
   leading = patches.shape[:-3]
   h, w, channels = patches.shape[-3:]
   flat = patches.reshape((-1, 1, h, w, channels))
@@ -178,7 +179,7 @@ def _conv_transpose_patches(patches, step: linear_graph.Step):
   in_shape = (1, (h - 1) * strides[0] + kernel_h, (w - 1) * strides[1] + kernel_w, in_channels)
   valid = dict(step.params, padding=((0, 0), (0, 0)))
   transpose = (linear_rules.conv_lhs_transpose
-               if linear_rules.transpose_conv_by_matmul(patches.dtype)
+               if outward or linear_rules.transpose_conv_by_matmul(patches.dtype)
                else linear_rules.conv_lhs_transpose_by_conv)
   out = transpose(flat, jnp.asarray(step.invals[1], patches.dtype), valid, in_shape)
   return out.reshape(leading + in_shape[1:])
@@ -273,6 +274,15 @@ def _scalar_slack(scale, magnitudes, products: int):
   return rounding.round_up(rounding.round_up(product * (2 * gamma)) + 2 * products * tiny)
 
 
+def _scaled_slack(coeffs, weighted, gamma: float):
+  """Per (side, neuron), `gamma` times `sum |coeffs| weighted` over the window, rounded up."""
+  sides, neurons = coeffs.shape[:2]
+  flat_shape = (sides * neurons,) + coeffs.shape[2:]
+  total = linear_rounding.sum_above(coeffs.reshape(flat_shape),
+                                    jnp.broadcast_to(weighted, coeffs.shape).reshape(flat_shape))
+  return rounding.round_up(total * gamma).reshape(sides, neurons)
+
+
 def _window_slack(coeffs, weighted, products: int, summed: bool = False, magnitudes=None):
   """Per (side, neuron), a bound of the rounding error of window coefficients `coeffs`
   (2, n, h, w, C) each computed by `products` roundings, paired with values bounded by
@@ -341,11 +351,12 @@ def patch_lower_bounds(chain, node: linear_graph.Node, flat_indices,
     elif step.primitive is _P.conv_general_dilated_p:
       params = step.params
       strides, padding = params['window_strides'], params['padding']
-      if outward:  # gamma_n |coeffs| . (|K| m) on the output window (docs/linear_bounds.md §8).
+      if outward:  # gamma |coeffs| . (|K| m) on the output window (docs/linear_bounds.md §8).
         terms = linear_rounding.transposed_terms(step)
-        transposition = _window_slack(coeffs, gather(linear_rounding.magnitude_image(step)),
-                                      products=terms, magnitudes=jnp.zeros((), dtype))
-      coeffs = _conv_transpose_patches(coeffs, step)
+        transposition = _scaled_slack(
+            coeffs, gather(linear_rounding.magnitude_image(step)),
+            linear_rounding.conv_matmul_gamma(step, dtype))
+      coeffs = _conv_transpose_patches(coeffs, step, outward)
       window = _Window(
           start=tuple(s * stride - lo for s, stride, (lo, _) in zip(window.start, strides,
                                                                     padding)),

@@ -54,9 +54,13 @@ def _format(dtype) -> tuple[float, float]:
 
 def _gamma(n: int, dtype) -> float:
   """Higham's `gamma_n`, rounded up to a number of `dtype` (0 for n = 0)."""
-  if not n:
-    return 0.0
-  value = rounding.gamma(n, dtype)
+  return _gamma_of(rounding.gamma(n, dtype), dtype) if n else 0.0
+
+
+def _gamma_of(value: float, dtype) -> float:
+  """`value` (a small positive factor, computed in float64 with relative error ~1e-16) rounded
+  up to a number of `dtype`, with a 1e-12 relative margin over the float64 rounding."""
+  value = value * (1 + 1e-12)
   rounded = np.asarray(value, np.float64).astype(dtype)
   if float(rounded) < value:
     rounded = np.nextafter(rounded, np.asarray(np.inf, dtype))
@@ -180,10 +184,30 @@ def magnitude_image(step: linear_graph.Step):
                            + 2 * forward_terms * tiny)
 
 
-def affine_slack(step: linear_graph.Step, out_coeffs: list, offsets: list):
+def two_stage_gamma(inner: int, outer: int, dtype) -> float:
+  """The error factor of sums computed as `outer` partial sums of `inner` products each, added
+  up (`rounding._blocked_gamma`: `gamma_inner + gamma_outer (1 + gamma_inner)`), rounded up to
+  a number of `dtype`: about `(inner + outer) u` instead of `inner outer u`."""
+  first = _gamma(inner, dtype)
+  return _gamma_of(first + _gamma(outer, dtype) * (1 + first), dtype)
+
+
+def conv_matmul_gamma(step: linear_graph.Step, dtype) -> float:
+  """The error factor of a convolution transposed by `linear_rules.conv_lhs_transpose`: one
+  product over the output features per kernel offset, then the offsets' patches added one
+  after the other (a two-stage sum, `two_stage_gamma`)."""
+  kernel = jnp.shape(step.invals[1])
+  spec = step.params['dimension_numbers'].rhs_spec
+  return two_stage_gamma(kernel[spec[0]], math.prod(kernel[d] for d in spec[2:]), dtype)
+
+
+def affine_slack(step: linear_graph.Step, out_coeffs: list, offsets: list,
+                 gamma: float | None = None):
   """Per row, an upper bound of the rounding error of transposing an affine step (coefficients
   `out_coeffs`, one per output, None where none) and of summing its offset term
-  `sum out_coeffs . offsets` (`offsets`: the step's value at 0, or None where it has none)."""
+  `sum out_coeffs . offsets` (`offsets`: the step's value at 0, or None where it has none).
+  `gamma`: the transposition's error factor where it was computed in two stages
+  (`two_stage_gamma`), else `gamma_n` of its `transposed_terms`."""
   rows = next(c for c in out_coeffs if c is not None)
   slack = jnp.zeros(rows.shape[:1], rows.dtype)
   terms = transposed_terms(step)
@@ -191,7 +215,7 @@ def affine_slack(step: linear_graph.Step, out_coeffs: list, offsets: list):
     (coeffs,) = out_coeffs
     (node,) = _bounded(step)
     _, tiny = _format(coeffs.dtype)
-    gamma = _gamma(terms, coeffs.dtype)
+    gamma = _gamma(terms, coeffs.dtype) if gamma is None else gamma
     slack = (_scaled_above(sum_above(coeffs, magnitude_image(step)), gamma)
              + _scaled_above(sum_above(jnp.ones((1,) + node.shape, coeffs.dtype),
                                         magnitude(node)), 2 * terms * tiny))
@@ -244,5 +268,6 @@ def addition_slack(total):
 
 
 __all__ = ['EXACT_TRANSPOSITIONS', 'accumulation_slack', 'addition_slack', 'affine_slack',
-           'gamma_above', 'magnitude', 'magnitude_image', 'relaxed_slack', 'sum_slack',
-           'sum_above', 'transposed_terms', 'window_error']
+           'conv_matmul_gamma', 'gamma_above', 'magnitude', 'magnitude_image', 'relaxed_slack',
+           'sum_above', 'sum_slack', 'transposed_terms', 'two_stage_gamma',
+           'window_error']
