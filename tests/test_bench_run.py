@@ -63,3 +63,15 @@ def test_ibp_bench_times_both_dtypes_and_the_runner_reads_them():
                       '20x30, k = 3 (rank_bounds, float64)']
   with pytest.raises(SystemExit):
     ibp.main(['--dtypes', 'float16'])
+
+
+def test_crown_bench_times_the_rigorous_mode_beside_round_to_nearest():
+  from bench import crown  # pylint: disable=import-outside-toplevel
+  result = crown.main(['--models', 'mlp', '--batch_size', '2', '--repeats', '1', '--methods',
+                       'crown_ibp', '--outward', '--dtype', 'float32', '--embedding_dim', '8'])
+  timings = result['cost']['mlp']
+  for method in ('crown_ibp', 'ibp (outward)', 'crown_ibp (outward)'):
+    assert timings[method] > 0
+  # The rigorous boxes contain the round-to-nearest ones (a slack is subtracted), barely wider.
+  assert (timings['crown_ibp_mean_width'] <= timings['crown_ibp (outward)_mean_width']
+          < 1.01 * timings['crown_ibp_mean_width'])
