@@ -137,8 +137,9 @@ def transposed_terms(step: linear_graph.Step) -> int:
     (contracting, batch) = params['dimension_numbers']
     own = set(contracting[1 - position[0]]) | set(batch[1 - position[0]])
     return max(1, math.prod(size for d, size in enumerate(constant) if d not in own))
-  if primitive is _P.conv_general_dilated_p:  # Each input coefficient: kernel window x outputs.
-    kernel = jnp.shape(step.invals[1])
+  if (primitive is _P.conv_general_dilated_p and position == [0]
+      and params['batch_group_count'] == 1):
+    kernel = jnp.shape(step.invals[1])  # Each input coefficient: kernel window x outputs.
     spec = params['dimension_numbers'].rhs_spec
     return max(1, kernel[spec[0]] * math.prod(kernel[d] for d in spec[2:]))
   if primitive is _P.broadcast_in_dim_p:
