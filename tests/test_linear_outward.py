@@ -235,3 +235,75 @@ def test_outward_patches_contain_the_exact_range_of_convolution_neurons():
   assert (_exact(out_lower) <= minimum).all() and (_exact(out_upper) >= maximum).all()
   near_lower, near_upper = tightened('nearest')
   assert ((_exact(near_lower) > minimum) | (_exact(near_upper) < maximum)).any()
+
+
+def _random_network(seed):
+  """A float32 network drawn at random, and its exact (fractions) counterpart: dense or
+  convolutional layers of weights spanning several orders of magnitude, with ReLUs, biases,
+  scalings and divisions; inputs of 4 pixels (16 box corners)."""
+  rng = np.random.default_rng(seed)
+  scale = lambda size: (rng.normal(size=size) * 10.0 ** rng.uniform(-2, 3)).astype(np.float32)
+  convolutional = seed % 2 == 1
+  layers = []
+  width = 4
+  if convolutional:
+    features = int(rng.integers(2, 6))
+    layers.append(('conv', scale((2, 2, 1, features)), scale(features)))
+    width = features  # A 1 x 1 map after the 2 x 2 VALID convolution of the 2 x 2 image.
+  for _ in range(int(rng.integers(1, 3))):
+    out = int(rng.integers(2, 70))
+    layers.append(('dense', scale((width, out)), scale(out)))
+    width = out
+  layers.append(('scale', np.float32(10.0 ** rng.uniform(-3, 3)), None))
+  layers.append(('dense', scale((width, 3)), None))
+
+  def fn(x):
+    h = x.reshape(x.shape[0], 2, 2, 1) if convolutional else x
+    for kind, weight, bias in layers:
+      if kind == 'conv':
+        h = jax.lax.conv_general_dilated(h, weight, (1, 1), 'VALID',
+                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+        h = jnp.maximum(h + bias, 0).reshape(h.shape[0], -1)
+      elif kind == 'scale':
+        h = (h * weight) / np.float32(3)
+      else:
+        h = h @ weight + (bias if bias is not None else 0)
+        h = jnp.maximum(h, 0) if bias is not None else h
+    return h
+
+  def exact(point):  # One point (4,), exactly.
+    h = _exact(point)
+    if convolutional:
+      h = h.reshape(2, 2, 1)
+    for kind, weight, bias in layers:
+      if kind == 'conv':
+        h = np.maximum(_exact_conv(h, _exact(weight)) + _exact(bias), Fraction(0)).reshape(-1)
+      elif kind == 'scale':
+        h = h * Fraction(float(weight)) / 3
+      else:
+        h = h @ _exact(weight) + (_exact(bias) if bias is not None else 0)
+        h = np.maximum(h, Fraction(0)) if bias is not None else h
+    return h
+
+  center = rng.uniform(-2, 2, size=(1, 4)).astype(np.float32)
+  radius = np.float32(10.0 ** rng.uniform(-4, 0))
+  return fn, exact, center - radius, center + radius
+
+
+@pytest.mark.parametrize('seeds', [range(2), pytest.param(range(2, 40), marks=pytest.mark.slow)],
+                         ids=['quick', 'sweep'])
+def test_outward_bounds_of_random_networks_hold_at_exact_points(seeds):
+  """Fuzz: for random networks and boxes, the rigorous CROWN-IBP and CROWN bounds contain the
+  exact outputs at the 16 corners and 16 random points of the box."""
+  for seed in seeds:
+    fn, exact, lower, upper = _random_network(seed)
+    corners = np.array(np.meshgrid(*[[0, 1]] * 4)).reshape(4, -1).T
+    rng = np.random.default_rng(seed)
+    points = np.concatenate([np.where(corners == 0, lower, upper),
+                             rng.uniform(lower, upper, size=(16, 4))]).astype(np.float32)
+    values = np.stack([exact(point) for point in points])
+    for method in ('crown_ibp', 'crown'):
+      out_lower, out_upper = (np.asarray(b)[0] for b in jax.jit(
+          linear_bounds(fn, method, rounding='outward'))(lower, upper))
+      assert (values >= _exact(out_lower)).all(), (seed, method)
+      assert (values <= _exact(out_upper)).all(), (seed, method)
