@@ -60,7 +60,6 @@ from jaxcert.bounds import retrieval as certified_retrieval  # pylint: disable=w
 from jaxcert.bounds.linear import DEFAULT_ROW_CHUNK  # pylint: disable=wrong-import-position
 from jaxcert.bounds.linear import linear_bounds  # pylint: disable=wrong-import-position
 from jaxcert.bounds.linear import METHODS  # pylint: disable=wrong-import-position
-from jaxcert.bounds.linear import OUTWARD_METHODS  # pylint: disable=wrong-import-position
 
 # Encoder name -> (image shape (H, W, C), perturbation radius eps).
 IMAGE_SETTINGS = {
@@ -146,7 +145,7 @@ def cost_main(args, parser) -> dict:
   methods += [DENSE_CROWN] if args.dense else []
   if args.outward:
     methods += ['ibp' + OUTWARD_SUFFIX] + [method + OUTWARD_SUFFIX for method in methods
-                                           if method in OUTWARD_METHODS]
+                                           if method in METHODS]
   lirpa = auto_lirpa_or_none()
   print(f'{"model":<10} {"batch":>5} {"dtype":>8} {"method":>22} {"ms / image":>11} '
         f'{"x forward":>10} {"mean width":>11}   (forward pass in float32, same run; width: '

@@ -73,8 +73,6 @@ from jaxcert.bounds.interval import SAME_OPERAND_RULES
 from jaxcert.bounds.interval import source_location
 
 METHODS = ('crown_ibp', 'crown', 'alpha_crown')
-# Methods with a rigorous (rounding='outward') mode (docs/linear_bounds.md §8).
-OUTWARD_METHODS = ('crown_ibp', 'crown')
 # Methods whose intermediate bounds come from backward passes (the others' from IBP).
 _TIGHTENING_METHODS = ('crown', 'alpha_crown')
 # alpha-CROWN's optimisation, auto_LiRPA's defaults (`optimize_bound_args`): Adam steps on the
@@ -125,9 +123,6 @@ def _check_method(method: str, rounding_mode: str = 'nearest') -> None:
     raise ValueError(f'Unknown linear bound method {method!r}; valid methods: {list(METHODS)}.')
   if rounding_mode not in ROUNDING_MODES:
     raise ValueError(f'Unknown rounding {rounding_mode!r}; valid: {list(ROUNDING_MODES)}.')
-  if rounding_mode == 'outward' and method not in OUTWARD_METHODS:
-    raise ValueError(f"rounding='outward' linear bounds support the methods "
-                     f'{list(OUTWARD_METHODS)}, not {method!r}.')
 
 
 def _is_affine(primitive, invals, params) -> bool:
@@ -490,8 +485,10 @@ def _transpose_relaxed(step: linear_graph.Step, coeffs, alpha=None, outward: boo
   lower_slopes, lower_offset = relaxation.lower_slopes, relaxation.lower_offset
   if alpha is not None:
     lower_slopes = (jnp.where(relaxation.optimizable, alpha, lower_slopes[0]),)
-    lower_offset = jnp.where(relaxation.optimizable, (1 - alpha) * relaxation.pivot,
-                             lower_offset)
+    offset = (1 - alpha) * relaxation.pivot
+    if outward:  # Below the real line alpha (x - pivot) + pivot: rounded down (0 is exact).
+      offset = jnp.where(relaxation.pivot == 0, 0, outward_rounding.round_down(offset))
+    lower_offset = jnp.where(relaxation.optimizable, offset, lower_offset)
   in_coeffs = [(node, positive * lower + negative * upper) for node, lower, upper in
                zip(nodes, lower_slopes, relaxation.upper_slopes)]
   bias = (_weighted_sum(positive, lower_offset)
@@ -780,7 +777,7 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
       (`jaxcert.bounds.linear_patches`; the same bounds, much faster); False: dense passes.
     rounding: 'nearest' (bounds up to rounding, as `interval`'s default) or 'outward'
       (rigorous in any float dtype, e.g. float32 on an accelerator: the bounds hold for the
-      real-valued `fn`; methods `OUTWARD_METHODS`, ReLU the only relaxed step;
+      real-valued `fn`; ReLU the only relaxed step;
       docs/linear_bounds.md §8).
 
   Returns:
