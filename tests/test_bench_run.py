@@ -65,6 +65,7 @@ def test_ibp_bench_times_both_dtypes_and_the_runner_reads_them():
     ibp.main(['--dtypes', 'float16'])
 
 
+@pytest.mark.slow
 def test_crown_bench_times_the_rigorous_mode_beside_round_to_nearest():
   from bench import crown  # pylint: disable=import-outside-toplevel
   result = crown.main(['--models', 'mlp', '--batch_size', '2', '--repeats', '1', '--methods',

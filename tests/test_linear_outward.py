@@ -69,7 +69,8 @@ def _exact_output(params, x):
   return hidden @ w2
 
 
-@pytest.mark.parametrize('method', ['crown_ibp', 'crown', 'alpha_crown'])
+@pytest.mark.parametrize('method', ['crown_ibp', 'crown',
+                                    pytest.param('alpha_crown', marks=pytest.mark.slow)])
 def test_outward_bounds_contain_the_exact_range_of_an_affine_network(method):
   """All ReLUs active: the network is affine on the box, CROWN's relaxation is exact, and the
   real minimum and maximum of each output are attained at a vertex computed exactly."""
@@ -103,9 +104,11 @@ def test_outward_bounds_contain_the_exact_range_of_an_affine_network(method):
   assert any(violated)  # Rounded to nearest, some bound is false on these cases.
 
 
-def test_outward_bounds_hold_at_exact_points_of_an_unstable_network():
+@pytest.mark.parametrize('seeds', [range(1), pytest.param(range(1, 4), marks=pytest.mark.slow)],
+                         ids=['quick', 'sweep'])
+def test_outward_bounds_hold_at_exact_points_of_an_unstable_network(seeds):
   """Unstable ReLUs: the box's vertices and random points, evaluated exactly, lie inside."""
-  for seed in range(2):
+  for seed in seeds:
     w1, b1, w2, x0 = _two_layer(seed, n=6, stable=False)
     x0 = (x0 / 100).astype(np.float32)
     eps = np.float32(0.05)
@@ -288,12 +291,11 @@ def _random_network(seed):
   return fn, exact, center - radius, center + radius
 
 
-@pytest.mark.parametrize('seeds', [range(2), pytest.param(range(2, 40), marks=pytest.mark.slow)],
-                         ids=['quick', 'sweep'])
-def test_outward_bounds_of_random_networks_hold_at_exact_points(seeds):
+@pytest.mark.slow
+def test_outward_bounds_of_random_networks_hold_at_exact_points():
   """Fuzz: for random networks and boxes, the rigorous CROWN-IBP and CROWN bounds contain the
   exact outputs at the 16 corners and 16 random points of the box."""
-  for seed in seeds:
+  for seed in range(40):
     fn, exact, lower, upper = _random_network(seed)
     corners = np.array(np.meshgrid(*[[0, 1]] * 4)).reshape(4, -1).T
     rng = np.random.default_rng(seed)
