@@ -886,7 +886,7 @@ def test_float64_certification_survives_what_float32_rounding_gets_wrong(tmp_pat
   assert float32['recall@1'] == 1 and float32['cr_recall_qa@1'] == float32['cr_recall_ca@1'] == 0
   assert float32['rounding']['embedding'] > 0.1 and float32['rounding']['box'] > 0.1
   assert 'certified in float32 with outward rounding' in open(tmp_path / 'float32' / 'ibp.md').read()
-  for method in ('crown_ibp', 'crown'):  # Rigorous linear bounds (docs/linear_bounds.md §8).
+  for method in ('crown',):  # Rigorous linear bounds (docs/linear_bounds.md §8).
     config.ibp.method = method
     rigorous = ibp.run(inputs, str(tmp_path / method))
     assert rigorous['cr_recall_qa@1'] == rigorous['cr_recall_ca@1'] == 0

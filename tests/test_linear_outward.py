@@ -127,6 +127,7 @@ def test_outward_bounds_hold_at_exact_points_of_an_unstable_network(seeds):
       assert (values <= _exact(out_upper)).all()
 
 
+@pytest.mark.slow
 def test_outward_small_cnn_bounds_are_sound_and_close_to_float64():
   """Small CNN in float32: the rigorous bounds lie below/above the float64 bounds (the same
   relaxation, rounding ~1e-16) and contain the float64 network at sampled points of the box and
