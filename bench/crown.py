@@ -30,8 +30,8 @@ in `--methods`.
 `--cost` with `--checkpoint` times the methods (1.) on the checkpoint's first `--batch_size`
 queries at the first `--eps` instead of certifying; `--dense` adds 'crown (dense)', CROWN without
 the patches pass of its convolutions' intermediate bounds (`linear_bounds(..., patches=False)`);
-`--outward` adds the rigorous mode of IBP and of the linear methods that have one
-(`rounding='outward'`, docs/linear_bounds.md §8).
+`--outward` adds the rigorous mode of IBP and of each linear method timed
+(`rounding='outward'`, docs/linear_bounds.md §8.1).
 """
 
 import argparse
@@ -518,8 +518,8 @@ def main(argv=None) -> dict:
                       help="cost: also time 'crown (dense)', CROWN without patches")
   parser.add_argument('--outward', action='store_true',
                       help="cost: also time the rigorous mode (rounding='outward', "
-                           "docs/linear_bounds.md §8) of IBP and of the linear methods that "
-                           "have one, e.g. 'crown (outward)'")
+                           "docs/linear_bounds.md §8.1) of IBP and of each linear method, "
+                           "e.g. 'crown (outward)'")
   args = parser.parse_args(argv)
   env = common.environment()
   common.print_environment(env)

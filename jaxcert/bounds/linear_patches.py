@@ -274,13 +274,17 @@ def _scalar_slack(scale, magnitudes, products: int):
   return rounding.round_up(rounding.round_up(product * (2 * gamma)) + 2 * products * tiny)
 
 
+def _per_row(coeffs, values):
+  """Window-shaped `coeffs` (2, n, h, w, C) and `values` (broadcastable to it) as rows of one
+  (2 n, h, w, C) array each, the layout of `linear_rounding`'s per-row bounds."""
+  flat_shape = (coeffs.shape[0] * coeffs.shape[1],) + coeffs.shape[2:]
+  return coeffs.reshape(flat_shape), jnp.broadcast_to(values, coeffs.shape).reshape(flat_shape)
+
+
 def _scaled_slack(coeffs, weighted, gamma: float):
   """Per (side, neuron), `gamma` times `sum |coeffs| weighted` over the window, rounded up."""
-  sides, neurons = coeffs.shape[:2]
-  flat_shape = (sides * neurons,) + coeffs.shape[2:]
-  total = linear_rounding.sum_above(coeffs.reshape(flat_shape),
-                                    jnp.broadcast_to(weighted, coeffs.shape).reshape(flat_shape))
-  return rounding.round_up(total * gamma).reshape(sides, neurons)
+  total = linear_rounding.sum_above(*_per_row(coeffs, weighted))
+  return rounding.round_up(total * gamma).reshape(coeffs.shape[:2])
 
 
 def _window_slack(coeffs, weighted, products: int, summed: bool = False, magnitudes=None):
@@ -288,12 +292,10 @@ def _window_slack(coeffs, weighted, products: int, summed: bool = False, magnitu
   (2, n, h, w, C) each computed by `products` roundings, paired with values bounded by
   `magnitudes` through factors bounded by `weighted` (factor times magnitude), and with `summed`
   of their sum over the window (`linear_rounding.window_error`)."""
-  sides, neurons = coeffs.shape[:2]
-  flat_shape = (sides * neurons,) + coeffs.shape[2:]
-  flatten = lambda values: jnp.broadcast_to(values, coeffs.shape).reshape(flat_shape)
-  return linear_rounding.window_error(
-      coeffs.reshape(flat_shape), flatten(weighted), products, summed,
-      None if magnitudes is None else flatten(magnitudes)).reshape(sides, neurons)
+  flat, flat_weighted = _per_row(coeffs, weighted)
+  flat_magnitudes = None if magnitudes is None else _per_row(coeffs, magnitudes)[1]
+  return linear_rounding.window_error(flat, flat_weighted, products, summed,
+                                      flat_magnitudes).reshape(coeffs.shape[:2])
 
 
 def patch_lower_bounds(chain, node: linear_graph.Node, flat_indices,
@@ -364,14 +366,10 @@ def patch_lower_bounds(chain, node: linear_graph.Node, flat_indices,
           size=coeffs.shape[-3:-1], extent=node_in.shape[1:3], positions=window.positions)
       coeffs = coeffs * _inside_mask(window, neurons)[None].astype(dtype)
       if outward:  # ... plus 2 n tiny per entry of the input window, times its magnitude.
-        tiny = float(jnp.finfo(dtype).tiny)
-        magnitudes = jnp.broadcast_to(
-            _gather(linear_rounding.magnitude(node_in), window, neurons, dtype)[None],
-            coeffs.shape)
-        total = linear_rounding.sum_above(
-            jnp.ones((coeffs.shape[0] * coeffs.shape[1],) + coeffs.shape[2:], dtype),
-            magnitudes.reshape((-1,) + coeffs.shape[2:])).reshape(coeffs.shape[:2])
-        slack = _add_up(slack, transposition, rounding.round_up(total * (2 * terms * tiny)))
+        underflow = _scaled_slack(
+            jnp.ones_like(coeffs), gather(linear_rounding.magnitude(node_in)),
+            2 * terms * float(jnp.finfo(dtype).tiny))
+        slack = _add_up(slack, transposition, underflow)
     else:  # Elementwise affine: y = slope * x + offset, slope and offset from a JVP at zero.
       offset, slope = _elementwise_affine(step, node_in)
       bias = bias + _weighted_sum(coeffs, gather(offset))

@@ -52,7 +52,7 @@ def _format(dtype) -> tuple[float, float]:
   return float(info.eps) / 2, float(info.tiny)
 
 
-def _gamma(n: int, dtype) -> float:
+def gamma_above(n: int, dtype) -> float:
   """Higham's `gamma_n`, rounded up to a number of `dtype` (0 for n = 0)."""
   return _gamma_of(rounding.gamma(n, dtype), dtype) if n else 0.0
 
@@ -77,13 +77,8 @@ def sum_above(coeffs, values):
   count = math.prod(coeffs.shape[1:])
   _, tiny = _format(coeffs.dtype)
   total = products.reshape(coeffs.shape[0], -1).sum(axis=1)
-  factor = 1 + 4 * _gamma(count, coeffs.dtype)
+  factor = 1 + 4 * gamma_above(count, coeffs.dtype)
   return rounding.round_up(rounding.round_up(total * factor) + 2 * count * tiny)
-
-
-def gamma_above(n: int, dtype) -> float:
-  """`gamma_n` (Higham) as a Python float at or above its value in `dtype`."""
-  return _gamma(n, dtype)
 
 
 def window_error(coeffs, weighted_magnitudes, products: int, summed: bool = False,
@@ -96,7 +91,7 @@ def window_error(coeffs, weighted_magnitudes, products: int, summed: bool = Fals
   `2 (products + N) tiny` (`summed`)."""
   count = products + (math.prod(coeffs.shape[1:]) if summed else 0)
   _, tiny = _format(coeffs.dtype)
-  error = _scaled_above(sum_above(coeffs, weighted_magnitudes), _gamma(count, coeffs.dtype))
+  error = _scaled_above(sum_above(coeffs, weighted_magnitudes), gamma_above(count, coeffs.dtype))
   if summed:
     return rounding.round_up(error + 2 * count * tiny)
   magnitudes = weighted_magnitudes if magnitudes is None else magnitudes
@@ -181,7 +176,7 @@ def magnitude_image(step: linear_graph.Step):
   else:
     forward_terms = transposed_terms(step)
   _, tiny = _format(image.dtype)
-  return rounding.round_up(image * (1 + 4 * _gamma(forward_terms, image.dtype))
+  return rounding.round_up(image * (1 + 4 * gamma_above(forward_terms, image.dtype))
                            + 2 * forward_terms * tiny)
 
 
@@ -189,8 +184,8 @@ def two_stage_gamma(inner: int, outer: int, dtype) -> float:
   """The error factor of sums computed as `outer` partial sums of `inner` products each, added
   up (`rounding._blocked_gamma`: `gamma_inner + gamma_outer (1 + gamma_inner)`), rounded up to
   a number of `dtype`: about `(inner + outer) u` instead of `inner outer u`."""
-  first = _gamma(inner, dtype)
-  return _gamma_of(first + _gamma(outer, dtype) * (1 + first), dtype)
+  first = gamma_above(inner, dtype)
+  return _gamma_of(first + gamma_above(outer, dtype) * (1 + first), dtype)
 
 
 def conv_matmul_gamma(step: linear_graph.Step, dtype) -> float:
@@ -216,7 +211,7 @@ def affine_slack(step: linear_graph.Step, out_coeffs: list, offsets: list,
     (coeffs,) = out_coeffs
     (node,) = _bounded(step)
     _, tiny = _format(coeffs.dtype)
-    gamma = _gamma(terms, coeffs.dtype) if gamma is None else gamma
+    gamma = gamma_above(terms, coeffs.dtype) if gamma is None else gamma
     slack = (_scaled_above(sum_above(coeffs, magnitude_image(step)), gamma)
              + _scaled_above(sum_above(jnp.ones((1,) + node.shape, coeffs.dtype),
                                         magnitude(node)), 2 * terms * tiny))
@@ -233,7 +228,7 @@ def sum_slack(coeffs, magnitudes, extra_terms: int = 1):
   count = math.prod(coeffs.shape[1:]) + extra_terms
   _, tiny = _format(coeffs.dtype)
   return rounding.round_up(_scaled_above(sum_above(coeffs, magnitudes),
-                                         _gamma(count, coeffs.dtype)) + 2 * count * tiny)
+                                         gamma_above(count, coeffs.dtype)) + 2 * count * tiny)
 
 
 def relaxed_slack(step: linear_graph.Step, coeffs, lower_slopes, upper_slopes, lower_offset,
@@ -246,7 +241,7 @@ def relaxed_slack(step: linear_graph.Step, coeffs, lower_slopes, upper_slopes, l
   slopes = jnp.maximum(jnp.abs(lower_slopes), jnp.abs(upper_slopes))
   size = jnp.ones((1,) + node.shape, coeffs.dtype)
   transposition = (_scaled_above(sum_above(coeffs, slopes * magnitude(node)),
-                                 2 * _gamma(2, coeffs.dtype))
+                                 2 * gamma_above(2, coeffs.dtype))
                    + _scaled_above(sum_above(size, magnitude(node)), 4 * tiny))
   offsets = sum_slack(coeffs, jnp.maximum(jnp.abs(lower_offset), jnp.abs(upper_offset)),
                       extra_terms=2)

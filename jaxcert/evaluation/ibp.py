@@ -183,12 +183,11 @@ def embedding_bound_transform(method: str, outward: bool = False):
   convention as `interval(fn)`, already intersected with the IBP bounds). Cached: one function
   object per method, so jit reuses its compilations.
 
-  With `outward` (the rigorous float32), 'crown_ibp' and 'crown' are `linear_bounds(fn, method,
-  rounding='outward')` (docs/linear_bounds.md §8).
+  With `outward` (the rigorous float32): `outward_interval`, or `linear_bounds(fn, method,
+  rounding='outward')` (docs/linear_bounds.md §8.1).
 
   Raises:
-    ValueError: an unknown method, or 'alpha_crown' with `outward` (it has no rigorous mode:
-      certify it in float64).
+    ValueError: an unknown method.
   """
   if method not in METHODS:
     raise ValueError(f'Unknown config.ibp.method {method!r}; valid: {list(METHODS)}.')
