@@ -57,7 +57,6 @@ from jaxcert import models  # pylint: disable=wrong-import-position
 from jaxcert.bounds import input_box  # pylint: disable=wrong-import-position
 from jaxcert.bounds import interval  # pylint: disable=wrong-import-position
 from jaxcert.bounds import retrieval as certified_retrieval  # pylint: disable=wrong-import-position
-from jaxcert.bounds.linear import DEFAULT_ROW_CHUNK  # pylint: disable=wrong-import-position
 from jaxcert.bounds.linear import linear_bounds  # pylint: disable=wrong-import-position
 from jaxcert.bounds.linear import METHODS  # pylint: disable=wrong-import-position
 
@@ -83,7 +82,7 @@ def computing_in(dtype: str):
     yield
 
 
-def bound_function(apply_fn, method: str, row_chunk: int):
+def bound_function(apply_fn, method: str, row_chunk: int | None):
   """`(variables, lower, upper) -> (out_lower, out_upper)`, jitted, by IBP or `method` (or
   'crown (dense)': CROWN without patches; '<method> (outward)': the rigorous mode of IBP or a
   linear method, rounding='outward')."""
@@ -101,7 +100,7 @@ def bound_function(apply_fn, method: str, row_chunk: int):
 
 
 def time_methods(apply_fn, variables, images, eps, *, methods, repeats: int, dtype: str,
-                 row_chunk: int, auto_lirpa_model=None) -> tuple[dict, dict]:
+                 row_chunk: int | None, auto_lirpa_model=None) -> tuple[dict, dict]:
   """Median seconds of the float32 forward pass and of each bound method in `dtype`, and the
   bounds of each method.
 
@@ -212,7 +211,7 @@ def _checkpoint_queries(args):
           args.eps[0])
 
 
-def bounder(model, variables, image_shape, method: str, *, dtype: str, row_chunk: int):
+def bounder(model, variables, image_shape, method: str, *, dtype: str, row_chunk: int | None):
   """`(variables, lower, upper) -> (out_lower, out_upper)` by `method`: 'ibp', one of METHODS
   (jitted; built once, it compiles once), or 'auto_lirpa_' + one of LIRPA_METHODS (auto_LiRPA's
   bounds on the same weights, numpy out)."""
@@ -500,8 +499,9 @@ def main(argv=None) -> dict:
   parser.add_argument('--batch_size', type=int, default=16, help='images per bound call')
   parser.add_argument('--embedding_dim', type=int, default=128)
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--row_chunk', type=int, default=DEFAULT_ROW_CHUNK,
-                      help='specification rows per backward pass (memory)')
+  parser.add_argument('--row_chunk', type=int, default=None,
+                      help='specification rows per backward pass (memory); default: '
+                      'linear_bounds\' choice for the batch (row_chunk_for)')
   parser.add_argument('--dtype', default='float32', choices=DTYPES,
                       help='what the bounds are computed in')
   parser.add_argument('--config', default=None, help='certification: the training config')

@@ -17,6 +17,7 @@ import pytest
 from jaxcert import models
 from jaxcert.bounds import input_box
 from jaxcert.bounds import interval
+from jaxcert.bounds import linear
 from jaxcert.bounds import linear_patches
 from jaxcert.bounds.linear import linear_bounds
 
@@ -41,7 +42,7 @@ def patch_calls(monkeypatch):
     return original(chain, node, flat_indices, *args)
 
   monkeypatch.setattr(linear_patches, 'patch_lower_bounds', counted)
-  monkeypatch.setattr(linear_patches, 'DEFAULT_PATCH_BUDGET', 3000)  # several chunks
+  monkeypatch.setattr(linear_patches, 'patch_budget', lambda batch: 3000)  # several chunks
   return calls
 
 
@@ -89,6 +90,27 @@ def test_patches_equal_dense_pass(patch_calls, pool):
     np.testing.assert_allclose(patched_bound, dense_bound, rtol=1e-9, atol=1e-12)
   # Not vacuous: CROWN's intermediate bounds made the output bounds tighter than IBP's.
   assert np.mean(patched[1] - patched[0]) < 0.9 * np.mean(ibp_upper - ibp_lower)
+
+
+def test_chunk_sizes_follow_the_batch_and_leave_the_bounds_alone(monkeypatch):
+  """One example alone takes larger row chunks and patch budgets than one of a batch of 40 (a
+  call's budget shared by its examples); its bounds are the same (float64)."""
+  assert linear.row_chunk_for(1) > linear.row_chunk_for(40) == linear.DEFAULT_ROW_CHUNK
+  assert linear_patches.patch_budget(1) > linear_patches.patch_budget(40)
+  assert linear_patches.patch_budget(40) == linear_patches.MIN_PATCH_BUDGET
+  assert linear_patches.patch_budget(1) <= linear_patches.MAX_PATCH_BUDGET
+  # Budgets this small network's layers exceed, so that both calls take several passes.
+  monkeypatch.setattr(linear_patches, 'MIN_PATCH_BUDGET', 600)
+  monkeypatch.setattr(linear_patches, 'PATCH_ENTRIES_PER_CALL', 3000)
+  assert linear_patches.patch_budget(40) == 600 and linear_patches.patch_budget(1) == 3000
+  rng = np.random.default_rng(13)
+  convnet, mixing = _convnet(rng, pool=False), rng.normal(size=(3, 20))
+  fn = lambda x: jnp.tanh(convnet(x)) @ mixing  # 20 outputs: several chunks of 8 rows, one of 32
+  lower, upper = input_box(rng.uniform(size=(40, 8, 8, 2)), 0.08)
+  batched = jax.jit(linear_bounds(fn, 'crown'))(lower, upper)
+  alone = jax.jit(linear_bounds(fn, 'crown'))(lower[:1], upper[:1])
+  for bound_alone, bound_batched in zip(alone, batched):
+    np.testing.assert_allclose(bound_alone, bound_batched[:1], rtol=1e-12, atol=1e-13)
 
 
 def _pgd_ends(fn, lower, upper, num_outputs, steps=40):

@@ -81,10 +81,14 @@ ALPHA_STEPS = 20
 ALPHA_LEARNING_RATE = 0.5
 ALPHA_LEARNING_RATE_DECAY = 0.98
 
-# Specification rows per backward pass; bounds memory at rows x (largest intermediate) per example
-# (times the batch under `vmap`). 8 keeps the Small CNN's CROWN at batch 50 under 500 MB of XLA
-# temporaries in float64 and is no slower than 256 on CPU (docs/linear_bounds.md §7).
+# Specification rows per backward pass, chosen per call by `row_chunk_for` unless given; bounds
+# memory at rows x (largest intermediate) per example (times the batch under `vmap`). 8 keeps the
+# Small CNN's CROWN at batch 50 under 500 MB of XLA temporaries in float64 and is no slower than
+# 256 on CPU (docs/linear_bounds.md §7); smaller batches take up to MAX_ROW_CHUNK rows a pass, about
+# ROWS_PER_CALL in all.
 DEFAULT_ROW_CHUNK = 8
+MAX_ROW_CHUNK = 32
+ROWS_PER_CALL = 256
 
 _P = jex_core.primitives
 
@@ -116,6 +120,11 @@ _COORDINATEWISE_PRIMITIVES = frozenset([
 ])
 _MIXING_PRIMITIVES = frozenset([_P.dot_general_p, _P.conv_general_dilated_p, _P.reduce_sum_p,
                                 _P.reduce_window_sum_p])
+
+
+def row_chunk_for(batch: int) -> int:
+  """Rows per backward pass when `batch` examples are bounded at once (`linear_bounds`' default)."""
+  return min(MAX_ROW_CHUNK, max(DEFAULT_ROW_CHUNK, ROWS_PER_CALL // batch))
 
 
 def _check_method(method: str, rounding_mode: str = 'nearest') -> None:
@@ -205,9 +214,10 @@ class _Graph:
   """The steps and nodes of one interpreted jaxpr, built in order by `_interpret`."""
 
   def __init__(self, method: str, input_bound: IntervalBound, row_chunk: int, patches: bool,
-               outward: bool = False):
+               outward: bool = False, patch_budget: int = linear_patches.MIN_PATCH_BUDGET):
     self.method = method
     self.row_chunk = row_chunk
+    self.patch_budget = patch_budget
     self.patches = patches
     self.outward = outward
     self.input = linear_graph.Node(0, input_bound, -1, exact=True, coordinatewise=True)
@@ -673,7 +683,7 @@ def _tightened(graph: _Graph, node: linear_graph.Node, relevant) -> IntervalBoun
       return _backward(graph, node, rows.reshape((chunk,) + node.shape),
                        symmetric=True).reshape(2, chunk)
   else:  # On each neuron's receptive field (docs/linear_bounds.md §5.1).
-    chunk = linear_patches.neurons_per_pass(chain, node)
+    chunk = linear_patches.neurons_per_pass(chain, node, graph.patch_budget)
     lower_bounds = lambda indices, valid: linear_patches.patch_lower_bounds(chain, node, indices,
                                                                             graph.outward)
   relevant = jnp.broadcast_to(relevant, node.shape).reshape(size)
@@ -722,11 +732,14 @@ def _validate_box(lower, upper) -> tuple[jax.Array, jax.Array]:
   return lower, upper
 
 
-def _example_graph(fn, method, row_chunk, patches, lower, upper, outward: bool = False):
-  """Interprets `fn` on one example's box (shape (1, ...)); returns (graph, outputs, treedef)."""
+def _example_graph(fn, method, row_chunk, patches, lower, upper, outward: bool = False,
+                   batch: int = 1):
+  """Interprets `fn` on one example's box (shape (1, ...)) of a call bounding `batch` examples;
+  returns (graph, outputs, treedef)."""
   placeholder = jax.ShapeDtypeStruct(lower.shape, lower.dtype)
   closed_jaxpr, out_shape = jax.make_jaxpr(fn, return_shape=True)(placeholder)
-  graph = _Graph(method, IntervalBound(lower, upper), row_chunk, patches, outward)
+  graph = _Graph(method, IntervalBound(lower, upper), row_chunk or row_chunk_for(batch), patches,
+                 outward, linear_patches.patch_budget(batch))
   outputs = _interpret(graph, closed_jaxpr.jaxpr, closed_jaxpr.consts, [graph.input])
   for leaf in jax.tree.leaves(out_shape):
     if not leaf.shape or leaf.shape[0] != 1:
@@ -754,7 +767,7 @@ def _output_bounds(graph: _Graph, output) -> tuple[jax.Array, jax.Array]:
 
 
 def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
-                  row_chunk: int = DEFAULT_ROW_CHUNK, patches: bool = True,
+                  row_chunk: int | None = None, patches: bool = True,
                   rounding: str = 'nearest') -> Callable[..., tuple[Any, Any]]:
   """Transforms `fn` into a function computing CROWN-family bounds of it, intersected with IBP.
 
@@ -772,7 +785,9 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
       pass's ReLU slopes optimised, `ALPHA_STEPS` Adam steps: about 60x the output pass of
       'crown'; Xu et al. 2021), see `METHODS`.
     row_chunk: output coordinates bounded per backward pass (memory: about 2 * row_chunk times
-      the largest intermediate value, per example).
+      the largest intermediate value, per example); None: `row_chunk_for(batch)`, 8 for batches
+      of 32 or more, up to 32 for one example (the patches of convolutions likewise take a
+      budget per call, `linear_patches.patch_budget`).
     patches: methods 'crown', 'alpha_crown' bound the outputs of convolutions in patches
       (`jaxcert.bounds.linear_patches`; the same bounds, much faster); False: dense passes.
     rounding: 'nearest' (bounds up to rounding, as `interval`'s default) or 'outward'
@@ -799,7 +814,7 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
     def one_example(example_lower, example_upper):
       graph, outputs, treedef = _example_graph(fn, method, row_chunk, patches,
                                                example_lower[None], example_upper[None],
-                                               outward)
+                                               outward, batch=lower.shape[0])
       pairs = [_output_bounds(graph, output) for output in outputs]
       return (jax.tree.unflatten(treedef, [lo[0] for lo, _ in pairs]),
               jax.tree.unflatten(treedef, [hi[0] for _, hi in pairs]))
@@ -814,7 +829,7 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
 
 
 def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crown', *,
-                       row_chunk: int = DEFAULT_ROW_CHUNK,
+                       row_chunk: int | None = None,
                        patches: bool = True) -> Callable[..., tuple[Any, Any]]:
   """Bounds of `c . fn(x)` for a batch of specification rows `c`, propagated through `fn`.
 
@@ -825,7 +840,7 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
   Args:
     fn: function of one batch, batch elements independent, returning one array (batch, out_dim).
     method: one of `METHODS`.
-    row_chunk: specification rows per backward pass.
+    row_chunk: specification rows per backward pass (None: as in `linear_bounds`).
     patches: as in `linear_bounds`.
 
   Returns:
@@ -837,7 +852,7 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
 
 
 def linear_spec_lower_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crown', *,
-                             row_chunk: int = DEFAULT_ROW_CHUNK,
+                             row_chunk: int | None = None,
                              patches: bool = True) -> Callable[..., jax.Array]:
   """The lower half of `linear_spec_bounds`, at about half its cost below the first nonlinearity.
 
@@ -863,7 +878,7 @@ def _spec_bounds(fn, method, row_chunk, patches, upper: bool):
 
     def one_example(example_lower, example_upper, rows_of_spec):
       graph, outputs, _ = _example_graph(fn, method, row_chunk, patches, example_lower[None],
-                                         example_upper[None])
+                                         example_upper[None], batch=lower.shape[0])
       if len(outputs) != 1 or len(_leaf_shape(outputs[0])) != 2:
         raise ValueError('linear_spec_bounds needs fn to return one array (batch, out_dim).')
       output = outputs[0]

@@ -45,9 +45,13 @@ _ELEMENTWISE_AFFINE = frozenset([_P.add_p, _P.sub_p, _P.mul_p, _P.div_p, _P.neg_
                                  _P.convert_element_type_p, _P.copy_p])
 
 # Entries of the patches carried at once per example (the output channels are split in chunks
-# under it): 2**15 float64 entries are 256 KB per example, 13 MB for a batch of 50 (a larger
-# budget was not faster on CPU; docs/linear_bounds.md §7).
-DEFAULT_PATCH_BUDGET = 2 ** 15
+# under it), chosen per call by `patch_budget`: about PATCH_ENTRIES_PER_CALL over the batch, at
+# least MIN_PATCH_BUDGET (2**15 float64 entries: 256 KB an example, 13 MB for a batch of 50, where
+# a larger budget was not faster on CPU) and at most MAX_PATCH_BUDGET (one Large-CNN image's CROWN
+# 2.2x faster at 2**17 than at 2**15, no faster above; docs/linear_bounds.md §7).
+MIN_PATCH_BUDGET = 2 ** 15
+MAX_PATCH_BUDGET = 2 ** 17
+PATCH_ENTRIES_PER_CALL = 2 ** 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -412,11 +416,17 @@ def _concretize(coeffs, bound: IntervalBound, window: _Window, neurons: _Neurons
           + _weighted_sum(jnp.minimum(coeffs, 0), upper))
 
 
-def neurons_per_pass(chain, node: linear_graph.Node) -> int:
-  """How many neurons one patches pass carries: at most `DEFAULT_PATCH_BUDGET` window entries per
-  example, lower and upper rows together."""
+def patch_budget(batch: int) -> int:
+  """Window entries a patches pass carries per example when `batch` examples are bounded at once:
+  a call's budget shared by its examples (fewer, better-filled passes for small batches)."""
+  return min(MAX_PATCH_BUDGET, max(MIN_PATCH_BUDGET, PATCH_ENTRIES_PER_CALL // batch))
+
+
+def neurons_per_pass(chain, node: linear_graph.Node, budget: int) -> int:
+  """How many neurons one patches pass carries: at most `budget` window entries per example
+  (`patch_budget`), lower and upper rows together."""
   largest = _largest_window(chain, node.shape[3])
-  return max(1, min(math.prod(node.shape), DEFAULT_PATCH_BUDGET // (2 * largest)))
+  return max(1, min(math.prod(node.shape), budget // (2 * largest)))
 
 
 def _largest_window(chain, channels: int) -> int:
@@ -432,4 +442,5 @@ def _largest_window(chain, channels: int) -> int:
   return largest
 
 
-__all__ = ['DEFAULT_PATCH_BUDGET', 'neurons_per_pass', 'patch_chain', 'patch_lower_bounds']
+__all__ = ['MAX_PATCH_BUDGET', 'MIN_PATCH_BUDGET', 'PATCH_ENTRIES_PER_CALL', 'neurons_per_pass',
+           'patch_budget', 'patch_chain', 'patch_lower_bounds']
