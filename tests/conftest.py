@@ -3,9 +3,24 @@
 * `uniform_images`: a batch of images in [0, 1], optionally with some pixels exactly 0 or 1 (the
   ends of the pixel box, where clipping and interval bounds have their corner cases).
 * `with_overrides`: an experiment config with dotted-name fields set, as `--config.a.b=v` does.
+
+It also gives the test run's processes (the pytest-xdist workers and the train.py / certify.py /
+bench subprocesses the tests start) one persistent JAX compilation cache, so that a function one
+process compiled is loaded by the others (a cold cache still cuts the default run by about a
+quarter; a warm one, on a rerun, by more). Executables are keyed by their program, JAX version,
+backend and XLA flags, so a test never loads another's different program. Set
+JAX_COMPILATION_CACHE_DIR to use another directory; JAX_ENABLE_COMPILATION_CACHE=false turns it off.
 """
 
-import jax.numpy as jnp
+import os
+import tempfile
+
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    tempfile.gettempdir(), f'jaxcert-test-compilations-{os.getuid()}'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.3')
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(2 ** 30))  # LRU-evicted, file-locked
+
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np
 
 

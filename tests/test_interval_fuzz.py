@@ -315,9 +315,10 @@ def _full_precision_matmuls():
 
 
 def test_fuzzer_finds_no_unsound_bound():
-  result = run_fuzzer(0, 5, num_samples=200, num_attack_steps=0)
+  # A smoke run (3 functions, both dtypes); test_fuzzer_long_run (-m slow) is the coverage.
+  result = run_fuzzer(0, 3, num_samples=200, num_attack_steps=0)
   assert not result.violations, '\n'.join(result.violations[:5])
-  assert result.functions >= 7  # Most cases get bounds; the rest raised a clear error.
+  assert result.functions >= 4  # Most cases get bounds; the rest raised a clear error.
 
 
 def test_fuzzer_attacks_with_sign_gradients():

@@ -93,20 +93,28 @@ def test_patches_equal_dense_pass(patch_calls, pool):
 
 
 def test_chunk_sizes_follow_the_batch_and_leave_the_bounds_alone(monkeypatch):
-  """One example alone takes larger row chunks and patch budgets than one of a batch of 40 (a
-  call's budget shared by its examples); its bounds are the same (float64)."""
+  """One example alone takes larger row chunks and patch budgets than one of a batch (a call's
+  budget shared by its examples); its bounds are the same (float64)."""
   assert linear.row_chunk_for(1) > linear.row_chunk_for(40) == linear.DEFAULT_ROW_CHUNK
   assert linear_patches.patch_budget(1) > linear_patches.patch_budget(40)
   assert linear_patches.patch_budget(40) == linear_patches.MIN_PATCH_BUDGET
   assert linear_patches.patch_budget(1) <= linear_patches.MAX_PATCH_BUDGET
-  # Budgets this small network's layers exceed, so that both calls take several passes.
+  # Budgets this small network exceeds, so that both calls take several passes of different sizes.
+  monkeypatch.setattr(linear, 'ROWS_PER_CALL', 16)
   monkeypatch.setattr(linear_patches, 'MIN_PATCH_BUDGET', 600)
   monkeypatch.setattr(linear_patches, 'PATCH_ENTRIES_PER_CALL', 3000)
-  assert linear_patches.patch_budget(40) == 600 and linear_patches.patch_budget(1) == 3000
+  assert (linear.row_chunk_for(1), linear.row_chunk_for(4)) == (16, 8)
+  assert (linear_patches.patch_budget(1), linear_patches.patch_budget(4)) == (3000, 750)
   rng = np.random.default_rng(13)
-  convnet, mixing = _convnet(rng, pool=False), rng.normal(size=(3, 20))
-  fn = lambda x: jnp.tanh(convnet(x)) @ mixing  # 20 outputs: several chunks of 8 rows, one of 32
-  lower, upper = input_box(rng.uniform(size=(40, 8, 8, 2)), 0.08)
+  k1, k2 = rng.normal(size=(3, 3, 1, 4)) / 2, rng.normal(size=(2, 2, 4, 4)) / 2
+  w1, w2 = rng.normal(size=(36, 10)) / 4, rng.normal(size=(10, 20)) / 3
+
+  def fn(x):  # 36 neurons in patches (18 or all a pass); 10 and 20 rows (8 or 16 a pass)
+    h = jax.nn.relu(jax.lax.conv_general_dilated(x, k1, (1, 1), 'VALID', dimension_numbers=NHWC))
+    h = jax.nn.relu(jax.lax.conv_general_dilated(h, k2, (1, 1), 'VALID', dimension_numbers=NHWC))
+    return jax.nn.relu(h.reshape(h.shape[0], -1) @ w1) @ w2
+
+  lower, upper = input_box(rng.uniform(size=(4, 6, 6, 1)), 0.1)
   batched = jax.jit(linear_bounds(fn, 'crown'))(lower, upper)
   alone = jax.jit(linear_bounds(fn, 'crown'))(lower[:1], upper[:1])
   for bound_alone, bound_batched in zip(alone, batched):

@@ -497,6 +497,7 @@ def _train_gdml_mlp(sigma, steps=200):
   return embed, sample
 
 
+@pytest.mark.slow  # ~30 s; the default run attacks the certificates on a random model above.
 def test_pgd_on_a_trained_smoothed_model_never_flips_a_certified_query():
   # A GDML-trained MLP; queries on segments between a gallery item and a negative, so margins are
   # small and the certified radii are within a small factor of the flipping radius. PGD on the

@@ -87,8 +87,8 @@ ALPHA_LEARNING_RATE_DECAY = 0.98
 # 256 on CPU (docs/linear_bounds.md §7); smaller batches take up to MAX_ROW_CHUNK rows a pass, about
 # ROWS_PER_CALL in all.
 DEFAULT_ROW_CHUNK = 8
-MAX_ROW_CHUNK = 32
-ROWS_PER_CALL = 256
+MAX_ROW_CHUNK = 16
+ROWS_PER_CALL = 128
 
 _P = jex_core.primitives
 
@@ -786,7 +786,7 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
       'crown'; Xu et al. 2021), see `METHODS`.
     row_chunk: output coordinates bounded per backward pass (memory: about 2 * row_chunk times
       the largest intermediate value, per example); None: `row_chunk_for(batch)`, 8 for batches
-      of 32 or more, up to 32 for one example (the patches of convolutions likewise take a
+      of 16 or more, 16 for smaller ones (the patches of convolutions likewise take a
       budget per call, `linear_patches.patch_budget`).
     patches: methods 'crown', 'alpha_crown' bound the outputs of convolutions in patches
       (`jaxcert.bounds.linear_patches`; the same bounds, much faster); False: dense passes.

@@ -48,7 +48,7 @@ _ELEMENTWISE_AFFINE = frozenset([_P.add_p, _P.sub_p, _P.mul_p, _P.div_p, _P.neg_
 # under it), chosen per call by `patch_budget`: about PATCH_ENTRIES_PER_CALL over the batch, at
 # least MIN_PATCH_BUDGET (2**15 float64 entries: 256 KB an example, 13 MB for a batch of 50, where
 # a larger budget was not faster on CPU) and at most MAX_PATCH_BUDGET (one Large-CNN image's CROWN
-# 2.2x faster at 2**17 than at 2**15, no faster above; docs/linear_bounds.md §7).
+# 1.5x faster at 2**17 than at 2**15, slower again at 2**20; docs/linear_bounds.md §7).
 MIN_PATCH_BUDGET = 2 ** 15
 MAX_PATCH_BUDGET = 2 ** 17
 PATCH_ENTRIES_PER_CALL = 2 ** 20
