@@ -785,9 +785,9 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
       pass's ReLU slopes optimised, `ALPHA_STEPS` Adam steps: about 60x the output pass of
       'crown'; Xu et al. 2021), see `METHODS`.
     row_chunk: output coordinates bounded per backward pass (memory: about 2 * row_chunk times
-      the largest intermediate value, per example); None: `row_chunk_for(batch)`, 8 for batches
-      of 16 or more, 16 for smaller ones (the patches of convolutions likewise take a
-      budget per call, `linear_patches.patch_budget`).
+      the largest intermediate value, per example); None: `row_chunk_for(batch)`, 16 for
+      batches of up to 8 examples, 8 from 16 on (about 128 rows a call; the patches of
+      convolutions likewise take a budget per call, `linear_patches.patch_budget`).
     patches: methods 'crown', 'alpha_crown' bound the outputs of convolutions in patches
       (`jaxcert.bounds.linear_patches`; the same bounds, much faster); False: dense passes.
     rounding: 'nearest' (bounds up to rounding, as `interval`'s default) or 'outward'
