@@ -12,13 +12,17 @@ backend and XLA flags, so a test never loads another's different program. Set
 JAX_COMPILATION_CACHE_DIR to use another directory; JAX_ENABLE_COMPILATION_CACHE=false turns it off.
 """
 
+import importlib.util
 import os
 import tempfile
 
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
-    tempfile.gettempdir(), f'jaxcert-test-compilations-{os.getuid()}'))
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.3')
-os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(2 ** 30))  # LRU-evicted, file-locked
+# JAX evicts (and locks) a size-limited cache with `filelock` (the dev extra); without it the
+# tests run uncached rather than warn at every compilation.
+if importlib.util.find_spec('filelock') is not None:
+  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+      tempfile.gettempdir(), f'jaxcert-test-compilations-{os.getuid()}'))
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.3')
+  os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(2 ** 30))  # LRU-evicted
 
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np
