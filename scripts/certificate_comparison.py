@@ -34,6 +34,7 @@ from jaxcert import certification
 from jaxcert import report
 from jaxcert import retrieval
 from jaxcert.bounds import retrieval as certified_retrieval
+from jaxcert.bounds import through_encoder
 from jaxcert.evaluation import ibp
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config (with checkpoint).',
@@ -74,13 +75,22 @@ def compare(inputs, radii, ks, methods, qa_bounds, slacks, ca_bounds=('kakizaki'
         retrieval.embed_in_batches(certified_inputs.embed, images, ibp_config.batch_size)
         for images in (inputs.queries.images, inputs.candidates.images))
 
-    def boxes(bound, eps, count=None):  # (of the first `count` images of each set only)
-      return tuple(certified_retrieval.embedding_bounds(certified_inputs.embed, images[:count],
-                                                        eps, batch_size=ibp_config.batch_size,
-                                                        dtype=query_emb.dtype, bound=bound)
-                   for images in (inputs.queries.images, inputs.candidates.images))
+    network = 'network' in (*qa_bounds, *ca_bounds)
 
-    def ranks(query_box, candidate_box, qa_bound, ca_bound, slack, method, eps):
+    def boxes(method, eps, count=None):  # (of the first `count` images of each set only)
+      """(query box, candidate box), and with 'network' bounds their intermediate bounds."""
+      sets = (inputs.queries.images[:count], inputs.candidates.images[:count])
+      if not network:
+        return tuple(certified_retrieval.embedding_bounds(
+            certified_inputs.embed, images, eps, batch_size=ibp_config.batch_size,
+            dtype=query_emb.dtype, bound=ibp.embedding_bound_transform(method))
+                     for images in sets), (None, None)
+      query_all, candidate_all = (through_encoder.embedding_bounds_and_intermediates(
+          certified_inputs.embed, images, eps, method, batch_size=ibp_config.batch_size,
+          dtype=query_emb.dtype) for images in sets)
+      return (query_all[:2], candidate_all[:2]), (query_all[2], candidate_all[2])
+
+    def ranks(query_box, candidate_box, qa_bound, ca_bound, slack, method, eps, intermediates):
       rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
           query_emb, *query_box, candidate_emb, *candidate_box, max(ks),
           block_size=ibp_config.query_block_size,
@@ -88,23 +98,24 @@ def compare(inputs, radii, ks, methods, qa_bounds, slacks, ca_bounds=('kakizaki'
           qa_bound='linear' if qa_bound == 'network' else qa_bound))
       return ibp.through_encoder_rank_bounds(
           certified_inputs, rank_bounds, eps, query_box, candidate_box, query_emb,
-          candidate_emb, qa_bound=qa_bound, ca_bound=ca_bound, method=method, slack=slack)
+          candidate_emb, qa_bound=qa_bound, ca_bound=ca_bound, method=method, slack=slack,
+          intermediates=intermediates)
 
     for method in methods:
-      bound = ibp.embedding_bound_transform(method)
       # Compiles on one batch (the same shapes), so that the times below exclude it.
-      boxes(bound, radii[0], ibp_config.batch_size)
+      boxes(method, radii[0], ibp_config.batch_size)
       compiled = set()
       for eps in radii:
         start = time.perf_counter()
-        query_box, candidate_box = boxes(bound, eps)
+        (query_box, candidate_box), intermediates = boxes(method, eps)
         bounds_s = time.perf_counter() - start
         for qa_bound, ca_bound, slack in itertools.product(qa_bounds, ca_bounds, slacks):
+          settings = (qa_bound, ca_bound, slack, method, eps, intermediates)
           if (qa_bound, ca_bound) not in compiled:  # A first call compiles, excluded below.
-            ranks(query_box, candidate_box, qa_bound, ca_bound, slack, method, eps)
+            ranks(query_box, candidate_box, *settings)
             compiled.add((qa_bound, ca_bound))
           start = time.perf_counter()
-          rank_bounds = ranks(query_box, candidate_box, qa_bound, ca_bound, slack, method, eps)
+          rank_bounds = ranks(query_box, candidate_box, *settings)
           rank_s = time.perf_counter() - start
           recall = certified_retrieval.cr_recall_at_k(certified_retrieval.certified_retrieval(
               rank_bounds, inputs.queries.labels, inputs.candidates.labels, ks), ks)

@@ -789,6 +789,15 @@ def test_network_bounds_wiring_and_their_config_errors(monkeypatch):
   config.ibp.spec_rows = 7
   inputs = _ibp_inputs(config)
   monkeypatch.setattr(ibp, 'embedding_bound_transform', lambda method, outward=False: interval)
+  box_methods = []
+
+  def boxes_and_intermediates(embed, images, eps, method, *, batch_size, sharding, dtype):
+    box_methods.append(method)  # (interval boxes stand in; each set's intermediates marked)
+    lower, upper = br.embedding_bounds(embed, images, eps, batch_size=batch_size, dtype=dtype)
+    return lower, upper, np.full((len(images), 3), len(images))
+
+  monkeypatch.setattr(ibp.through_encoder, 'embedding_bounds_and_intermediates',
+                      boxes_and_intermediates)
   calls = []
 
   def tighten(rank_bounds, embed, images, eps, lower, upper, candidate_emb, columns, **kwargs):
@@ -813,6 +822,9 @@ def test_network_bounds_wiring_and_their_config_errors(monkeypatch):
   assert len(calls) == len(ca_calls) == 1
   assert (ca_calls[0]['method'], ca_calls[0]['max_rows']) == ('crown', 7)
   assert ca_calls[0]['images'] is inputs.candidates.images
+  assert box_methods == ['crown', 'crown']  # The boxes' intermediate bounds are handed on:
+  assert (ca_calls[0]['candidate_intermediates'] == 40).all()
+  assert (calls[0]['query_intermediates'] == 12).all()
   np.testing.assert_array_equal(network['rank_bounds'].candidate_attack_upper,
                                 np.asarray(linear_qa['rank_bounds'].candidate_attack_upper) - 2)
   call = calls[0]

@@ -448,6 +448,85 @@ def test_channels_last_conv_gradients_are_xlas(padding, lhs_dilation, rhs_dilati
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize('method', ['crown_ibp', 'crown'])
+def test_spec_bounds_from_reused_intermediates_equal_recomputed_ones(method):
+  """`linear_spec_bounds` with the intermediate bounds `linear_bounds` returned for the same boxes
+  gives the bounds it computes itself (on a CNN whose patches and dense passes both tighten), and
+  they hold at sampled points and PGD ends of every box."""
+  rng = np.random.default_rng(21)
+  fn = _small_conv_net(rng, outputs=4)
+  lower, upper = _random_box(rng, 3, (10, 10, 1), 0.05)
+  spec = rng.normal(size=(3, 5, 4))
+  out_lower, out_upper, intermediates = jax.jit(
+      linear_bounds(fn, method, return_intermediates=True))(lower, upper)
+  np.testing.assert_allclose(out_lower, linear_bounds(fn, method)(lower, upper)[0], rtol=1e-12,
+                             atol=1e-12)
+  recomputed = jax.jit(linear_spec_bounds(fn, method))(lower, upper, spec)
+  reused = jax.jit(linear_spec_bounds(fn, method))(lower, upper, spec, intermediates)
+  np.testing.assert_allclose(reused[0], recomputed[0], rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(reused[1], recomputed[1], rtol=1e-12, atol=1e-12)
+  spec_values = lambda x: jnp.einsum('bd,bsd->bs', fn(x), jnp.asarray(spec))
+  points = np.concatenate([_sample(rng, lower, upper, 300),
+                           np.asarray(_pgd_ends(spec_values, lower, upper, 5))])
+  values = np.einsum('pbd,bsd->pbs', np.asarray(jax.vmap(fn)(points)), spec)
+  assert np.all(values >= np.asarray(reused[0]) - TOLERANCE_64)
+  assert np.all(values <= np.asarray(reused[1]) + TOLERANCE_64)
+  if method == 'crown':  # The tightened conv and dense bounds are in them.
+    assert intermediates.shape[1] > 2 * lower[0].size
+
+
+@pytest.mark.parametrize('method', ['crown', pytest.param('alpha_crown',
+                                                          marks=pytest.mark.slow)])
+def test_trailing_zero_rows_skipped_with_the_bounds_of_their_passes(method):
+  """Rows after an example's last nonzero row get bound 0 without a pass: every row's bound is
+  that of a call where the same rows are all nonzero (scaled by 1e-300 where padding)."""
+  rng = np.random.default_rng(23)
+  fn = _small_conv_net(rng, outputs=4)
+  lower, upper = _random_box(rng, 3, (10, 10, 1), 0.05)
+  spec = rng.normal(size=(3, 7, 4))
+  spec[0, 2:] = 0  # 2 rows in use, 7 (all), none, with a zero row inside the rows in use
+  spec[2] = 0
+  spec[1, 3] = 0
+  bounded = jax.jit(linear_spec_bounds(fn, method, row_chunk=2))
+  skipped = bounded(lower, upper, spec)
+  tiny = np.where(spec == 0, 1e-300, spec)  # (a nonzero row whose bounds round to 0)
+  full = bounded(lower, upper, tiny)
+  for side in range(2):
+    np.testing.assert_allclose(skipped[side], full[side], rtol=1e-12, atol=1e-250)
+  assert np.all(np.asarray(skipped[0])[2] == 0) and np.all(np.asarray(skipped[1])[0, 2:] == 0)
+  lower_only = jax.jit(linear_spec_lower_bounds(fn, method, row_chunk=2))(lower, upper, spec)
+  np.testing.assert_allclose(lower_only, skipped[0], rtol=1e-12, atol=1e-12)
+
+
+def test_intermediates_of_another_box_give_no_bounds():
+  """Intermediate bounds hold only for the box they were computed on: for another box, an error
+  outside jit and infinite bounds under it; those of another method or of a function with other
+  intermediate shapes are an error. (Another function of the same shapes cannot be told apart:
+  the docstring says to pass the same one.)"""
+  rng = np.random.default_rng(22)
+  fn = _small_conv_net(rng, outputs=4)
+  lower, upper = _random_box(rng, 2, (10, 10, 1), 0.05)
+  spec = rng.normal(size=(2, 3, 4))
+  _, _, intermediates = linear_bounds(fn, 'crown', return_intermediates=True)(lower, upper)
+  smaller_upper = np.asarray(upper).copy()
+  smaller_upper[1, 0, 0, 0] = lower[1, 0, 0, 0]
+  with pytest.raises(ValueError, match=r'Examples \[1\] have other boxes'):
+    linear_spec_bounds(fn, 'crown')(lower, smaller_upper, spec, intermediates)
+  spec_lower, spec_upper = jax.jit(linear_spec_bounds(fn, 'crown'))(
+      lower, smaller_upper, spec, intermediates)
+  assert np.all(np.isfinite(spec_lower[0])) and np.all(np.isfinite(spec_upper[0]))
+  assert np.all(spec_lower[1] == -np.inf) and np.all(spec_upper[1] == np.inf)
+  with pytest.raises(ValueError, match='do not match'):  # crown_ibp records none
+    _, _, none = linear_bounds(fn, 'crown_ibp', return_intermediates=True)(lower, upper)
+    linear_spec_bounds(fn, 'crown')(lower, upper, spec, none)
+  mlp, _ = _mlp(rng, [100, 8, 8, 4])
+  with pytest.raises(ValueError, match='do not match'):
+    linear_spec_bounds(lambda x: mlp(x.reshape(x.shape[0], -1)), 'crown')(lower, upper, spec,
+                                                                          intermediates)
+  with pytest.raises(ValueError, match='do not match'):
+    linear_spec_bounds(fn, 'crown')(lower, upper, spec, intermediates.astype(np.float32))
+
+
 def test_spec_shape_checked():
   with pytest.raises(ValueError, match='n_spec'):
     linear_spec_bounds(lambda x: 2 * x)(jnp.zeros((2, 3)), jnp.ones((2, 3)), jnp.ones((3, 3)))

@@ -29,15 +29,19 @@ def setting():
   with jax.enable_x64(True):
     rng = np.random.default_rng(3)
     embed = test_linear._small_conv_net(rng, outputs=5)
-    queries = rng.uniform(size=(6, 10, 10, 1))
-    candidates = rng.uniform(size=(30, 10, 10, 1))
-    query_emb, candidate_emb = (np.asarray(embed(jnp.asarray(x))) for x in (queries, candidates))
-    box = jax.jit(linear_bounds(embed, 'crown'))
-    # One compiled shape for both sets: the queries' boxes at EPS, the candidates' at CA_EPS.
-    images = jnp.asarray(np.concatenate([queries, candidates]))
-    radii = jnp.concatenate([jnp.full((6, 1, 1, 1), EPS), jnp.full((30, 1, 1, 1), CA_EPS)])
-    lower, upper = (np.asarray(b) for b in box(*input_box(images, radii)))
-    query_lower, query_upper = lower[:6], upper[:6]
+    # float32 pixels, as datasets give them (the boxes are built from float32 images).
+    queries = rng.uniform(size=(6, 10, 10, 1)).astype(np.float32)
+    candidates = rng.uniform(size=(30, 10, 10, 1)).astype(np.float32)
+    query_emb, candidate_emb = (np.asarray(embed(jnp.asarray(x, jnp.float64)))
+                                for x in (queries, candidates))
+    # The queries' boxes at EPS, the candidates' at CA_EPS, with their intermediate bounds (the
+    # network tests below reuse them, as certify.py does).
+    query_lower, query_upper, query_intermediates = (
+        through_encoder.embedding_bounds_and_intermediates(embed, queries, EPS, 'crown',
+                                                           batch_size=8))
+    candidate_lower, candidate_upper, candidate_intermediates = (
+        through_encoder.embedding_bounds_and_intermediates(embed, candidates, CA_EPS, 'crown',
+                                                           batch_size=8))
     bounds = retrieval.rank_bounds(query_emb, query_lower, query_upper, candidate_emb,
                                    candidate_emb, candidate_emb, 5)
     labels = np.arange(30) % 3
@@ -45,19 +49,19 @@ def setting():
     columns = through_encoder.first_same_class_column(bounds.indices, query_labels, labels)
     tightened, stats = through_encoder.tighten_query_attack_upper(
         bounds, embed, queries, EPS, query_lower, query_upper, candidate_emb, columns,
-        max_rows=4, batch_size=8)
+        max_rows=4, batch_size=8, query_intermediates=query_intermediates)
     # CA: the candidates' boxes (the queries' clean points).
-    candidate_lower, candidate_upper = lower[6:], upper[6:]
     ca_bounds = retrieval.rank_bounds(query_emb, query_emb, query_emb, candidate_emb,
                                       candidate_lower, candidate_upper, 5)
     ca_tightened, ca_stats = through_encoder.tighten_candidate_attack_upper(
         ca_bounds, embed, candidates, CA_EPS, candidate_lower, candidate_upper, query_emb,
-        candidate_emb, columns, max_rows=4, batch_size=8)
+        candidate_emb, columns, max_rows=4, batch_size=8,
+        candidate_intermediates=candidate_intermediates)
   return dict(embed=embed, queries=queries, candidates=candidates, query_emb=query_emb,
               candidate_emb=candidate_emb, bounds=bounds, boxes=(query_lower, query_upper),
               candidate_boxes=(candidate_lower, candidate_upper), columns=columns,
               tightened=tightened, stats=stats, ca_bounds=ca_bounds, ca_tightened=ca_tightened,
-              ca_stats=ca_stats)
+              ca_stats=ca_stats, query_intermediates=query_intermediates)
 
 
 def _gap(z, candidate, target):
@@ -74,7 +78,7 @@ def _signed_distance(z, query, sign):
 def _attack_minimum(embed, objective, image, eps, *args, steps=40, starts=8, samples=400):
   """Smallest `objective(f(x), *args)` found over x in the image's eps-box: signed-gradient
   descent (step decaying from 1/8 of the box) from the centre and random starts, and samples."""
-  lower, upper = (b[0] for b in input_box(jnp.asarray(image[None]), eps))
+  lower, upper = (b[0] for b in input_box(jnp.asarray(image[None], jnp.float64), eps))
   value = lambda x: objective(embed(x[None])[0], *args)
   key_starts, key_samples = jax.random.split(jax.random.key(0))
   points = jax.random.uniform(key_starts, (starts, *lower.shape), lower.dtype, lower, upper)
@@ -156,6 +160,30 @@ def test_tightened_bounds_are_never_looser_and_touch_only_the_targets(setting):
   # Each target's bound is N - (box farther + network farther) or the box's own.
   stats = setting['stats']
   assert (stats['network_farther'] <= stats['undecided']).all()
+
+
+def test_reused_intermediate_bounds_decide_what_recomputed_ones_do(setting):
+  """The boxes come with the `linear_bounds` ones, and the network test decides the same pairs
+  from the boxes' intermediate bounds as from its own."""
+  with jax.enable_x64(True):
+    lower, upper = jax.jit(linear_bounds(setting['embed'], 'crown'))(
+        *input_box(jnp.asarray(setting['queries'], jnp.float64), EPS))
+    np.testing.assert_allclose(setting['boxes'][0], lower, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(setting['boxes'][1], upper, rtol=1e-12, atol=1e-12)
+    recomputed, stats = through_encoder.tighten_query_attack_upper(
+        setting['bounds'], setting['embed'], setting['queries'], EPS, *setting['boxes'],
+        setting['candidate_emb'], setting['columns'], max_rows=4, batch_size=8)
+  np.testing.assert_array_equal(recomputed.query_attack_upper,
+                                setting['tightened'].query_attack_upper)
+  np.testing.assert_array_equal(stats['network_farther_candidates'],
+                                setting['stats']['network_farther_candidates'])
+  assert stats['network_farther'].sum() >= 3
+  with jax.enable_x64(True):  # Another radius's intermediate bounds decide nothing.
+    _, stats = through_encoder.tighten_query_attack_upper(
+        setting['bounds'], setting['embed'], setting['queries'], EPS / 2, *setting['boxes'],
+        setting['candidate_emb'], setting['columns'], max_rows=4, batch_size=8,
+        query_intermediates=setting['query_intermediates'])
+  assert stats['network_farther'].sum() == 0
 
 
 def test_queries_without_target_and_bad_arguments(setting):

@@ -214,7 +214,8 @@ class _Graph:
   """The steps and nodes of one interpreted jaxpr, built in order by `_interpret`."""
 
   def __init__(self, method: str, input_bound: IntervalBound, row_chunk: int, patches: bool,
-               outward: bool = False, patch_budget: int = linear_patches.MIN_PATCH_BUDGET):
+               outward: bool = False, patch_budget: int = linear_patches.MIN_PATCH_BUDGET,
+               given_intermediates: jax.Array | None = None):
     self.method = method
     self.row_chunk = row_chunk
     self.patch_budget = patch_budget
@@ -223,6 +224,11 @@ class _Graph:
     self.input = linear_graph.Node(0, input_bound, -1, exact=True, coordinatewise=True)
     self.nodes = [self.input]
     self.steps: list[linear_graph.Step] = []
+    # The tightened nodes' bounds, in the order `tighten` met them (`intermediates`), and, where
+    # given, the flat bounds of an earlier graph of the same function and box to take them from.
+    self.tightened: list[IntervalBound] = []
+    self.given_intermediates = given_intermediates
+    self.given_offset = 0
 
   def _new_node(self, bound, exact=False, coordinatewise=False,
                 may_be_nan=False) -> linear_graph.Node:
@@ -240,8 +246,28 @@ class _Graph:
     """
     if node.exact or not linear_graph.is_float(node.bound.lower):
       return
-    node.bound = _tightened(self, node, relevant)
+    node.bound = (_tightened(self, node, relevant) if self.given_intermediates is None
+                  else self._given_bound(node))
     node.exact = True
+    self.tightened.append(node.bound)
+
+  def _given_bound(self, node: linear_graph.Node) -> IntervalBound:
+    """The node's next bound from `given_intermediates`, intersected with its interval bound."""
+    size = math.prod(node.shape)
+    start = self.given_offset
+    if start + 2 * size > self.given_intermediates.shape[0]:
+      raise ValueError(_INTERMEDIATES_MISMATCH)
+    self.given_offset += 2 * size
+    given = self.given_intermediates[start:start + 2 * size]
+    lower = jnp.maximum(node.bound.lower, given[:size].reshape(node.shape))
+    upper = jnp.minimum(node.bound.upper, given[size:].reshape(node.shape))
+    return IntervalBound(lower, jnp.maximum(upper, lower))
+
+  def intermediates(self) -> jax.Array:
+    """Every tightened node's bound, flattened into one vector (lower, then upper, per node):
+    what `given_intermediates` takes."""
+    return jnp.concatenate([jnp.zeros((0,), self.input.dtype)] + [
+        jnp.concatenate([b.lower.reshape(-1), b.upper.reshape(-1)]) for b in self.tightened])
 
   def add_step(self, eqn, invals, enclosing_calls) -> list | None:
     """Records `eqn` applied to `invals` (some `linear_graph.Node`s); returns its outputs, or None for a call
@@ -595,7 +621,7 @@ def _backward(graph: _Graph, node: linear_graph.Node, coeffs, *, symmetric: bool
 
 
 def _chunked_lower_bounds(graph: _Graph, node: linear_graph.Node, rows: Callable, count: int,
-                          upper: bool = True) -> jax.Array:
+                          upper: bool = True, nonzero_rows: jax.Array | None = None) -> jax.Array:
   """Lower (and upper) bounds of `count` rows, `graph.row_chunk` rows per backward pass.
 
   Args:
@@ -605,6 +631,8 @@ def _chunked_lower_bounds(graph: _Graph, node: linear_graph.Node, rows: Callable
       shape (chunk, *node.shape) (rows past `count` are ignored).
     count: number of rows.
     upper: also the upper bounds (False: half the rows below the first non-affine step).
+    nonzero_rows: where given (a traced count), the rows from it on are zero: their bounds are
+      0 without a pass (the passes run in a `while_loop` that stops there).
 
   Returns:
     (2, count): the lower bounds of `rows . node`, then the upper bounds; (1, count) without
@@ -622,7 +650,17 @@ def _chunked_lower_bounds(graph: _Graph, node: linear_graph.Node, rows: Callable
     return bounds.reshape(sides, chunk) * jnp.asarray([[1], [-1]][:sides], bounds.dtype)
 
   starts = jnp.arange(num_chunks) * chunk
-  both = lax.map(one_chunk, starts) if num_chunks > 1 else one_chunk(starts[0])[None]
+  if nonzero_rows is not None:
+    def body(state):
+      index, both = state
+      return index + 1, lax.dynamic_update_index_in_dim(both, one_chunk(index * chunk), index, 0)
+
+    _, both = lax.while_loop(lambda state: state[0] * chunk < nonzero_rows, body,
+                             (0, jnp.zeros((num_chunks, sides, chunk), node.dtype)))
+  elif num_chunks > 1:
+    both = lax.map(one_chunk, starts)
+  else:
+    both = one_chunk(starts[0])[None]
   return jnp.moveaxis(both, 1, 0).reshape(sides, num_chunks * chunk)[:, :count]
 
 
@@ -733,14 +771,17 @@ def _validate_box(lower, upper) -> tuple[jax.Array, jax.Array]:
 
 
 def _example_graph(fn, method, row_chunk, patches, lower, upper, outward: bool = False,
-                   batch: int = 1):
-  """Interprets `fn` on one example's box (shape (1, ...)) of a call bounding `batch` examples;
+                   batch: int = 1, given_intermediates=None):
+  """Interprets `fn` on one example's box (shape (1, ...)) of a call bounding `batch` examples,
+  its tightened bounds taken from `given_intermediates` (`_Graph`) where given;
   returns (graph, outputs, treedef)."""
   placeholder = jax.ShapeDtypeStruct(lower.shape, lower.dtype)
   closed_jaxpr, out_shape = jax.make_jaxpr(fn, return_shape=True)(placeholder)
   graph = _Graph(method, IntervalBound(lower, upper), row_chunk or row_chunk_for(batch), patches,
-                 outward, linear_patches.patch_budget(batch))
+                 outward, linear_patches.patch_budget(batch), given_intermediates)
   outputs = _interpret(graph, closed_jaxpr.jaxpr, closed_jaxpr.consts, [graph.input])
+  if given_intermediates is not None and graph.given_offset != given_intermediates.shape[0]:
+    raise ValueError(_INTERMEDIATES_MISMATCH)
   for leaf in jax.tree.leaves(out_shape):
     if not leaf.shape or leaf.shape[0] != 1:
       raise ValueError(f'fn must map a batch to a batch (outputs with a leading batch axis); '
@@ -768,7 +809,8 @@ def _output_bounds(graph: _Graph, output) -> tuple[jax.Array, jax.Array]:
 
 def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
                   row_chunk: int | None = None, patches: bool = True,
-                  rounding: str = 'nearest') -> Callable[..., tuple[Any, Any]]:
+                  rounding: str = 'nearest',
+                  return_intermediates: bool = False) -> Callable[..., tuple[Any, ...]]:
   """Transforms `fn` into a function computing CROWN-family bounds of it, intersected with IBP.
 
   Same calling convention as `jaxcert.bounds.interval.interval(fn)`: `(lower, upper)` batched
@@ -794,9 +836,14 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
       (rigorous in any float dtype, e.g. float32 on an accelerator: the bounds hold for the
       real-valued `fn`; ReLU the only relaxed step;
       docs/linear_bounds.md §8).
+    return_intermediates: also return, per example, the input box and the intermediate bounds
+      the method computed (one flat vector; for 'crown' and 'alpha_crown' the backward-pass
+      bounds of the nonlinear steps' inputs), which `linear_spec_bounds` of the same `fn` and
+      box then reuses instead of recomputing them (docs/linear_bounds.md §6.3).
 
   Returns:
-    `bounded(lower, upper) -> (out_lower, out_upper)`.
+    `bounded(lower, upper) -> (out_lower, out_upper)`, or `(out_lower, out_upper,
+    intermediates)` with `return_intermediates` (`intermediates`: (batch, m), the box's dtype).
 
   Raises:
     ValueError: unknown method or rounding, or a malformed box.
@@ -808,6 +855,8 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
 
   def bounded(lower, upper):
     lower, upper = _validate_box(lower, upper)
+    box = jnp.concatenate([lower.reshape(lower.shape[0], -1), upper.reshape(upper.shape[0], -1)],
+                          axis=1)
     if outward:
       lower, upper = outward_rounding.flush_outwards(lower, upper)
 
@@ -816,14 +865,19 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
                                                example_lower[None], example_upper[None],
                                                outward, batch=lower.shape[0])
       pairs = [_output_bounds(graph, output) for output in outputs]
-      return (jax.tree.unflatten(treedef, [lo[0] for lo, _ in pairs]),
-              jax.tree.unflatten(treedef, [hi[0] for _, hi in pairs]))
+      bounds = (jax.tree.unflatten(treedef, [lo[0] for lo, _ in pairs]),
+                jax.tree.unflatten(treedef, [hi[0] for _, hi in pairs]))
+      return bounds + (graph.intermediates(),) if return_intermediates else bounds
 
     if not outward:
-      return jax.vmap(one_example)(lower, upper)
-    # Reduced-precision matmul passes (TF32, bf16) have another unit roundoff.
-    with jax.default_matmul_precision('highest'):
-      return jax.vmap(one_example)(lower, upper)
+      result = jax.vmap(one_example)(lower, upper)
+    else:  # Reduced-precision matmul passes (TF32, bf16) have another unit roundoff.
+      with jax.default_matmul_precision('highest'):
+        result = jax.vmap(one_example)(lower, upper)
+    if not return_intermediates:
+      return result
+    # The box as given (not flushed): the one `linear_spec_bounds` checks its own against.
+    return result[:2] + (jnp.concatenate([box, result[2]], axis=1),)
 
   return bounded
 
@@ -844,9 +898,16 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
     patches: as in `linear_bounds`.
 
   Returns:
-    `bounded(lower, upper, spec) -> (spec_lower, spec_upper)`, with `spec` of shape
-    (batch, n_spec, out_dim) and outputs (batch, n_spec):
+    `bounded(lower, upper, spec, intermediates=None) -> (spec_lower, spec_upper)`, with `spec`
+    of shape (batch, n_spec, out_dim) and outputs (batch, n_spec):
     `spec_lower[b, s] <= spec[b, s] . fn(x)[b] <= spec_upper[b, s]` for every `x` in the box.
+    `intermediates`, those `linear_bounds(fn, method, return_intermediates=True)` returned for
+    the same `fn`, `method` and boxes, gives the same bounds without recomputing the intermediate
+    ones (docs/linear_bounds.md §6.3). An example whose box is not the one they were computed for
+    gets the bounds -inf and +inf (a ValueError outside `jit`); other intermediate shapes are a
+    ValueError; another function with the same intermediate shapes cannot be told apart (its
+    bounds need not hold). With 'crown' and 'alpha_crown', an example's rows after its last
+    nonzero row (padding) are bounded by 0 without a backward pass.
   """
   return _spec_bounds(fn, method, row_chunk, patches, upper=True)
 
@@ -856,9 +917,9 @@ def linear_spec_lower_bounds(fn: Callable[[jax.Array], jax.Array], method: str =
                              patches: bool = True) -> Callable[..., jax.Array]:
   """The lower half of `linear_spec_bounds`, at about half its cost below the first nonlinearity.
 
-  `bounded(lower, upper, spec) -> spec_lower` (batch, n_spec), `spec_lower[b, s] <= spec[b, s] .
-  fn(x)[b]` for every `x` in the box (an upper bound of `c . fn(x)` is minus the lower bound of
-  `-c`). Differentiable with respect to the box, the rows and the parameters `fn` closes over for
+  `bounded(lower, upper, spec, intermediates=None) -> spec_lower` (batch, n_spec),
+  `spec_lower[b, s] <= spec[b, s] . fn(x)[b]` for every `x` in the box (an upper bound of
+  `c . fn(x)` is minus the lower bound of `-c`; `intermediates` as in `linear_spec_bounds`). Differentiable with respect to the box, the rows and the parameters `fn` closes over for
   method 'crown_ibp' (CROWN-IBP training, Zhang et al. 2020); the other methods' intermediate
   bounds come from `while_loop`s, which reverse-mode differentiation does not go through.
   """
@@ -869,16 +930,20 @@ def _spec_bounds(fn, method, row_chunk, patches, upper: bool):
   """`linear_spec_bounds` (`upper`) or `linear_spec_lower_bounds`."""
   _check_method(method)
 
-  def bounded(lower, upper_box, spec):
+  def bounded(lower, upper_box, spec, intermediates=None):
     lower, upper_box = _validate_box(lower, upper_box)
     spec = jnp.asarray(spec)
     if spec.ndim != 3 or spec.shape[0] != lower.shape[0]:
       raise ValueError(f'spec must have shape (batch, n_spec, out_dim) with batch '
                        f'{lower.shape[0]}, got {spec.shape}.')
+    same_box = None
+    if intermediates is not None:
+      intermediates, same_box = _split_intermediates(intermediates, lower, upper_box)
 
-    def one_example(example_lower, example_upper, rows_of_spec):
+    def one_example(example_lower, example_upper, rows_of_spec, given=None):
       graph, outputs, _ = _example_graph(fn, method, row_chunk, patches, example_lower[None],
-                                         example_upper[None], batch=lower.shape[0])
+                                         example_upper[None], batch=lower.shape[0],
+                                         given_intermediates=given)
       if len(outputs) != 1 or len(_leaf_shape(outputs[0])) != 2:
         raise ValueError('linear_spec_bounds needs fn to return one array (batch, out_dim).')
       output = outputs[0]
@@ -897,7 +962,14 @@ def _spec_bounds(fn, method, row_chunk, patches, upper: bool):
       def rows(start, chunk):
         return lax.dynamic_slice_in_dim(padded, start, chunk)
 
-      bounds = _chunked_lower_bounds(graph, output, rows, count, upper=upper)
+      # Trailing zero rows (padding, e.g. through_encoder's) get their bound 0 without a pass;
+      # not for 'crown_ibp', which stays reverse-differentiable (no while_loop).
+      nonzero_rows = None
+      if method in _TIGHTENING_METHODS:
+        nonzero = jnp.any(coeffs != 0, axis=tuple(range(1, coeffs.ndim)))
+        nonzero_rows = jnp.max(jnp.where(nonzero, jnp.arange(1, count + 1), 0))
+      bounds = _chunked_lower_bounds(graph, output, rows, count, upper=upper,
+                                     nonzero_rows=nonzero_rows)
       box = IntervalBound(output.bound.lower, output.bound.upper)
       spec_lower = jnp.maximum(bounds[0], _concretize(coeffs, box))
       if not upper:
@@ -905,9 +977,47 @@ def _spec_bounds(fn, method, row_chunk, patches, upper: bool):
       spec_upper = jnp.minimum(bounds[1], -_concretize(-coeffs, box))
       return spec_lower, jnp.maximum(spec_upper, spec_lower)
 
-    return jax.vmap(one_example)(lower, upper_box, spec)
+    if intermediates is None:
+      return jax.vmap(one_example)(lower, upper_box, spec)
+    result = jax.vmap(one_example)(lower, upper_box, spec, intermediates)
+    # Bounds from another box's intermediate bounds need not hold: none there.
+    if not upper:
+      return jnp.where(same_box[:, None], result, -jnp.inf)
+    return (jnp.where(same_box[:, None], result[0], -jnp.inf),
+            jnp.where(same_box[:, None], result[1], jnp.inf))
 
   return bounded
+
+
+_INTERMEDIATES_MISMATCH = (
+    'intermediates do not match this function and method: pass those that '
+    'linear_bounds(fn, method, return_intermediates=True) returned for the same fn, method and '
+    'input boxes.')
+
+
+def _split_intermediates(intermediates, lower, upper) -> tuple[jax.Array, jax.Array]:
+  """`linear_bounds`' intermediates of the boxes `(lower, upper)`: (the tightened nodes' part,
+  (batch,) whether each example's recorded box is this one).
+
+  Raises:
+    ValueError: a shape or dtype that cannot be theirs, or (outside `jit`) a recorded box that
+      is not this one.
+  """
+  intermediates = jnp.asarray(intermediates)
+  box_size = math.prod(lower.shape[1:])
+  if (intermediates.ndim != 2 or intermediates.shape[0] != lower.shape[0]
+      or intermediates.shape[1] < 2 * box_size or intermediates.dtype != lower.dtype):
+    raise ValueError(f'{_INTERMEDIATES_MISMATCH} Got shape {intermediates.shape} and dtype '
+                     f'{intermediates.dtype} for boxes of shape {lower.shape} and dtype '
+                     f'{lower.dtype}.')
+  recorded_lower = intermediates[:, :box_size].reshape(lower.shape)
+  recorded_upper = intermediates[:, box_size:2 * box_size].reshape(lower.shape)
+  same_box = jnp.all((recorded_lower == lower) & (recorded_upper == upper),
+                     axis=tuple(range(1, lower.ndim)))
+  if is_concrete(same_box) and not bool(np.all(same_box)):
+    raise ValueError(f'{_INTERMEDIATES_MISMATCH} Examples '
+                     f'{np.flatnonzero(~np.asarray(same_box)).tolist()} have other boxes.')
+  return intermediates[:, 2 * box_size:], same_box
 
 
 def _leaf_shape(value) -> tuple[int, ...]:

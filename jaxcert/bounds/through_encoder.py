@@ -22,6 +22,10 @@ decides "farther" counts. The target's QA rank upper bound `N - #farther` is rep
 is smaller; every other bound stays the box certificate's. Both tests are sound, so their union
 is (tested against PGD on the query: tests/test_through_encoder.py).
 
+Each image's pass through the encoder reuses the intermediate bounds of the pass that computed
+its box, where given (`embedding_bounds_and_intermediates`; certify.py does): the rows differ,
+the box does not (docs/linear_bounds.md §6.3).
+
 Rounding (float64, as the linear methods certify): the box test is `rank_bounds`'s; the
 network test widens its bound of `s . (m - f(x))` by `distance_slack * ||s|| * ||B||` (as if f(x)
 moved by the distance slack times the box magnitude ||B||, the slack's meaning for the boxes,
@@ -109,13 +113,51 @@ def _targets(rank_bounds, target_columns, method: str, max_rows: int):
 
 
 def _spec_lower_of_batch(method, embed, eps, packed, *, image_shape, rows):
-  """Lower bounds of `s . f(x)` over each image's eps-box for its `rows` rows: images and rows
-  come packed as one (B, H*W*C + rows*d) array (so `embed_in_batches` pads and shards both)."""
+  """Lower bounds of `s . f(x)` over each image's eps-box for its `rows` rows: images, rows and
+  (if present) the intermediate bounds of the boxes come packed as one (B, H*W*C + rows*d [+ m])
+  array (so `embed_in_batches` pads and shards them together)."""
   pixels = int(np.prod(image_shape))
   images = packed[:, :pixels].reshape((-1, *image_shape))
-  spec = packed[:, pixels:].reshape((packed.shape[0], rows, -1))
-  lower, _ = linear.linear_spec_bounds(embed, method)(*input_box(images, eps), spec)
-  return lower
+  dim = jax.eval_shape(embed, jax.ShapeDtypeStruct((1, *image_shape), packed.dtype)).shape[-1]
+  spec = packed[:, pixels:pixels + rows * dim].reshape((packed.shape[0], rows, dim))
+  intermediates = packed[:, pixels + rows * dim:]
+  return linear.linear_spec_lower_bounds(embed, method)(
+      *input_box(images, eps), spec, intermediates if intermediates.shape[1] else None)
+
+
+def _boxes_and_intermediates_of_batch(method, embed, eps, images):
+  """`[lower | upper | intermediates]` of `images`' eps-boxes (`linear_bounds` with
+  `return_intermediates`), in the dtype of `eps`."""
+  lower, upper, intermediates = linear.linear_bounds(embed, method, return_intermediates=True)(
+      *input_box(images.astype(eps.dtype), eps))
+  return jnp.concatenate([lower, upper, intermediates], axis=1)
+
+
+def embedding_bounds_and_intermediates(embed: Callable, images, eps: float, method: str, *,
+                                       batch_size: int = 50, sharding=None, dtype=jnp.float64):
+  """`retrieval.embedding_bounds(embed, images, eps, bound=linear_bounds(method))` with, per
+  image, the intermediate bounds of its box, for `tighten_query_attack_upper` and
+  `tighten_candidate_attack_upper` to reuse (their backward passes then skip the intermediate
+  bounds, most of a 'crown' pass; docs/linear_bounds.md §6.3).
+
+  Returns:
+    `(lower, upper, intermediates)`: (N, d), (N, d), (N, m) numpy arrays in `dtype`.
+  """
+  linear._check_method(method)  # pylint: disable=protected-access
+  eps = box_retrieval._check_eps(eps)  # pylint: disable=protected-access
+  images = box_retrieval._check_pixel_range(images)  # pylint: disable=protected-access
+  embed = retrieval.as_pytree_function(embed)
+  dim = jax.eval_shape(embed, jax.ShapeDtypeStruct((1,) + images.shape[1:], dtype)).shape[-1]
+  packed = retrieval.embed_in_batches(
+      jax.tree_util.Partial(_boxes_and_intermediates_function(method), embed,
+                            jnp.asarray(eps, dtype)), images, batch_size, sharding=sharding)
+  return packed[:, :dim], packed[:, dim:2 * dim], packed[:, 2 * dim:]
+
+
+@functools.cache
+def _boxes_and_intermediates_function(method: str) -> Callable:
+  """One function object per method, so jit's cache (keyed by it) is reused."""
+  return functools.partial(_boxes_and_intermediates_of_batch, method)
 
 
 @functools.cache
@@ -124,24 +166,38 @@ def _spec_batch_function(method: str, image_shape: tuple[int, ...], rows: int) -
   return functools.partial(_spec_lower_of_batch, method, image_shape=image_shape, rows=rows)
 
 
-def _spec_lower_bounds(embed, method: str, images, spec, eps: float, batch_size: int):
+def _spec_lower_bounds(embed, method: str, images, spec, eps: float, batch_size: int,
+                       intermediates=None):
   """(N, rows) lower bounds of `spec[i, r] . f(x)` over image i's eps-box, `batch_size` images a
-  call (`linear_spec_bounds` with `method`)."""
+  call (`linear_spec_lower_bounds` with `method`, reusing image i's `intermediates` where given).
+
+  Rows past an image's last nonzero row are padding, which the passes of 'crown' and
+  'alpha_crown' skip (`linear_spec_bounds`); the images are batched in the order of their
+  number of rows in use, so that a batch's passes stop near each of its images' own count."""
   count, rows = spec.shape[:2]
-  packed = np.concatenate([np.asarray(images, spec.dtype).reshape(count, -1),
-                           np.asarray(spec).reshape(count, -1)], axis=1)
+  images = box_retrieval._check_pixel_range(images)  # pylint: disable=protected-access
+  spec = np.asarray(spec)
+  in_use = np.max(np.where(np.any(spec != 0, axis=2), np.arange(1, rows + 1), 0), axis=1)
+  order = np.argsort(-in_use, kind='stable')
+  parts = [images.astype(spec.dtype).reshape(count, -1), spec.reshape(count, -1)]
+  if intermediates is not None:
+    parts.append(np.asarray(intermediates, spec.dtype).reshape(count, -1))
   spec_batch = jax.tree_util.Partial(_spec_batch_function(method, tuple(np.shape(images)[1:]),
                                                           rows),
                                      retrieval.as_pytree_function(embed),
                                      jnp.asarray(eps, spec.dtype))
-  return jnp.asarray(retrieval.embed_in_batches(spec_batch, packed, batch_size))
+  lower = np.empty((count, rows), spec.dtype)
+  lower[order] = retrieval.embed_in_batches(spec_batch, np.concatenate(parts, axis=1)[order],
+                                            batch_size)
+  return jnp.asarray(lower)
 
 
 def tighten_query_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Callable,
                                query_images, eps: float, query_lower, query_upper,
                                candidate_emb, target_columns, *, method: str = 'crown',
                                max_rows: int = DEFAULT_MAX_ROWS, batch_size: int = 50,
-                               distance_slack: float = box_retrieval.DEFAULT_DISTANCE_SLACK
+                               distance_slack: float = box_retrieval.DEFAULT_DISTANCE_SLACK,
+                               query_intermediates=None
                                ) -> tuple[box_retrieval.RankBounds, dict]:
   """`rank_bounds` with each query's target QA rank upper bound tightened through the encoder.
 
@@ -159,6 +215,9 @@ def tighten_query_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Cal
     max_rows: undecided candidates per query bounded through the encoder.
     batch_size: queries per `linear_spec_bounds` call.
     distance_slack: as in `rank_bounds`.
+    query_intermediates: (Nq, m), the intermediate bounds of the query boxes at `eps`
+      (`embedding_bounds_and_intermediates` with `method`), reused instead of recomputed; None:
+      recomputed.
 
   Returns:
     (the tightened RankBounds, {'undecided': (Nq,) candidates the box test leaves undecided
@@ -182,7 +241,8 @@ def tighten_query_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Cal
                             jnp.asarray(targets[start:start + batch_size]), slack, rows=rows)
             for start in range(0, num_queries, batch_size)]
   chosen = {key: jnp.concatenate([block[key] for block in blocks]) for key in blocks[0]}
-  spec_lower = _spec_lower_bounds(embed, method, query_images, chosen['spec'], eps, batch_size)
+  spec_lower = _spec_lower_bounds(embed, method, query_images, chosen['spec'], eps, batch_size,
+                                  query_intermediates)
   network = np.asarray(_network_farther(spec_lower, chosen, slack)) & has_target[:, None]
   farther_count = np.asarray(chosen['box_farther']) + network.sum(axis=1)
   upper = np.array(rank_bounds.query_attack_upper)
@@ -233,7 +293,8 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
                                    candidate_upper, query_emb, candidate_emb, target_columns, *,
                                    method: str = 'crown', max_rows: int = DEFAULT_MAX_ROWS,
                                    batch_size: int = 50,
-                                   distance_slack: float = box_retrieval.DEFAULT_DISTANCE_SLACK
+                                   distance_slack: float = box_retrieval.DEFAULT_DISTANCE_SLACK,
+                                   candidate_intermediates=None
                                    ) -> tuple[box_retrieval.RankBounds, dict]:
   """`rank_bounds` with each query's target CA rank upper bound tightened through the encoder.
 
@@ -258,6 +319,8 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
     target_columns: (Nq,) as in `tighten_query_attack_upper`.
     method, max_rows, batch_size, distance_slack: as there (`max_rows` queries per candidate,
       `batch_size` candidate images a call).
+    candidate_intermediates: (N, m), the intermediate bounds of the candidate boxes at `eps`
+      (`embedding_bounds_and_intermediates`), reused where given.
 
   Returns:
     (the tightened RankBounds, {'undecided': (Nq,) candidates the box leaves undecided against
@@ -283,7 +346,8 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
   along = candidate_emb[targets] - query_emb  # (Nq, d)
   spec_lower = np.asarray(_spec_lower_bounds(
       embed, method, np.asarray(candidate_images)[targets], np.stack([along, -along], axis=1),
-      eps, batch_size))
+      eps, batch_size,
+      None if candidate_intermediates is None else np.asarray(candidate_intermediates)[targets]))
   target_max = np.minimum(target_max, np.asarray(_network_distance_upper(
       jnp.asarray(along), jnp.asarray(spec_lower), jnp.asarray(query_emb),
       jnp.asarray(candidate_lower)[targets], jnp.asarray(candidate_upper)[targets],
@@ -298,7 +362,7 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
   valid = np.take_along_axis(undecided.T, chosen, axis=1)
   spec = (candidate_emb[:, None] - query_emb[chosen]) * valid[..., None]
   spec_lower = np.asarray(_spec_lower_bounds(embed, method, candidate_images, spec, eps,
-                                             batch_size))
+                                             batch_size, candidate_intermediates))
   lower = np.asarray(_network_distance_lower(
       jnp.asarray(spec), jnp.asarray(spec_lower), jnp.asarray(query_emb[chosen]),
       jnp.asarray(box_retrieval._box_magnitude(candidate_lower, candidate_upper)),  # pylint: disable=protected-access

@@ -243,12 +243,23 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None
   outward = certification_dtype(ibp_config) == 'float32'
   bound = embedding_bound_transform(ibp_config.method, outward)
   start = time.perf_counter()
-  query_box, candidate_box = (
-      certified_retrieval.embedding_bounds(inputs.embed, images, eps,
-                                           batch_size=ibp_config.batch_size,
-                                           sharding=inputs.batch_sharding, dtype=query_emb.dtype,
-                                           bound=bound)
-      for images in (inputs.queries.images, inputs.candidates.images))
+  intermediates = (None, None)
+  if 'network' in (ibp_config.qa_bound, ibp_config.ca_bound):
+    # The boxes' intermediate bounds, reused by the bounds through the encoder.
+    query_all, candidate_all = (
+        through_encoder.embedding_bounds_and_intermediates(
+            inputs.embed, images, eps, ibp_config.method, batch_size=ibp_config.batch_size,
+            sharding=inputs.batch_sharding, dtype=query_emb.dtype)
+        for images in (inputs.queries.images, inputs.candidates.images))
+    query_box, candidate_box = query_all[:2], candidate_all[:2]
+    intermediates = query_all[2], candidate_all[2]
+  else:
+    query_box, candidate_box = (
+        certified_retrieval.embedding_bounds(inputs.embed, images, eps,
+                                             batch_size=ibp_config.batch_size,
+                                             sharding=inputs.batch_sharding,
+                                             dtype=query_emb.dtype, bound=bound)
+        for images in (inputs.queries.images, inputs.candidates.images))
   compared_query_box, compared_candidate_box = query_box, candidate_box
   point_margin = query_point_margin = 0.
   if outward:
@@ -272,7 +283,7 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None
   rank_bounds = through_encoder_rank_bounds(
       inputs, rank_bounds, eps, query_box, candidate_box, query_emb, candidate_emb,
       qa_bound=ibp_config.qa_bound, ca_bound=ibp_config.ca_bound, method=ibp_config.method,
-      slack=distance_slack(ibp_config))
+      slack=distance_slack(ibp_config), intermediates=intermediates)
   verify_s = time.perf_counter() - start
   certified = certified_retrieval.certified_retrieval(
       rank_bounds, inputs.queries.labels, inputs.candidates.labels, ks)
@@ -285,12 +296,13 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None
 
 def through_encoder_rank_bounds(inputs, rank_bounds, eps: float, query_box, candidate_box,
                                query_emb, candidate_emb, *, qa_bound: str, ca_bound: str,
-                               method: str, slack: float):
+                               method: str, slack: float, intermediates=(None, None)):
   """`rank_bounds` (QA by 'linear' where `qa_bound` is 'network') with each query's nearest
   same-class candidate's QA rank (`qa_bound` 'network') and CA rank (`ca_bound` 'network')
   tightened through `inputs.embed` with the relaxation of the linear `method`
-  (`jaxcert.bounds.through_encoder`; config.ibp.spec_rows rows per query or candidate); returned
-  unchanged when neither is 'network'."""
+  (`jaxcert.bounds.through_encoder`; config.ibp.spec_rows rows per query or candidate),
+  reusing the boxes' `intermediates` (queries', candidates'; `embedding_bounds_and_intermediates`)
+  where given; returned unchanged when neither is 'network'."""
   if 'network' not in (qa_bound, ca_bound):
     return rank_bounds
   ibp_config = inputs.config.ibp
@@ -301,11 +313,11 @@ def through_encoder_rank_bounds(inputs, rank_bounds, eps: float, query_box, cand
   if qa_bound == 'network':
     rank_bounds, _ = through_encoder.tighten_query_attack_upper(
         rank_bounds, inputs.embed, inputs.queries.images, eps, *query_box, candidate_emb,
-        columns, **settings)
+        columns, query_intermediates=intermediates[0], **settings)
   if ca_bound == 'network':
     rank_bounds, _ = through_encoder.tighten_candidate_attack_upper(
         rank_bounds, inputs.embed, inputs.candidates.images, eps, *candidate_box, query_emb,
-        candidate_emb, columns, **settings)
+        candidate_emb, columns, candidate_intermediates=intermediates[1], **settings)
   return rank_bounds
 
 
