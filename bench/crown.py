@@ -31,7 +31,9 @@ in `--methods`.
 queries at the first `--eps` instead of certifying; `--dense` adds 'crown (dense)', CROWN without
 the patches pass of its convolutions' intermediate bounds (`linear_bounds(..., patches=False)`);
 `--outward` adds the rigorous mode of IBP and of each linear method timed
-(`rounding='outward'`, docs/linear_bounds.md §8.1).
+(`rounding='outward'`, docs/linear_bounds.md §8.1); `--spec_rows N` the lower bounds of N
+specification rows per image through the encoder, recomputing the intermediate bounds and reusing
+the box pass's (docs/linear_bounds.md §6.3).
 """
 
 import argparse
@@ -58,6 +60,7 @@ from jaxcert.bounds import input_box  # pylint: disable=wrong-import-position
 from jaxcert.bounds import interval  # pylint: disable=wrong-import-position
 from jaxcert.bounds import retrieval as certified_retrieval  # pylint: disable=wrong-import-position
 from jaxcert.bounds.linear import linear_bounds  # pylint: disable=wrong-import-position
+from jaxcert.bounds.linear import linear_spec_lower_bounds  # pylint: disable=wrong-import-position
 from jaxcert.bounds.linear import METHODS  # pylint: disable=wrong-import-position
 
 # Encoder name -> (image shape (H, W, C), perturbation radius eps).
@@ -99,13 +102,30 @@ def bound_function(apply_fn, method: str, row_chunk: int | None):
   return jax.jit(bounded)
 
 
+def spec_function(apply_fn, method: str):
+  """`(variables, lower, upper, spec, intermediates) -> spec_lower`, jitted
+  (`linear_spec_lower_bounds`, reusing `intermediates` unless None), and
+  `(variables, lower, upper) -> intermediates` (`linear_bounds(..., return_intermediates=True)`)."""
+  spec_lower = jax.jit(lambda variables, lower, upper, spec, intermediates: (
+      linear_spec_lower_bounds(lambda x: apply_fn(variables, x), method)(lower, upper, spec,
+                                                                          intermediates)))
+  intermediates = jax.jit(lambda variables, lower, upper: linear_bounds(
+      lambda x: apply_fn(variables, x), method, return_intermediates=True)(lower, upper)[2])
+  return spec_lower, intermediates
+
+
 def time_methods(apply_fn, variables, images, eps, *, methods, repeats: int, dtype: str,
-                 row_chunk: int | None, auto_lirpa_model=None) -> tuple[dict, dict]:
+                 row_chunk: int | None, auto_lirpa_model=None,
+                 spec_rows: int = 0) -> tuple[dict, dict]:
   """Median seconds of the float32 forward pass and of each bound method in `dtype`, and the
   bounds of each method.
 
   With `auto_lirpa_model` (the Flax module of `apply_fn`) and auto_LiRPA importable, auto_LiRPA's
   bounds by each of `methods` on the same weights and boxes too, under 'auto_lirpa_<method>'.
+  With `spec_rows`, each linear method's lower bounds of that many random specification rows
+  per image through the encoder (what certify.py's 'network' bounds compute), with their own
+  intermediate bounds ('<method> spec N') and reusing the box pass's ('... (reused)';
+  docs/linear_bounds.md §6.3).
   """
   forward = jax.jit(apply_fn)
   timings = {'forward': common.median_seconds(lambda: forward(variables, images),
@@ -119,6 +139,17 @@ def time_methods(apply_fn, variables, images, eps, *, methods, repeats: int, dty
       run = lambda bounded=bounded: bounded(bound_variables, lower, upper)
       timings[method] = common.median_seconds(run, repeats=repeats)
       bounds[method] = tuple(np.asarray(b) for b in run())
+    if spec_rows:
+      spec = jnp.asarray(np.random.default_rng(1).normal(
+          size=(lower.shape[0], spec_rows, bounds['ibp'][0].shape[-1])), lower.dtype)
+      for method in (m for m in methods if m in METHODS):
+        spec_lower, intermediates_of = spec_function(apply_fn, method)
+        intermediates = intermediates_of(bound_variables, lower, upper)
+        for label, given in ((f'{method} spec {spec_rows}', None),
+                             (f'{method} spec {spec_rows} (reused)', intermediates)):
+          timings[label] = common.median_seconds(
+              lambda given=given: spec_lower(bound_variables, lower, upper, spec, given),
+              repeats=repeats)
   lirpa = auto_lirpa_or_none() if auto_lirpa_model is not None else None
   if lirpa is not None:
     for method in methods:
@@ -163,7 +194,8 @@ def cost_main(args, parser) -> dict:
     timings, bounds = time_methods(model.apply, variables, images, eps, methods=methods,
                                    repeats=args.repeats, dtype=args.dtype,
                                    row_chunk=args.row_chunk,
-                                   auto_lirpa_model=model if exportable else None)
+                                   auto_lirpa_model=model if exportable else None,
+                                   spec_rows=args.spec_rows)
     results[name] = timings
     forward = timings['forward'] / args.batch_size
     for method, seconds in list(timings.items()):
@@ -516,6 +548,10 @@ def main(argv=None) -> dict:
                       help='with --checkpoint: time the methods on its first queries (1.)')
   parser.add_argument('--dense', action='store_true',
                       help="cost: also time 'crown (dense)', CROWN without patches")
+  parser.add_argument('--spec_rows', type=int, default=0,
+                      help='cost: also time each linear method\'s lower bounds of that many '
+                      'specification rows through the encoder, with their own intermediate '
+                      'bounds and reusing the box pass\'s (certify.py\'s \'network\' bounds)')
   parser.add_argument('--outward', action='store_true',
                       help="cost: also time the rigorous mode (rounding='outward', "
                            "docs/linear_bounds.md §8.1) of IBP and of each linear method, "

@@ -76,3 +76,11 @@ def test_crown_bench_times_the_rigorous_mode_beside_round_to_nearest():
   # The rigorous boxes contain the round-to-nearest ones (a slack is subtracted), barely wider.
   assert (timings['crown_ibp_mean_width'] <= timings['crown_ibp (outward)_mean_width']
           < 1.01 * timings['crown_ibp_mean_width'])
+
+
+def test_crown_bench_times_specification_rows_with_and_without_the_box_pass_intermediates():
+  from bench import crown  # pylint: disable=import-outside-toplevel
+  result = crown.main(['--models', 'mlp', '--batch_size', '2', '--repeats', '1', '--methods',
+                       'crown', '--spec_rows', '3', '--dtype', 'float32', '--embedding_dim', '8'])
+  timings = result['cost']['mlp']
+  assert timings['crown spec 3'] > 0 and timings['crown spec 3 (reused)'] > 0
