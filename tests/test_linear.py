@@ -6,6 +6,7 @@ equal a CROWN bound derived by hand in numpy; on standard (not IBP-trained) netw
 strictly tighter than IBP.
 """
 
+import functools
 import itertools
 
 import jax
@@ -579,17 +580,20 @@ def test_linear_network_bounds_are_its_exact_range(dimension_numbers):
                                atol=TOLERANCE_64)
 
 
-@pytest.mark.parametrize('transpose', [linear_rules.conv_lhs_transpose,
-                                       linear_rules.conv_lhs_transpose_by_conv])
+@pytest.mark.parametrize('transpose', [
+    functools.partial(linear_rules.conv_lhs_transpose, band_max_waste=0.),  # spread only
+    functools.partial(linear_rules.conv_lhs_transpose, band_max_waste=np.inf),  # banded
+    linear_rules.conv_lhs_transpose_by_conv], ids=['spread', 'banded', 'by_conv'])
 def test_conv_transpositions_equal_the_vjp(transpose):
-  """Both explicit transposed convolutions (docs/linear_bounds.md §3.1) equal the VJP of the
-  convolution on random rows: strides, asymmetric and 'SAME' padding, kernel dilation, NCHW."""
+  """The explicit transposed convolutions (docs/linear_bounds.md §3.1) equal the VJP of the
+  convolution on random rows: strides, asymmetric and 'SAME' padding, kernel dilation, NCHW, 1-D."""
   rng = np.random.default_rng(12)
   nhwc, nchw = ('NHWC', 'HWIO', 'NHWC'), ('NCHW', 'OIHW', 'NCHW')
   cases = [(nhwc, (1, 13, 11, 3), (3, 2, 3, 5), (2, 1), ((1, 2), (0, 1)), (1, 1)),
            (nhwc, (1, 28, 28, 1), (4, 4, 1, 16), (2, 2), 'VALID', (1, 1)),
            (nhwc, (1, 14, 14, 4), (3, 3, 4, 6), (2, 2), 'SAME', (1, 1)),
-           (nchw, (1, 3, 12, 9), (5, 3, 3, 3), (3, 2), ((2, 1), (1, 1)), (2, 1))]
+           (nchw, (1, 3, 12, 9), (5, 3, 3, 3), (3, 2), ((2, 1), (1, 1)), (2, 1)),
+           (('NWC', 'WIO', 'NWC'), (1, 11, 3), (3, 3, 4), (2,), ((1, 1),), (1,))]
   for numbers, lhs_shape, kernel_shape, strides, padding, dilation in cases:
     kernel = jnp.asarray(rng.normal(size=kernel_shape))
     conv = lambda x, kernel=kernel, numbers=numbers, strides=strides, padding=padding, \

@@ -232,14 +232,25 @@ def transpose_conv_by_matmul(dtype) -> bool:
   return dtype == jnp.float64 and jax.default_backend() == 'cpu'
 
 
-def conv_lhs_transpose(coeffs, kernel, params, lhs_shape):
-  """`L^T A` for `L x = conv(x, kernel)`: one matmul with the kernel, then one padded sum.
+# `conv_lhs_transpose` folds the last spatial axis into a banded matmul where the band is at most
+# this many times denser in multiply-adds than the kernel (input width over kernel width): its
+# matmul contracts over (width x output features) instead of the output features alone, which
+# XLA's CPU float64 matmul runs several times faster (docs/linear_bounds.md §3.1).
+BANDED_MAX_WASTE = 4.
+
+
+def conv_lhs_transpose(coeffs, kernel, params, lhs_shape, band_max_waste: float = BANDED_MAX_WASTE):
+  """`L^T A` for `L x = conv(x, kernel)`: matmuls with the kernel, then one padded sum.
 
   The transposed convolution written as im2col transposed (docs/linear_bounds.md §3.1): each
   output position's coefficients times the kernel give a patch of input coefficients; the
   patches of one kernel offset are spread to their input positions by one `lax.pad` (interior
   padding `stride - 1`, the forward padding cropped by negative edge padding), and the spread
-  arrays of all kernel offsets are summed (one fused loop for XLA).
+  arrays of all kernel offsets are summed (one fused loop for XLA). Where the input is at most
+  `band_max_waste` times as wide as the kernel, the last spatial axis is not spread but
+  contracted: per offset along the other axes, one matmul of each row of output positions
+  (width x output features) with a banded matrix holding the kernel at every position of that
+  row (its zeros multiplied too, hence the limit).
   """
   numbers = params['dimension_numbers']
   strides, dilation, padding = (params['window_strides'], params['rhs_dilation'],
@@ -250,21 +261,49 @@ def conv_lhs_transpose(coeffs, kernel, params, lhs_shape):
                                   1 + out_feature))  # (rows, n, *out spatial, o)
   out_feature_dim, in_feature_dim, *kernel_spatial = numbers.rhs_spec
   kernel = jnp.transpose(kernel, (*kernel_spatial, in_feature_dim, out_feature_dim))
-  patches = jnp.tensordot(coeffs, kernel.astype(coeffs.dtype), axes=([-1], [-1]))
+  kernel = kernel.astype(coeffs.dtype)  # (*kernel spatial, i, o)
   lhs_batch, lhs_feature, *lhs_spatial = numbers.lhs_spec
   in_sizes = [lhs_shape[d] for d in lhs_spatial]
   out_sizes = coeffs.shape[2:2 + spatial]
+  banded = in_sizes[-1] <= band_max_waste * kernel.shape[spatial - 1]
   zero = jnp.zeros((), coeffs.dtype)
+  if banded:  # (rows, n, *out spatial[:-1], out width x o) @ (out width x o, in width x i)
+    band = _band_matrix(kernel, strides[-1], dilation[-1], padding[-1][0], out_sizes[-1],
+                        in_sizes[-1])
+    flat = coeffs.reshape(coeffs.shape[:1 + spatial] + (-1,))
+    spread_axes = spatial - 1
+  else:
+    patches = jnp.tensordot(coeffs, kernel, axes=([-1], [-1]))
+    spread_axes = spatial
   total = 0
-  for offset in np.ndindex(*kernel.shape[:spatial]):
-    patch = patches[(slice(None),) * (2 + spatial) + offset]
+  for offset in np.ndindex(*kernel.shape[:spread_axes]):
+    if banded:
+      patch = jnp.matmul(flat, band[offset]).reshape(
+          coeffs.shape[:1 + spatial] + (in_sizes[-1], kernel.shape[-2]))
+    else:
+      patch = patches[(slice(None),) * (2 + spatial) + offset]
     edges = [(k * dil - lo, in_size - (k * dil - lo + stride * (size - 1) + 1), stride - 1)
              for k, dil, (lo, _), stride, size, in_size in zip(offset, dilation, padding,
                                                                strides, out_sizes, in_sizes)]
+    edges += [(0, 0, 0)] * (spatial - spread_axes)
     total = total + jax.lax.pad(patch, zero, [(0, 0, 0), (0, 0, 0), *edges, (0, 0, 0)])
   canonical_axis = {lhs_batch: 1, lhs_feature: 2 + spatial,
                     **{d: 2 + i for i, d in enumerate(lhs_spatial)}}
   return jnp.transpose(total, (0, *(canonical_axis[d] for d in range(len(lhs_shape)))))
+
+
+def _band_matrix(kernel, stride: int, dilation: int, low: int, out_size: int, in_size: int):
+  """(*kernel spatial[:-1], out_size * o, in_size * i): along the kernel's last spatial axis, output
+  position x and input position x' = x * stride + j * dilation - low (inside the input) meet
+  through the kernel's tap j; the other entries are 0."""
+  taps = np.zeros((kernel.shape[-3], out_size, in_size))
+  for tap in range(kernel.shape[-3]):
+    for position in range(out_size):
+      source = position * stride + tap * dilation - low
+      if 0 <= source < in_size:
+        taps[tap, position, source] = 1
+  band = jnp.einsum('jxy,...jio->...xoyi', jnp.asarray(taps, kernel.dtype), kernel)
+  return band.reshape(kernel.shape[:-3] + (out_size * kernel.shape[-1], in_size * kernel.shape[-2]))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
