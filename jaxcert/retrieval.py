@@ -39,6 +39,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
+import tqdm
 
 from jaxcert import parallel
 
@@ -63,7 +64,8 @@ def as_pytree_function(embed: Callable) -> jax.tree_util.Partial:
 
 
 def embed_in_batches(embed: Callable, images, batch_size: int = 256, *,
-                     sharding: jax.sharding.Sharding | None = None) -> np.ndarray:
+                     sharding: jax.sharding.Sharding | None = None,
+                     progress: str | None = None) -> np.ndarray:
   """Embeds `images` in batches of one static shape.
 
   The last batch is padded (by repeating its last image) to the common batch size,
@@ -81,6 +83,8 @@ def embed_in_batches(embed: Callable, images, batch_size: int = 256, *,
     sharding: where each batch goes, e.g. `parallel.batch_sharded(mesh)`: the jitted
       encoder then runs data-parallel over the mesh (XLA partitions it along the batch;
       `embed`'s weights must be replicated on the same devices). None: the default device.
+    progress: a description to show a progress bar (tqdm, images done) under, for long runs
+      such as CROWN bounds; None: no bar.
 
   Returns:
     (N, k) np.ndarray of embeddings, in the order of `images`.
@@ -110,7 +114,13 @@ def embed_in_batches(embed: Callable, images, batch_size: int = 256, *,
       batch = jax.device_put(batch, sharding)
     outputs.append((_apply(embed, batch), stop - start))
   # Converting after every batch is dispatched lets host indexing overlap device compute.
-  return np.concatenate([np.asarray(out)[:count] for out, count in outputs])
+  with tqdm.tqdm(total=num_images, desc=progress, unit='img', dynamic_ncols=True,
+                 disable=progress is None or not parallel.is_primary()) as bar:
+    results = []
+    for out, count in outputs:
+      results.append(np.asarray(out)[:count])
+      bar.update(count)
+  return np.concatenate(results)
 
 
 def padded_batches(num: int, batch_size: int):

@@ -791,8 +791,9 @@ def test_network_bounds_wiring_and_their_config_errors(monkeypatch):
   monkeypatch.setattr(ibp, 'embedding_bound_transform', lambda method, outward=False: interval)
   box_methods = []
 
-  def boxes_and_intermediates(embed, images, eps, method, *, batch_size, sharding, dtype):
-    box_methods.append(method)  # (interval boxes stand in; each set's intermediates marked)
+  def boxes_and_intermediates(embed, images, eps, method, *, batch_size, sharding, dtype,
+                              progress):
+    box_methods.append((method, progress))  # (interval boxes stand in; intermediates marked)
     lower, upper = br.embedding_bounds(embed, images, eps, batch_size=batch_size, dtype=dtype)
     return lower, upper, np.full((len(images), 3), len(images))
 
@@ -822,7 +823,10 @@ def test_network_bounds_wiring_and_their_config_errors(monkeypatch):
   assert len(calls) == len(ca_calls) == 1
   assert (ca_calls[0]['method'], ca_calls[0]['max_rows']) == ('crown', 7)
   assert ca_calls[0]['images'] is inputs.candidates.images
-  assert box_methods == ['crown', 'crown']  # The boxes' intermediate bounds are handed on:
+  assert box_methods == [('crown', 'crown boxes of the queries, eps 3e-05'),
+                         ('crown', 'crown boxes of the candidates, eps 3e-05')]
+  assert calls[0]['progress'] and ca_calls[0]['progress']
+  # The boxes' intermediate bounds are handed on:
   assert (ca_calls[0]['candidate_intermediates'] == 40).all()
   assert (calls[0]['query_intermediates'] == 12).all()
   np.testing.assert_array_equal(network['rank_bounds'].candidate_attack_upper,

@@ -77,6 +77,14 @@ class TestEmbedInBatches:
     requested = np.concatenate(requested)
     np.testing.assert_array_equal(requested, np.arange(7))  # each image read once, in order
 
+  def test_progress_bar_counts_the_images(self, capsys):
+    images = np.arange(7 * 2, dtype=np.float32).reshape(7, 2, 1, 1)
+    out = retrieval.embed_in_batches(lambda x: x.reshape(x.shape[0], -1), images, 3,
+                                     progress='CROWN boxes')
+    np.testing.assert_array_equal(out, images.reshape(7, 2))
+    bar = capsys.readouterr().err
+    assert 'CROWN boxes' in bar and '7/7' in bar
+
   def test_batch_larger_than_set(self):
     images = np.ones((3, 2, 2, 1), np.float32)
     out = retrieval.embed_in_batches(lambda x: jnp.sum(x, axis=(1, 2)), images, 100)

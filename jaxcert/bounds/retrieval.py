@@ -94,7 +94,8 @@ outward_interval = functools.partial(interval, rounding='outward')
 
 def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
                      sharding: jax.sharding.Sharding | None = None, dtype=jnp.float32,
-                     bound: Callable = interval) -> tuple[np.ndarray, np.ndarray]:
+                     bound: Callable = interval,
+                     progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Interval bounds of f(x + delta), ||delta||_inf <= eps, x + delta in [0, 1], for each image.
 
   By default interval bound propagation through the whole encoder (Kakizaki et al. Eqs. 15-16,
@@ -113,6 +114,7 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
       calling convention of `interval` (the default), e.g. a linear-relaxation (CROWN-family)
       transform; pass one function object per method (jit's cache is keyed by it).
       `outward_interval` bounds the real-valued encoder in any dtype (docs/rigorous_float32.md).
+    progress: a progress bar's description (`retrieval.embed_in_batches`); None: no bar.
 
   Returns:
     `(lower, upper)`, each (N, d) numpy arrays (the encoder's output dtype) with
@@ -125,7 +127,8 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
   images = _check_pixel_range(images)
   bounded = jax.tree_util.Partial(_batch_bounds(bound), retrieval.as_pytree_function(embed),
                                   jnp.asarray(eps, dtype))
-  both = retrieval.embed_in_batches(bounded, images, batch_size, sharding=sharding)
+  both = retrieval.embed_in_batches(bounded, images, batch_size, sharding=sharding,
+                                   progress=progress)
   dim = both.shape[1] // 2
   return both[:, :dim], both[:, dim:]
 

@@ -134,11 +134,13 @@ def _boxes_and_intermediates_of_batch(method, embed, eps, images):
 
 
 def embedding_bounds_and_intermediates(embed: Callable, images, eps: float, method: str, *,
-                                       batch_size: int = 50, sharding=None, dtype=jnp.float64):
+                                       batch_size: int = 50, sharding=None, dtype=jnp.float64,
+                                       progress: str | None = None):
   """`retrieval.embedding_bounds(embed, images, eps, bound=linear_bounds(method))` with, per
   image, the intermediate bounds of its box, for `tighten_query_attack_upper` and
   `tighten_candidate_attack_upper` to reuse (their backward passes then skip the intermediate
-  bounds, most of a 'crown' pass; docs/linear_bounds.md §6.3).
+  bounds, most of a 'crown' pass; docs/linear_bounds.md §6.3). `progress`: a progress bar's
+  description (`retrieval.embed_in_batches`), None for none.
 
   Returns:
     `(lower, upper, intermediates)`: (N, d), (N, d), (N, m) numpy arrays in `dtype`.
@@ -150,7 +152,8 @@ def embedding_bounds_and_intermediates(embed: Callable, images, eps: float, meth
   dim = jax.eval_shape(embed, jax.ShapeDtypeStruct((1,) + images.shape[1:], dtype)).shape[-1]
   packed = retrieval.embed_in_batches(
       jax.tree_util.Partial(_boxes_and_intermediates_function(method), embed,
-                            jnp.asarray(eps, dtype)), images, batch_size, sharding=sharding)
+                            jnp.asarray(eps, dtype)), images, batch_size, sharding=sharding,
+      progress=progress)
   return packed[:, :dim], packed[:, dim:2 * dim], packed[:, 2 * dim:]
 
 
@@ -167,7 +170,7 @@ def _spec_batch_function(method: str, image_shape: tuple[int, ...], rows: int) -
 
 
 def _spec_lower_bounds(embed, method: str, images, spec, eps: float, batch_size: int,
-                       intermediates=None):
+                       intermediates=None, progress: str | None = None):
   """(N, rows) lower bounds of `spec[i, r] . f(x)` over image i's eps-box, `batch_size` images a
   call (`linear_spec_lower_bounds` with `method`, reusing image i's `intermediates` where given).
 
@@ -188,7 +191,7 @@ def _spec_lower_bounds(embed, method: str, images, spec, eps: float, batch_size:
                                      jnp.asarray(eps, spec.dtype))
   lower = np.empty((count, rows), spec.dtype)
   lower[order] = retrieval.embed_in_batches(spec_batch, np.concatenate(parts, axis=1)[order],
-                                            batch_size)
+                                            batch_size, progress=progress)
   return jnp.asarray(lower)
 
 
@@ -197,7 +200,7 @@ def tighten_query_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Cal
                                candidate_emb, target_columns, *, method: str = 'crown',
                                max_rows: int = DEFAULT_MAX_ROWS, batch_size: int = 50,
                                distance_slack: float = box_retrieval.DEFAULT_DISTANCE_SLACK,
-                               query_intermediates=None
+                               query_intermediates=None, progress: bool = False
                                ) -> tuple[box_retrieval.RankBounds, dict]:
   """`rank_bounds` with each query's target QA rank upper bound tightened through the encoder.
 
@@ -218,6 +221,7 @@ def tighten_query_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Cal
     query_intermediates: (Nq, m), the intermediate bounds of the query boxes at `eps`
       (`embedding_bounds_and_intermediates` with `method`), reused instead of recomputed; None:
       recomputed.
+    progress: a progress bar over the images bounded through the encoder.
 
   Returns:
     (the tightened RankBounds, {'undecided': (Nq,) candidates the box test leaves undecided
@@ -242,7 +246,8 @@ def tighten_query_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Cal
             for start in range(0, num_queries, batch_size)]
   chosen = {key: jnp.concatenate([block[key] for block in blocks]) for key in blocks[0]}
   spec_lower = _spec_lower_bounds(embed, method, query_images, chosen['spec'], eps, batch_size,
-                                  query_intermediates)
+                                  query_intermediates,
+                                  progress='QA bounds through the encoder' if progress else None)
   network = np.asarray(_network_farther(spec_lower, chosen, slack)) & has_target[:, None]
   farther_count = np.asarray(chosen['box_farther']) + network.sum(axis=1)
   upper = np.array(rank_bounds.query_attack_upper)
@@ -294,7 +299,7 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
                                    method: str = 'crown', max_rows: int = DEFAULT_MAX_ROWS,
                                    batch_size: int = 50,
                                    distance_slack: float = box_retrieval.DEFAULT_DISTANCE_SLACK,
-                                   candidate_intermediates=None
+                                   candidate_intermediates=None, progress: bool = False
                                    ) -> tuple[box_retrieval.RankBounds, dict]:
   """`rank_bounds` with each query's target CA rank upper bound tightened through the encoder.
 
@@ -321,6 +326,7 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
       `batch_size` candidate images a call).
     candidate_intermediates: (N, m), the intermediate bounds of the candidate boxes at `eps`
       (`embedding_bounds_and_intermediates`), reused where given.
+    progress: progress bars over the images bounded through the encoder.
 
   Returns:
     (the tightened RankBounds, {'undecided': (Nq,) candidates the box leaves undecided against
@@ -347,7 +353,8 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
   spec_lower = np.asarray(_spec_lower_bounds(
       embed, method, np.asarray(candidate_images)[targets], np.stack([along, -along], axis=1),
       eps, batch_size,
-      None if candidate_intermediates is None else np.asarray(candidate_intermediates)[targets]))
+      None if candidate_intermediates is None else np.asarray(candidate_intermediates)[targets],
+      progress='CA targets through the encoder' if progress else None))
   target_max = np.minimum(target_max, np.asarray(_network_distance_upper(
       jnp.asarray(along), jnp.asarray(spec_lower), jnp.asarray(query_emb),
       jnp.asarray(candidate_lower)[targets], jnp.asarray(candidate_upper)[targets],
@@ -361,8 +368,9 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
   chosen = np.argsort(-margin, axis=0, kind='stable')[:rows].T  # (N, rows) query indices
   valid = np.take_along_axis(undecided.T, chosen, axis=1)
   spec = (candidate_emb[:, None] - query_emb[chosen]) * valid[..., None]
-  spec_lower = np.asarray(_spec_lower_bounds(embed, method, candidate_images, spec, eps,
-                                             batch_size, candidate_intermediates))
+  spec_lower = np.asarray(_spec_lower_bounds(
+      embed, method, candidate_images, spec, eps, batch_size, candidate_intermediates,
+      progress='CA bounds through the encoder' if progress else None))
   lower = np.asarray(_network_distance_lower(
       jnp.asarray(spec), jnp.asarray(spec_lower), jnp.asarray(query_emb[chosen]),
       jnp.asarray(box_retrieval._box_magnitude(candidate_lower, candidate_upper)),  # pylint: disable=protected-access

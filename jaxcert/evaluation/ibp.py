@@ -244,22 +244,26 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None
   bound = embedding_bound_transform(ibp_config.method, outward)
   start = time.perf_counter()
   intermediates = (None, None)
+  # Progress bars for the linear methods' boxes (minutes; IBP's take a second).
+  progress = ibp_config.method != 'ibp' and inputs.config.get('progress_bar', True)
+  sets = (('queries', inputs.queries.images), ('candidates', inputs.candidates.images))
   if 'network' in (ibp_config.qa_bound, ibp_config.ca_bound):
     # The boxes' intermediate bounds, reused by the bounds through the encoder.
     query_all, candidate_all = (
         through_encoder.embedding_bounds_and_intermediates(
             inputs.embed, images, eps, ibp_config.method, batch_size=ibp_config.batch_size,
-            sharding=inputs.batch_sharding, dtype=query_emb.dtype)
-        for images in (inputs.queries.images, inputs.candidates.images))
+            sharding=inputs.batch_sharding, dtype=query_emb.dtype,
+            progress=f'{ibp_config.method} boxes of the {name}, eps {eps:g}' if progress else None)
+        for name, images in sets)
     query_box, candidate_box = query_all[:2], candidate_all[:2]
     intermediates = query_all[2], candidate_all[2]
   else:
     query_box, candidate_box = (
-        certified_retrieval.embedding_bounds(inputs.embed, images, eps,
-                                             batch_size=ibp_config.batch_size,
-                                             sharding=inputs.batch_sharding,
-                                             dtype=query_emb.dtype, bound=bound)
-        for images in (inputs.queries.images, inputs.candidates.images))
+        certified_retrieval.embedding_bounds(
+            inputs.embed, images, eps, batch_size=ibp_config.batch_size,
+            sharding=inputs.batch_sharding, dtype=query_emb.dtype, bound=bound,
+            progress=f'{ibp_config.method} boxes of the {name}, eps {eps:g}' if progress else None)
+        for name, images in sets)
   compared_query_box, compared_candidate_box = query_box, candidate_box
   point_margin = query_point_margin = 0.
   if outward:
@@ -309,7 +313,7 @@ def through_encoder_rank_bounds(inputs, rank_bounds, eps: float, query_box, cand
   columns = through_encoder.first_same_class_column(
       rank_bounds.indices, inputs.queries.labels, inputs.candidates.labels)
   settings = dict(method=method, max_rows=ibp_config.spec_rows, batch_size=ibp_config.batch_size,
-                  distance_slack=slack)
+                  distance_slack=slack, progress=inputs.config.get('progress_bar', True))
   if qa_bound == 'network':
     rank_bounds, _ = through_encoder.tighten_query_attack_upper(
         rank_bounds, inputs.embed, inputs.queries.images, eps, *query_box, candidate_emb,
