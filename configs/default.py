@@ -132,8 +132,11 @@ def get_config() -> ml_collections.ConfigDict:
   # The CA certificate: 'kakizaki' (Theorem 2 over the candidates' embedding boxes) or 'network'
   # (also each undecided candidate's distance lower bound through the encoder, a linear method).
   config.ibp.ca_bound = 'kakizaki'
-  # 'network' bounds: rows per query (QA) and queries per candidate (CA) bounded through the encoder.
-  config.ibp.spec_rows = 64
+  # 'network' bounds: rows per query (QA) and queries per candidate (CA) bounded through the encoder
+  # (only the undecided pairs' rows are passed; host memory ~ N x spec_rows x embedding dim floats).
+  # 256 rather than 64: QA CR-Recall@40 0.301 -> 0.407 on the quickstart model at eps 0.005 for
+  # 21 -> 48 s (docs/linear_bounds.md §6.1).
+  config.ibp.spec_rows = 256
   # How the embedding boxes are computed: 'ibp' (interval bound propagation), 'crown_ibp',
   # 'crown' or 'alpha_crown' (linear relaxation bounds of jaxcert.bounds.linear, intersected
   # with IBP; docs/linear_bounds.md compares their cost and tightness).

@@ -54,8 +54,9 @@ from jaxcert.bounds import linear
 from jaxcert.bounds import retrieval as box_retrieval
 from jaxcert.bounds.interval import input_box
 
-# Undecided candidates per query whose specification rows are bounded through the encoder.
-DEFAULT_MAX_ROWS = 64
+# Undecided candidates per query whose specification rows are bounded through the encoder
+# (config.ibp.spec_rows' default; docs/linear_bounds.md §6.1).
+DEFAULT_MAX_ROWS = 256
 
 
 def first_same_class_column(indices, query_labels, candidate_labels) -> np.ndarray:
