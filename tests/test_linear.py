@@ -449,7 +449,7 @@ def test_channels_last_conv_gradients_are_xlas(padding, lhs_dilation, rhs_dilati
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize('method', ['crown_ibp', 'crown'])
+@pytest.mark.parametrize('method', [pytest.param('crown_ibp', marks=pytest.mark.slow), 'crown'])
 def test_spec_bounds_from_reused_intermediates_equal_recomputed_ones(method):
   """`linear_spec_bounds` with the intermediate bounds `linear_bounds` returned for the same boxes
   gives the bounds it computes itself (on a CNN whose patches and dense passes both tighten), and
@@ -508,7 +508,8 @@ def test_intermediates_of_another_box_give_no_bounds():
   fn = _small_conv_net(rng, outputs=4)
   lower, upper = _random_box(rng, 2, (10, 10, 1), 0.05)
   spec = rng.normal(size=(2, 3, 4))
-  _, _, intermediates = linear_bounds(fn, 'crown', return_intermediates=True)(lower, upper)
+  _, _, intermediates = jax.jit(linear_bounds(fn, 'crown', return_intermediates=True))(lower,
+                                                                                        upper)
   smaller_upper = np.asarray(upper).copy()
   smaller_upper[1, 0, 0, 0] = lower[1, 0, 0, 0]
   with pytest.raises(ValueError, match=r'Examples \[1\] have other boxes'):
@@ -518,7 +519,8 @@ def test_intermediates_of_another_box_give_no_bounds():
   assert np.all(np.isfinite(spec_lower[0])) and np.all(np.isfinite(spec_upper[0]))
   assert np.all(spec_lower[1] == -np.inf) and np.all(spec_upper[1] == np.inf)
   with pytest.raises(ValueError, match='do not match'):  # crown_ibp records none
-    _, _, none = linear_bounds(fn, 'crown_ibp', return_intermediates=True)(lower, upper)
+    _, _, none = jax.jit(linear_bounds(fn, 'crown_ibp', return_intermediates=True))(lower,
+                                                                                   upper)
     linear_spec_bounds(fn, 'crown')(lower, upper, spec, none)
   mlp, _ = _mlp(rng, [100, 8, 8, 4])
   with pytest.raises(ValueError, match='do not match'):
