@@ -476,8 +476,8 @@ def test_spec_bounds_from_reused_intermediates_equal_recomputed_ones(method):
     assert intermediates.shape[1] > 2 * lower[0].size
 
 
-@pytest.mark.parametrize('method', ['crown', pytest.param('alpha_crown',
-                                                          marks=pytest.mark.slow)])
+@pytest.mark.parametrize('method', ['crown', 'crown_ibp', pytest.param('alpha_crown',
+                                                                       marks=pytest.mark.slow)])
 def test_trailing_zero_rows_skipped_with_the_bounds_of_their_passes(method):
   """Rows after an example's last nonzero row get bound 0 without a pass: every row's bound is
   that of a call where the same rows are all nonzero (scaled by 1e-300 where padding)."""
@@ -488,15 +488,21 @@ def test_trailing_zero_rows_skipped_with_the_bounds_of_their_passes(method):
   spec[0, 2:] = 0  # 2 rows in use, 7 (all), none, with a zero row inside the rows in use
   spec[2] = 0
   spec[1, 3] = 0
-  bounded = jax.jit(linear_spec_bounds(fn, method, row_chunk=2))
+  bounded = jax.jit(linear_spec_bounds(fn, method, row_chunk=2, skip_zero_rows=True))
   skipped = bounded(lower, upper, spec)
   tiny = np.where(spec == 0, 1e-300, spec)  # (a nonzero row whose bounds round to 0)
   full = bounded(lower, upper, tiny)
   for side in range(2):
     np.testing.assert_allclose(skipped[side], full[side], rtol=1e-12, atol=1e-250)
   assert np.all(np.asarray(skipped[0])[2] == 0) and np.all(np.asarray(skipped[1])[0, 2:] == 0)
-  lower_only = jax.jit(linear_spec_lower_bounds(fn, method, row_chunk=2))(lower, upper, spec)
+  lower_only = jax.jit(linear_spec_lower_bounds(fn, method, row_chunk=2, skip_zero_rows=True))(
+      lower, upper, spec)
   np.testing.assert_allclose(lower_only, skipped[0], rtol=1e-12, atol=1e-12)
+  if method == 'crown_ibp':  # By default CROWN-IBP skips nothing (it stays differentiable).
+    default = jax.jit(linear_spec_bounds(fn, method, row_chunk=2))(lower, upper, spec)
+    np.testing.assert_allclose(default[0], skipped[0], rtol=1e-12, atol=1e-12)
+    assert 'while' not in str(jax.make_jaxpr(linear_spec_lower_bounds(fn, method))(
+        lower, upper, spec))
 
 
 def test_intermediates_of_another_box_give_no_bounds():

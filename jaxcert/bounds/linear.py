@@ -883,8 +883,8 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
 
 
 def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crown', *,
-                       row_chunk: int | None = None,
-                       patches: bool = True) -> Callable[..., tuple[Any, Any]]:
+                       row_chunk: int | None = None, patches: bool = True,
+                       skip_zero_rows: bool | None = None) -> Callable[..., tuple[Any, Any]]:
   """Bounds of `c . fn(x)` for a batch of specification rows `c`, propagated through `fn`.
 
   Bounding `c . f(x)` by one backward pass from the output with coefficients `c` is tighter than
@@ -896,6 +896,10 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
     method: one of `METHODS`.
     row_chunk: specification rows per backward pass (None: as in `linear_bounds`).
     patches: as in `linear_bounds`.
+    skip_zero_rows: bound an example's rows after its last nonzero row (padding) by 0 without a
+      backward pass (the passes then run in a `while_loop`, which reverse-mode differentiation
+      does not go through); None: for 'crown' and 'alpha_crown' (whose intermediate bounds come
+      from `while_loop`s anyway), not for 'crown_ibp'.
 
   Returns:
     `bounded(lower, upper, spec, intermediates=None) -> (spec_lower, spec_upper)`, with `spec`
@@ -906,29 +910,32 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
     ones (docs/linear_bounds.md §6.3). An example whose box is not the one they were computed for
     gets the bounds -inf and +inf (a ValueError outside `jit`); other intermediate shapes are a
     ValueError; another function with the same intermediate shapes cannot be told apart (its
-    bounds need not hold). With 'crown' and 'alpha_crown', an example's rows after its last
-    nonzero row (padding) are bounded by 0 without a backward pass.
+    bounds need not hold).
   """
-  return _spec_bounds(fn, method, row_chunk, patches, upper=True)
+  return _spec_bounds(fn, method, row_chunk, patches, upper=True, skip_zero_rows=skip_zero_rows)
 
 
 def linear_spec_lower_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crown', *,
-                             row_chunk: int | None = None,
-                             patches: bool = True) -> Callable[..., jax.Array]:
+                             row_chunk: int | None = None, patches: bool = True,
+                             skip_zero_rows: bool | None = None) -> Callable[..., jax.Array]:
   """The lower half of `linear_spec_bounds`, at about half its cost below the first nonlinearity.
 
   `bounded(lower, upper, spec, intermediates=None) -> spec_lower` (batch, n_spec),
   `spec_lower[b, s] <= spec[b, s] . fn(x)[b]` for every `x` in the box (an upper bound of
-  `c . fn(x)` is minus the lower bound of `-c`; `intermediates` as in `linear_spec_bounds`). Differentiable with respect to the box, the rows and the parameters `fn` closes over for
-  method 'crown_ibp' (CROWN-IBP training, Zhang et al. 2020); the other methods' intermediate
-  bounds come from `while_loop`s, which reverse-mode differentiation does not go through.
+  `c . fn(x)` is minus the lower bound of `-c`; `intermediates` and `skip_zero_rows` as in
+  `linear_spec_bounds`). Differentiable with respect to the box, the rows and the parameters
+  `fn` closes over for method 'crown_ibp' without `skip_zero_rows` (CROWN-IBP training, Zhang et
+  al. 2020); the other methods' intermediate bounds come from `while_loop`s, which reverse-mode
+  differentiation does not go through.
   """
-  return _spec_bounds(fn, method, row_chunk, patches, upper=False)
+  return _spec_bounds(fn, method, row_chunk, patches, upper=False, skip_zero_rows=skip_zero_rows)
 
 
-def _spec_bounds(fn, method, row_chunk, patches, upper: bool):
+def _spec_bounds(fn, method, row_chunk, patches, upper: bool, skip_zero_rows: bool | None):
   """`linear_spec_bounds` (`upper`) or `linear_spec_lower_bounds`."""
   _check_method(method)
+  if skip_zero_rows is None:
+    skip_zero_rows = method in _TIGHTENING_METHODS
 
   def bounded(lower, upper_box, spec, intermediates=None):
     lower, upper_box = _validate_box(lower, upper_box)
@@ -962,10 +969,9 @@ def _spec_bounds(fn, method, row_chunk, patches, upper: bool):
       def rows(start, chunk):
         return lax.dynamic_slice_in_dim(padded, start, chunk)
 
-      # Trailing zero rows (padding, e.g. through_encoder's) get their bound 0 without a pass;
-      # not for 'crown_ibp', which stays reverse-differentiable (no while_loop).
+      # Trailing zero rows (padding, e.g. through_encoder's) get their bound 0 without a pass.
       nonzero_rows = None
-      if method in _TIGHTENING_METHODS:
+      if skip_zero_rows:
         nonzero = jnp.any(coeffs != 0, axis=tuple(range(1, coeffs.ndim)))
         nonzero_rows = jnp.max(jnp.where(nonzero, jnp.arange(1, count + 1), 0))
       bounds = _chunked_lower_bounds(graph, output, rows, count, upper=upper,

@@ -122,7 +122,7 @@ def _spec_lower_of_batch(method, embed, eps, packed, *, image_shape, rows):
   dim = jax.eval_shape(embed, jax.ShapeDtypeStruct((1, *image_shape), packed.dtype)).shape[-1]
   spec = packed[:, pixels:pixels + rows * dim].reshape((packed.shape[0], rows, dim))
   intermediates = packed[:, pixels + rows * dim:]
-  return linear.linear_spec_lower_bounds(embed, method)(
+  return linear.linear_spec_lower_bounds(embed, method, skip_zero_rows=True)(
       *input_box(images, eps), spec, intermediates if intermediates.shape[1] else None)
 
 
@@ -175,9 +175,9 @@ def _spec_lower_bounds(embed, method: str, images, spec, eps: float, batch_size:
   """(N, rows) lower bounds of `spec[i, r] . f(x)` over image i's eps-box, `batch_size` images a
   call (`linear_spec_lower_bounds` with `method`, reusing image i's `intermediates` where given).
 
-  Rows past an image's last nonzero row are padding, which the passes of 'crown' and
-  'alpha_crown' skip (`linear_spec_bounds`); the images are batched in the order of their
-  number of rows in use, so that a batch's passes stop near each of its images' own count."""
+  Rows past an image's last nonzero row are padding, which the passes skip
+  (`linear_spec_bounds`' `skip_zero_rows`); the images are batched in the order of their number
+  of rows in use, so that a batch's passes stop near each of its images' own count."""
   count, rows = spec.shape[:2]
   images = box_retrieval._check_pixel_range(images)  # pylint: disable=protected-access
   spec = np.asarray(spec)
