@@ -166,6 +166,33 @@ def test_outward_small_cnn_bounds_are_sound_and_close_to_float64():
   assert np.median((out_upper - out_lower) / width64) < 1.1
 
 
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.float64])
+def test_outward_mode_transposes_convolutions_without_a_band(monkeypatch, dtype):
+  """`linear_rounding.conv_matmul_gamma` bounds the spread transposition's two-stage sums; the
+  banded one sums (kernel width x features) products at once, so the rigorous mode must never
+  build a band (on this net the round-to-nearest float64 CROWN does, in its dense and patches
+  passes)."""
+  kernels = [np.ones((3, 3, 1, 2)) / 4, np.ones((3, 3, 2, 2)) / 8]  # 6x6 -> 4x4 -> 2x2 maps
+
+  def fn(x):
+    for kernel in kernels:
+      x = jax.nn.relu(jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), 'VALID',
+                                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+    return x.reshape(x.shape[0], -1)
+
+  bands = []
+  band_matrix = linear_rules._band_matrix  # pylint: disable=protected-access
+  monkeypatch.setattr(linear_rules, '_band_matrix',
+                      lambda *args: bands.append(args) or band_matrix(*args))
+  with jax.enable_x64(dtype == jnp.float64):
+    lower = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(2, 6, 6, 1)), dtype)
+    jax.jit(linear_bounds(fn, 'crown', rounding='outward'))(lower, lower + 0.5)
+    assert not bands
+    if dtype == jnp.float64:  # (the check above would see a band if one were built)
+      jax.jit(linear_bounds(fn, 'crown'))(lower, lower + 0.5)
+      assert bands
+
+
 def test_outward_mode_errors():
   fn = lambda x: jnp.maximum(x, 0)
   box = (jnp.zeros((1, 3)), jnp.ones((1, 3)))

@@ -42,6 +42,7 @@ over the examples. Derivations: docs/linear_bounds.md.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -478,9 +479,14 @@ def _transpose_affine(step: linear_graph.Step, out_coeffs: list, outward: bool =
   nodes = [step.invals[i] for i in positions]
   transposition = _conv_transposition(step, out_coeffs[0])
   if transposition is not None:
-    # The rigorous mode transposes in two stages (linear_rounding.conv_matmul_gamma).
-    transpose = (linear_rules.conv_lhs_transpose if transposition == 'matmul' or outward
-                 else linear_rules.conv_lhs_transpose_by_conv)
+    # The rigorous mode transposes in two stages, spread without a band: the summation
+    # linear_rounding.conv_matmul_gamma bounds.
+    if outward:
+      transpose = functools.partial(linear_rules.conv_lhs_transpose, band_max_waste=0.)
+    elif transposition == 'matmul':
+      transpose = linear_rules.conv_lhs_transpose
+    else:
+      transpose = linear_rules.conv_lhs_transpose_by_conv
     in_coeffs = transpose(out_coeffs[0], jnp.asarray(step.invals[1]), step.params,
                           nodes[0].shape)
     slack = (linear_rounding.affine_slack(

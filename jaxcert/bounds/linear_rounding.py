@@ -189,9 +189,11 @@ def two_stage_gamma(inner: int, outer: int, dtype) -> float:
 
 
 def conv_matmul_gamma(step: linear_graph.Step, dtype) -> float:
-  """The error factor of a convolution transposed by `linear_rules.conv_lhs_transpose`: one
-  product over the output features per kernel offset, then the offsets' patches added one
-  after the other (a two-stage sum, `two_stage_gamma`)."""
+  """The error factor of a convolution transposed by `linear_rules.conv_lhs_transpose` with
+  `band_max_waste=0` (spread, no band): one product over the output features per kernel
+  offset, then the offsets' patches added one after the other (a two-stage sum,
+  `two_stage_gamma`). The banded form sums (kernel width x output features) products in one
+  stage, which this factor does not bound: the rigorous mode does not use it."""
   kernel = jnp.shape(step.invals[1])
   spec = step.params['dimension_numbers'].rhs_spec
   return two_stage_gamma(kernel[spec[0]], math.prod(kernel[d] for d in spec[2:]), dtype)
