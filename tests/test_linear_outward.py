@@ -166,7 +166,8 @@ def test_outward_small_cnn_bounds_are_sound_and_close_to_float64():
   assert np.median((out_upper - out_lower) / width64) < 1.1
 
 
-@pytest.mark.parametrize('dtype', [jnp.float32, jnp.float64])
+@pytest.mark.parametrize('dtype', [pytest.param(jnp.float32, marks=pytest.mark.slow),
+                                   jnp.float64])
 def test_outward_mode_transposes_convolutions_without_a_band(monkeypatch, dtype):
   """`linear_rounding.conv_matmul_gamma` bounds the spread transposition's two-stage sums; the
   banded one sums (kernel width x features) products at once, so the rigorous mode must never
