@@ -42,7 +42,6 @@ over the examples. Derivations: docs/linear_bounds.md.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -479,14 +478,8 @@ def _transpose_affine(step: linear_graph.Step, out_coeffs: list, outward: bool =
   nodes = [step.invals[i] for i in positions]
   transposition = _conv_transposition(step, out_coeffs[0])
   if transposition is not None:
-    # The rigorous mode transposes in two stages, spread without a band: the summation
-    # linear_rounding.conv_matmul_gamma bounds.
-    if outward:
-      transpose = functools.partial(linear_rules.conv_lhs_transpose, band_max_waste=0.)
-    elif transposition == 'matmul':
-      transpose = linear_rules.conv_lhs_transpose
-    else:
-      transpose = linear_rules.conv_lhs_transpose_by_conv
+    # ('matmul' where transpose_conv_by_matmul; the rigorous mode in two stages, without a band.)
+    transpose = linear_rules.conv_transpose_function(out_coeffs[0].dtype, outward)
     in_coeffs = transpose(out_coeffs[0], jnp.asarray(step.invals[1]), step.params,
                           nodes[0].shape)
     slack = (linear_rounding.affine_slack(
@@ -861,8 +854,8 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
 
   def bounded(lower, upper):
     lower, upper = _validate_box(lower, upper)
-    box = jnp.concatenate([lower.reshape(lower.shape[0], -1), upper.reshape(upper.shape[0], -1)],
-                          axis=1)
+    box = (jnp.concatenate([lower.reshape(lower.shape[0], -1), upper.reshape(upper.shape[0], -1)],
+                           axis=1) if return_intermediates else None)
     if outward:
       lower, upper = outward_rounding.flush_outwards(lower, upper)
 

@@ -26,7 +26,6 @@ pass.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -183,12 +182,7 @@ def _conv_transpose_patches(patches, step: linear_graph.Step, outward: bool = Fa
   strides = step.params['window_strides']
   in_shape = (1, (h - 1) * strides[0] + kernel_h, (w - 1) * strides[1] + kernel_w, in_channels)
   valid = dict(step.params, padding=((0, 0), (0, 0)))
-  if outward:  # Spread only: the summation `conv_matmul_gamma` bounds (no band).
-    transpose = functools.partial(linear_rules.conv_lhs_transpose, band_max_waste=0.)
-  elif linear_rules.transpose_conv_by_matmul(patches.dtype):
-    transpose = linear_rules.conv_lhs_transpose
-  else:
-    transpose = linear_rules.conv_lhs_transpose_by_conv
+  transpose = linear_rules.conv_transpose_function(patches.dtype, outward)
   out = transpose(flat, jnp.asarray(step.invals[1], patches.dtype), valid, in_shape)
   return out.reshape(leading + in_shape[1:])
 

@@ -8,6 +8,7 @@ interval. Derivations: docs/linear_bounds.md §3.
 """
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.extend.core as jex_core
@@ -237,6 +238,16 @@ def transpose_conv_by_matmul(dtype) -> bool:
 # matmul contracts over (width x output features) instead of the output features alone, which
 # XLA's CPU float64 matmul runs several times faster (docs/linear_bounds.md §3.1).
 BANDED_MAX_WASTE = 4.
+
+
+def conv_transpose_function(dtype, outward: bool) -> Callable:
+  """The explicit transposition of a convolution for coefficients of `dtype`: in the rigorous
+  mode (`outward`) `conv_lhs_transpose` spread without a band (the two-stage sums
+  `linear_rounding.conv_matmul_gamma` bounds), else `conv_lhs_transpose` where
+  `transpose_conv_by_matmul`, else `conv_lhs_transpose_by_conv`."""
+  if outward:
+    return functools.partial(conv_lhs_transpose, band_max_waste=0.)
+  return conv_lhs_transpose if transpose_conv_by_matmul(dtype) else conv_lhs_transpose_by_conv
 
 
 def conv_lhs_transpose(coeffs, kernel, params, lhs_shape, band_max_waste: float = BANDED_MAX_WASTE):
