@@ -13,8 +13,9 @@ the encoder for each query's nearest same-class candidate, with the method's rel
 methods only), CA bound (`--ca_bounds`: Theorem 2 over the boxes, 'kakizaki', or 'network', the
 candidates' distance lower bounds also through the encoder) and distance slack, `rank_bounds` gives QA and CA rank bounds (timed, the network
 bounds included) and CR-Recall@K (Kakizaki et al. Eq. 25). CA does not depend on the QA bound. Everything is computed as
-certify.py mode ibp does (`jaxcert.evaluation.ibp`: `config.ibp.dtype`, float64 by default, full
-matmul precision) on the query/candidate split of `config.eval`.
+certify.py mode ibp does (`jaxcert.evaluation.ibp`'s `embedding_boxes` and `certified_rank_bounds`:
+`config.ibp.dtype`, float64 on CPU by default, the rigorous float32 with its point margins,
+full matmul precision) on the query/candidate split of `config.eval`.
 
 Writes <out>/<name>.md (the table, with the command) and <out>/<name>.json (the rows).
 """
@@ -27,14 +28,12 @@ import time
 
 from absl import app
 from absl import flags
-import jax
 from ml_collections import config_flags
 
 from jaxcert import certification
 from jaxcert import report
 from jaxcert import retrieval
 from jaxcert.bounds import retrieval as certified_retrieval
-from jaxcert.bounds import through_encoder
 from jaxcert.evaluation import ibp
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config (with checkpoint).',
@@ -76,30 +75,19 @@ def compare(inputs, radii, ks, methods, qa_bounds, slacks, ca_bounds=('kakizaki'
         for images in (inputs.queries.images, inputs.candidates.images))
 
     network = 'network' in (*qa_bounds, *ca_bounds)
+    margins = (ibp.point_margins(certified_inputs, query_emb, candidate_emb)
+               if dtype == 'float32' else None)  # (the rigorous float32's)
 
     def boxes(method, eps, count=None):  # (of the first `count` images of each set only)
       """(query box, candidate box), and with 'network' bounds their intermediate bounds."""
-      sets = (inputs.queries.images[:count], inputs.candidates.images[:count])
-      if not network:
-        return tuple(certified_retrieval.embedding_bounds(
-            certified_inputs.embed, images, eps, batch_size=ibp_config.batch_size,
-            dtype=query_emb.dtype, bound=ibp.embedding_bound_transform(method))
-                     for images in sets), (None, None)
-      query_all, candidate_all = (through_encoder.embedding_bounds_and_intermediates(
-          certified_inputs.embed, images, eps, method, batch_size=ibp_config.batch_size,
-          dtype=query_emb.dtype) for images in sets)
-      return (query_all[:2], candidate_all[:2]), (query_all[2], candidate_all[2])
+      return ibp.embedding_boxes(certified_inputs, eps, method, query_emb.dtype, network=network,
+                                 count=count)
 
     def ranks(query_box, candidate_box, qa_bound, ca_bound, slack, method, eps, intermediates):
-      rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
-          query_emb, *query_box, candidate_emb, *candidate_box, max(ks),
-          block_size=ibp_config.query_block_size,
-          candidate_block_size=ibp_config.candidate_block_size, distance_slack=slack,
-          qa_bound='linear' if qa_bound == 'network' else qa_bound))
-      return ibp.through_encoder_rank_bounds(
-          certified_inputs, rank_bounds, eps, query_box, candidate_box, query_emb,
-          candidate_emb, qa_bound=qa_bound, ca_bound=ca_bound, method=method, slack=slack,
-          intermediates=intermediates)
+      return ibp.certified_rank_bounds(
+          certified_inputs, query_emb, candidate_emb, eps, max(ks), (query_box, candidate_box),
+          intermediates, qa_bound=qa_bound, ca_bound=ca_bound, method=method, slack=slack,
+          margins=margins)
 
     for method in methods:
       # Compiles on one batch (the same shapes), so that the times below exclude it.

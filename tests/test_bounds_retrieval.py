@@ -792,7 +792,8 @@ def test_network_bounds_wiring_and_their_config_errors(monkeypatch):
   box_methods = []
 
   def boxes_and_intermediates(embed, images, eps, method, *, batch_size, sharding, dtype,
-                              progress):
+                              rounding, progress):
+    assert rounding == 'nearest'  # (float64 on CPU)
     box_methods.append((method, progress))  # (interval boxes stand in; intermediates marked)
     lower, upper = br.embedding_bounds(embed, images, eps, batch_size=batch_size, dtype=dtype)
     return lower, upper, np.full((len(images), 3), len(images))
@@ -834,6 +835,8 @@ def test_network_bounds_wiring_and_their_config_errors(monkeypatch):
   call = calls[0]
   assert (call['method'], call['max_rows'], call['eps']) == ('crown', 7, 3e-5)
   assert call['distance_slack'] == ibp.distance_slack(config.ibp)
+  assert (call['rounding'], call['point_margin']) == ('nearest', 0.)
+  assert (ca_calls[0]['rounding'], ca_calls[0]['query_point_margin']) == ('nearest', 0.)
   np.testing.assert_array_equal(call['columns'], ibp.through_encoder.first_same_class_column(
       linear_qa['rank_bounds'].indices, inputs.queries.labels, inputs.candidates.labels))
   np.testing.assert_array_equal(network['rank_bounds'].query_attack_upper,
@@ -850,11 +853,10 @@ def test_float64_certification_on_tpu_says_to_use_float32(monkeypatch):
     ibp.check_ibp_config(config.ibp, 1000)
   config.ibp.dtype = 'float32'
   assert ibp.check_ibp_config(config.ibp, 1000)[0] == config.ibp.eps
-  config.ibp.method = 'alpha_crown'  # The linear bounds have a rigorous mode ...
+  config.ibp.method = 'alpha_crown'  # The linear bounds have a rigorous mode, and so have
   assert ibp.check_ibp_config(config.ibp, 1000)[0] == config.ibp.eps
-  config.ibp.method, config.ibp.qa_bound = 'crown', 'network'  # ... the through-encoder not.
-  with pytest.raises(ValueError, match="'network' round to nearest"):
-    ibp.check_ibp_config(config.ibp, 1000)
+  config.ibp.qa_bound = config.ibp.ca_bound = 'network'  # the bounds through the encoder.
+  assert ibp.check_ibp_config(config.ibp, 1000)[0] == config.ibp.eps
 
 
 class _CancellingEncoder(nn.Module):
@@ -902,11 +904,14 @@ def test_float64_certification_survives_what_float32_rounding_gets_wrong(tmp_pat
   assert float32['recall@1'] == 1 and float32['cr_recall_qa@1'] == float32['cr_recall_ca@1'] == 0
   assert float32['rounding']['embedding'] > 0.1 and float32['rounding']['box'] > 0.1
   assert 'certified in float32 with outward rounding' in open(tmp_path / 'float32' / 'ibp.md').read()
-  for method in ('crown',):  # Rigorous linear bounds (docs/linear_bounds.md §8).
-    config.ibp.method = method
-    rigorous = ibp.run(inputs, str(tmp_path / method))
-    assert rigorous['cr_recall_qa@1'] == rigorous['cr_recall_ca@1'] == 0
-  config.ibp.method = 'ibp'
+  config.ibp.method = 'crown'  # Rigorous linear bounds (docs/linear_bounds.md §8) ...
+  rigorous = ibp.run(inputs, str(tmp_path / 'crown'))
+  assert rigorous['cr_recall_qa@1'] == rigorous['cr_recall_ca@1'] == 0
+  # ... and bounds through the encoder (the candidates' point margins widen the QA pairs).
+  config.ibp.qa_bound = config.ibp.ca_bound = 'network'
+  rigorous = ibp.run(inputs, str(tmp_path / 'network'))
+  assert rigorous['cr_recall_qa@1'] == rigorous['cr_recall_ca@1'] == 0
+  config.ibp.method, config.ibp.qa_bound, config.ibp.ca_bound = 'ibp', 'linear', 'kakizaki'
   config.ibp.dtype = 'float64'
   float64 = ibp.run(inputs, str(tmp_path / 'float64'))
   assert float64['recall@1'] == float64['cr_recall_qa@1'] == float64['cr_recall_ca@1'] == 0
@@ -928,3 +933,49 @@ def test_float32_rounding_error_measures_rounding():
   with pytest.raises(ValueError, match='computes in float32'):
     br.float32_rounding_error(lambda v, x: cancelling(v, x).astype(jnp.float32),
                               cancelling_variables, images, 0.05)
+
+
+def test_float32_boxes_contain_the_real_radius():
+  """float32(0.01) lies below 0.01: the input boxes that `embedding_bounds` and the boxes with
+  intermediate bounds build in float32 take the radius rounded up, so that they contain the
+  real box of the radius as given (checked exactly on an identity encoder, at pixels just above
+  the radius, where the ends' own one-ulp widening is smaller than that rounding)."""
+  from jaxcert.bounds import through_encoder  # pylint: disable=import-outside-toplevel
+  images = np.array([0.0100001, 0.01001, 0.5, 0.98], np.float32).reshape(1, 1, 4, 1)
+  assert Fraction(float(np.float32(0.01))) < Fraction(0.01)
+  identity = lambda x: x.reshape(x.shape[0], -1)
+  boxes = [br.embedding_bounds(identity, images, 0.01, dtype=jnp.float32,
+                               bound=br.outward_interval),
+           through_encoder.embedding_bounds_and_intermediates(
+               identity, images, 0.01, 'crown', dtype=jnp.float32, rounding='outward')[:2]]
+  for lower, upper in boxes:
+    for x, low, high in zip(images.reshape(-1), np.asarray(lower)[0], np.asarray(upper)[0]):
+      assert Fraction(float(low)) <= max(Fraction(float(x)) - Fraction(0.01), 0)
+      assert Fraction(float(high)) >= min(Fraction(float(x)) + Fraction(0.01), 1)
+
+
+@pytest.mark.parametrize('dtype', ['float64', pytest.param('float32', marks=pytest.mark.slow)])
+def test_certificate_comparison_certifies_as_certify_py_does(dtype):
+  """scripts/certificate_comparison.py computes its rows with certify.py's own functions: the
+  same CR-Recall as `certify_at` for each QA bound, in float64 and in the rigorous float32."""
+  from scripts import certificate_comparison  # pylint: disable=import-outside-toplevel
+  config = default.get_config()
+  config.eval.num_queries, config.eval.num_candidates = 12, 40
+  config.ibp.eps, config.ibp.eps_sweep, config.ibp.ks = 3e-5, (), (1, 5, 10)
+  config.ibp.batch_size = config.ibp.query_block_size = config.ibp.candidate_block_size = 16
+  config.ibp.dtype = dtype
+  inputs = _ibp_inputs(config)
+  rows = certificate_comparison.compare(inputs, [3e-5], (1, 5, 10), ['ibp'],
+                                        ['kakizaki', 'linear'], [ibp.distance_slack(config.ibp)])
+  assert len(rows) == 2
+  with br.certification_precision(dtype):
+    certified_inputs = ibp.in_dtype(inputs, dtype)
+    query_emb, candidate_emb = (np.asarray(certified_inputs.embed(x))
+                                for x in (inputs.queries.images, inputs.candidates.images))
+    for row in rows:
+      config.ibp.qa_bound = row['qa_bound']
+      recall = ibp.certify_at(certified_inputs, query_emb, candidate_emb, 3e-5,
+                              (1, 5, 10))['cr_recall']
+      for k in (1, 5, 10):
+        assert row[f'QA@{k}'] == recall['qa'][k] and row[f'CA@{k}'] == recall['ca'][k]
+  assert any(row['QA@10'] > 0 for row in rows)

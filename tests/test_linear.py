@@ -138,16 +138,19 @@ def test_relu_mlp_sound_and_tighter_than_ibp():
   assert widths['alpha_crown'] < widths['crown'] < widths['crown_ibp']
 
 
-def _small_conv_net(rng, outputs: int = 3):
+def _small_conv_net(rng, outputs: int = 3, dtype=np.float64):
   """conv (3x3, 4 channels) -> ReLU -> conv (3x3 stride 2, 6 channels) -> ReLU -> dense -> ReLU
   -> dense: patches intermediate bounds, then three ReLU steps with optimisable slopes; 10x10x1
-  images."""
-  kernels = [rng.normal(size=(3, 3, 1, 4)) / 2, rng.normal(size=(3, 3, 4, 6)) / 4]
-  dense = [rng.normal(size=(6 * 3 * 3, 16)) / 6, rng.normal(size=(16, outputs)) / 3]
+  images; weights in `dtype` (float32 weights compute in float64 on float64 inputs)."""
+  kernels = [(rng.normal(size=(3, 3, 1, 4)) / 2).astype(dtype),
+             (rng.normal(size=(3, 3, 4, 6)) / 4).astype(dtype)]
+  dense = [(rng.normal(size=(6 * 3 * 3, 16)) / 6).astype(dtype),
+           (rng.normal(size=(16, outputs)) / 3).astype(dtype)]
 
   def fn(x):
     for kernel, stride in zip(kernels, (1, 2)):
-      x = jax.nn.relu(jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'VALID',
+      x = jax.nn.relu(jax.lax.conv_general_dilated(x, jnp.asarray(kernel, x.dtype),
+                                                   (stride, stride), 'VALID',
                                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
     return jax.nn.relu(x.reshape(x.shape[0], -1) @ dense[0]) @ dense[1]
 

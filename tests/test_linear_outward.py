@@ -16,6 +16,8 @@ import pytest
 from jaxcert import models
 from jaxcert.bounds import linear
 from jaxcert.bounds import linear_bounds
+from jaxcert.bounds import linear_spec_bounds
+from jaxcert.bounds import linear_spec_lower_bounds
 from jaxcert.bounds import linear_patches
 from jaxcert.bounds import linear_rules
 
@@ -69,6 +71,25 @@ def _exact_output(params, x):
   return hidden @ w2
 
 
+def _exact_extremes(params, lower, upper, rows):
+  """Exact minimum and maximum of `row . f(x)` over the box, for each row of `rows` (floats),
+  on a network of `_two_layer` whose ReLUs are all active there: f is affine on the box, so they
+  are attained at the vertices its exact slope's signs pick."""
+  w1, b1, w2 = params
+  w1_exact = _exact(w1)
+  pre_min = (np.minimum(_exact(lower).T * w1_exact, _exact(upper).T * w1_exact).sum(axis=0)
+             + _exact(b1))
+  assert (pre_min > 0).all()  # Active at every point of the box.
+  slopes = w1_exact @ _exact(w2) @ _exact(rows).T  # (n, rows)
+  mins, maxs = [], []
+  for slope, row in zip(slopes.T, _exact(rows)):
+    low_vertex = np.where(slope > 0, _exact(lower)[0], _exact(upper)[0])
+    high_vertex = np.where(slope > 0, _exact(upper)[0], _exact(lower)[0])
+    mins.append((_exact_output(params, low_vertex[None]) @ row)[0])
+    maxs.append((_exact_output(params, high_vertex[None]) @ row)[0])
+  return mins, maxs
+
+
 @pytest.mark.parametrize('method', ['crown_ibp', 'crown',
                                     pytest.param('alpha_crown', marks=pytest.mark.slow)])
 def test_outward_bounds_contain_the_exact_range_of_an_affine_network(method):
@@ -85,16 +106,8 @@ def test_outward_bounds_contain_the_exact_range_of_an_affine_network(method):
     params = (w1, b1, w2)
     out_lower, out_upper = bounds['outward'](params, lower, upper)
     near_lower, near_upper = bounds['nearest'](params, lower, upper)
-    w1_exact = _exact(w1)
-    pre_min = (np.minimum(_exact(lower).T * w1_exact, _exact(upper).T * w1_exact).sum(axis=0)
-               + _exact(b1))
-    assert (pre_min > 0).all()  # Active at every point of the box.
-    slope = _exact(w1) @ _exact(w2)  # (n, out): the exact linear map of the box.
-    for k in range(w2.shape[1]):
-      low_vertex = np.where(slope[:, k] > 0, _exact(lower)[0], _exact(upper)[0])
-      high_vertex = np.where(slope[:, k] > 0, _exact(upper)[0], _exact(lower)[0])
-      exact_min = _exact_output(params, low_vertex[None])[0, k]
-      exact_max = _exact_output(params, high_vertex[None])[0, k]
+    exact_mins, exact_maxs = _exact_extremes(params, lower, upper, np.eye(w2.shape[1]))
+    for k, (exact_min, exact_max) in enumerate(zip(exact_mins, exact_maxs)):
       assert Fraction(float(out_lower[0, k])) <= exact_min
       assert Fraction(float(out_upper[0, k])) >= exact_max
       # Tight up to the slack: the bounds are not vacuous.
@@ -336,3 +349,76 @@ def test_outward_bounds_of_random_networks_hold_at_exact_points():
           linear_bounds(fn, method, rounding='outward'))(lower, upper))
       assert (values >= _exact(out_lower)).all(), (seed, method)
       assert (values <= _exact(out_upper)).all(), (seed, method)
+
+
+@pytest.mark.parametrize('method', [pytest.param('crown_ibp', marks=pytest.mark.slow), 'crown'])
+def test_outward_spec_bounds_contain_the_exact_range_of_an_affine_network(method):
+  """`linear_spec_bounds(..., rounding='outward')`: on the affine networks above, with rows that
+  cancel (a row minus a nearby one, as the QA specification's `c^ - c`), the bounds contain the
+  exact minimum and maximum of `row . f(x)` (attained at vertices computed exactly); rounded to
+  nearest, some are false. The lower-bound half gives the same lower bounds."""
+  violated = []
+  bounded = {rounding: jax.jit(lambda params, lower, upper, spec, rounding=rounding:
+                               linear_spec_bounds(lambda x: _apply(params, x), method,
+                                                  rounding=rounding)(lower, upper, spec))
+             for rounding in ('outward', 'nearest')}
+  for seed in range(6):
+    w1, b1, w2, x0 = _two_layer(seed)
+    eps = np.float32(1e-3)
+    lower, upper = x0 - eps, x0 + eps
+    params = (w1, b1, w2)
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(3, w2.shape[1])).astype(np.float32)
+    spec = np.stack([base, base * np.float32(1 + 2 ** -18) - base]).reshape(
+        1, -1, w2.shape[1]).astype(np.float32)
+    spec_lower, spec_upper = bounded['outward'](params, lower, upper, spec)
+    lower_only = jax.jit(linear_spec_lower_bounds(lambda x: _apply(params, x), method,
+                                                  rounding='outward'))(lower, upper, spec)
+    np.testing.assert_array_equal(lower_only, spec_lower)
+    near_lower, near_upper = bounded['nearest'](params, lower, upper, spec)
+    exact_mins, exact_maxs = _exact_extremes(params, lower, upper, spec[0])
+    for r, (exact_min, exact_max) in enumerate(zip(exact_mins, exact_maxs)):
+      assert Fraction(float(spec_lower[0, r])) <= exact_min
+      assert Fraction(float(spec_upper[0, r])) >= exact_max
+      scale = 1 + float(np.abs(_exact_output(params, x0) @ _exact(np.abs(spec[0, r])))[0])
+      assert float(exact_min) - float(spec_lower[0, r]) < 1e-2 * scale  # not vacuous
+      violated.append(Fraction(float(near_lower[0, r])) > exact_min
+                      or Fraction(float(near_upper[0, r])) < exact_max)
+  assert any(violated)  # Rounded to nearest, some bound is false on these cases.
+
+
+def test_outward_spec_bounds_hold_at_exact_points_and_reuse_outward_intermediates_only():
+  """Unstable ReLUs, CROWN: the outward spec bounds contain the exact values at the box's
+  vertices and random points; with the intermediate bounds of `linear_bounds(...,
+  rounding='outward', return_intermediates=True)` they are the same, while round-to-nearest
+  intermediates (a rounding short of the real ones) are refused, and vice versa."""
+  w1, b1, w2, x0 = _two_layer(1, n=6, stable=False)
+  x0 = (x0 / 100).astype(np.float32)
+  eps = np.float32(0.05)
+  lower, upper = x0 - eps, x0 + eps
+  params = (w1, b1, w2)
+  fn = lambda x: _apply(params, x)
+  spec = np.random.default_rng(1).normal(size=(1, 5, w2.shape[1])).astype(np.float32)
+  bounded = jax.jit(linear_spec_bounds(fn, 'crown', rounding='outward'))
+  spec_lower, spec_upper = (np.asarray(b) for b in bounded(lower, upper, spec))
+  corners = np.array(np.meshgrid(*[[0, 1]] * 6)).reshape(6, -1).T
+  points = np.concatenate([
+      np.where(corners == 0, lower, upper),
+      np.random.default_rng(2).uniform(lower, upper, size=(40, 6))]).astype(np.float32)
+  values = _exact_output(params, points) @ _exact(spec[0]).T  # (points, rows)
+  assert (values >= _exact(spec_lower)).all() and (values <= _exact(spec_upper)).all()
+  intermediates = {rounding: jax.jit(linear_bounds(fn, 'crown', rounding=rounding,
+                                                   return_intermediates=True))(lower, upper)[2]
+                   for rounding in ('outward', 'nearest')}
+  reused = bounded(lower, upper, spec, intermediates['outward'])
+  np.testing.assert_array_equal(reused[0], spec_lower)
+  np.testing.assert_array_equal(reused[1], spec_upper)
+  with pytest.raises(ValueError, match='another rounding'):
+    linear_spec_bounds(fn, 'crown', rounding='outward')(lower, upper, spec,
+                                                        intermediates['nearest'])
+  traced = bounded(lower, upper, spec, intermediates['nearest'])
+  assert np.all(np.asarray(traced[0]) == -np.inf) and np.all(np.asarray(traced[1]) == np.inf)
+  with pytest.raises(ValueError, match='another rounding'):
+    linear_spec_bounds(fn, 'crown')(lower, upper, spec, intermediates['outward'])
+  with pytest.raises(ValueError, match="box's dtype"):
+    linear_spec_bounds(fn, 'crown', rounding='outward')(lower, upper, spec.astype(np.float64))

@@ -18,6 +18,7 @@ from jaxcert.bounds import input_box
 from jaxcert.bounds import through_encoder
 from jaxcert.bounds import retrieval
 from jaxcert.bounds.linear import linear_bounds
+from jaxcert.bounds.rounding import outward_distance_bounds
 import test_linear
 
 EPS = 0.03
@@ -204,3 +205,73 @@ def test_queries_without_target_and_bad_arguments(setting):
       through_encoder.tighten_query_attack_upper(
           bounds, setting['embed'], setting['queries'], EPS, *setting['boxes'],
           setting['candidate_emb'], np.full(6, 5))
+
+
+@pytest.mark.slow
+def test_rigorous_float32_decisions_survive_pgd_on_the_real_encoder():
+  """The rigorous mode (rounding='outward', certify.py's float32): the encoder's weights are
+  float32 and everything is computed in float32 (outward-rounded boxes, bounds through the
+  encoder, the candidates' and queries' point margins), while the attacks run on the same
+  weights in float64 (the real-valued encoder up to ~1e-16): every pair decided through the
+  encoder, under QA and CA, survives them."""
+  rng = np.random.default_rng(3)
+  embed = test_linear._small_conv_net(rng, outputs=5, dtype=np.float32)
+  queries = rng.uniform(size=(6, 10, 10, 1)).astype(np.float32)
+  candidates = rng.uniform(size=(30, 10, 10, 1)).astype(np.float32)
+  with jax.enable_x64(True):
+    query_emb, candidate_emb = (np.asarray(embed(jnp.asarray(x))) for x in (queries, candidates))
+    assert query_emb.dtype == np.float32
+    real = {name: np.asarray(embed(jnp.asarray(x, jnp.float64)))
+            for name, x in (('query', queries), ('candidate', candidates))}
+    margin = {}
+    for name, images, emb in (('query', queries, query_emb),
+                              ('candidate', candidates, candidate_emb)):
+      point_box = retrieval.embedding_bounds(embed, images, 0., dtype=jnp.float32,
+                                             bound=retrieval.outward_interval)
+      margin[name] = np.asarray(outward_distance_bounds(*point_box, emb)[1])
+    boxes = {name: through_encoder.embedding_bounds_and_intermediates(
+        embed, images, eps, 'crown', batch_size=8, dtype=jnp.float32, rounding='outward')
+             for name, images, eps in (('query', queries, EPS), ('candidate', candidates, CA_EPS))}
+    settings = dict(max_rows=4, batch_size=8, distance_slack=0., rounding='outward')
+    bounds = retrieval.rank_bounds(query_emb, *boxes['query'][:2], candidate_emb, candidate_emb,
+                                   candidate_emb, 5, distance_slack=0., rounding='outward',
+                                   point_margin=margin['candidate'])
+    columns = through_encoder.first_same_class_column(bounds.indices, np.arange(6) % 3,
+                                                      np.arange(30) % 3)
+    _, stats = through_encoder.tighten_query_attack_upper(
+        bounds, embed, queries, EPS, *boxes['query'][:2], candidate_emb, columns,
+        query_intermediates=boxes['query'][2], point_margin=margin['candidate'], **settings)
+    ca_bounds = retrieval.rank_bounds(query_emb, query_emb, query_emb, candidate_emb,
+                                      *boxes['candidate'][:2], 5, distance_slack=0.,
+                                      rounding='outward', query_point_margin=margin['query'])
+    _, ca_stats = through_encoder.tighten_candidate_attack_upper(
+        ca_bounds, embed, candidates, CA_EPS, *boxes['candidate'][:2], query_emb, candidate_emb,
+        columns, candidate_intermediates=boxes['candidate'][2],
+        query_point_margin=margin['query'], **settings)
+    decided = stats['network_farther_candidates']
+    assert (decided >= 0).sum() >= 3, 'the setting must exercise the network test'
+    indices = np.asarray(bounds.indices)
+    for query, row in enumerate(decided):
+      target = indices[query, columns[query]]
+      for candidate in row[row >= 0]:
+        minimum = _attack_minimum(embed, _gap, queries[query], EPS, real['candidate'][candidate],
+                                  real['candidate'][target])
+        assert float(minimum) > 0, (query, candidate, float(minimum))
+    ca_decided = ca_stats['network_farther_queries']
+    assert (ca_decided >= 0).sum() >= 3, 'the setting must exercise the network test'
+    target_max = ca_stats['target_max']
+    ca_indices = np.asarray(ca_bounds.indices)
+    for query, column in enumerate(columns):
+      if column >= 0:
+        largest = -_attack_minimum(embed, _signed_distance, candidates[ca_indices[query, column]],
+                                   CA_EPS, real['query'][query], -1.)
+        assert float(largest) <= target_max[query], query
+    for candidate, row in enumerate(ca_decided):
+      for query in row[row >= 0]:
+        minimum = _attack_minimum(embed, _signed_distance, candidates[candidate], CA_EPS,
+                                  real['query'][query], 1.)
+        assert float(minimum) > target_max[query], (query, candidate, float(minimum))
+    with pytest.raises(ValueError, match="rigorous mode's"):
+      through_encoder.tighten_candidate_attack_upper(
+          ca_bounds, embed, candidates, CA_EPS, *boxes['candidate'][:2], query_emb,
+          candidate_emb, columns, query_point_margin=margin['query'], max_rows=4)

@@ -548,13 +548,15 @@ def _one_ulp_towards(value, direction):
   return value + (jnp.nextafter(constant, jnp.asarray(direction, value.dtype)) - constant)
 
 
-def _eps_rounded_up(eps, dtype):
+def eps_rounded_up(eps, dtype):
   """`eps` in `dtype`, rounded up where the conversion rounds it down.
 
   A Python float or NumPy eps is converted in NumPy from its own (float64) value; a JAX array
   of a wider type than `dtype` (float64 eps, float32 images) is stepped up with the same
-  gradient-transparent step as the box's ends. Either way `eps_in_dtype >= eps` exactly.
+  gradient-transparent step as the box's ends. Either way `eps_in_dtype >= eps` exactly
+  (float32(0.01) is below 0.01: pass the radius to `input_box` as given, or through this).
   """
+  dtype = jnp.dtype(dtype)
   if isinstance(eps, jax.Array):
     if (not jnp.issubdtype(eps.dtype, jnp.floating)
         or jnp.finfo(eps.dtype).bits <= jnp.finfo(dtype).bits):
@@ -599,7 +601,7 @@ def input_box(x, eps, *, clip: tuple[float, float] | None = (0., 1.)):
   if is_concrete(eps) and not np.all(np.asarray(eps) >= 0):
     raise ValueError(
         f'eps must be >= 0 (and not NaN), got {np.asarray(eps).min()}.')
-  eps = _eps_rounded_up(eps, x.dtype)
+  eps = eps_rounded_up(eps, x.dtype)
   lower = jnp.where(eps > 0, _one_ulp_towards(x - eps, -jnp.inf), x - eps)  # x - 0 is exact
   upper = jnp.where(eps > 0, _one_ulp_towards(x + eps, jnp.inf), x + eps)
   if clip is None:

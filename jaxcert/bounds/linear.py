@@ -806,6 +806,33 @@ def _output_bounds(graph: _Graph, output) -> tuple[jax.Array, jax.Array]:
   return lower, jnp.maximum(upper, lower)
 
 
+def _map_examples(one_example: Callable, outward: bool, *args):
+  """`vmap(one_example)(*args)`; in the rigorous mode under matmul precision 'highest'
+  (reduced-precision passes, TF32 or bf16, have another unit roundoff)."""
+  if not outward:
+    return jax.vmap(one_example)(*args)
+  with jax.default_matmul_precision('highest'):
+    return jax.vmap(one_example)(*args)
+
+
+def _recorded_box(lower, upper, outward: bool) -> jax.Array:
+  """The head of `linear_bounds`' intermediates, per example: the box as given, flat, and the
+  rounding mode (1 outward, 0 nearest), which `_split_intermediates` checks."""
+  mode = jnp.full((lower.shape[0], 1), 1 if outward else 0, lower.dtype)
+  return jnp.concatenate([lower.reshape(lower.shape[0], -1), upper.reshape(upper.shape[0], -1),
+                          mode], axis=1)
+
+
+def _concretize_rounded(coeffs, bound: IntervalBound, outward: bool):
+  """`_concretize`, in the rigorous mode minus a bound of its rounding, rounded down."""
+  value = _concretize(coeffs, bound)
+  if not outward:
+    return value
+  magnitude = jnp.maximum(jnp.abs(bound.lower), jnp.abs(bound.upper))
+  slack = linear_rounding.sum_slack(coeffs, magnitude, extra_terms=2)
+  return outward_rounding.round_down(value - slack)
+
+
 def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
                   row_chunk: int | None = None, patches: bool = True,
                   rounding: str = 'nearest',
@@ -835,10 +862,11 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
       (rigorous in any float dtype, e.g. float32 on an accelerator: the bounds hold for the
       real-valued `fn`; ReLU the only relaxed step;
       docs/linear_bounds.md §8).
-    return_intermediates: also return, per example, the input box and the intermediate bounds
-      the method computed (one flat vector; for 'crown' and 'alpha_crown' the backward-pass
-      bounds of the nonlinear steps' inputs), which `linear_spec_bounds` of the same `fn` and
-      box then reuses instead of recomputing them (docs/linear_bounds.md §6.3).
+    return_intermediates: also return, per example, the input box, the rounding mode and the
+      intermediate bounds the method computed (one flat vector; for 'crown' and 'alpha_crown'
+      the backward-pass bounds of the nonlinear steps' inputs), which `linear_spec_bounds` of
+      the same `fn`, box and rounding then reuses instead of recomputing them
+      (docs/linear_bounds.md §6.3).
 
   Returns:
     `bounded(lower, upper) -> (out_lower, out_upper)`, or `(out_lower, out_upper,
@@ -854,8 +882,7 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
 
   def bounded(lower, upper):
     lower, upper = _validate_box(lower, upper)
-    box = (jnp.concatenate([lower.reshape(lower.shape[0], -1), upper.reshape(upper.shape[0], -1)],
-                           axis=1) if return_intermediates else None)
+    box = _recorded_box(lower, upper, outward) if return_intermediates else None
     if outward:
       lower, upper = outward_rounding.flush_outwards(lower, upper)
 
@@ -868,11 +895,7 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
                 jax.tree.unflatten(treedef, [hi[0] for _, hi in pairs]))
       return bounds + (graph.intermediates(),) if return_intermediates else bounds
 
-    if not outward:
-      result = jax.vmap(one_example)(lower, upper)
-    else:  # Reduced-precision matmul passes (TF32, bf16) have another unit roundoff.
-      with jax.default_matmul_precision('highest'):
-        result = jax.vmap(one_example)(lower, upper)
+    result = _map_examples(one_example, outward, lower, upper)
     if not return_intermediates:
       return result
     # The box as given (not flushed): the one `linear_spec_bounds` checks its own against.
@@ -883,7 +906,8 @@ def linear_bounds(fn: Callable[[jax.Array], Any], method: str = 'crown', *,
 
 def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crown', *,
                        row_chunk: int | None = None, patches: bool = True,
-                       skip_zero_rows: bool | None = None) -> Callable[..., tuple[Any, Any]]:
+                       skip_zero_rows: bool | None = None, rounding: str = 'nearest'
+                       ) -> Callable[..., tuple[Any, Any]]:
   """Bounds of `c . fn(x)` for a batch of specification rows `c`, propagated through `fn`.
 
   Bounding `c . f(x)` by one backward pass from the output with coefficients `c` is tighter than
@@ -899,56 +923,70 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
       backward pass (the passes then run in a `while_loop`, which reverse-mode differentiation
       does not go through); None: for 'crown' and 'alpha_crown' (whose intermediate bounds come
       from `while_loop`s anyway), not for 'crown_ibp'.
+    rounding: as in `linear_bounds`; with 'outward' the bounds hold for the real-valued `fn` and
+      the rows exactly as given (`spec` must then have the box's dtype;
+      docs/linear_bounds.md §8.1).
 
   Returns:
     `bounded(lower, upper, spec, intermediates=None) -> (spec_lower, spec_upper)`, with `spec`
     of shape (batch, n_spec, out_dim) and outputs (batch, n_spec):
     `spec_lower[b, s] <= spec[b, s] . fn(x)[b] <= spec_upper[b, s]` for every `x` in the box.
-    `intermediates`, those `linear_bounds(fn, method, return_intermediates=True)` returned for
-    the same `fn`, `method` and boxes, gives the same bounds without recomputing the intermediate
-    ones (docs/linear_bounds.md §6.3). An example whose box is not the one they were computed for
-    gets the bounds -inf and +inf (a ValueError outside `jit`); other intermediate shapes are a
-    ValueError; another function with the same intermediate shapes cannot be told apart (its
-    bounds need not hold).
+    `intermediates`, those `linear_bounds(fn, method, rounding=rounding,
+    return_intermediates=True)` returned for the same `fn`, `method`, rounding and boxes, gives
+    the same bounds without recomputing the intermediate ones (docs/linear_bounds.md §6.3). An
+    example whose box or rounding is not the one they were computed with gets the bounds -inf
+    and +inf (a ValueError outside `jit`); other intermediate shapes are a ValueError; another
+    function with the same intermediate shapes cannot be told apart (its bounds need not hold).
   """
-  return _spec_bounds(fn, method, row_chunk, patches, upper=True, skip_zero_rows=skip_zero_rows)
+  return _spec_bounds(fn, method, row_chunk, patches, upper=True, skip_zero_rows=skip_zero_rows,
+                      rounding=rounding)
 
 
 def linear_spec_lower_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crown', *,
                              row_chunk: int | None = None, patches: bool = True,
-                             skip_zero_rows: bool | None = None) -> Callable[..., jax.Array]:
+                             skip_zero_rows: bool | None = None, rounding: str = 'nearest'
+                             ) -> Callable[..., jax.Array]:
   """The lower half of `linear_spec_bounds`, at about half its cost below the first nonlinearity.
 
   `bounded(lower, upper, spec, intermediates=None) -> spec_lower` (batch, n_spec),
   `spec_lower[b, s] <= spec[b, s] . fn(x)[b]` for every `x` in the box (an upper bound of
-  `c . fn(x)` is minus the lower bound of `-c`; `intermediates` and `skip_zero_rows` as in
-  `linear_spec_bounds`). Differentiable with respect to the box, the rows and the parameters
+  `c . fn(x)` is minus the lower bound of `-c`; `intermediates`, `skip_zero_rows` and
+  `rounding` as in `linear_spec_bounds`). Differentiable with respect to the box, the rows and the parameters
   `fn` closes over for method 'crown_ibp' without `skip_zero_rows` (CROWN-IBP training, Zhang et
   al. 2020); the other methods' intermediate bounds come from `while_loop`s, which reverse-mode
   differentiation does not go through.
   """
-  return _spec_bounds(fn, method, row_chunk, patches, upper=False, skip_zero_rows=skip_zero_rows)
+  return _spec_bounds(fn, method, row_chunk, patches, upper=False, skip_zero_rows=skip_zero_rows,
+                      rounding=rounding)
 
 
-def _spec_bounds(fn, method, row_chunk, patches, upper: bool, skip_zero_rows: bool | None):
+def _spec_bounds(fn, method, row_chunk, patches, upper: bool, skip_zero_rows: bool | None,
+                 rounding: str):
   """`linear_spec_bounds` (`upper`) or `linear_spec_lower_bounds`."""
-  _check_method(method)
+  _check_method(method, rounding)
+  outward = rounding == 'outward'
   if skip_zero_rows is None:
     skip_zero_rows = method in _TIGHTENING_METHODS
 
   def bounded(lower, upper_box, spec, intermediates=None):
     lower, upper_box = _validate_box(lower, upper_box)
+    given_dtype = getattr(spec, 'dtype', None)
     spec = jnp.asarray(spec)
     if spec.ndim != 3 or spec.shape[0] != lower.shape[0]:
       raise ValueError(f'spec must have shape (batch, n_spec, out_dim) with batch '
                        f'{lower.shape[0]}, got {spec.shape}.')
+    if outward and given_dtype != lower.dtype:  # A cast would round the rows: other rows.
+      raise ValueError(f"rounding='outward' bounds the rows as given: pass spec as an array of "
+                       f"the box's dtype {lower.dtype}, got {given_dtype}.")
     same_box = None
     if intermediates is not None:
-      intermediates, same_box = _split_intermediates(intermediates, lower, upper_box)
+      intermediates, same_box = _split_intermediates(intermediates, lower, upper_box, outward)
+    if outward:
+      lower, upper_box = outward_rounding.flush_outwards(lower, upper_box)
 
     def one_example(example_lower, example_upper, rows_of_spec, given=None):
       graph, outputs, _ = _example_graph(fn, method, row_chunk, patches, example_lower[None],
-                                         example_upper[None], batch=lower.shape[0],
+                                         example_upper[None], outward, batch=lower.shape[0],
                                          given_intermediates=given)
       if len(outputs) != 1 or len(_leaf_shape(outputs[0])) != 2:
         raise ValueError('linear_spec_bounds needs fn to return one array (batch, out_dim).')
@@ -958,9 +996,14 @@ def _spec_bounds(fn, method, row_chunk, patches, upper: bool, skip_zero_rows: bo
         raise ValueError(f'spec rows have {rows_of_spec.shape[1]} entries, fn outputs '
                          f'{out_shape[1]}.')
       coeffs = rows_of_spec.astype(example_lower.dtype)[:, None, :]
+      if not isinstance(output, linear_graph.Node):  # fn does not depend on x.
+        output = jnp.asarray(output)
+        box = IntervalBound(output, output)
+      else:
+        box = IntervalBound(output.bound.lower, output.bound.upper)
+      spec_lower = _concretize_rounded(coeffs, box, outward)
       if not isinstance(output, linear_graph.Node):
-        value = jnp.einsum('sd,d->s', coeffs[:, 0], jnp.asarray(output)[0])
-        return (value, value) if upper else value
+        return (spec_lower, -_concretize_rounded(-coeffs, box, outward)) if upper else spec_lower
       count = coeffs.shape[0]
       padded = jnp.concatenate([coeffs, jnp.zeros((graph.row_chunk,) + coeffs.shape[1:],
                                                   coeffs.dtype)])
@@ -975,16 +1018,15 @@ def _spec_bounds(fn, method, row_chunk, patches, upper: bool, skip_zero_rows: bo
         nonzero_rows = jnp.max(jnp.where(nonzero, jnp.arange(1, count + 1), 0))
       bounds = _chunked_lower_bounds(graph, output, rows, count, upper=upper,
                                      nonzero_rows=nonzero_rows)
-      box = IntervalBound(output.bound.lower, output.bound.upper)
-      spec_lower = jnp.maximum(bounds[0], _concretize(coeffs, box))
+      spec_lower = jnp.maximum(bounds[0], spec_lower)
       if not upper:
         return spec_lower
-      spec_upper = jnp.minimum(bounds[1], -_concretize(-coeffs, box))
+      spec_upper = jnp.minimum(bounds[1], -_concretize_rounded(-coeffs, box, outward))
       return spec_lower, jnp.maximum(spec_upper, spec_lower)
 
     if intermediates is None:
-      return jax.vmap(one_example)(lower, upper_box, spec)
-    result = jax.vmap(one_example)(lower, upper_box, spec, intermediates)
+      return _map_examples(one_example, outward, lower, upper_box, spec)
+    result = _map_examples(one_example, outward, lower, upper_box, spec, intermediates)
     # Bounds from another box's intermediate bounds need not hold: none there.
     if not upper:
       return jnp.where(same_box[:, None], result, -jnp.inf)
@@ -996,33 +1038,38 @@ def _spec_bounds(fn, method, row_chunk, patches, upper: bool, skip_zero_rows: bo
 
 _INTERMEDIATES_MISMATCH = (
     'intermediates do not match this function and method: pass those that '
-    'linear_bounds(fn, method, return_intermediates=True) returned for the same fn, method and '
-    'input boxes.')
+    'linear_bounds(fn, method, rounding=..., return_intermediates=True) returned for the same '
+    'fn, method, rounding and input boxes.')
 
 
-def _split_intermediates(intermediates, lower, upper) -> tuple[jax.Array, jax.Array]:
+def _split_intermediates(intermediates, lower, upper, outward: bool
+                         ) -> tuple[jax.Array, jax.Array]:
   """`linear_bounds`' intermediates of the boxes `(lower, upper)`: (the tightened nodes' part,
-  (batch,) whether each example's recorded box is this one).
+  (batch,) whether each example's recorded box and rounding mode (`_recorded_box`) are these;
+  round-to-nearest intermediate bounds may fall a rounding short of the real ones, which the
+  rigorous mode must not take).
 
   Raises:
-    ValueError: a shape or dtype that cannot be theirs, or (outside `jit`) a recorded box that
-      is not this one.
+    ValueError: a shape or dtype that cannot be theirs, or (outside `jit`) a recorded box or
+      rounding mode that is not this one.
   """
   intermediates = jnp.asarray(intermediates)
   box_size = math.prod(lower.shape[1:])
   if (intermediates.ndim != 2 or intermediates.shape[0] != lower.shape[0]
-      or intermediates.shape[1] < 2 * box_size or intermediates.dtype != lower.dtype):
+      or intermediates.shape[1] < 2 * box_size + 1 or intermediates.dtype != lower.dtype):
     raise ValueError(f'{_INTERMEDIATES_MISMATCH} Got shape {intermediates.shape} and dtype '
                      f'{intermediates.dtype} for boxes of shape {lower.shape} and dtype '
                      f'{lower.dtype}.')
   recorded_lower = intermediates[:, :box_size].reshape(lower.shape)
   recorded_upper = intermediates[:, box_size:2 * box_size].reshape(lower.shape)
-  same_box = jnp.all((recorded_lower == lower) & (recorded_upper == upper),
-                     axis=tuple(range(1, lower.ndim)))
+  same_box = (jnp.all((recorded_lower == lower) & (recorded_upper == upper),
+                      axis=tuple(range(1, lower.ndim)))
+              & (intermediates[:, 2 * box_size] == (1 if outward else 0)))
   if is_concrete(same_box) and not bool(np.all(same_box)):
     raise ValueError(f'{_INTERMEDIATES_MISMATCH} Examples '
-                     f'{np.flatnonzero(~np.asarray(same_box)).tolist()} have other boxes.')
-  return intermediates[:, 2 * box_size:], same_box
+                     f'{np.flatnonzero(~np.asarray(same_box)).tolist()} have other boxes or '
+                     f"another rounding (rounding={'outward' if outward else 'nearest'!r} here).")
+  return intermediates[:, 2 * box_size + 1:], same_box
 
 
 def _leaf_shape(value) -> tuple[int, ...]:

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcert import retrieval
+from jaxcert.bounds.interval import eps_rounded_up
 from jaxcert.bounds.interval import input_box
 from jaxcert.bounds.interval import interval
 from jaxcert.bounds.interval import is_concrete
@@ -75,11 +76,12 @@ def _check_pixel_range(images) -> np.ndarray:
 
 
 def _embedding_bounds_of_batch(bound, embed, eps, images):
-  """`[lower | upper]` (B, 2d) of embed over the boxes of `images` by the transform `bound`.
+  """`[lower | upper | extras]` (B, 2d + m) of embed over the boxes of `images` by the transform
+  `bound`: its outputs side by side (the bounds, and any per-example columns it returns after
+  them).
 
   The input box is built in the dtype of `eps` (float32 pixels are exact in float64)."""
-  lower, upper = bound(embed)(*input_box(images.astype(eps.dtype), eps))
-  return jnp.concatenate([lower, upper], axis=-1)
+  return jnp.concatenate(bound(embed)(*input_box(images.astype(eps.dtype), eps)), axis=-1)
 
 
 @functools.cache
@@ -94,8 +96,8 @@ outward_interval = functools.partial(interval, rounding='outward')
 
 def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
                      sharding: jax.sharding.Sharding | None = None, dtype=jnp.float32,
-                     bound: Callable = interval,
-                     progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     bound: Callable = interval, progress: str | None = None,
+                     extras: bool = False) -> tuple[np.ndarray, ...]:
   """Interval bounds of f(x + delta), ||delta||_inf <= eps, x + delta in [0, 1], for each image.
 
   By default interval bound propagation through the whole encoder (Kakizaki et al. Eqs. 15-16,
@@ -115,10 +117,12 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
       transform; pass one function object per method (jit's cache is keyed by it).
       `outward_interval` bounds the real-valued encoder in any dtype (docs/rigorous_float32.md).
     progress: a progress bar's description (`retrieval.embed_in_batches`); None: no bar.
+    extras: `bound`'s transform returns per-example columns after the bounds (e.g.
+      `linear_bounds(..., return_intermediates=True)`'s intermediate bounds): return them too.
 
   Returns:
     `(lower, upper)`, each (N, d) numpy arrays (the encoder's output dtype) with
-    lower <= f(x + delta) <= upper.
+    lower <= f(x + delta) <= upper; with `extras`, `(lower, upper, extras)`, extras (N, m).
 
   Raises:
     ValueError: eps < 0 or images outside [0, 1].
@@ -126,11 +130,14 @@ def embedding_bounds(embed: Callable, images, eps, *, batch_size: int = 256,
   eps = _check_eps(eps)
   images = _check_pixel_range(images)
   bounded = jax.tree_util.Partial(_batch_bounds(bound), retrieval.as_pytree_function(embed),
-                                  jnp.asarray(eps, dtype))
-  both = retrieval.embed_in_batches(bounded, images, batch_size, sharding=sharding,
-                                   progress=progress)
-  dim = both.shape[1] // 2
-  return both[:, :dim], both[:, dim:]
+                                  eps_rounded_up(eps, dtype))
+  columns = retrieval.embed_in_batches(bounded, images, batch_size, sharding=sharding,
+                                      progress=progress)
+  if not extras:
+    dim = columns.shape[1] // 2
+    return columns[:, :dim], columns[:, dim:]
+  dim = jax.eval_shape(embed, jax.ShapeDtypeStruct((1,) + images.shape[1:], dtype)).shape[-1]
+  return columns[:, :dim], columns[:, dim:2 * dim], columns[:, 2 * dim:]
 
 
 @contextlib.contextmanager

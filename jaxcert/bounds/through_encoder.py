@@ -26,11 +26,15 @@ Each image's pass through the encoder reuses the intermediate bounds of the pass
 its box, where given (`embedding_bounds_and_intermediates`; certify.py does): the rows differ,
 the box does not (docs/linear_bounds.md §6.3).
 
-Rounding (float64, as the linear methods certify): the box test is `rank_bounds`'s; the
-network test widens its bound of `s . (m - f(x))` by `distance_slack * ||s|| * ||B||` (as if f(x)
-moved by the distance slack times the box magnitude ||B||, the slack's meaning for the boxes,
-docs/bounds.md §10) and compares through `_linear_order_from_sums` with the magnitudes of every
-term it sums (`s . m` and the bound included) in its rounding guard.
+Rounding, float64 (round to nearest): the box test is `rank_bounds`'s; the network test widens
+its bound of `s . (m - f(x))` by `distance_slack * ||s|| * ||B||` (as if f(x) moved by the
+distance slack times the box magnitude ||B||, the slack's meaning for the boxes, docs/bounds.md
+§10) and compares through `_linear_order_from_sums` with the magnitudes of every term it sums
+(`s . m` and the bound included) in its rounding guard. The rigorous mode (`rounding='outward'`,
+certify.py's float32; docs/linear_bounds.md §8.2): outward-rounded boxes and bounds through the
+encoder of the real-valued encoder, slack 0, and the computed embeddings' own rounding by their
+point margins, as `rank_bounds` takes it: each QA pair widened by its two candidates' margins,
+each CA distance bound from a query point moved out by the query's.
 
 Candidate attack (`tighten_candidate_attack_upper`, `ca_bound='network'`): Theorem 2 compares the
 target's largest distance to the query over its box with each candidate's smallest; the latter is
@@ -52,6 +56,8 @@ import numpy as np
 from jaxcert import retrieval
 from jaxcert.bounds import linear
 from jaxcert.bounds import retrieval as box_retrieval
+from jaxcert.bounds import rounding as outward_rounding
+from jaxcert.bounds.interval import eps_rounded_up
 from jaxcert.bounds.interval import input_box
 
 # Undecided candidates per query whose specification rows are bounded through the encoder
@@ -68,10 +74,12 @@ def first_same_class_column(indices, query_labels, candidate_labels) -> np.ndarr
 
 
 @functools.partial(jax.jit, static_argnames=('rows',))
-def _undecided_rows(query_lower, query_upper, candidate_emb, target_index, distance_slack, *,
-                    rows: int) -> dict:
+def _undecided_rows(query_lower, query_upper, candidate_emb, target_index, distance_slack,
+                    point_margin, *, rows: int) -> dict:
   """For a block of queries (B) and their targets: the box test against every candidate (N), and
   the `rows` undecided candidates with the largest box margin (closest to decided).
+  `point_margin` (N,) widens each pair's comparison by its two candidates' (rigorous float32,
+  docs/bounds.md §13; zeros otherwise), as `rank_bounds` does.
 
   Returns (B,) counts 'box_farther' and 'undecided', and for the chosen (B, rows): their
   candidate indices 'chosen', 'valid' (undecided, not padding), 'spec' s = c^ - c (zero where
@@ -82,8 +90,10 @@ def _undecided_rows(query_lower, query_upper, candidate_emb, target_index, dista
   centre, magnitude, sums = box_retrieval.linear_specification_sums(
       query_lower[:, None], query_upper[:, None], candidate_emb[None], target_emb[:, None],
       distance_slack)  # (B, N) or (B, 1) each; centre (B, 1, d), magnitude (B, 1)
-  farther, _ = box_retrieval._linear_order_from_sums(*sums)  # pylint: disable=protected-access
-  candidate_sq, target_sq, cross_radius, candidate_far, target_far, width, _ = sums
+  candidate_sq, target_sq, cross_radius, candidate_far, target_far, width, rounding = sums
+  width = width + point_margin[None, :] + point_margin[target_index][:, None]
+  farther, _ = box_retrieval._linear_order_from_sums(  # pylint: disable=protected-access
+      candidate_sq, target_sq, cross_radius, candidate_far, target_far, width, rounding)
   undecided = ~farther & (jnp.arange(candidate_emb.shape[0])[None] != target_index[:, None])
   margin = candidate_sq - target_sq - 2 * cross_radius
   chosen = jnp.argsort(jnp.where(undecided, -margin, jnp.inf), axis=1)[:, :rows]
@@ -113,7 +123,7 @@ def _targets(rank_bounds, target_columns, method: str, max_rows: int):
   return target_columns >= 0, columns, indices[np.arange(indices.shape[0]), columns]
 
 
-def _spec_lower_of_batch(method, embed, eps, packed, *, image_shape, rows):
+def _spec_lower_of_batch(method, rounding, embed, eps, packed, *, image_shape, rows):
   """Lower bounds of `s . f(x)` over each image's eps-box for its `rows` rows: images, rows and
   (if present) the intermediate bounds of the boxes come packed as one (B, H*W*C + rows*d [+ m])
   array (so `embed_in_batches` pads and shards them together)."""
@@ -122,58 +132,53 @@ def _spec_lower_of_batch(method, embed, eps, packed, *, image_shape, rows):
   dim = jax.eval_shape(embed, jax.ShapeDtypeStruct((1, *image_shape), packed.dtype)).shape[-1]
   spec = packed[:, pixels:pixels + rows * dim].reshape((packed.shape[0], rows, dim))
   intermediates = packed[:, pixels + rows * dim:]
-  return linear.linear_spec_lower_bounds(embed, method, skip_zero_rows=True)(
+  return linear.linear_spec_lower_bounds(embed, method, skip_zero_rows=True, rounding=rounding)(
       *input_box(images, eps), spec, intermediates if intermediates.shape[1] else None)
-
-
-def _boxes_and_intermediates_of_batch(method, embed, eps, images):
-  """`[lower | upper | intermediates]` of `images`' eps-boxes (`linear_bounds` with
-  `return_intermediates`), in the dtype of `eps`."""
-  lower, upper, intermediates = linear.linear_bounds(embed, method, return_intermediates=True)(
-      *input_box(images.astype(eps.dtype), eps))
-  return jnp.concatenate([lower, upper, intermediates], axis=1)
 
 
 def embedding_bounds_and_intermediates(embed: Callable, images, eps: float, method: str, *,
                                        batch_size: int = 50, sharding=None, dtype=jnp.float64,
-                                       progress: str | None = None):
-  """`retrieval.embedding_bounds(embed, images, eps, bound=linear_bounds(method))` with, per
-  image, the intermediate bounds of its box, for `tighten_query_attack_upper` and
-  `tighten_candidate_attack_upper` to reuse (their backward passes then skip the intermediate
-  bounds, most of a 'crown' pass; docs/linear_bounds.md §6.3). `progress`: a progress bar's
-  description (`retrieval.embed_in_batches`), None for none.
+                                       rounding: str = 'nearest', progress: str | None = None):
+  """`retrieval.embedding_bounds(embed, images, eps, bound=linear_bounds(method,
+  rounding=rounding))` with, per image, the intermediate bounds of its box, for
+  `tighten_query_attack_upper` and `tighten_candidate_attack_upper` to reuse (their backward
+  passes then skip the intermediate bounds, most of a 'crown' pass; docs/linear_bounds.md §6.3).
+  `rounding` 'outward': the rigorous mode (bounds of the real-valued encoder in any dtype,
+  docs/linear_bounds.md §8.1). `progress`: a progress bar's description
+  (`retrieval.embed_in_batches`), None for none.
 
   Returns:
     `(lower, upper, intermediates)`: (N, d), (N, d), (N, m) numpy arrays in `dtype`.
   """
-  linear._check_method(method)  # pylint: disable=protected-access
-  eps = box_retrieval._check_eps(eps)  # pylint: disable=protected-access
-  images = box_retrieval._check_pixel_range(images)  # pylint: disable=protected-access
-  embed = retrieval.as_pytree_function(embed)
-  dim = jax.eval_shape(embed, jax.ShapeDtypeStruct((1,) + images.shape[1:], dtype)).shape[-1]
-  packed = retrieval.embed_in_batches(
-      jax.tree_util.Partial(_boxes_and_intermediates_function(method), embed,
-                            jnp.asarray(eps, dtype)), images, batch_size, sharding=sharding,
-      progress=progress)
-  return packed[:, :dim], packed[:, dim:2 * dim], packed[:, 2 * dim:]
+  linear._check_method(method, rounding)  # pylint: disable=protected-access
+  return box_retrieval.embedding_bounds(
+      embed, images, eps, batch_size=batch_size, sharding=sharding, dtype=dtype,
+      bound=_bounds_with_intermediates(method, rounding), progress=progress, extras=True)
 
 
 @functools.cache
-def _boxes_and_intermediates_function(method: str) -> Callable:
-  """One function object per method, so jit's cache (keyed by it) is reused."""
-  return functools.partial(_boxes_and_intermediates_of_batch, method)
+def _bounds_with_intermediates(method: str, rounding: str) -> Callable:
+  """`linear_bounds` returning the intermediate bounds, one function object per method and
+  rounding, so that jit's cache (keyed by it) is reused."""
+  return functools.partial(linear.linear_bounds, method=method, rounding=rounding,
+                           return_intermediates=True)
 
 
 @functools.cache
-def _spec_batch_function(method: str, image_shape: tuple[int, ...], rows: int) -> Callable:
-  """One function object per (method, shape), so jit's cache (keyed by it) is reused."""
-  return functools.partial(_spec_lower_of_batch, method, image_shape=image_shape, rows=rows)
+def _spec_batch_function(method: str, rounding: str, image_shape: tuple[int, ...],
+                         rows: int) -> Callable:
+  """One function object per (method, rounding, shape), so jit's cache (keyed by it) is
+  reused."""
+  return functools.partial(_spec_lower_of_batch, method, rounding, image_shape=image_shape,
+                           rows=rows)
 
 
 def _spec_lower_bounds(embed, method: str, images, spec, eps: float, batch_size: int,
-                       intermediates=None, progress: str | None = None):
+                       intermediates=None, progress: str | None = None,
+                       rounding: str = 'nearest'):
   """(N, rows) lower bounds of `spec[i, r] . f(x)` over image i's eps-box, `batch_size` images a
-  call (`linear_spec_lower_bounds` with `method`, reusing image i's `intermediates` where given).
+  call (`linear_spec_lower_bounds` with `method` and `rounding`, reusing image i's
+  `intermediates` where given).
 
   Rows past an image's last nonzero row are padding, which the passes skip
   (`linear_spec_bounds`' `skip_zero_rows`); the images are batched in the order of their number
@@ -186,10 +191,9 @@ def _spec_lower_bounds(embed, method: str, images, spec, eps: float, batch_size:
   parts = [images.astype(spec.dtype).reshape(count, -1), spec.reshape(count, -1)]
   if intermediates is not None:
     parts.append(np.asarray(intermediates, spec.dtype).reshape(count, -1))
-  spec_batch = jax.tree_util.Partial(_spec_batch_function(method, tuple(np.shape(images)[1:]),
-                                                          rows),
-                                     retrieval.as_pytree_function(embed),
-                                     jnp.asarray(eps, spec.dtype))
+  spec_batch = jax.tree_util.Partial(
+      _spec_batch_function(method, rounding, tuple(np.shape(images)[1:]), rows),
+      retrieval.as_pytree_function(embed), eps_rounded_up(eps, spec.dtype))
   lower = np.empty((count, rows), spec.dtype)
   lower[order] = retrieval.embed_in_batches(spec_batch, np.concatenate(parts, axis=1)[order],
                                             batch_size, progress=progress)
@@ -201,14 +205,15 @@ def tighten_query_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Cal
                                candidate_emb, target_columns, *, method: str = 'crown',
                                max_rows: int = DEFAULT_MAX_ROWS, batch_size: int = 50,
                                distance_slack: float = box_retrieval.DEFAULT_DISTANCE_SLACK,
-                               query_intermediates=None, progress: bool = False
+                               query_intermediates=None, progress: bool = False,
+                               rounding: str = 'nearest', point_margin=0.
                                ) -> tuple[box_retrieval.RankBounds, dict]:
   """`rank_bounds` with each query's target QA rank upper bound tightened through the encoder.
 
   Args:
     rank_bounds: `rank_bounds(..., qa_bound='linear')` of the same boxes and candidates.
-    embed: the encoder, `(batch, H, W, C) -> (batch, d)`, in the dtype of the boxes (float64:
-      the linear bounds round to nearest).
+    embed: the encoder, `(batch, H, W, C) -> (batch, d)`, in the dtype of the boxes (float64
+      rounding to nearest, or any dtype with `rounding='outward'`).
     query_images: (Nq, H, W, C) in [0, 1].
     eps: the L-inf radius of the boxes.
     query_lower, query_upper: (Nq, d) the query embedding boxes the rank bounds used.
@@ -220,9 +225,17 @@ def tighten_query_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Cal
     batch_size: queries per `linear_spec_bounds` call.
     distance_slack: as in `rank_bounds`.
     query_intermediates: (Nq, m), the intermediate bounds of the query boxes at `eps`
-      (`embedding_bounds_and_intermediates` with `method`), reused instead of recomputed; None:
-      recomputed.
+      (`embedding_bounds_and_intermediates` with `method` and `rounding`), reused instead of
+      recomputed; None: recomputed.
     progress: a progress bar over the images bounded through the encoder.
+    rounding: 'outward', the rigorous mode (float32 anywhere): the query boxes are rigorous
+      (outward-rounded) and the network test bounds the real-valued encoder
+      (`linear_spec_lower_bounds(..., rounding='outward')`); the candidates' computed embeddings
+      are within `point_margin` of the real ones.
+    point_margin: a scalar or (N,) upper bounds of ||y_c - candidate_emb[c]||_2 for the real
+      embedding y_c of each candidate (`rank_bounds`' `point_margin`, the rigorous mode's
+      `point_margins(...)['candidate_distance']`); each pair's decision is widened by the sum
+      of its two candidates' (docs/bounds.md §13, "Rigorous float32: the point margin").
 
   Returns:
     (the tightened RankBounds, {'undecided': (Nq,) candidates the box test leaves undecided
@@ -241,14 +254,17 @@ def tighten_query_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Cal
                          'network_farther_candidates': np.zeros((num_queries, 0), np.int32)}
   candidate_emb = jnp.asarray(candidate_emb)
   slack = jnp.asarray(distance_slack, candidate_emb.dtype)
+  margins = jnp.broadcast_to(jnp.asarray(point_margin, candidate_emb.dtype), (num_candidates,))
   blocks = [_undecided_rows(jnp.asarray(query_lower[start:start + batch_size]),
                             jnp.asarray(query_upper[start:start + batch_size]), candidate_emb,
-                            jnp.asarray(targets[start:start + batch_size]), slack, rows=rows)
+                            jnp.asarray(targets[start:start + batch_size]), slack, margins,
+                            rows=rows)
             for start in range(0, num_queries, batch_size)]
   chosen = {key: jnp.concatenate([block[key] for block in blocks]) for key in blocks[0]}
   spec_lower = _spec_lower_bounds(embed, method, query_images, chosen['spec'], eps, batch_size,
                                   query_intermediates,
-                                  progress='QA bounds through the encoder' if progress else None)
+                                  progress='QA bounds through the encoder' if progress else None,
+                                  rounding=rounding)
   network = np.asarray(_network_farther(spec_lower, chosen, slack)) & has_target[:, None]
   farther_count = np.asarray(chosen['box_farther']) + network.sum(axis=1)
   upper = np.array(rank_bounds.query_attack_upper)
@@ -269,6 +285,12 @@ def _network_farther(spec_lower, chosen: dict, distance_slack):
   and intersected with the box's `r . |s|`, replaces the box's cross term in the linear
   specification's decision (`_linear_order_from_sums`), whose rounding guard gets the
   magnitudes of `s . m` and of the bound besides its own.
+
+  In the rigorous mode `spec_lower` bounds `s~ . f_R(x)` for the computed row
+  `s~ = fl(c^ - c)`, while the decision is about the exact `s = c^ - c`: over the query's
+  (rigorous) box `|(s - s~) . (m - f_R(x))| <= u |s~| . r`, u the unit roundoff, which is u
+  times the box's cross term and far inside the guard's `(d + 8)` machine epsilons of it (the
+  box test's own `s~` is covered the same way, docs/bounds.md §13).
   """
   spec, centre = chosen['spec'], chosen['centre'][:, None]
   widening = distance_slack * jnp.linalg.norm(spec, axis=-1) * chosen['magnitude']
@@ -284,14 +306,29 @@ def _network_farther(spec_lower, chosen: dict, distance_slack):
   return farther & chosen['valid'] & jnp.isfinite(spec_lower)
 
 
-@functools.partial(jax.jit, static_argnames=('slack',))
-def _candidate_distance_bounds(query_emb, candidate_lower, candidate_upper, slack):
+@functools.partial(jax.jit, static_argnames=('slack', 'outward'))
+def _candidate_distance_bounds(query_emb, candidate_lower, candidate_upper, query_margin, slack,
+                               outward):
   """Theorem 2's widened distance bounds from each query point to each candidate box, as
-  `rank_bounds` computes them (`_widened_distance_bounds`): (B, N) each."""
+  `rank_bounds` computes them (`_widened_distance_bounds`, rigorous and moved out by each
+  query's `query_margin` (B,) if `outward`): (B, N) each."""
   magnitude = box_retrieval._box_magnitude(candidate_lower, candidate_upper)  # pylint: disable=protected-access
-  return box_retrieval._widened_distance_bounds(  # pylint: disable=protected-access
+  lower, upper = box_retrieval._widened_distance_bounds(  # pylint: disable=protected-access
       candidate_lower[None], candidate_upper[None], query_emb[:, None], magnitude[None],
-      jnp.linalg.norm(query_emb, axis=-1)[:, None], slack)
+      jnp.linalg.norm(query_emb, axis=-1)[:, None], slack, outward)
+  if not outward:
+    return lower, upper
+  return _moved_out(lower, query_margin[:, None], upper=False), _moved_out(
+      upper, query_margin[:, None], upper=True)
+
+
+def _moved_out(distance, margin, *, upper: bool):
+  """A distance bound from a computed query point moved out by the point's `margin`, rounded
+  outwards: for the real query embedding y within `margin` of y~, ||z - y|| lies within
+  ||z - y~|| -+ margin (docs/rigorous_float32.md §6)."""
+  if upper:
+    return outward_rounding.round_up(distance + margin)
+  return jnp.maximum(outward_rounding.round_down(distance - margin), 0)
 
 
 def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Callable,
@@ -300,7 +337,8 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
                                    method: str = 'crown', max_rows: int = DEFAULT_MAX_ROWS,
                                    batch_size: int = 50,
                                    distance_slack: float = box_retrieval.DEFAULT_DISTANCE_SLACK,
-                                   candidate_intermediates=None, progress: bool = False
+                                   candidate_intermediates=None, progress: bool = False,
+                                   rounding: str = 'nearest', query_point_margin=0.
                                    ) -> tuple[box_retrieval.RankBounds, dict]:
   """`rank_bounds` with each query's target CA rank upper bound tightened through the encoder.
 
@@ -316,7 +354,7 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
   input box, with the box across u (`_network_distance_upper`).
 
   Args:
-    rank_bounds: `rank_bounds(...)` of the same candidate boxes (rounding 'nearest').
+    rank_bounds: `rank_bounds(...)` of the same candidate boxes (with the same `rounding`).
     embed: the encoder, in the dtype of the boxes.
     candidate_images: (N, H, W, C) in [0, 1].
     eps: the L-inf radius of the boxes.
@@ -326,8 +364,14 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
     method, max_rows, batch_size, distance_slack: as there (`max_rows` queries per candidate,
       `batch_size` candidate images a call).
     candidate_intermediates: (N, m), the intermediate bounds of the candidate boxes at `eps`
-      (`embedding_bounds_and_intermediates`), reused where given.
+      (`embedding_bounds_and_intermediates` with `method` and `rounding`), reused where given.
     progress: progress bars over the images bounded through the encoder.
+    rounding: 'outward', the rigorous mode: rigorous candidate boxes, distance bounds and
+      bounds through the encoder of the real-valued encoder, and the queries' computed
+      embeddings within `query_point_margin` of the real ones.
+    query_point_margin: a scalar or (Nq,) upper bounds of ||y_q - query_emb[q]||_2
+      (`rank_bounds`' `query_point_margin`); every distance bound from a query point moves out
+      by its query's (docs/rigorous_float32.md §6). Only in the rigorous mode.
 
   Returns:
     (the tightened RankBounds, {'undecided': (Nq,) candidates the box leaves undecided against
@@ -342,9 +386,14 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
   has_target, columns, targets = _targets(rank_bounds, target_columns, method, max_rows)
   num_queries, num_candidates = len(columns), candidate_emb.shape[0]
   query_emb, candidate_emb = np.asarray(query_emb), np.asarray(candidate_emb)
+  outward = rounding == 'outward'
+  if not outward and np.any(np.asarray(query_point_margin) != 0):
+    raise ValueError("query_point_margin is the rigorous mode's (rounding='outward').")
+  query_margin = np.broadcast_to(np.asarray(query_point_margin, query_emb.dtype), (num_queries,))
   box = [_candidate_distance_bounds(jnp.asarray(query_emb[start:start + batch_size]),
                                     jnp.asarray(candidate_lower), jnp.asarray(candidate_upper),
-                                    float(distance_slack))
+                                    jnp.asarray(query_margin[start:start + batch_size]),
+                                    float(distance_slack), outward)
          for start in range(0, num_queries, batch_size)]
   box_min = np.concatenate([np.asarray(lower) for lower, _ in box])
   target_max = np.concatenate([np.asarray(upper) for _, upper in box])[np.arange(num_queries),
@@ -355,11 +404,14 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
       embed, method, np.asarray(candidate_images)[targets], np.stack([along, -along], axis=1),
       eps, batch_size,
       None if candidate_intermediates is None else np.asarray(candidate_intermediates)[targets],
-      progress='CA targets through the encoder' if progress else None))
-  target_max = np.minimum(target_max, np.asarray(_network_distance_upper(
+      progress='CA targets through the encoder' if progress else None, rounding=rounding))
+  network_max = _network_distance_upper(
       jnp.asarray(along), jnp.asarray(spec_lower), jnp.asarray(query_emb),
       jnp.asarray(candidate_lower)[targets], jnp.asarray(candidate_upper)[targets],
-      float(distance_slack))))
+      float(distance_slack))
+  if outward:
+    network_max = _moved_out(network_max, jnp.asarray(query_margin), upper=True)
+  target_max = np.minimum(target_max, np.asarray(network_max))
   box_farther = target_max[:, None] < box_min
   undecided = (~box_farther & has_target[:, None]
                & (np.arange(num_candidates)[None] != targets[:, None]))
@@ -371,11 +423,14 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
   spec = (candidate_emb[:, None] - query_emb[chosen]) * valid[..., None]
   spec_lower = np.asarray(_spec_lower_bounds(
       embed, method, candidate_images, spec, eps, batch_size, candidate_intermediates,
-      progress='CA bounds through the encoder' if progress else None))
-  lower = np.asarray(_network_distance_lower(
+      progress='CA bounds through the encoder' if progress else None, rounding=rounding))
+  lower = _network_distance_lower(
       jnp.asarray(spec), jnp.asarray(spec_lower), jnp.asarray(query_emb[chosen]),
       jnp.asarray(box_retrieval._box_magnitude(candidate_lower, candidate_upper)),  # pylint: disable=protected-access
-      float(distance_slack)))
+      float(distance_slack))
+  if outward:
+    lower = _moved_out(lower, jnp.asarray(query_margin[chosen]), upper=False)
+  lower = np.asarray(lower)
   network = valid & (lower > target_max[chosen])
   farther = box_farther.copy()
   candidate_index = np.broadcast_to(np.arange(num_candidates)[:, None], chosen.shape)

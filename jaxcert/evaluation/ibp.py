@@ -140,11 +140,6 @@ def check_ibp_config(ibp_config, num_candidates: int) -> tuple[float, tuple[int,
   if not (int(ibp_config.spec_rows) == ibp_config.spec_rows and ibp_config.spec_rows >= 1):
     raise ValueError(f'config.ibp.spec_rows must be a positive integer, got '
                      f'{ibp_config.spec_rows!r}.')
-  if certification_dtype(ibp_config) == 'float32':
-    if 'network' in (ibp_config.qa_bound, ibp_config.ca_bound):
-      raise ValueError("config.ibp.qa_bound / ca_bound 'network' round to nearest and cannot "
-                       'certify in the rigorous float32; pass --config.ibp.dtype=float64, or '
-                       "use the box certificates ('linear', 'kakizaki').")
   if ibp_config.dtype == 'float64' and jax.default_backend() == 'tpu':
     raise ValueError('TPUs do not compute in float64: certify with --config.ibp.dtype=float32 '
                      '(rigorous: outward-rounded bounds, docs/rigorous_float32.md).')
@@ -240,54 +235,20 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None
      {percentile: float} (`box_radius_percentiles`), 'bounds_s', 'verify_s'}.
   """
   ibp_config = inputs.config.ibp
-  outward = certification_dtype(ibp_config) == 'float32'
-  bound = embedding_bound_transform(ibp_config.method, outward)
   start = time.perf_counter()
-  intermediates = (None, None)
   # Progress bars for the linear methods' boxes (minutes; IBP's take a second).
   progress = ibp_config.method != 'ibp' and inputs.config.get('progress_bar', True)
-  sets = (('queries', inputs.queries.images), ('candidates', inputs.candidates.images))
-  if 'network' in (ibp_config.qa_bound, ibp_config.ca_bound):
-    # The boxes' intermediate bounds, reused by the bounds through the encoder.
-    query_all, candidate_all = (
-        through_encoder.embedding_bounds_and_intermediates(
-            inputs.embed, images, eps, ibp_config.method, batch_size=ibp_config.batch_size,
-            sharding=inputs.batch_sharding, dtype=query_emb.dtype,
-            progress=f'{ibp_config.method} boxes of the {name}, eps {eps:g}' if progress else None)
-        for name, images in sets)
-    query_box, candidate_box = query_all[:2], candidate_all[:2]
-    intermediates = query_all[2], candidate_all[2]
-  else:
-    query_box, candidate_box = (
-        certified_retrieval.embedding_bounds(
-            inputs.embed, images, eps, batch_size=ibp_config.batch_size,
-            sharding=inputs.batch_sharding, dtype=query_emb.dtype, bound=bound,
-            progress=f'{ibp_config.method} boxes of the {name}, eps {eps:g}' if progress else None)
-        for name, images in sets)
-  compared_query_box, compared_candidate_box = query_box, candidate_box
-  point_margin = query_point_margin = 0.
-  if outward:
-    margins = margins if margins is not None else point_margins(inputs, query_emb, candidate_emb)
-    if ibp_config.qa_bound == 'kakizaki':  # Theorem 1's distance bounds need the widened box;
-      # the linear specification takes the candidates' rounding from `point_margin` alone
-      # (docs/bounds.md §13, "Rigorous float32: the point margin").
-      compared_query_box = outward_rounding.widen_for_points(*query_box, margins['candidate'])
-    point_margin = margins['candidate_distance']  # rounded outwards (docs/bounds.md §13)
-    query_point_margin = margins['query_distance']  # for CA (docs/rigorous_float32.md §6)
+  (query_box, candidate_box), intermediates = embedding_boxes(
+      inputs, eps, ibp_config.method, query_emb.dtype,
+      network='network' in (ibp_config.qa_bound, ibp_config.ca_bound), progress=progress)
+  if certification_dtype(ibp_config) == 'float32' and margins is None:
+    margins = point_margins(inputs, query_emb, candidate_emb)
   bounds_s = time.perf_counter() - start
   start = time.perf_counter()
-  rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
-      query_emb, *compared_query_box, candidate_emb, *compared_candidate_box, max(ks),
-      block_size=ibp_config.query_block_size,
-      candidate_block_size=ibp_config.candidate_block_size,
-      distance_slack=distance_slack(ibp_config),
-      qa_bound='linear' if ibp_config.qa_bound == 'network' else ibp_config.qa_bound,
-      rounding='outward' if outward else 'nearest', point_margin=point_margin,
-      query_point_margin=query_point_margin))
-  rank_bounds = through_encoder_rank_bounds(
-      inputs, rank_bounds, eps, query_box, candidate_box, query_emb, candidate_emb,
+  rank_bounds = certified_rank_bounds(
+      inputs, query_emb, candidate_emb, eps, max(ks), (query_box, candidate_box), intermediates,
       qa_bound=ibp_config.qa_bound, ca_bound=ibp_config.ca_bound, method=ibp_config.method,
-      slack=distance_slack(ibp_config), intermediates=intermediates)
+      slack=distance_slack(ibp_config), margins=margins)
   verify_s = time.perf_counter() - start
   certified = certified_retrieval.certified_retrieval(
       rank_bounds, inputs.queries.labels, inputs.candidates.labels, ks)
@@ -298,30 +259,102 @@ def certify_at(inputs, query_emb, candidate_emb, eps: float, ks, *, margins=None
           'box_radius': box_radius, 'bounds_s': bounds_s, 'verify_s': verify_s}
 
 
+def embedding_boxes(inputs, eps: float, method: str, dtype, *, network: bool,
+                    count: int | None = None, progress: bool = False):
+  """The query and candidate embedding boxes at `eps` by `method`, as certify.py computes them
+  (rounded outwards in the rigorous float32 of `config.ibp.dtype`), of the first `count` images
+  of each set (None: all); with `network`, also their intermediate bounds, which the bounds
+  through the encoder reuse (`through_encoder.embedding_bounds_and_intermediates`).
+
+  Returns:
+    `((query_lower, query_upper), (candidate_lower, candidate_upper))` and the queries' and
+    candidates' intermediate bounds (`(None, None)` without `network`).
+  """
+  ibp_config = inputs.config.ibp
+  outward = certification_dtype(ibp_config) == 'float32'
+  sets = (('queries', inputs.queries.images[:count]),
+          ('candidates', inputs.candidates.images[:count]))
+  describe = lambda name: f'{method} boxes of the {name}, eps {eps:g}' if progress else None
+  if not network:
+    bound = embedding_bound_transform(method, outward)
+    return tuple(certified_retrieval.embedding_bounds(
+        inputs.embed, images, eps, batch_size=ibp_config.batch_size,
+        sharding=inputs.batch_sharding, dtype=dtype, bound=bound, progress=describe(name))
+                 for name, images in sets), (None, None)
+  query_all, candidate_all = (through_encoder.embedding_bounds_and_intermediates(
+      inputs.embed, images, eps, method, batch_size=ibp_config.batch_size,
+      sharding=inputs.batch_sharding, dtype=dtype, rounding='outward' if outward else 'nearest',
+      progress=describe(name)) for name, images in sets)
+  return (query_all[:2], candidate_all[:2]), (query_all[2], candidate_all[2])
+
+
+def certified_rank_bounds(inputs, query_emb, candidate_emb, eps: float, k: int, boxes,
+                          intermediates=(None, None), *, qa_bound: str, ca_bound: str,
+                          method: str, slack: float, margins=None):
+  """QA and CA rank bounds of each query's `k` nearest candidates from the embedding `boxes`
+  (`embedding_boxes`), as certify.py computes them: `rank_bounds` with `qa_bound` ('linear'
+  where 'network') and the slack, then the 'network' bounds through the encoder
+  (`through_encoder_rank_bounds`). In the rigorous float32 (`config.ibp.dtype`) every bound is
+  rounded outwards, with the embeddings' `margins` (`point_margins`): Theorem 1 compares the
+  query boxes widened by the candidates' margins, the linear specification each pair widened
+  by its candidates' distances (docs/bounds.md §13, "Rigorous float32: the point margin"),
+  Theorem 2 the candidate boxes' distances moved out by the query's (docs/rigorous_float32.md §6).
+  """
+  ibp_config = inputs.config.ibp
+  outward = certification_dtype(ibp_config) == 'float32'
+  query_box, candidate_box = boxes
+  compared_query_box = query_box
+  point_margin = query_point_margin = 0.
+  if outward:
+    if margins is None:
+      raise ValueError('The rigorous float32 needs the embeddings\' margins (point_margins).')
+    if qa_bound == 'kakizaki':
+      compared_query_box = outward_rounding.widen_for_points(*query_box, margins['candidate'])
+    point_margin = margins['candidate_distance']
+    query_point_margin = margins['query_distance']
+  rank_bounds = jax.block_until_ready(certified_retrieval.rank_bounds(
+      query_emb, *compared_query_box, candidate_emb, *candidate_box, k,
+      block_size=ibp_config.query_block_size,
+      candidate_block_size=ibp_config.candidate_block_size, distance_slack=slack,
+      qa_bound='linear' if qa_bound == 'network' else qa_bound,
+      rounding='outward' if outward else 'nearest', point_margin=point_margin,
+      query_point_margin=query_point_margin))
+  return through_encoder_rank_bounds(
+      inputs, rank_bounds, eps, query_box, candidate_box, query_emb, candidate_emb,
+      qa_bound=qa_bound, ca_bound=ca_bound, method=method, slack=slack,
+      intermediates=intermediates, outward=outward, point_margin=point_margin,
+      query_point_margin=query_point_margin)
+
+
 def through_encoder_rank_bounds(inputs, rank_bounds, eps: float, query_box, candidate_box,
                                query_emb, candidate_emb, *, qa_bound: str, ca_bound: str,
-                               method: str, slack: float, intermediates=(None, None)):
+                               method: str, slack: float, intermediates=(None, None),
+                               outward: bool = False, point_margin=0., query_point_margin=0.):
   """`rank_bounds` (QA by 'linear' where `qa_bound` is 'network') with each query's nearest
   same-class candidate's QA rank (`qa_bound` 'network') and CA rank (`ca_bound` 'network')
   tightened through `inputs.embed` with the relaxation of the linear `method`
   (`jaxcert.bounds.through_encoder`; config.ibp.spec_rows rows per query or candidate),
   reusing the boxes' `intermediates` (queries', candidates'; `embedding_bounds_and_intermediates`)
-  where given; returned unchanged when neither is 'network'."""
+  where given; returned unchanged when neither is 'network'. `outward`: the rigorous float32,
+  with the candidates' and queries' point margins (`point_margins`' 'candidate_distance' and
+  'query_distance')."""
   if 'network' not in (qa_bound, ca_bound):
     return rank_bounds
   ibp_config = inputs.config.ibp
   columns = through_encoder.first_same_class_column(
       rank_bounds.indices, inputs.queries.labels, inputs.candidates.labels)
   settings = dict(method=method, max_rows=ibp_config.spec_rows, batch_size=ibp_config.batch_size,
-                  distance_slack=slack, progress=inputs.config.get('progress_bar', True))
+                  distance_slack=slack, progress=inputs.config.get('progress_bar', True),
+                  rounding='outward' if outward else 'nearest')
   if qa_bound == 'network':
     rank_bounds, _ = through_encoder.tighten_query_attack_upper(
         rank_bounds, inputs.embed, inputs.queries.images, eps, *query_box, candidate_emb,
-        columns, query_intermediates=intermediates[0], **settings)
+        columns, query_intermediates=intermediates[0], point_margin=point_margin, **settings)
   if ca_bound == 'network':
     rank_bounds, _ = through_encoder.tighten_candidate_attack_upper(
         rank_bounds, inputs.embed, inputs.candidates.images, eps, *candidate_box, query_emb,
-        candidate_emb, columns, candidate_intermediates=intermediates[1], **settings)
+        candidate_emb, columns, candidate_intermediates=intermediates[1],
+        query_point_margin=query_point_margin, **settings)
   return rank_bounds
 
 
