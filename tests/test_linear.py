@@ -243,8 +243,8 @@ def test_two_layer_relu_equals_hand_derived_crown():
       bound = const + np.where(x_coeffs > 0, x_coeffs * l, x_coeffs * u).sum(1)
       (expected_lower if sign > 0 else expected_upper).append(sign * bound)
     ibp_lower, ibp_upper = interval(fn)(lower[index:index + 1], upper[index:index + 1])
-    out_lower, out_upper = linear_bounds(fn, 'crown_ibp')(lower[index:index + 1],
-                                                          upper[index:index + 1])
+    out_lower, out_upper = jax.jit(linear_bounds(fn, 'crown_ibp'))(lower[index:index + 1],
+                                                                   upper[index:index + 1])
     np.testing.assert_allclose(out_lower[0], np.maximum(expected_lower[0], ibp_lower[0]),
                                rtol=0, atol=TOLERANCE_64)
     np.testing.assert_allclose(out_upper[0], np.minimum(expected_upper[0], ibp_upper[0]),
@@ -464,8 +464,8 @@ def test_spec_bounds_from_reused_intermediates_equal_recomputed_ones(method):
   spec = rng.normal(size=(3, 5, 4))
   out_lower, out_upper, intermediates = jax.jit(
       linear_bounds(fn, method, return_intermediates=True))(lower, upper)
-  np.testing.assert_allclose(out_lower, linear_bounds(fn, method)(lower, upper)[0], rtol=1e-12,
-                             atol=1e-12)
+  np.testing.assert_allclose(out_lower, jax.jit(linear_bounds(fn, method))(lower, upper)[0],
+                             rtol=1e-12, atol=1e-12)
   recomputed = jax.jit(linear_spec_bounds(fn, method))(lower, upper, spec)
   reused = jax.jit(linear_spec_bounds(fn, method))(lower, upper, spec, intermediates)
   np.testing.assert_allclose(reused[0], recomputed[0], rtol=1e-12, atol=1e-12)
@@ -584,7 +584,7 @@ def test_linear_network_bounds_are_its_exact_range(dimension_numbers):
   ibp_lower, _ = interval(fn)(lower, upper)
   assert np.all(value - np.abs(jacobian) @ radius > np.asarray(ibp_lower)[0] + 1e-6)
   for method in METHODS:
-    out_lower, out_upper = linear_bounds(fn, method)(lower, upper)
+    out_lower, out_upper = jax.jit(linear_bounds(fn, method))(lower, upper)
     np.testing.assert_allclose(out_lower[0], value - np.abs(jacobian) @ radius, rtol=0,
                                atol=TOLERANCE_64)
     np.testing.assert_allclose(out_upper[0], value + np.abs(jacobian) @ radius, rtol=0,

@@ -924,8 +924,8 @@ def linear_spec_bounds(fn: Callable[[jax.Array], jax.Array], method: str = 'crow
       does not go through); None: for 'crown' and 'alpha_crown' (whose intermediate bounds come
       from `while_loop`s anyway), not for 'crown_ibp'.
     rounding: as in `linear_bounds`; with 'outward' the bounds hold for the real-valued `fn` and
-      the rows exactly as given (`spec` must then have the box's dtype;
-      docs/linear_bounds.md §8.1).
+      the rows exactly as given (`spec` must then be an array of the box's dtype;
+      docs/linear_bounds.md §8.2).
 
   Returns:
     `bounded(lower, upper, spec, intermediates=None) -> (spec_lower, spec_upper)`, with `spec`
@@ -951,10 +951,10 @@ def linear_spec_lower_bounds(fn: Callable[[jax.Array], jax.Array], method: str =
   `bounded(lower, upper, spec, intermediates=None) -> spec_lower` (batch, n_spec),
   `spec_lower[b, s] <= spec[b, s] . fn(x)[b]` for every `x` in the box (an upper bound of
   `c . fn(x)` is minus the lower bound of `-c`; `intermediates`, `skip_zero_rows` and
-  `rounding` as in `linear_spec_bounds`). Differentiable with respect to the box, the rows and the parameters
-  `fn` closes over for method 'crown_ibp' without `skip_zero_rows` (CROWN-IBP training, Zhang et
-  al. 2020); the other methods' intermediate bounds come from `while_loop`s, which reverse-mode
-  differentiation does not go through.
+  `rounding` as in `linear_spec_bounds`). Differentiable with respect to the box, the rows and
+  the parameters `fn` closes over for method 'crown_ibp' without `skip_zero_rows` (CROWN-IBP
+  training, Zhang et al. 2020); the other methods' intermediate bounds come from `while_loop`s,
+  which reverse-mode differentiation does not go through.
   """
   return _spec_bounds(fn, method, row_chunk, patches, upper=False, skip_zero_rows=skip_zero_rows,
                       rounding=rounding)
