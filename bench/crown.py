@@ -33,7 +33,7 @@ the patches pass of its convolutions' intermediate bounds (`linear_bounds(..., p
 `--outward` adds the rigorous mode of IBP and of each linear method timed
 (`rounding='outward'`, docs/linear_bounds.md §8.1); `--spec_rows N` the lower bounds of N
 specification rows per image through the encoder, recomputing the intermediate bounds and reusing
-the box pass's (docs/linear_bounds.md §6.3).
+the box pass's (docs/linear_bounds.md §6.3), with `--outward` in the rigorous mode too (§8.2).
 """
 
 import argparse
@@ -105,12 +105,16 @@ def bound_function(apply_fn, method: str, row_chunk: int | None):
 def spec_function(apply_fn, method: str):
   """`(variables, lower, upper, spec, intermediates) -> spec_lower`, jitted
   (`linear_spec_lower_bounds`, reusing `intermediates` unless None), and
-  `(variables, lower, upper) -> intermediates` (`linear_bounds(..., return_intermediates=True)`)."""
+  `(variables, lower, upper) -> intermediates` (`linear_bounds(..., return_intermediates=True)`);
+  '<method> (outward)': both in the rigorous mode."""
+  rounding = 'outward' if method.endswith(OUTWARD_SUFFIX) else 'nearest'
+  method = method.removesuffix(OUTWARD_SUFFIX)
   spec_lower = jax.jit(lambda variables, lower, upper, spec, intermediates: (
-      linear_spec_lower_bounds(lambda x: apply_fn(variables, x), method)(lower, upper, spec,
-                                                                          intermediates)))
+      linear_spec_lower_bounds(lambda x: apply_fn(variables, x), method, rounding=rounding)(
+          lower, upper, spec, intermediates)))
   intermediates = jax.jit(lambda variables, lower, upper: linear_bounds(
-      lambda x: apply_fn(variables, x), method, return_intermediates=True)(lower, upper)[2])
+      lambda x: apply_fn(variables, x), method, rounding=rounding,
+      return_intermediates=True)(lower, upper)[2])
   return spec_lower, intermediates
 
 
@@ -142,7 +146,7 @@ def time_methods(apply_fn, variables, images, eps, *, methods, repeats: int, dty
     if spec_rows:
       spec = jnp.asarray(np.random.default_rng(1).normal(
           size=(lower.shape[0], spec_rows, bounds['ibp'][0].shape[-1])), lower.dtype)
-      for method in (m for m in methods if m in METHODS):
+      for method in (m for m in methods if m.removesuffix(OUTWARD_SUFFIX) in METHODS):
         spec_lower, intermediates_of = spec_function(apply_fn, method)
         intermediates = intermediates_of(bound_variables, lower, upper)
         for label, given in ((f'{method} spec {spec_rows}', None),

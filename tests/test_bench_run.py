@@ -78,9 +78,13 @@ def test_crown_bench_times_the_rigorous_mode_beside_round_to_nearest():
           < 1.01 * timings['crown_ibp_mean_width'])
 
 
-def test_crown_bench_times_specification_rows_with_and_without_the_box_pass_intermediates():
+@pytest.mark.parametrize('outward', [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_crown_bench_times_specification_rows_with_and_without_the_box_pass_intermediates(
+    outward):
   from bench import crown  # pylint: disable=import-outside-toplevel
   result = crown.main(['--models', 'mlp', '--batch_size', '2', '--repeats', '1', '--methods',
-                       'crown', '--spec_rows', '3', '--dtype', 'float32', '--embedding_dim', '8'])
+                       'crown', '--spec_rows', '3', '--dtype', 'float32', '--embedding_dim', '8']
+                      + (['--outward'] if outward else []))
   timings = result['cost']['mlp']
-  assert timings['crown spec 3'] > 0 and timings['crown spec 3 (reused)'] > 0
+  for method in ('crown', 'crown (outward)') if outward else ('crown',):
+    assert timings[f'{method} spec 3'] > 0 and timings[f'{method} spec 3 (reused)'] > 0
