@@ -836,6 +836,7 @@ def test_network_bounds_wiring_and_their_config_errors(monkeypatch):
   assert (call['method'], call['max_rows'], call['eps']) == ('crown', 7, 3e-5)
   assert call['distance_slack'] == ibp.distance_slack(config.ibp)
   assert (call['rounding'], call['point_margin']) == ('nearest', 0.)
+  assert call['sharding'] is inputs.batch_sharding and ca_calls[0]['sharding'] is None
   assert (ca_calls[0]['rounding'], ca_calls[0]['query_point_margin']) == ('nearest', 0.)
   np.testing.assert_array_equal(call['columns'], ibp.through_encoder.first_same_class_column(
       linear_qa['rank_bounds'].indices, inputs.queries.labels, inputs.candidates.labels))

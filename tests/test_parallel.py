@@ -170,6 +170,35 @@ def test_sharded_interval_bounds_equal_unsharded(count=13):  # 13 rows: padded t
 
 
 @needs_eight
+def test_sharded_bounds_through_the_encoder_equal_unsharded():
+  """certify.py's 'network' bounds (CROWN boxes with their intermediate bounds, then the passes
+  through the encoder, in a `while_loop` over each image's rows) sharded over the 8 devices
+  decide what one device does (QA; the CA passes are placed by the same `_spec_lower_bounds`)."""
+  from jaxcert.bounds import retrieval as certified_retrieval  # pylint: disable=import-outside-toplevel
+  from jaxcert.bounds import through_encoder  # pylint: disable=import-outside-toplevel
+  embed = _encoder('mlp')
+  queries, candidates = conftest.uniform_images(9, seed=2), conftest.uniform_images(16, seed=3)
+  query_emb, candidate_emb = (np.asarray(embed(x)) for x in (queries, candidates))
+  sharding = parallel.batch_sharded(parallel.make_mesh())
+  results = []
+  for placement in (None, sharding):
+    query_lower, query_upper, intermediates = through_encoder.embedding_bounds_and_intermediates(
+        embed, queries, 0.01, 'crown', batch_size=8, dtype=jnp.float32, sharding=placement)
+    bounds = certified_retrieval.rank_bounds(query_emb, query_lower, query_upper, candidate_emb,
+                                             candidate_emb, candidate_emb, 5)
+    columns = through_encoder.first_same_class_column(bounds.indices, np.arange(9) % 3,
+                                                      np.arange(16) % 3)
+    results.append(through_encoder.tighten_query_attack_upper(
+        bounds, embed, queries, 0.01, query_lower, query_upper, candidate_emb, columns,
+        max_rows=4, batch_size=8, query_intermediates=intermediates, sharding=placement))
+  (one, one_stats), (eight, eight_stats) = results
+  assert one_stats['undecided'].sum() > 0  # rows were bounded through the encoder
+  np.testing.assert_array_equal(eight.query_attack_upper, one.query_attack_upper)
+  np.testing.assert_array_equal(eight_stats['network_farther_candidates'],
+                                one_stats['network_farther_candidates'])
+
+
+@needs_eight
 def test_sharded_pgd_equals_unsharded(count=13):
   embed = _encoder('mlp')
   images = conftest.uniform_images(count, seed=1)

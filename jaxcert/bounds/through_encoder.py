@@ -175,10 +175,10 @@ def _spec_batch_function(method: str, rounding: str, image_shape: tuple[int, ...
 
 def _spec_lower_bounds(embed, method: str, images, spec, eps: float, batch_size: int,
                        intermediates=None, progress: str | None = None,
-                       rounding: str = 'nearest'):
+                       rounding: str = 'nearest', sharding=None):
   """(N, rows) lower bounds of `spec[i, r] . f(x)` over image i's eps-box, `batch_size` images a
   call (`linear_spec_lower_bounds` with `method` and `rounding`, reusing image i's
-  `intermediates` where given).
+  `intermediates` where given; each call placed by `sharding`, `retrieval.embed_in_batches`).
 
   Rows past an image's last nonzero row are padding, which the passes skip
   (`linear_spec_bounds`' `skip_zero_rows`); the images are batched in the order of their number
@@ -196,7 +196,7 @@ def _spec_lower_bounds(embed, method: str, images, spec, eps: float, batch_size:
       retrieval.as_pytree_function(embed), eps_rounded_up(eps, spec.dtype))
   lower = np.empty((count, rows), spec.dtype)
   lower[order] = retrieval.embed_in_batches(spec_batch, np.concatenate(parts, axis=1)[order],
-                                            batch_size, progress=progress)
+                                            batch_size, sharding=sharding, progress=progress)
   return jnp.asarray(lower)
 
 
@@ -206,7 +206,7 @@ def tighten_query_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Cal
                                max_rows: int = DEFAULT_MAX_ROWS, batch_size: int = 50,
                                distance_slack: float = box_retrieval.DEFAULT_DISTANCE_SLACK,
                                query_intermediates=None, progress: bool = False,
-                               rounding: str = 'nearest', point_margin=0.
+                               rounding: str = 'nearest', point_margin=0., sharding=None
                                ) -> tuple[box_retrieval.RankBounds, dict]:
   """`rank_bounds` with each query's target QA rank upper bound tightened through the encoder.
 
@@ -236,6 +236,9 @@ def tighten_query_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Cal
       embedding y_c of each candidate (`rank_bounds`' `point_margin`, the rigorous mode's
       `point_margins(...)['candidate_distance']`); each pair's decision is widened by the sum
       of its two candidates' (docs/bounds.md §13, "Rigorous float32: the point margin").
+    sharding: where each batch of the passes through the encoder goes (data parallel over a
+      mesh, `parallel.batch_sharded`; `embed`'s weights replicated there); None: the default
+      device.
 
   Returns:
     (the tightened RankBounds, {'undecided': (Nq,) candidates the box test leaves undecided
@@ -264,7 +267,7 @@ def tighten_query_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Cal
   spec_lower = _spec_lower_bounds(embed, method, query_images, chosen['spec'], eps, batch_size,
                                   query_intermediates,
                                   progress='QA bounds through the encoder' if progress else None,
-                                  rounding=rounding)
+                                  rounding=rounding, sharding=sharding)
   network = np.asarray(_network_farther(spec_lower, chosen, slack)) & has_target[:, None]
   farther_count = np.asarray(chosen['box_farther']) + network.sum(axis=1)
   upper = np.array(rank_bounds.query_attack_upper)
@@ -338,8 +341,8 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
                                    batch_size: int = 50,
                                    distance_slack: float = box_retrieval.DEFAULT_DISTANCE_SLACK,
                                    candidate_intermediates=None, progress: bool = False,
-                                   rounding: str = 'nearest', query_point_margin=0.
-                                   ) -> tuple[box_retrieval.RankBounds, dict]:
+                                   rounding: str = 'nearest', query_point_margin=0.,
+                                   sharding=None) -> tuple[box_retrieval.RankBounds, dict]:
   """`rank_bounds` with each query's target CA rank upper bound tightened through the encoder.
 
   Under CA (Kakizaki et al. Theorem 2) the target c^ keeps rank <= N - #{c : d-bar_q(c^) <
@@ -372,6 +375,7 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
     query_point_margin: a scalar or (Nq,) upper bounds of ||y_q - query_emb[q]||_2
       (`rank_bounds`' `query_point_margin`); every distance bound from a query point moves out
       by its query's (docs/rigorous_float32.md §6). Only in the rigorous mode.
+    sharding: as in `tighten_query_attack_upper`.
 
   Returns:
     (the tightened RankBounds, {'undecided': (Nq,) candidates the box leaves undecided against
@@ -404,7 +408,8 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
       embed, method, np.asarray(candidate_images)[targets], np.stack([along, -along], axis=1),
       eps, batch_size,
       None if candidate_intermediates is None else np.asarray(candidate_intermediates)[targets],
-      progress='CA targets through the encoder' if progress else None, rounding=rounding))
+      progress='CA targets through the encoder' if progress else None, rounding=rounding,
+      sharding=sharding))
   network_max = _network_distance_upper(
       jnp.asarray(along), jnp.asarray(spec_lower), jnp.asarray(query_emb),
       jnp.asarray(candidate_lower)[targets], jnp.asarray(candidate_upper)[targets],
@@ -423,7 +428,8 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
   spec = (candidate_emb[:, None] - query_emb[chosen]) * valid[..., None]
   spec_lower = np.asarray(_spec_lower_bounds(
       embed, method, candidate_images, spec, eps, batch_size, candidate_intermediates,
-      progress='CA bounds through the encoder' if progress else None, rounding=rounding))
+      progress='CA bounds through the encoder' if progress else None, rounding=rounding,
+      sharding=sharding))
   lower = _network_distance_lower(
       jnp.asarray(spec), jnp.asarray(spec_lower), jnp.asarray(query_emb[chosen]),
       jnp.asarray(box_retrieval._box_magnitude(candidate_lower, candidate_upper)),  # pylint: disable=protected-access

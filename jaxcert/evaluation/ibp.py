@@ -345,7 +345,7 @@ def through_encoder_rank_bounds(inputs, rank_bounds, eps: float, query_box, cand
       rank_bounds.indices, inputs.queries.labels, inputs.candidates.labels)
   settings = dict(method=method, max_rows=ibp_config.spec_rows, batch_size=ibp_config.batch_size,
                   distance_slack=slack, progress=inputs.config.get('progress_bar', True),
-                  rounding='outward' if outward else 'nearest')
+                  rounding='outward' if outward else 'nearest', sharding=inputs.batch_sharding)
   if qa_bound == 'network':
     rank_bounds, _ = through_encoder.tighten_query_attack_upper(
         rank_bounds, inputs.embed, inputs.queries.images, eps, *query_box, candidate_emb,
