@@ -291,9 +291,9 @@ def _network_farther(spec_lower, chosen: dict, distance_slack):
 
   In the rigorous mode `spec_lower` bounds `s~ . f_R(x)` for the computed row
   `s~ = fl(c^ - c)`, while the decision is about the exact `s = c^ - c`: over the query's
-  (rigorous) box `|(s - s~) . (m - f_R(x))| <= u |s~| . r`, u the unit roundoff, which is u
-  times the box's cross term and far inside the guard's `(d + 8)` machine epsilons of it (the
-  box test's own `s~` is covered the same way, docs/bounds.md §13).
+  (rigorous) box `|(s - s~) . (m - f_R(x))| <= u / (1 - u) |s~| . r`, u the unit roundoff:
+  about u times the box's cross term, far inside the guard's `(d + 8)` machine epsilons of it
+  (the box test's own `s~` is covered the same way, docs/bounds.md §13).
   """
   spec, centre = chosen['spec'], chosen['centre'][:, None]
   widening = distance_slack * jnp.linalg.norm(spec, axis=-1) * chosen['magnitude']
