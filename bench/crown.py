@@ -85,12 +85,18 @@ def computing_in(dtype: str):
     yield
 
 
+def _method_and_rounding(method: str) -> tuple[str, str]:
+  """('<method>', 'outward') for '<method> (outward)', else (method, 'nearest')."""
+  if method.endswith(OUTWARD_SUFFIX):
+    return method.removesuffix(OUTWARD_SUFFIX), 'outward'
+  return method, 'nearest'
+
+
 def bound_function(apply_fn, method: str, row_chunk: int | None):
   """`(variables, lower, upper) -> (out_lower, out_upper)`, jitted, by IBP or `method` (or
   'crown (dense)': CROWN without patches; '<method> (outward)': the rigorous mode of IBP or a
   linear method, rounding='outward')."""
-  rounding = 'outward' if method.endswith(OUTWARD_SUFFIX) else 'nearest'
-  method = method.removesuffix(OUTWARD_SUFFIX)
+  method, rounding = _method_and_rounding(method)
 
   def bounded(variables, lower, upper):
     embed = lambda x: apply_fn(variables, x)
@@ -107,8 +113,7 @@ def spec_function(apply_fn, method: str):
   (`linear_spec_lower_bounds`, reusing `intermediates` unless None), and
   `(variables, lower, upper) -> intermediates` (`linear_bounds(..., return_intermediates=True)`);
   '<method> (outward)': both in the rigorous mode."""
-  rounding = 'outward' if method.endswith(OUTWARD_SUFFIX) else 'nearest'
-  method = method.removesuffix(OUTWARD_SUFFIX)
+  method, rounding = _method_and_rounding(method)
   spec_lower = jax.jit(lambda variables, lower, upper, spec, intermediates: (
       linear_spec_lower_bounds(lambda x: apply_fn(variables, x), method, rounding=rounding)(
           lower, upper, spec, intermediates)))
@@ -146,7 +151,7 @@ def time_methods(apply_fn, variables, images, eps, *, methods, repeats: int, dty
     if spec_rows:
       spec = jnp.asarray(np.random.default_rng(1).normal(
           size=(lower.shape[0], spec_rows, bounds['ibp'][0].shape[-1])), lower.dtype)
-      for method in (m for m in methods if m.removesuffix(OUTWARD_SUFFIX) in METHODS):
+      for method in (m for m in methods if _method_and_rounding(m)[0] in METHODS):
         spec_lower, intermediates_of = spec_function(apply_fn, method)
         intermediates = intermediates_of(bound_variables, lower, upper)
         for label, given in ((f'{method} spec {spec_rows}', None),

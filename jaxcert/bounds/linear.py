@@ -996,14 +996,16 @@ def _spec_bounds(fn, method, row_chunk, patches, upper: bool, skip_zero_rows: bo
         raise ValueError(f'spec rows have {rows_of_spec.shape[1]} entries, fn outputs '
                          f'{out_shape[1]}.')
       coeffs = rows_of_spec.astype(example_lower.dtype)[:, None, :]
-      if not isinstance(output, linear_graph.Node):  # fn does not depend on x.
-        output = jnp.asarray(output)
-        box = IntervalBound(output, output)
-      else:
+      # The rows over the output's box: the bounds where fn does not depend on x, else
+      # intersected with the backward pass's.
+      if isinstance(output, linear_graph.Node):
         box = IntervalBound(output.bound.lower, output.bound.upper)
+      else:
+        box = IntervalBound(jnp.asarray(output), jnp.asarray(output))
       spec_lower = _concretize_rounded(coeffs, box, outward)
+      spec_upper = -_concretize_rounded(-coeffs, box, outward) if upper else None
       if not isinstance(output, linear_graph.Node):
-        return (spec_lower, -_concretize_rounded(-coeffs, box, outward)) if upper else spec_lower
+        return (spec_lower, spec_upper) if upper else spec_lower
       count = coeffs.shape[0]
       padded = jnp.concatenate([coeffs, jnp.zeros((graph.row_chunk,) + coeffs.shape[1:],
                                                   coeffs.dtype)])
@@ -1021,8 +1023,7 @@ def _spec_bounds(fn, method, row_chunk, patches, upper: bool, skip_zero_rows: bo
       spec_lower = jnp.maximum(bounds[0], spec_lower)
       if not upper:
         return spec_lower
-      spec_upper = jnp.minimum(bounds[1], -_concretize_rounded(-coeffs, box, outward))
-      return spec_lower, jnp.maximum(spec_upper, spec_lower)
+      return spec_lower, jnp.maximum(jnp.minimum(bounds[1], spec_upper), spec_lower)
 
     if intermediates is None:
       return _map_examples(one_example, outward, lower, upper_box, spec)

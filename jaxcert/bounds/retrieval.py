@@ -277,6 +277,15 @@ def _widened_distance_bounds(lower, upper, points, box_magnitude, point_norm, sl
   return jnp.maximum(min_distance - widening, 0.), max_distance + widening
 
 
+def moved_out(distance, margin, *, upper: bool):
+  """A distance bound from a computed point `y~` moved out by the point's `margin`, rounded
+  outwards: for the real point `y` within `margin` of `y~`, ||z - y|| lies within
+  ||z - y~|| -+ margin (the lower end kept >= 0; docs/rigorous_float32.md §6)."""
+  if upper:
+    return round_up(distance + margin)
+  return jnp.maximum(round_down(distance - margin), 0)
+
+
 QUERY_ATTACK_BOUNDS = ('linear', 'kakizaki')  # rank_bounds(qa_bound=...), docs/bounds.md §13
 
 
@@ -474,13 +483,11 @@ def _rank_bounds(query_emb, query_lower, query_upper, candidate_emb, candidate_l
   kakizaki_qa = qa_bound == 'kakizaki'
 
   def query_point_widened(bounds, q_margin):
-    """CA distance bounds from the computed query point widened by its margin (rigorous mode):
-    ||z - y|| lies within ||z - y~|| -+ p_q for the real query embedding y."""
+    """CA distance bounds from the computed query point widened by its margin (rigorous mode)."""
     if not outward:
       return bounds
-    lower, upper = bounds
-    return (jnp.maximum(round_down(lower - q_margin[:, None]), 0),
-            round_up(upper + q_margin[:, None]))
+    return moved_out(bounds[0], q_margin[:, None], upper=False), moved_out(
+        bounds[1], q_margin[:, None], upper=True)
 
   def per_query_block(sq, index, q_emb, q_lower, q_upper, q_margin):
     del sq  # The clean ranking is `index`.

@@ -56,7 +56,6 @@ import numpy as np
 from jaxcert import retrieval
 from jaxcert.bounds import linear
 from jaxcert.bounds import retrieval as box_retrieval
-from jaxcert.bounds import rounding as outward_rounding
 from jaxcert.bounds.interval import eps_rounded_up
 from jaxcert.bounds.interval import input_box
 
@@ -321,17 +320,10 @@ def _candidate_distance_bounds(query_emb, candidate_lower, candidate_upper, quer
       jnp.linalg.norm(query_emb, axis=-1)[:, None], slack, outward)
   if not outward:
     return lower, upper
-  return _moved_out(lower, query_margin[:, None], upper=False), _moved_out(
-      upper, query_margin[:, None], upper=True)
+  margin = query_margin[:, None]
+  return (box_retrieval.moved_out(lower, margin, upper=False),
+          box_retrieval.moved_out(upper, margin, upper=True))
 
-
-def _moved_out(distance, margin, *, upper: bool):
-  """A distance bound from a computed query point moved out by the point's `margin`, rounded
-  outwards: for the real query embedding y within `margin` of y~, ||z - y|| lies within
-  ||z - y~|| -+ margin (docs/rigorous_float32.md §6)."""
-  if upper:
-    return outward_rounding.round_up(distance + margin)
-  return jnp.maximum(outward_rounding.round_down(distance - margin), 0)
 
 
 def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed: Callable,
@@ -415,7 +407,7 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
       jnp.asarray(candidate_lower)[targets], jnp.asarray(candidate_upper)[targets],
       float(distance_slack))
   if outward:
-    network_max = _moved_out(network_max, jnp.asarray(query_margin), upper=True)
+    network_max = box_retrieval.moved_out(network_max, jnp.asarray(query_margin), upper=True)
   target_max = np.minimum(target_max, np.asarray(network_max))
   box_farther = target_max[:, None] < box_min
   undecided = (~box_farther & has_target[:, None]
@@ -435,7 +427,7 @@ def tighten_candidate_attack_upper(rank_bounds: box_retrieval.RankBounds, embed:
       jnp.asarray(box_retrieval._box_magnitude(candidate_lower, candidate_upper)),  # pylint: disable=protected-access
       float(distance_slack))
   if outward:
-    lower = _moved_out(lower, jnp.asarray(query_margin[chosen]), upper=False)
+    lower = box_retrieval.moved_out(lower, jnp.asarray(query_margin[chosen]), upper=False)
   lower = np.asarray(lower)
   network = valid & (lower > target_max[chosen])
   farther = box_farther.copy()
