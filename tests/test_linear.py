@@ -180,7 +180,8 @@ def test_alpha_crown_sound_for_any_slopes_in_the_unit_interval():
   crown = np.asarray(backward({position: jnp.where(mask, graph.steps[position].relaxation
                                                    .lower_slopes[0], 0)[None].repeat(6, 0)
                                for position, mask in optimizable.items()}))
-  np.testing.assert_allclose(crown, linear._backward(graph, output, rows, symmetric=True),
+  np.testing.assert_allclose(crown, jax.jit(lambda: linear._backward(graph, output, rows,
+                                                                      symmetric=True))(),
                              rtol=0, atol=TOLERANCE_64)  # CROWN's slopes give CROWN's bounds
   for draw in (lambda shape: rng.uniform(size=shape), np.zeros, np.ones):
     bounds = np.asarray(backward({position: jnp.asarray(draw((6,) + mask.shape))
