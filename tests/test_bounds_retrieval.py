@@ -956,7 +956,8 @@ def test_float32_boxes_contain_the_real_radius():
       assert Fraction(float(high)) >= min(Fraction(float(x)) + Fraction(0.01), 1)
 
 
-@pytest.mark.parametrize('dtype', ['float64', pytest.param('float32', marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize('dtype', ['float64', 'float32'])
 def test_certificate_comparison_certifies_as_certify_py_does(dtype):
   """scripts/certificate_comparison.py computes its rows with certify.py's own functions: the
   same CR-Recall as `certify_at` for each QA bound, in float64 and in the rigorous float32."""
