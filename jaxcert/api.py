@@ -222,7 +222,8 @@ def certify_retrieval(embed: Callable, queries, query_labels, candidates, candid
 
   Raises:
     ValueError: malformed images, labels, ks, eps or dtype; `embed` not mapping (B, ...) to
-      (B, d); or an encoder that computes in float32 when asked for float64.
+      (B, d); or an encoder that computes in float32 when asked for float64, or that computes
+      inside in a narrower floating dtype than `dtype` (`retrieval.check_computes_in`).
   """
   queries, query_labels, candidates, candidate_labels, ks = _check_retrieval(
       embed, queries, query_labels, candidates, candidate_labels, ks)
@@ -238,6 +239,7 @@ def certify_retrieval(embed: Callable, queries, query_labels, candidates, candid
     if embeddings.dtype != np.dtype(dtype):
       raise ValueError(f'embed computes in {embeddings.dtype} on {dtype} images (a fixed dtype in '
                        f'the model?); pass dtype={str(embeddings.dtype)!r}.')
+    bounds_retrieval.check_computes_in(embed, images.shape[1:], dtype)
     lower, upper = bounds_retrieval.embedding_bounds(embed, images, eps, batch_size=batch_size,
                                                      dtype=dtype)
     rank_bounds = jax.device_get(bounds_retrieval.rank_bounds(

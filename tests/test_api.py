@@ -215,6 +215,12 @@ def test_smoothed_certificate_holds_for_queries_moved_towards_a_wrong_answer():
     (dict(embed='model'), 'embed must be a function'),
     (dict(embed=lambda x: _linear_embed(x).astype(jnp.float32)),
      "embed computes in float32 on float64 images .*pass dtype='float32'"),
+    # Computing inside in a narrower dtype: rounding the float64 slack does not cover.
+    (dict(embed=lambda x: (x.reshape(x.shape[0], -1).astype(jnp.bfloat16)
+                           @ WEIGHT.astype(jnp.bfloat16)).astype(x.dtype)),
+     '`dot_general` in bfloat16 at .*test_api.py'),
+    (dict(embed=lambda x: jnp.tanh(_linear_embed(x).astype(jnp.float32)).astype(x.dtype)),
+     'narrower floating dtype than the float64 bounds: `tanh` in float32'),
 ])
 def test_certify_retrieval_rejects_bad_input_with_a_clear_message(change, message):
   arguments = dict(embed=_linear_embed, queries=QUERIES, query_labels=QUERY_LABELS,

@@ -1055,3 +1055,22 @@ def test_input_box_contains_the_real_box_for_python_float_eps(x, eps):
     lower64, upper64 = input_box(jnp.asarray([float(x32)], jnp.float64), eps)
     assert Fraction(float(lower64[0])) <= exact_lower
     assert Fraction(float(upper64[0])) >= exact_upper
+
+
+def test_arithmetic_narrower_than_lists_the_rounding_steps_on_the_inputs():
+  """What `check_computes_in` refuses: input-dependent steps that round in a narrower float dtype;
+  not casts, sorting or data movement (exact in any dtype), nor arithmetic on constants alone."""
+  from jaxcert.bounds.interval import arithmetic_narrower_than  # pylint: disable=g-import-not-at-top
+  weight = jnp.arange(9.).reshape(3, 3).astype(jnp.bfloat16)
+
+  def fn(x):
+    doubled = weight * 2  # constants only: the model computes the same
+    inner = jax.jit(lambda h: jnp.tanh(h))(x.astype(jnp.float16)).astype(x.dtype)
+    return ((x.astype(jnp.bfloat16) @ doubled).astype(x.dtype) + inner
+            + jnp.sort(x.astype(jnp.float16)).astype(x.dtype)[::-1])
+
+  steps = arithmetic_narrower_than(fn, jnp.float32, jax.ShapeDtypeStruct((3,), jnp.float32))
+  assert [step.split(' at ')[0] for step in steps] == ['`tanh` in float16',
+                                                       '`dot_general` in bfloat16']
+  assert all('test_interval.py' in step for step in steps)
+  assert arithmetic_narrower_than(lambda x: jnp.sort(x) * 2, jnp.float32, jnp.ones(3)) == []

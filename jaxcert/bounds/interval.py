@@ -433,6 +433,60 @@ def _interpret(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence,
                    else False for atom, value in zip(jaxpr.outvars, outvals)]
 
 
+# Steps whose output is one of their inputs' values (or a cast, handled exactly by its interval
+# rule): they do not round, whatever their dtype.
+_EXACT_IN_ANY_DTYPE = frozenset(getattr(jex_core.primitives, name) for name in (
+    'convert_element_type_p', 'reshape_p', 'broadcast_in_dim_p', 'transpose_p', 'squeeze_p',
+    'slice_p', 'dynamic_slice_p', 'dynamic_update_slice_p', 'gather_p', 'concatenate_p', 'pad_p',
+    'rev_p', 'copy_p', 'select_n_p', 'max_p', 'min_p', 'neg_p', 'abs_p', 'reduce_max_p',
+    'reduce_min_p', 'reduce_precision_p', 'stop_gradient_p', 'sharding_constraint_p',
+    'device_put_p', 'sort_p'))
+
+
+def arithmetic_narrower_than(fn: Callable, dtype, *example_args) -> list[str]:
+  """The steps of `fn` that compute, on values depending on its arguments, in a floating dtype
+  with less precision or range than `dtype` (e.g. bfloat16 in an encoder certified in float64),
+  each as '`primitive` in dtype at <source>'.
+
+  Round-to-nearest bounds hold up to the rounding of the dtype each step computes in
+  (docs/bounds.md §10): bfloat16 keeps 8 significant bits, so a slack calibrated for float64 or
+  float32 rounding does not cover it. Casts and steps returning one of their inputs' values
+  (reshapes, max, selection...) do not round and are not listed.
+
+  Args:
+    fn: the function, traced with `jax.make_jaxpr` on `example_args` (arrays or
+      `jax.ShapeDtypeStruct`s).
+    dtype: the reference floating dtype.
+    *example_args: `fn`'s arguments; every one counts as input-dependent.
+  """
+  reference = jnp.finfo(dtype)
+  closed = jax.make_jaxpr(fn)(*example_args)
+  found = []
+
+  def narrower(var) -> bool:
+    aval_dtype = getattr(var.aval, 'dtype', None)
+    if aval_dtype is None or not jnp.issubdtype(aval_dtype, jnp.floating):
+      return False
+    info = jnp.finfo(aval_dtype)
+    return info.nmant < reference.nmant or info.maxexp < reference.maxexp
+
+  def walk(jaxpr, tainted_inputs, enclosing):
+    tainted = {var for var, flag in zip(jaxpr.invars, tainted_inputs) if flag}
+    for eqn in jaxpr.eqns:
+      inputs = [not isinstance(v, jex_core.Literal) and v in tainted for v in eqn.invars]
+      if not any(inputs):
+        continue
+      tainted.update(eqn.outvars)
+      if eqn.primitive in _CALL_PRIMITIVES:
+        walk(_call_jaxpr(eqn)[0], inputs, (*enclosing, eqn))
+      elif eqn.primitive not in _EXACT_IN_ANY_DTYPE and any(map(narrower, eqn.outvars)):
+        found.append(f'`{eqn.primitive.name}` in {eqn.outvars[0].aval.dtype} '
+                     f'{source_location(eqn, enclosing)}')
+
+  walk(closed.jaxpr, [True] * len(closed.jaxpr.invars), ())
+  return found
+
+
 def _validate_box(lower, upper) -> tuple[jax.Array, jax.Array]:
   lower = jnp.asarray(lower)
   upper = jnp.asarray(upper)

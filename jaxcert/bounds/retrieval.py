@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcert import retrieval
+from jaxcert.bounds.interval import arithmetic_narrower_than
 from jaxcert.bounds.interval import eps_rounded_up
 from jaxcert.bounds.interval import input_box
 from jaxcert.bounds.interval import interval
@@ -165,6 +166,35 @@ def cast_floating(tree, dtype):
     return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
 
   return jax.tree.map(cast, tree)
+
+
+def check_computes_in(embed: Callable, image_shape: Sequence[int], dtype) -> None:
+  """Raises where `embed` computes in a floating dtype narrower than `dtype` on the images.
+
+  Round-to-nearest bounds hold up to the rounding of the dtype each step computes in, and the
+  distance slack (module docstring) is calibrated for float64's (and float32's) rounding: an
+  encoder with steps in bfloat16 (8 significant bits) or float16, or in float32 when certified
+  in float64, would be bounded up to that coarser rounding, which the slack does not cover.
+
+  Args:
+    embed: the encoder as certified, `(batch, *image_shape) -> (batch, d)`, its variables
+      already in `dtype`.
+    image_shape: the shape of one image.
+    dtype: the dtype of the bounds.
+
+  Raises:
+    ValueError: naming the first such steps and where the model computes them.
+  """
+  example = jax.ShapeDtypeStruct((1, *image_shape), dtype)
+  steps = arithmetic_narrower_than(embed, dtype, example)
+  if steps:
+    more = f' (and {len(steps) - 3} more)' if len(steps) > 3 else ''
+    raise ValueError(
+        f'The encoder computes in a narrower floating dtype than the {jnp.dtype(dtype).name} '
+        f'bounds: {"; ".join(steps[:3])}{more}. Bounds rounded to nearest hold up to the '
+        'rounding of the dtype each step computes in, and the distance slack does not cover '
+        "that of bfloat16, float16 or float32 in float64. Certify the encoder computing in "
+        f'{jnp.dtype(dtype).name} (e.g. Flax modules without a fixed `dtype`).')
 
 
 def float32_rounding_error(apply_fn: Callable, variables, images, eps) -> dict[str, float]:

@@ -472,6 +472,9 @@ def compute(inputs) -> dict:
       raise ValueError(f'The encoder computes in {query_emb.dtype} with {dtype} '
                        f'variables (a fixed dtype in the model?); certify with '
                        f'--config.ibp.dtype={query_emb.dtype}.')
+    if dtype == 'float64':  # Rounded to nearest: the slack covers float64's rounding only.
+      certified_retrieval.check_computes_in(certified_inputs.embed,
+                                            inputs.queries.images.shape[1:], dtype)
     margins = (point_margins(certified_inputs, query_emb, candidate_emb) if dtype == 'float32'
                else None)
     sweep = {radius: certify_at(certified_inputs, query_emb, candidate_emb, radius, ks,
