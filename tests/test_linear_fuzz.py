@@ -145,6 +145,56 @@ def test_linear_fuzzer_long_run():
   assert not total.violations, '\n'.join(total.violations[:5])
 
 
+def check_spec_bounds(rng, fn, description, dtype, rounding, *, num_samples, result):
+  """`linear_spec_bounds` and `linear_spec_lower_bounds` (docs/linear_bounds.md §6) of random
+  rows `c` hold for `c . fn(x)` at sampled points; the lower-only variant equals the first half."""
+  lower, upper, kind = fuzz.random_box(rng, dtype)
+  spec = rng.normal(size=(1, 4, fuzz.SIZE)).astype(dtype)
+  with jax.enable_x64(dtype == 'float64'):
+    box = jnp.asarray(lower)[None], jnp.asarray(upper)[None], jnp.asarray(spec)
+    try:
+      spec_lower, spec_upper = jax.jit(linear.linear_spec_bounds(
+          _batched(fn), 'crown', rounding=rounding))(*box)
+      lower_only = jax.jit(linear.linear_spec_lower_bounds(
+          _batched(fn), 'crown', rounding=rounding))(*box)
+    except (ValueError, NotImplementedError) as error:
+      assert len(str(error)) > 40 and fuzz._INFORMATIVE.search(str(error)), str(error)
+      result.errors += 1
+      return
+  spec_lower, spec_upper, lower_only = (np.asarray(a[0], np.float64)
+                                        for a in (spec_lower, spec_upper, lower_only))
+  points = fuzz._sample_points(rng, lower, upper, num_samples)
+  with jax.enable_x64(True):
+    values = np.asarray(jax.jit(jax.vmap(fn))(jnp.asarray(points, jnp.float64)))
+  rows = spec[0].astype(np.float64)
+  spec_values = values @ rows.T
+  tolerance = RTOL * (np.abs(values) @ np.abs(rows).T) + np.finfo(np.float64).tiny
+  where = (f'{rounding} spec bounds of {description} on a {kind} {dtype} box '
+           f'[{lower.tolist()}, {upper.tolist()}], rows {rows.tolist()}')
+  np.testing.assert_array_equal(lower_only, spec_lower, err_msg=where)
+  result.checks += 1
+  outside = ~np.isnan(spec_values) & ((spec_values < spec_lower - tolerance)
+                                      | (spec_values > spec_upper + tolerance))
+  if outside.any():
+    index = np.argwhere(outside)[0]
+    result.violations.append(f'{where}: row {index[1]} at {points[index[0]].tolist()} = '
+                             f'{spec_values[tuple(index)]} outside [{spec_lower[index[1]]}, '
+                             f'{spec_upper[index[1]]}]')
+
+
+@pytest.mark.slow
+def test_spec_bounds_fuzzer():
+  """20 functions, CROWN's specification bounds in float64 to nearest and in float32 outwards."""
+  rng = np.random.default_rng(250)
+  result = LinearFuzzResult()
+  for _ in range(20):
+    fn, description = fuzz.random_function(rng)
+    for dtype, rounding in MODES[:2]:
+      check_spec_bounds(rng, fn, description, dtype, rounding, num_samples=500, result=result)
+  assert not result.violations, '\n'.join(result.violations[:5])
+  assert result.checks >= 20
+
+
 # --- Random convolutional networks (the patches pass of docs/linear_bounds.md §5.1). -----------
 
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
