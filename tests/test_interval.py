@@ -1074,3 +1074,7 @@ def test_arithmetic_narrower_than_lists_the_rounding_steps_on_the_inputs():
                                                        '`dot_general` in bfloat16']
   assert all('test_interval.py' in step for step in steps)
   assert arithmetic_narrower_than(lambda x: jnp.sort(x) * 2, jnp.float32, jnp.ones(3)) == []
+  in_a_loop = lambda x: lax.fori_loop(
+      0, 3, lambda _, h: (h.astype(jnp.bfloat16) * 3).astype(h.dtype), x)
+  assert [step.split(' at ')[0] for step in arithmetic_narrower_than(
+      in_a_loop, jnp.float32, jnp.ones(3))] == ['`mul` in bfloat16']

@@ -443,6 +443,18 @@ _EXACT_IN_ANY_DTYPE = frozenset(getattr(jex_core.primitives, name) for name in (
     'device_put_p', 'sort_p'))
 
 
+def _inner_jaxprs(params) -> list[jex_core.Jaxpr]:
+  """The jaxprs among an equation's parameters (a loop's body, a conditional's branches)."""
+  found = []
+  for value in params.values():
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(item, jex_core.ClosedJaxpr):
+        found.append(item.jaxpr)
+      elif isinstance(item, jex_core.Jaxpr):
+        found.append(item)
+  return found
+
+
 def arithmetic_narrower_than(fn: Callable, dtype, *example_args) -> list[str]:
   """The steps of `fn` that compute, on values depending on its arguments, in a floating dtype
   with less precision or range than `dtype` (e.g. bfloat16 in an encoder certified in float64),
@@ -479,9 +491,12 @@ def arithmetic_narrower_than(fn: Callable, dtype, *example_args) -> list[str]:
       tainted.update(eqn.outvars)
       if eqn.primitive in _CALL_PRIMITIVES:
         walk(_call_jaxpr(eqn)[0], inputs, (*enclosing, eqn))
-      elif eqn.primitive not in _EXACT_IN_ANY_DTYPE and any(map(narrower, eqn.outvars)):
+        continue
+      if eqn.primitive not in _EXACT_IN_ANY_DTYPE and any(map(narrower, eqn.outvars)):
         found.append(f'`{eqn.primitive.name}` in {eqn.outvars[0].aval.dtype} '
                      f'{source_location(eqn, enclosing)}')
+      for inner in _inner_jaxprs(eqn.params):  # scan, while, cond: every operand may matter
+        walk(inner, [True] * len(inner.invars), (*enclosing, eqn))
 
   walk(closed.jaxpr, [True] * len(closed.jaxpr.invars), ())
   return found
