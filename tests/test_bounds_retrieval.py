@@ -982,3 +982,32 @@ def test_certificate_comparison_certifies_as_certify_py_does(dtype):
       for k in (1, 5, 10):
         assert row[f'QA@{k}'] == recall['qa'][k] and row[f'CA@{k}'] == recall['ca'][k]
   assert any(row['QA@10'] > 0 for row in rows)
+
+
+class _HalfPrecisionInside(nn.Module):
+  """An encoder with a bfloat16 layer inside that casts its embedding back to the input dtype:
+  the output dtype check cannot see it."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.Dense(16, dtype=jnp.bfloat16)(x.reshape(x.shape[0], -1))
+    return nn.Dense(8)(nn.relu(h).astype(x.dtype))
+
+
+@pytest.mark.parametrize('model, message', [
+    (_HalfPrecisionInside(), r'`dot_general` in bfloat16 at .* in module _HalfPrecisionInside/Dense_0'),
+    # An encoder that returns bfloat16: no --config.ibp.dtype fits it.
+    (nn.Dense(8, dtype=jnp.bfloat16), r'computes in bfloat16 .*computing in float64 or float32'),
+])
+def test_certify_refuses_an_encoder_that_rounds_in_a_narrower_dtype(model, message):
+  """certify.py's float64 bounds hold up to float64 rounding and the slack only: an encoder that
+  computes in bfloat16 is refused before any bound is computed, with where it does so."""
+  config = default.get_config()
+  config.eval.num_queries, config.eval.num_candidates = 12, 40
+  config.ibp.eps, config.ibp.eps_sweep, config.ibp.dtype = 0.01, (), 'float64'
+  inputs = _ibp_inputs(config)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 12, 12, 1)))
+  inputs = inputs._replace(model=model, variables=variables,
+                           embed=jax.tree_util.Partial(model.apply, variables))
+  with pytest.raises(ValueError, match=message):
+    ibp.compute(inputs)

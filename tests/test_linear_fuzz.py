@@ -199,12 +199,17 @@ def test_spec_bounds_fuzzer():
 
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 _ACTIVATIONS = {
-    'relu': jax.nn.relu, 'leaky_relu': lambda h: jax.nn.leaky_relu(h, 0.1), 'abs': jnp.abs,
+    'relu': jax.nn.relu, 'leaky_relu': lambda h: jax.nn.leaky_relu(h, 0.125), 'abs': jnp.abs,
     'tanh': jnp.tanh, 'sigmoid': jax.nn.sigmoid, 'square': jnp.square, 'none': lambda h: h,
-    'max_with_constant': lambda h: jnp.maximum(h, 0.3), 'gelu': jax.nn.gelu,
+    'max_with_constant': lambda h: jnp.maximum(h, 0.25), 'gelu': jax.nn.gelu,
     'softplus': jax.nn.softplus,
 }
 _POOLS = {'max_pool': nn.max_pool, 'avg_pool': nn.avg_pool}
+
+
+def _float32_exact(values):
+  """`values` rounded to float32 (as float64): the same weights in either dtype."""
+  return np.asarray(values, np.float32).astype(np.float64)
 
 
 def _output_shape(layer, shape):
@@ -225,8 +230,9 @@ def random_convnet(rng):
       padding = rng.choice(['SAME', 'VALID', 'explicit'])
       padding = (tuple(tuple(int(p) for p in rng.integers(0, 3, 2)) for _ in range(2))
                  if padding == 'explicit' else str(padding))
-      kernel = rng.normal(size=(k, k, shape[2], int(rng.integers(1, 5)))) / np.sqrt(k * k * shape[2])
-      bias = rng.normal(size=kernel.shape[3]) * 0.3
+      kernel = _float32_exact(rng.normal(size=(k, k, shape[2], int(rng.integers(1, 5))))
+                              / np.sqrt(k * k * shape[2]))
+      bias = _float32_exact(rng.normal(size=kernel.shape[3]) * 0.3)
       conv = lambda x, kernel=kernel, stride=stride, padding=padding, dilation=dilation, bias=bias: (
           jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (stride, stride), padding,
                                        rhs_dilation=(dilation, dilation),
@@ -243,7 +249,8 @@ def random_convnet(rng):
           x, (2, 2), (stride, stride), padding)
       name = f'{pool_name} stride {stride} {padding}'
     elif kind == 'affine':
-      scale, shift = rng.uniform(-1.5, 1.5, shape[2]), rng.normal(size=shape[2])
+      scale, shift = _float32_exact(rng.uniform(-1.5, 1.5, shape[2])), _float32_exact(
+          rng.normal(size=shape[2]))
       layer = lambda x, scale=scale, shift=shift: x * scale.astype(x.dtype) + shift.astype(x.dtype)
       name = 'per-channel affine'
     else:
@@ -252,8 +259,8 @@ def random_convnet(rng):
     layers.append(layer)
     names.append(name)
   outputs = int(rng.integers(1, 5))
-  dense = rng.normal(size=(int(np.prod(shape)), outputs)) / np.sqrt(np.prod(shape))
-  second = rng.normal(size=(outputs, 3)) if rng.random() < 0.5 else None
+  dense = _float32_exact(rng.normal(size=(int(np.prod(shape)), outputs)) / np.sqrt(np.prod(shape)))
+  second = _float32_exact(rng.normal(size=(outputs, 3))) if rng.random() < 0.5 else None
 
   def fn(x):
     for layer in layers:
@@ -264,17 +271,26 @@ def random_convnet(rng):
   return fn, (size, size, channels), ' -> '.join(names + ['dense' if second is None else 'dense, relu, dense'])
 
 
-def check_convnet(rng, *, num_samples=200, num_attack_steps=20):
+def check_convnet(rng, dtype='float64', rounding='nearest', *, num_samples=200,
+                  num_attack_steps=20):
   """CROWN-IBP and CROWN (patches and dense passes) bounds of a random network on two random
-  boxes: inside IBP's, the two CROWN passes equal, sampled points, corners and PGD ends inside."""
+  boxes of `dtype`: inside IBP's, sampled points, corners and PGD ends (evaluated in float64)
+  inside; rounded to nearest, the two CROWN passes equal. Returns the network's description, or
+  None where the outward mode refused it (a step in float64: `gelu`'s numpy constants)."""
   fn, shape, description = random_convnet(rng)
   center = rng.normal(size=(2, *shape))
   radius = rng.uniform(0, 1, size=center.shape) * rng.choice([0.01, 0.1, 0.5])
-  lower, upper = center - radius, center + radius
-  ibp_lower, ibp_upper = (np.asarray(a) for a in interval(fn)(lower, upper))
-  found = {(method, patches): [np.asarray(a) for a in jax.jit(linear.linear_bounds(
-      fn, method, patches=patches))(lower, upper)]
-           for method, patches in (('crown_ibp', True), ('crown', True), ('crown', False))}
+  lower, upper = (center - radius).astype(dtype), (center + radius).astype(dtype)
+  try:
+    found = {(method, patches): [np.asarray(a, np.float64) for a in jax.jit(linear.linear_bounds(
+        fn, method, patches=patches, rounding=rounding))(lower, upper)]
+             for method, patches in (('crown_ibp', True), ('crown', True), ('crown', False))}
+  except NotImplementedError as error:
+    assert rounding == 'outward' and 'one floating-point dtype' in str(error), str(error)
+    return None
+  ibp_lower, ibp_upper = (np.asarray(a, np.float64)
+                          for a in interval(fn, rounding=rounding)(lower, upper))
+  lower, upper = lower.astype(np.float64), upper.astype(np.float64)
   samples = lower + rng.random((num_samples, *lower.shape)) * (upper - lower)
   corners = np.where(rng.random((num_samples, *lower.shape)) < 0.5, upper, lower)
   num_outputs = ibp_lower.shape[1]
@@ -290,21 +306,25 @@ def check_convnet(rng, *, num_samples=200, num_attack_steps=20):
   values = np.asarray(jax.jit(jax.vmap(fn))(jnp.asarray(np.concatenate([samples, corners, ends]))))
   tolerance = RTOL * (1 + np.maximum(np.abs(ibp_lower), np.abs(ibp_upper)))
   for (method, patches), (out_lower, out_upper) in found.items():
-    where = f'{method} (patches {patches}) bounds of {description}'
+    where = f'{method} (patches {patches}) {rounding} {dtype} bounds of {description}'
     assert np.all(out_lower >= ibp_lower - tolerance) and np.all(out_upper <= ibp_upper + tolerance), where
     assert np.all(values >= out_lower - tolerance), (where, np.min(values - out_lower))
     assert np.all(values <= out_upper + tolerance), (where, np.min(out_upper - values))
-  for patched, dense in zip(found['crown', True], found['crown', False]):
-    np.testing.assert_allclose(patched, dense, rtol=0, atol=1e-9 * (1 + np.max(np.abs(dense))),
-                               err_msg=description)
+  if rounding == 'nearest':
+    for patched, dense in zip(found['crown', True], found['crown', False]):
+      np.testing.assert_allclose(patched, dense, rtol=0, atol=1e-9 * (1 + np.max(np.abs(dense))),
+                                 err_msg=description)
   return description
 
 
 @pytest.mark.slow
-def test_random_convnets_sound_with_patches_equal_to_dense_passes():
-  """24 random networks (float64, two boxes each): docs/linear_bounds.md §5.1's patches on
-  strided, dilated, padded convolutions, pooling and every activation the rules relax."""
+@pytest.mark.parametrize('dtype, rounding', [('float64', 'nearest'), ('float32', 'outward')])
+def test_random_convnets_sound_with_patches_equal_to_dense_passes(dtype, rounding):
+  """24 random networks (two boxes each): docs/linear_bounds.md §5.1's patches on strided,
+  dilated, padded convolutions, pooling and every activation the rules relax (only ReLU in the
+  outward mode, whose bounds hold for the real-valued network, §8.1)."""
   rng = np.random.default_rng(300)
   with jax.enable_x64(True):
-    descriptions = [check_convnet(rng) for _ in range(24)]
-  assert any('conv' in d and 'pool' in d for d in descriptions)
+    descriptions = [check_convnet(rng, dtype, rounding) for _ in range(24)]
+  checked = [d for d in descriptions if d is not None]
+  assert len(checked) >= 18 and any('conv' in d and 'pool' in d for d in checked)

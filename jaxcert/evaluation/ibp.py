@@ -469,9 +469,11 @@ def compute(inputs) -> dict:
                                                sharding=inputs.batch_sharding)
     embed_s = time.perf_counter() - start
     if query_emb.dtype != np.dtype(dtype):
+      remedy = (f'certify with --config.ibp.dtype={query_emb.dtype}'
+                if query_emb.dtype.name in DTYPES else
+                'certify an encoder computing in float64 or float32 (Flax: no fixed `dtype`)')
       raise ValueError(f'The encoder computes in {query_emb.dtype} with {dtype} '
-                       f'variables (a fixed dtype in the model?); certify with '
-                       f'--config.ibp.dtype={query_emb.dtype}.')
+                       f'variables (a fixed dtype in the model?); {remedy}.')
     if dtype == 'float64':  # Rounded to nearest: the slack covers float64's rounding only.
       certified_retrieval.check_computes_in(certified_inputs.embed,
                                             inputs.queries.images.shape[1:], dtype)
