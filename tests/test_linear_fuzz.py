@@ -27,6 +27,7 @@ import pytest
 from jaxcert.bounds import interval
 from jaxcert.bounds import linear
 import test_interval_fuzz as fuzz
+from test_interval_fuzz import _full_precision_matmuls  # pylint: disable=unused-import  (autouse)
 
 RTOL = 1e-12
 METHODS = ('crown_ibp', 'crown')
@@ -107,12 +108,6 @@ def run_fuzzer(seed, num_functions, *, num_samples, num_attack_steps, modes=MODE
       check_function(rng, fn, description, dtype, rounding, num_samples=num_samples,
                      num_attack_steps=num_attack_steps, result=result)
   return result
-
-
-@pytest.fixture(autouse=True)
-def _full_precision_matmuls():
-  with jax.default_matmul_precision('highest'):
-    yield
 
 
 def test_fuzzer_detects_a_cast_taken_as_the_identity(monkeypatch):
