@@ -114,8 +114,8 @@ def test_fuzzer_detects_a_cast_taken_as_the_identity(monkeypatch):
   """Not vacuous: with casts to another dtype taken as affine (the bug it found: bfloat16 and
   float16 casts were the identity in the backward pass) a float16 round trip is caught."""
   affine = linear._is_affine
-  monkeypatch.setattr(linear, '_is_affine', lambda primitive, invals, params, out_dtype: (
-      primitive is jax.lax.convert_element_type_p or affine(primitive, invals, params, out_dtype)))
+  monkeypatch.setattr(linear, '_is_affine', lambda primitive, invals, out_dtype: (
+      primitive is jax.lax.convert_element_type_p or affine(primitive, invals, out_dtype)))
   round_trip = lambda x: x.astype(jnp.float16).astype(x.dtype) * 3 + 1
   result = LinearFuzzResult()
   rng = np.random.default_rng(5)
@@ -327,6 +327,5 @@ def test_random_convnets_sound_with_patches_equal_to_dense_passes(dtype, roundin
   with jax.enable_x64(True):
     descriptions = [check_convnet(rng, dtype, rounding) for _ in range(24)]
   checked = [d for d in descriptions if d is not None]
-  # Outwards, 7 of the 24 are refused (a float64 step under x64: numpy constants in gelu,
-  # softplus): the others are checked.
-  assert len(checked) >= 15 and any('conv' in d and 'pool' in d for d in checked)
+  # Outwards, those with `gelu` are refused (a float64 step under x64: its numpy constants).
+  assert len(checked) >= 20 and any('conv' in d and 'pool' in d for d in checked)

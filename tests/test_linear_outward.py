@@ -215,6 +215,10 @@ def test_outward_mode_errors():
   with pytest.raises(NotImplementedError, match='one floating-point dtype'):
     linear_bounds(lambda x: jnp.maximum(x.astype(jnp.float16), 0), 'crown',
                   rounding='outward')(*box)
+  # A comparison's boolean output is no change of floating dtype: leaky ReLU (a select) is bounded.
+  lower, upper = linear_bounds(lambda x: jax.nn.leaky_relu(x - 0.5, 0.125), 'crown',
+                               rounding='outward')(*box)
+  assert np.all(lower <= -0.0625) and np.all(upper >= 0.5)
 
 
 def _exact_conv(x, kernel):

@@ -134,7 +134,7 @@ def _check_method(method: str, rounding_mode: str = 'nearest') -> None:
     raise ValueError(f'Unknown rounding {rounding_mode!r}; valid: {list(ROUNDING_MODES)}.')
 
 
-def _is_affine(primitive, invals, params, out_dtype) -> bool:
+def _is_affine(primitive, invals, out_dtype) -> bool:
   """Whether the step's output is an affine function of its bounded operands, computed in their
   dtype.
 
@@ -284,13 +284,14 @@ class _Graph:
         primitive is _P.jit_p and params.get('name') in NAMED_CALL_RULES):
       return None  # Inlined by the caller.
     out_dtype = eqn.outvars[0].aval.dtype
-    if self.outward and any(linear_graph.is_float(v.bound.lower) and v.dtype != out_dtype
-                            for v in invals if isinstance(v, linear_graph.Node)):
+    if self.outward and jnp.issubdtype(out_dtype, jnp.floating) and any(
+        linear_graph.is_float(v.bound.lower) and v.dtype != out_dtype
+        for v in invals if isinstance(v, linear_graph.Node)):
       raise NotImplementedError(
           "rounding='outward' linear bounds need one floating-point dtype throughout; "
           f'`{primitive.name}` {source_location(eqn, enclosing_calls)} computes in '
           f'{jnp.dtype(out_dtype).name}.')
-    affine = primitive not in _CALL_PRIMITIVES and _is_affine(primitive, invals, params, out_dtype)
+    affine = primitive not in _CALL_PRIMITIVES and _is_affine(primitive, invals, out_dtype)
     if self.method in _TIGHTENING_METHODS and not affine:
       for value in invals:
         if isinstance(value, linear_graph.Node):
