@@ -134,19 +134,21 @@ def _check_method(method: str, rounding_mode: str = 'nearest') -> None:
     raise ValueError(f'Unknown rounding {rounding_mode!r}; valid: {list(ROUNDING_MODES)}.')
 
 
-def _is_affine(primitive, invals, out_dtype) -> bool:
-  """Whether the step's output is an affine function of its bounded operands, computed in their
-  dtype.
+def _changes_dtype(invals, out_dtype) -> bool:
+  """Whether a step computes in another dtype than a bounded float operand (a cast, a matmul
+  with another `preferred_element_type`). Such a step is not affine: a narrowing cast rounds
+  (bfloat16 keeps 8 significant bits, float16 flushes values under 6e-8 to 0), and the
+  transposition of a widening one would round the rows' coefficients to the narrow dtype. Its
+  interval rule bounds it (exactly, for a cast); the outward mode has no rounding bound for it."""
+  return any(linear_graph.is_float(v.bound.lower) and v.dtype != out_dtype
+             for v in invals if isinstance(v, linear_graph.Node))
 
-  A step whose output dtype differs from a bounded operand's (a cast, a matmul with another
-  `preferred_element_type`) is not: a narrowing cast rounds (bfloat16 keeps 8 significant bits,
-  float16 flushes values under 6e-8 to 0), and the transposition of a widening one would round
-  the rows' coefficients to the narrow dtype. Its interval rule bounds it (exactly, for a cast).
-  """
+
+def _is_affine(primitive, invals) -> bool:
+  """Whether the step's output is an affine function of its bounded operands (the caller has
+  checked that it computes in their dtype)."""
   positions = linear_graph.bounded_positions(invals)
   if not all(linear_graph.is_float(invals[i].bound.lower) for i in positions):
-    return False
-  if any(invals[i].dtype != jnp.dtype(out_dtype) for i in positions):
     return False
   if primitive in _AFFINE_PRIMITIVES:
     return True
@@ -284,14 +286,14 @@ class _Graph:
         primitive is _P.jit_p and params.get('name') in NAMED_CALL_RULES):
       return None  # Inlined by the caller.
     out_dtype = eqn.outvars[0].aval.dtype
-    if self.outward and jnp.issubdtype(out_dtype, jnp.floating) and any(
-        linear_graph.is_float(v.bound.lower) and v.dtype != out_dtype
-        for v in invals if isinstance(v, linear_graph.Node)):
+    changes_dtype = _changes_dtype(invals, out_dtype)
+    if self.outward and changes_dtype and jnp.issubdtype(out_dtype, jnp.floating):
       raise NotImplementedError(
           "rounding='outward' linear bounds need one floating-point dtype throughout; "
           f'`{primitive.name}` {source_location(eqn, enclosing_calls)} computes in '
           f'{jnp.dtype(out_dtype).name}.')
-    affine = primitive not in _CALL_PRIMITIVES and _is_affine(primitive, invals, out_dtype)
+    affine = (primitive not in _CALL_PRIMITIVES and not changes_dtype
+              and _is_affine(primitive, invals))
     if self.method in _TIGHTENING_METHODS and not affine:
       for value in invals:
         if isinstance(value, linear_graph.Node):
